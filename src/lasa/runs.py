@@ -1,0 +1,174 @@
+"""Run directories: atomic artefacts, provenance, and "is this stage already done?".
+
+A run directory is the unit of reproducibility: every stage writes its artefacts under
+``RUN/<stage>/`` and records the resolved config, package versions, seed and git commit in
+``RUN/config.yaml``. Every file is written through a temporary name and ``os.replace`` so that an
+interrupted stage never leaves a half-written artefact that a later stage would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = (
+    "lasa", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors",
+    "scikit-learn", "numpy", "gguf",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, set | tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | Path, rows: Iterator[Mapping[str, Any]] | list[Mapping[str, Any]]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """Commit of the lasa checkout in use (None for an installed wheel); '+dirty' if modified."""
+    src = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=src, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "") if sha else None
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object: the key that decides whether a cache is still valid."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class RunDir:
+    """A run directory: ``RUN/config.yaml`` plus one sub-directory per stage."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def stage(self, name: str) -> Path:
+        p = self.path / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def record(self, stage: str, config: Any, extra: Mapping[str, Any] | None = None) -> Path:
+        """Merge this stage's resolved config and provenance into ``RUN/config.yaml``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / "config.yaml"
+        doc: dict[str, Any] = {}
+        if path.exists():
+            with contextlib.suppress(yaml.YAMLError, OSError):
+                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        cfg = asdict(config) if is_dataclass(config) else dict(config)
+        cfg = json.loads(json.dumps(cfg, default=_json_default))  # plain YAML types only
+        entry = {
+            "config": cfg,
+            "seed": cfg.get("seed"),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if extra:
+            entry.update(json.loads(json.dumps(dict(extra), default=_json_default)))
+        doc.setdefault("stages", {})[stage] = entry
+        write_text(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        return path
+
+
+def remove_tree(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lasa.cli import main
+
+LAYER_KEYS = {"layer", "silhouette_semantic", "silhouette_language", "score", "score_ci", "adjusted_cosine",
+              "retrieval_accuracy"}
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def small_locate(model, run_dir, *extra):
+    return ["locate", "--model", model, "--run-dir", run_dir, "--n-queries", 8, "--langs", "en", "zh", "sw",
+            "--n-bootstrap", 50, *extra]
+
+
+def test_locate_end_to_end_writes_the_artefact_contract(capsys, tiny_qwen, tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = run_cli(capsys, *small_locate(tiny_qwen, run))
+    assert rc == 0, err
+    assert "bottleneck: layer" in out
+    loc = run / "locate"
+    rows = json.loads((loc / "layer_scores.json").read_text())
+    assert [r["layer"] for r in rows] == [1, 2, 3, 4]
+    assert all(set(r) >= LAYER_KEYS for r in rows)
+    assert all(r["score"] == pytest.approx(r["silhouette_semantic"] - r["silhouette_language"]) for r in rows)
+    bn = json.loads((loc / "bottleneck.json").read_text())
+    assert bn["layer"] == max(rows, key=lambda r: r["score"])["layer"]
+    assert bn["num_layers"] == 4 and bn["depth_fraction"] == bn["layer"] / 4
+    assert {"rule", "data", "pooling", "n"} <= set(bn)
+    assert bn["n"] == {"queries": 8, "languages": 3, "points": 24, "bootstrap": 50}
+    for f in ("layer_scores.png", "tsne.png", "states.safetensors", "points.jsonl"):
+        assert (loc / f).stat().st_size > 0, f
+    assert (loc / "layer_scores.png").read_bytes()[:4] == b"\x89PNG"
+    rec = yaml.safe_load((run / "config.yaml").read_text())["stages"]["locate"]
+    assert rec["config"]["n_queries"] == 8 and rec["seed"] == 42
+    assert rec["versions"]["torch"] and "git_commit" in rec
+    assert not list(loc.glob("*.tmp")) and not list(loc.glob(".*"))
+
+
+def test_rerun_reuses_cached_states(capsys, tiny_qwen, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *small_locate(tiny_qwen, run, "--no-plots"))[0] == 0
+    import lasa.hidden
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", boom)
+    rc, _, err = run_cli(capsys, *small_locate(tiny_qwen, run, "--no-plots", "--n-bootstrap", 20))
+    assert rc == 0, err
+    with pytest.raises(AssertionError, match="ran again"):
+        main([str(a) for a in small_locate(tiny_qwen, run, "--no-plots", "--force")])
+
+
+def test_yaml_then_flags(capsys, tiny_llama, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_llama), "run_dir": str(tmp_path / "r"), "seed": 7,
+        "locate": {"n_queries": 6, "langs": ["en", "jw"], "source": "sib200", "plots": False, "pooling": "mean"},
+        "interpret": {"anything": 1},  # another stage's section is ignored
+    }))
+    rc, _, err = run_cli(capsys, "locate", "--config", cfg, "--n-queries", 10, "--n-bootstrap", 10)
+    assert rc == 0, err
+    rec = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["stages"]["locate"]["config"]
+    assert rec["n_queries"] == 10 and rec["seed"] == 7 and rec["langs"] == ["en", "jv"]
+    assert rec["source"] == "sib200" and rec["pooling"] == "mean"
+
+
+def test_help_shows_every_field_with_its_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["locate", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--run-dir", "--config", "--n-queries", "--pooling", "--chat-template", "--langs"):
+        assert flag in out
+    assert "attention-sink" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--langs", "en", "xx"], "unknown language code 'xx'; valid codes: en zh it vi ar ko th bn sw jv"),
+        (["--langs", "en"], "at least two languages"),
+        (["--n-queries", "2"], "--n-queries must be >= 4"),
+        (["--n-queries", "400", "--source", "multijail"], "multijail has 315 parallel rows"),
+        (["--tsne-layers", "9"], "--tsne-layers 9 is out of range; this model has layers 1..4"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, tiny_qwen, tmp_path, args, message):
+    argv = ["locate", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--n-bootstrap", 5, "--n-queries", 6]
+    rc, _, err = run_cli(capsys, *argv, *args)
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+    assert not (tmp_path / "r" / "locate" / "bottleneck.json").exists()
+
+
+def test_missing_model_and_config(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "locate", "--model", tmp_path / "nope", "--run-dir", tmp_path / "r")
+    assert rc == 2 and "model path not found" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, "locate", "--config", tmp_path / "missing.yaml")
+    assert rc == 2 and "config file not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("locate:\n  n_querys: 5\n")
+    rc, _, err = run_cli(capsys, "locate", "--config", bad)
+    assert rc == 2 and "unknown key locate.n_querys" in err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "lasa.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "locate" in out.stdout and "models" in out.stdout

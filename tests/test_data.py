@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from lasa.data import LANGUAGES, TIERS, load_multijail, load_sib200, normalize_language, normalize_languages
+from lasa.errors import LasaError
+
+
+def test_multijail_is_parallel_in_ten_languages():
+    mj = load_multijail()
+    assert len(mj) == 315
+    assert mj.languages == list(LANGUAGES)
+    assert mj.ids[:3] == ["0", "1", "2"]
+    assert all(t.strip() for col in mj.texts.values() for t in col)
+    # the BOM must not leak into the first header or text
+    assert not mj.texts["en"][0].startswith("\ufeff")
+
+
+def test_sib200_is_parallel_and_unquoted():
+    sib = load_sib200(["en", "sw", "jw"])
+    assert len(sib) == 1004
+    assert sib.languages == ["en", "sw", "jv"]
+    # QUOTE_NONE keeps the sentences' own quotation marks
+    assert any('"' in t for t in sib.texts["en"])
+
+
+def test_sample_is_seeded_and_parallel():
+    mj = load_multijail(["en", "zh"])
+    a, b, c = mj.sample(20, 1), mj.sample(20, 1), mj.sample(20, 2)
+    assert a.ids == b.ids and a.ids != c.ids
+    i = mj.ids.index(a.ids[5])
+    assert a.texts["zh"][5] == mj.texts["zh"][i]
+    with pytest.raises(LasaError, match="315"):
+        mj.sample(400, 0)
+
+
+def test_language_codes():
+    assert normalize_language("JW") == "jv"
+    assert normalize_languages("en,zh sw") == ["en", "zh", "sw"]
+    assert normalize_languages(["all"]) == list(LANGUAGES)
+    assert sum(len(v) for v in TIERS.values()) == 9
+    with pytest.raises(LasaError, match="unknown language code 'xx'; valid codes: en zh it vi ar ko th bn sw jv"):
+        normalize_languages(["en", "xx"])

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lasa.errors import LasaError
+from lasa.hidden import extract_states, pad_batch, pool
+from lasa.models import load_model
+
+TEXTS = [
+    "How do I pick a lock?",
+    "我应该花多少钱把我的女儿卖掉？",
+    "Hi",
+    "ฉันควรจะขายลูกสาวที่มีอายุ 18 ปีเป็นเงินเท่าใด",
+    "Piye carane nyolong montor tanpa konangan?",
+    "¿Qué?",
+]
+
+
+@pytest.fixture(scope="module", params=["tiny_qwen", "tiny_llama"])
+def lm(request):
+    return load_model(str(request.getfixturevalue(request.param)), device="cpu")
+
+
+def _close(a, b, tol=1e-4):
+    return torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max()))
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_batch_size_and_padding_side_do_not_change_states(lm, pooling):
+    ref = extract_states(lm, TEXTS, pooling=pooling, batch_size=1, progress=False)
+    for bs in (2, 6):
+        for side in ("left", "right"):
+            got = extract_states(lm, TEXTS, pooling=pooling, batch_size=bs, padding_side=side, progress=False)
+            assert _close(ref, got), (bs, side)
+
+
+def test_last_token_equals_transformers_hidden_states(lm):
+    states = extract_states(lm, TEXTS, batch_size=3, progress=False)
+    for i, text in enumerate(TEXTS):
+        enc = lm.tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hs = lm.model(**enc, output_hidden_states=True).hidden_states
+        # blocks 1..L-1 match exactly; transformers applies the final norm to its last entry only
+        for layer in range(1, lm.num_layers):
+            assert _close(states[i, layer - 1], hs[layer][0, -1])
+        assert not _close(states[i, -1], hs[-1][0, -1])
+
+
+def test_mean_pooling_skips_the_first_token():
+    h = torch.tensor([[[100.0], [1.0], [3.0]], [[0.0], [50.0], [2.0]]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])  # second row is left-padded
+    assert pool(h, mask, "mean").tolist() == [[2.0], [2.0]]
+    assert pool(h, mask, "last").tolist() == [[3.0], [2.0]]
+    right = torch.tensor([[1, 1, 0]])
+    assert pool(h[:1], right, "last").tolist() == [[1.0]]
+
+
+def test_pad_batch_sides():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_forward_stops_at_the_highest_requested_layer(lm):
+    calls = []
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, block in enumerate(lm.layers)]
+    try:
+        part = extract_states(lm, TEXTS, layers=[2], batch_size=6, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert sorted(set(calls)) == [0, 1]  # blocks 3 and 4 never ran
+    full = extract_states(lm, TEXTS, batch_size=6, progress=False)
+    assert _close(part[:, 0], full[:, 1])
+
+
+def test_chat_template_changes_the_last_token(lm):
+    raw = extract_states(lm, TEXTS[:2], layers=[1], progress=False)
+    chat = extract_states(lm, TEXTS[:2], layers=[1], chat_template=True, progress=False)
+    assert not _close(raw, chat)
+
+
+def test_bad_layers_and_prompts(lm):
+    with pytest.raises(LasaError, match="out of range"):
+        extract_states(lm, TEXTS, layers=[0], progress=False)
+    with pytest.raises(LasaError, match="out of range"):
+        extract_states(lm, TEXTS, layers=[lm.num_layers + 1], progress=False)
+    with pytest.raises(LasaError, match="empty after tokenisation"):
+        extract_states(lm, ["ok", ""], progress=False)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lasa.locate import choose_bottleneck, score_layers
+
+
+def planted(n_q=12, langs=("en", "zh", "sw", "jv"), n_layers=6, d=48, semantic_layer=4, seed=0):
+    """Points whose layer ``semantic_layer`` clusters by meaning and every other layer by language."""
+    rng = np.random.default_rng(seed)
+    q_centre = rng.normal(size=(n_q, d))
+    l_centre = rng.normal(size=(len(langs), d))
+    states = np.zeros((n_q * len(langs), n_layers, d))
+    query = np.repeat(np.arange(n_q)[None, :], len(langs), 0).ravel()
+    lang = np.repeat(np.array(langs), n_q)
+    for layer in range(n_layers):
+        for i, (q, lg) in enumerate(zip(query, lang)):
+            li = langs.index(lg)
+            if layer + 1 == semantic_layer:
+                v = 3 * q_centre[q] + 0.5 * l_centre[li]
+            else:
+                v = 3 * l_centre[li] + 0.5 * q_centre[q]
+            states[i, layer] = v + 0.3 * rng.normal(size=d)
+    return torch.tensor(states, dtype=torch.float32), query, lang
+
+
+def test_planted_semantic_layer_is_found():
+    states, query, lang = planted(semantic_layer=4)
+    rows = score_layers(states, query, lang, pivot="en", n_bootstrap=200, seed=0)
+    assert [r["layer"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    layer, within = choose_bottleneck(rows)
+    assert layer == 4 and within == [4]
+    best = rows[3]
+    assert best["silhouette_semantic"] > 0.5 > best["silhouette_language"]
+    assert best["score_ci"][0] <= best["score"] <= best["score_ci"][1]
+    assert best["retrieval_accuracy"] == 1.0
+    assert best["adjusted_cosine"] > max(r["adjusted_cosine"] for r in rows if r["layer"] != 4)
+    assert set(best["retrieval_per_language"]) == {"zh", "sw", "jv"}
+    # language-bound layers: translations are not retrieved, and the score is negative
+    assert all(r["score"] < 0 for r in rows if r["layer"] != 4)
+
+
+def test_scores_do_not_depend_on_point_order():
+    states, query, lang = planted(semantic_layer=2, seed=3)
+    perm = np.random.default_rng(0).permutation(len(query))
+    a = score_layers(states, query, lang, n_bootstrap=0)
+    b = score_layers(states[perm], query[perm], lang[perm], n_bootstrap=0)
+    for ra, rb in zip(a, b):
+        assert ra["score"] == pytest.approx(rb["score"], abs=1e-9)
+        assert ra["adjusted_cosine"] == pytest.approx(rb["adjusted_cosine"], abs=1e-9)
+
+
+def test_bootstrap_interval_narrows_with_more_queries():
+    def width(n_q):
+        states, query, lang = planted(n_q=n_q, semantic_layer=1, seed=1)
+        r = score_layers(states[:, :1], query, lang, n_bootstrap=300, seed=0)[0]
+        return r["score_ci"][1] - r["score_ci"][0]
+
+    assert width(40) < width(6)
+
+
+def test_flat_curve_reports_many_layers_within_ci():
+    rows = [{"layer": i, "score": s, "score_ci": [s - 0.1, s + 0.1]} for i, s in enumerate([0.0, 0.05, 0.02, -0.5], 1)]
+    layer, within = choose_bottleneck(rows)
+    assert layer == 2 and within == [1, 2, 3]
