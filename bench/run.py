@@ -75,16 +75,22 @@ def bench_extraction(args: argparse.Namespace) -> dict:
     n_tokens = sum(len(s) for s in seqs)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     bs = args.batch_size
-    batches = [pad_batch([seqs[i] for i in order[j : j + bs]], lm.tokenizer.pad_token_id, "left")
-               for j in range(0, len(order), bs)]
+    batches = [
+        pad_batch([seqs[i] for i in order[j : j + bs]], lm.tokenizer.pad_token_id, "left")
+        for j in range(0, len(order), bs)
+    ]
     dev = lm.device
 
     @torch.inference_mode()
     def bare(base_only: bool) -> None:
         module = lm.model.get_decoder() if base_only else lm.model
         for ids, mask in batches:
-            module(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                   position_ids=position_ids_from_mask(mask).to(dev), use_cache=False)
+            module(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=position_ids_from_mask(mask).to(dev),
+                use_cache=False,
+            )
 
     def lasa_path() -> None:
         extract_states(lm, texts, layers=None, batch_size=bs, progress=False)
@@ -96,7 +102,11 @@ def bench_extraction(args: argparse.Namespace) -> dict:
     return {
         "what": f"{len(texts)} locate prompts ({n_tokens} tokens), batch {bs}, all {lm.num_layers} layers pooled",
         "model": args.model,
-        "seconds": {"lasa_extract_states": t_lasa, "bare_model_forward": t_bare, "bare_decoder_forward": t_base},
+        "seconds": {
+            "lasa_extract_states": t_lasa,
+            "bare_model_forward": t_bare,
+            "bare_decoder_forward": t_base,
+        },
         "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
         "ratio_vs_model_forward": med["bare"] / med["lasa"],
         "ratio_vs_decoder_forward": med["base"] / med["lasa"],
@@ -104,7 +114,59 @@ def bench_extraction(args: argparse.Namespace) -> dict:
     }
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {"extraction": bench_extraction}
+def _bench_prompts(n: int) -> list[str]:
+    """``n`` MultiJail prompts cycling through the ten languages (a realistic length mix)."""
+    from lasa.data import load_multijail
+
+    mj = load_multijail()
+    return [mj.texts[lang][i] for i, lang in zip(range(n), [g for _ in range(n) for g in mj.languages])][:n]
+
+
+def bench_generation(args: argparse.Namespace) -> dict:
+    """Batched vs batch-1 generation, and SSI-gated vs plain generation, at a fixed response length."""
+    from lasa.generate import Gate, GenerationSettings, generate_all
+    from lasa.models import load_model
+    from lasa.ssi import SSI
+
+    lm = load_model(args.model, device=args.device)
+    prompts = _bench_prompts(args.gen_prompts)
+    n_new = args.new_tokens
+    fixed = GenerationSettings(max_new_tokens=n_new, min_new_tokens=n_new, batch_size=len(prompts))
+    one = GenerationSettings(max_new_tokens=n_new, min_new_tokens=n_new, batch_size=1)
+    t_batched = timed(lambda: generate_all(lm, prompts, fixed, progress=False), args.repeats)
+    t_single = timed(lambda: generate_all(lm, prompts, one, progress=False), 1)
+    out = {
+        "what": f"{len(prompts)} MultiJail prompts (10 languages), {n_new} new tokens each (forced), greedy",
+        "model": args.model,
+        "seconds": {"batched": t_batched, "batch1_loop": t_single},
+        "tokens_per_s": {"batched": len(prompts) * n_new / statistics.median(t_batched),
+                         "batch1_loop": len(prompts) * n_new / statistics.median(t_single)},
+        "target": "gated <= 1.05x plain generation time on the same prompts",
+    }
+    out["batched_speedup"] = out["tokens_per_s"]["batched"] / out["tokens_per_s"]["batch1_loop"]
+    for name in args.ssi:
+        ssi = SSI.load(name)
+        gate = Gate(ssi)
+        flagged = []
+
+        def gated(gate=gate, flagged=flagged):
+            rows = generate_all(lm, prompts, fixed, gate, progress=False)
+            flagged.append(sum(r["gated"] for r in rows))
+
+        t_gated = timed(gated, args.repeats)
+        tag = "chat" if ssi.meta.get("chat_template") else "raw"
+        out["seconds"][f"gated_{tag}_ssi"] = t_gated
+        out[f"gated_{tag}_ssi_ratio_vs_plain"] = statistics.median(t_gated) / statistics.median(t_batched)
+        out[f"gated_{tag}_ssi_flagged"] = f"{flagged[-1]}/{len(prompts)}"
+        out[f"gated_{tag}_ssi_source"] = "state read off the prefill" if tag == "chat" else \
+            "extra pass over the raw prompt, layers 1..L* only"
+    return out
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "extraction": bench_extraction,
+    "generation": bench_generation,
+}
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -115,16 +177,24 @@ def _fmt(x: object) -> str:
 
 
 def render(results: dict[str, dict]) -> str:
-    lines = ["# Benchmark results", "",
-             "Generated by `python bench/run.py` (or `make bench`); medians over repeats, ratios from the same run.",
-             ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python bench/run.py` (or `make bench`); medians over repeats, ratios from the same run.",
+        "",
+    ]
     for name, res in sorted(results.items()):
-        lines += [f"## {name}", "", res.get("what", ""), "",
-                  f"- measured {res['measured_at']} on {res['machine']['cores']} cores "
-                  f"({res['machine']['cpu']}{', ' + res['machine']['cuda'] if res['machine']['cuda'] else ''}), "
-                  f"torch {res['machine']['versions'].get('torch')}, transformers "
-                  f"{res['machine']['versions'].get('transformers')}",
-                  f"- model: `{res.get('model')}`, repeats: {res['repeats']}"]
+        lines += [
+            f"## {name}",
+            "",
+            res.get("what", ""),
+            "",
+            f"- measured {res['measured_at']} on {res['machine']['cores']} cores "
+            f"({res['machine']['cpu']}{', ' + res['machine']['cuda'] if res['machine']['cuda'] else ''}), "
+            f"torch {res['machine']['versions'].get('torch')}, transformers "
+            f"{res['machine']['versions'].get('transformers')}",
+            f"- model: `{res.get('model')}`, repeats: {res['repeats']}",
+        ]
         if "target" in res:
             lines.append(f"- target: {res['target']}")
         lines.append("")
@@ -146,12 +216,17 @@ def render(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"benchmarks: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "names", nargs="*", default=list(BENCHMARKS), help=f"benchmarks: {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--n-prompts", type=int, default=320)
+    parser.add_argument("--n-prompts", type=int, default=320, help="extraction: prompts")
+    parser.add_argument("--gen-prompts", type=int, default=16, help="generation: prompts (one batch)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="generation: forced new tokens per prompt")
+    parser.add_argument("--ssi", nargs="*", default=[], help="generation: SSI run dirs / ssi dirs to gate with")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     RESULTS.mkdir(exist_ok=True)

@@ -9,8 +9,15 @@ import yaml
 
 from lasa.cli import main
 
-LAYER_KEYS = {"layer", "silhouette_semantic", "silhouette_language", "score", "score_ci", "adjusted_cosine",
-              "retrieval_accuracy"}
+LAYER_KEYS = {
+    "layer",
+    "silhouette_semantic",
+    "silhouette_language",
+    "score",
+    "score_ci",
+    "adjusted_cosine",
+    "retrieval_accuracy",
+}
 
 
 def run_cli(capsys, *argv):
@@ -20,8 +27,22 @@ def run_cli(capsys, *argv):
 
 
 def small_locate(model, run_dir, *extra):
-    return ["locate", "--model", model, "--run-dir", run_dir, "--n-queries", 8, "--langs", "en", "zh", "sw",
-            "--n-bootstrap", 50, *extra]
+    return [
+        "locate",
+        "--model",
+        model,
+        "--run-dir",
+        run_dir,
+        "--n-queries",
+        8,
+        "--langs",
+        "en",
+        "zh",
+        "sw",
+        "--n-bootstrap",
+        50,
+        *extra,
+    ]
 
 
 def test_locate_end_to_end_writes_the_artefact_contract(capsys, tiny_qwen, tmp_path):
@@ -65,11 +86,23 @@ def test_rerun_reuses_cached_states(capsys, tiny_qwen, tmp_path, monkeypatch):
 
 def test_yaml_then_flags(capsys, tiny_llama, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": str(tiny_llama), "run_dir": str(tmp_path / "r"), "seed": 7,
-        "locate": {"n_queries": 6, "langs": ["en", "jw"], "source": "sib200", "plots": False, "pooling": "mean"},
-        "interpret": {"anything": 1},  # another stage's section is ignored
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_llama),
+                "run_dir": str(tmp_path / "r"),
+                "seed": 7,
+                "locate": {
+                    "n_queries": 6,
+                    "langs": ["en", "jw"],
+                    "source": "sib200",
+                    "plots": False,
+                    "pooling": "mean",
+                },
+                "interpret": {"anything": 1},  # another stage's section is ignored
+            }
+        )
+    )
     rc, _, err = run_cli(capsys, "locate", "--config", cfg, "--n-queries", 10, "--n-bootstrap", 10)
     assert rc == 0, err
     rec = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["stages"]["locate"]["config"]
@@ -82,7 +115,15 @@ def test_help_shows_every_field_with_its_help(capsys):
         main(["locate", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--run-dir", "--config", "--n-queries", "--pooling", "--chat-template", "--langs"):
+    for flag in (
+        "--model",
+        "--run-dir",
+        "--config",
+        "--n-queries",
+        "--pooling",
+        "--chat-template",
+        "--langs",
+    ):
         assert flag in out
     assert "attention-sink" in out
 
@@ -119,5 +160,7 @@ def test_missing_model_and_config(capsys, tmp_path):
 
 
 def test_console_script_entry_point():
-    out = subprocess.run([sys.executable, "-m", "lasa.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lasa.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "locate" in out.stdout and "models" in out.stdout

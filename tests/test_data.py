@@ -39,5 +39,7 @@ def test_language_codes():
     assert normalize_languages("en,zh sw") == ["en", "zh", "sw"]
     assert normalize_languages(["all"]) == list(LANGUAGES)
     assert sum(len(v) for v in TIERS.values()) == 9
-    with pytest.raises(LasaError, match="unknown language code 'xx'; valid codes: en zh it vi ar ko th bn sw jv"):
+    with pytest.raises(
+        LasaError, match="unknown language code 'xx'; valid codes: en zh it vi ar ko th bn sw jv"
+    ):
         normalize_languages(["en", "xx"])

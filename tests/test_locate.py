@@ -62,6 +62,9 @@ def test_bootstrap_interval_narrows_with_more_queries():
 
 
 def test_flat_curve_reports_many_layers_within_ci():
-    rows = [{"layer": i, "score": s, "score_ci": [s - 0.1, s + 0.1]} for i, s in enumerate([0.0, 0.05, 0.02, -0.5], 1)]
+    rows = [
+        {"layer": i, "score": s, "score_ci": [s - 0.1, s + 0.1]}
+        for i, s in enumerate([0.0, 0.05, 0.02, -0.5], 1)
+    ]
     layer, within = choose_bottleneck(rows)
     assert layer == 2 and within == [1, 2, 3]

@@ -37,7 +37,9 @@ def test_layer_discovery_through_peft_wrapper(tiny_qwen):
 def test_moe_is_refused(tmp_path):
     from transformers import Qwen2MoeConfig
 
-    Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_experts=4).save_pretrained(tmp_path)
+    Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_experts=4).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(LasaError, match="mixture-of-experts.*not supported"):
         load_model(str(tmp_path), device="cpu")
 

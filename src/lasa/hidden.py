@@ -122,7 +122,9 @@ def extract_states(
     from tqdm.auto import tqdm
 
     n_layers = lm.num_layers
-    layers = list(range(1, n_layers + 1)) if layers is None else [validate_layer(int(x), n_layers) for x in layers]
+    layers = (
+        list(range(1, n_layers + 1)) if layers is None else [validate_layer(int(x), n_layers) for x in layers]
+    )
     if not layers:
         raise LasaError("no layers requested")
     if not texts:
@@ -172,5 +174,7 @@ def extract_states(
     return out
 
 
-def count_tokens(lm: LoadedModel, texts: Sequence[str], chat_template: bool = False, max_length: int = 512) -> int:
+def count_tokens(
+    lm: LoadedModel, texts: Sequence[str], chat_template: bool = False, max_length: int = 512
+) -> int:
     return sum(min(len(s), max_length) for s in format_prompts(lm.tokenizer, texts, chat_template))

@@ -95,10 +95,17 @@ def build_points(cfg: LocateConfig) -> tuple[ParallelTable, list[dict]]:
             texts={lang: mj.texts[lang] + sib.texts[lang] for lang in langs},
         )
     if table.source != "mixed":
-        table = ParallelTable(source=table.source, ids=[f"{table.source}:{i}" for i in table.ids], texts=table.texts)
+        table = ParallelTable(
+            source=table.source, ids=[f"{table.source}:{i}" for i in table.ids], texts=table.texts
+        )
     points = [
-        {"point": li * len(table) + qi, "query": qi, "query_id": qid, "lang": lang,
-         "text": table.texts[lang][qi]}
+        {
+            "point": li * len(table) + qi,
+            "query": qi,
+            "query_id": qid,
+            "lang": lang,
+            "text": table.texts[lang][qi],
+        }
         for li, lang in enumerate(langs)
         for qi, qid in enumerate(table.ids)
     ]
@@ -164,18 +171,20 @@ def score_layers(
             src = np.flatnonzero(lang == lv)
             nearest = pivot_rows[cos[np.ix_(src, pivot_rows)].argmax(axis=1)]
             retrieval[str(lv)] = float((qpos[nearest] == qpos[src]).mean())
-        rows.append({
-            "layer": li + 1,
-            "silhouette_semantic": float(s_sem.mean()),
-            "silhouette_language": float(s_lang.mean()),
-            "score": float(diff.mean()),
-            "score_ci": [float(lo), float(hi)],
-            "adjusted_cosine": float(cos[pair].mean() - cos[nonpair].mean()),
-            "pair_cosine": float(cos[pair].mean()),
-            "retrieval_accuracy": float(np.mean(list(retrieval.values()))) if retrieval else float("nan"),
-            "retrieval_per_language": retrieval,
-            "retrieval_pivot": str(pivot),
-        })
+        rows.append(
+            {
+                "layer": li + 1,
+                "silhouette_semantic": float(s_sem.mean()),
+                "silhouette_language": float(s_lang.mean()),
+                "score": float(diff.mean()),
+                "score_ci": [float(lo), float(hi)],
+                "adjusted_cosine": float(cos[pair].mean() - cos[nonpair].mean()),
+                "pair_cosine": float(cos[pair].mean()),
+                "retrieval_accuracy": float(np.mean(list(retrieval.values()))) if retrieval else float("nan"),
+                "retrieval_per_language": retrieval,
+                "retrieval_pivot": str(pivot),
+            }
+        )
     return rows
 
 
@@ -202,9 +211,16 @@ def plot_layer_scores(rows: list[dict], bottleneck: Bottleneck, path: Path, titl
     fig, axes = plt.subplots(3, 1, figsize=(7.5, 9), sharex=True)
     band = (PAPER_BAND[0] * n, PAPER_BAND[1] * n)
     for i, ax in enumerate(axes):
-        ax.axvspan(*band, color="0.92", zorder=0, label="paper's bottleneck band (43–68% depth)" if i == 0 else None)
-        ax.axvline(bottleneck.layer, color="crimson", ls="--", lw=1.2,
-                   label=f"bottleneck: layer {bottleneck.layer}" if i == 0 else None)
+        ax.axvspan(
+            *band, color="0.92", zorder=0, label="paper's bottleneck band (43–68% depth)" if i == 0 else None
+        )
+        ax.axvline(
+            bottleneck.layer,
+            color="crimson",
+            ls="--",
+            lw=1.2,
+            label=f"bottleneck: layer {bottleneck.layer}" if i == 0 else None,
+        )
         ax.grid(alpha=0.3)
     ax = axes[0]
     ax.plot(layers, [r["silhouette_semantic"] for r in rows], "o-", ms=3, label="S_sem (by meaning)")
@@ -215,16 +231,30 @@ def plot_layer_scores(rows: list[dict], bottleneck: Bottleneck, path: Path, titl
     ax = axes[1]
     score = np.array([r["score"] for r in rows])
     ci = np.array([r["score_ci"] for r in rows])
-    ax.fill_between(layers, ci[:, 0], ci[:, 1], alpha=0.3, color="tab:green", label="95% bootstrap CI (queries)")
+    ax.fill_between(
+        layers, ci[:, 0], ci[:, 1], alpha=0.3, color="tab:green", label="95% bootstrap CI (queries)"
+    )
     ax.plot(layers, score, "o-", ms=3, color="tab:green", label="S_sem − S_lang")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("score")
     ax.legend(fontsize=8, loc="best")
     ax = axes[2]
-    ax.plot(layers, [r["adjusted_cosine"] for r in rows], "o-", ms=3, color="tab:purple",
-            label="adjusted cosine (pairs − non-pairs)")
-    ax.plot(layers, [r["retrieval_accuracy"] for r in rows], "^-", ms=3, color="tab:orange",
-            label="xx→pivot retrieval accuracy")
+    ax.plot(
+        layers,
+        [r["adjusted_cosine"] for r in rows],
+        "o-",
+        ms=3,
+        color="tab:purple",
+        label="adjusted cosine (pairs − non-pairs)",
+    )
+    ax.plot(
+        layers,
+        [r["retrieval_accuracy"] for r in rows],
+        "^-",
+        ms=3,
+        color="tab:orange",
+        label="xx→pivot retrieval accuracy",
+    )
     ax.set_ylabel("cross-lingual alignment")
     ax.set_xlabel("layer (hidden_states index; 0 = embeddings)")
     ax.legend(fontsize=8, loc="best")
@@ -232,8 +262,15 @@ def plot_layer_scores(rows: list[dict], bottleneck: Bottleneck, path: Path, titl
     return save_figure(fig, path)
 
 
-def plot_tsne(states: torch.Tensor, points: list[dict], layers: list[int], bottleneck: int, path: Path,
-              seed: int = 42, n_highlight: int = 10) -> Path:
+def plot_tsne(
+    states: torch.Tensor,
+    points: list[dict],
+    layers: list[int],
+    bottleneck: int,
+    path: Path,
+    seed: int = 42,
+    n_highlight: int = 10,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,7 +287,9 @@ def plot_tsne(states: torch.Tensor, points: list[dict], layers: list[int], bottl
     for row, layer in enumerate(layers):
         x = torch.nn.functional.normalize(states[:, layer - 1].float(), dim=-1).numpy()
         perplexity = min(30.0, max(2.0, (len(x) - 1) / 3.0))
-        emb = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca", metric="cosine").fit_transform(x)
+        emb = TSNE(
+            n_components=2, perplexity=perplexity, random_state=seed, init="pca", metric="cosine"
+        ).fit_transform(x)
         tag = " (bottleneck)" if layer == bottleneck else ""
         ax = axes[row, 0]
         for i, lang in enumerate(langs):
@@ -316,10 +355,15 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     run = RunDir(cfg.run_dir)
     out = run.stage("locate")
     table, points = build_points(cfg)
-    key = fingerprint({
-        "model": cfg.model, "texts": [p["text"] for p in points], "pooling": cfg.pooling,
-        "chat_template": cfg.chat_template, "max_length": cfg.max_length,
-    })
+    key = fingerprint(
+        {
+            "model": cfg.model,
+            "texts": [p["text"] for p in points],
+            "pooling": cfg.pooling,
+            "chat_template": cfg.chat_template,
+            "max_length": cfg.max_length,
+        }
+    )
     states_path = out / "states.safetensors"
     states = None if cfg.force else _load_states(states_path, key)
     timings: dict[str, float] = {}
@@ -332,14 +376,25 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
             validate_layer(int(t), lm.num_layers, "--tsne-layers")
         t1 = time.time()
         states = extract_states(
-            lm, [p["text"] for p in points], layers=None, pooling=cfg.pooling, batch_size=cfg.batch_size,
-            max_length=cfg.max_length, chat_template=cfg.chat_template, desc="locate: hidden states",
+            lm,
+            [p["text"] for p in points],
+            layers=None,
+            pooling=cfg.pooling,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            chat_template=cfg.chat_template,
+            desc="locate: hidden states",
         )
         timings["extract_seconds"] = round(time.time() - t1, 2)
         write_jsonl(out / "points.jsonl", points)
         _save_states(states_path, states, key)
-        model_info = {"spec": cfg.model, "path": lm.path, "class": type(lm.model).__name__,
-                      "layers_path": lm.layers_path, "fingerprint": lm.fingerprint}
+        model_info = {
+            "spec": cfg.model,
+            "path": lm.path,
+            "class": type(lm.model).__name__,
+            "layers_path": lm.layers_path,
+            "fingerprint": lm.fingerprint,
+        }
         write_json(out / "model.json", model_info)
     else:
         logger.info("locate: reusing cached states %s (pass --force to recompute)", states_path)
@@ -356,32 +411,65 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     best = rows[layer - 1]
     depth = layer / num_layers
     bn = Bottleneck(
-        layer=layer, num_layers=num_layers, depth_fraction=round(depth, 4), score=best["score"],
-        score_ci=best["score_ci"], rule=RULE,
-        data={"source": cfg.source, "languages": cfg.langs, "query_ids": table.ids, "seed": cfg.seed,
-              "chat_template": cfg.chat_template},
-        pooling=cfg.pooling, chat_template=cfg.chat_template,
-        n={"queries": len(table), "languages": len(cfg.langs), "points": len(points), "bootstrap": cfg.n_bootstrap},
+        layer=layer,
+        num_layers=num_layers,
+        depth_fraction=round(depth, 4),
+        score=best["score"],
+        score_ci=best["score_ci"],
+        rule=RULE,
+        data={
+            "source": cfg.source,
+            "languages": cfg.langs,
+            "query_ids": table.ids,
+            "seed": cfg.seed,
+            "chat_template": cfg.chat_template,
+        },
+        pooling=cfg.pooling,
+        chat_template=cfg.chat_template,
+        n={
+            "queries": len(table),
+            "languages": len(cfg.langs),
+            "points": len(points),
+            "bootstrap": cfg.n_bootstrap,
+        },
         model=cfg.model,
         index_convention="layer l = output of decoder block l = transformers hidden_states[l] (1..L; 0 = embeddings; "
         "the last layer is read before the final norm)",
-        layers_within_ci=within, in_paper_band=PAPER_BAND[0] <= depth <= PAPER_BAND[1], paper_band=list(PAPER_BAND),
+        layers_within_ci=within,
+        in_paper_band=PAPER_BAND[0] <= depth <= PAPER_BAND[1],
+        paper_band=list(PAPER_BAND),
     )
     write_json(out / "layer_scores.json", rows)
     if cfg.plots:
         t1 = time.time()
-        title = (f"{cfg.model}: {len(table)} queries x {len(cfg.langs)} languages ({cfg.source}, "
-                 f"{cfg.pooling}-token pooling)")
+        title = (
+            f"{cfg.model}: {len(table)} queries x {len(cfg.langs)} languages ({cfg.source}, "
+            f"{cfg.pooling}-token pooling)"
+        )
         plot_layer_scores(rows, bn, out / "layer_scores.png", title)
         tsne_layers = [validate_layer(int(x), num_layers, "--tsne-layers") for x in cfg.tsne_layers]
-        plot_tsne(states, points, tsne_layers or default_tsne_layers(num_layers, layer), layer, out / "tsne.png", seed=cfg.seed)
+        plot_tsne(
+            states,
+            points,
+            tsne_layers or default_tsne_layers(num_layers, layer),
+            layer,
+            out / "tsne.png",
+            seed=cfg.seed,
+        )
         timings["plot_seconds"] = round(time.time() - t1, 2)
     timings["total_seconds"] = round(time.time() - t0, 2)
     doc = asdict(bn) | {"model_info": model_info, "timings": timings}
     write_json(out / "bottleneck.json", doc)  # written last: its presence means the stage finished
     run.record("locate", cfg, {"timings": timings})
-    logger.info("locate: bottleneck = layer %d of %d (depth %.0f%%), score %.3f [%.3f, %.3f]; %d layer(s) within CI",
-                layer, num_layers, 100 * depth, best["score"], *best["score_ci"], len(within))
+    logger.info(
+        "locate: bottleneck = layer %d of %d (depth %.0f%%), score %.3f [%.3f, %.3f]; %d layer(s) within CI",
+        layer,
+        num_layers,
+        100 * depth,
+        best["score"],
+        *best["score_ci"],
+        len(within),
+    )
     return bn
 
 

@@ -93,7 +93,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or os.sep * 2 in spec
+    return (
+        spec.startswith(("/", ".", "~"))
+        or spec.endswith(".gguf")
+        or spec.count("/") > 1
+        or os.sep * 2 in spec
+    )
 
 
 def prepare_gguf(path: Path, root: Path | None = None) -> Path:
@@ -111,9 +116,14 @@ def prepare_gguf(path: Path, root: Path | None = None) -> Path:
         try:
             default_model.convert_gguf(path, tmp)
         except Exception as err:  # the GGUF reader's errors are deep and long; keep the first line
-            raise LasaError(f"could not read {path} as a GGUF model ({str(err).splitlines()[0][:200]})") from err
+            raise LasaError(
+                f"could not read {path} as a GGUF model ({str(err).splitlines()[0][:200]})"
+            ) from err
         (tmp / default_model.MARKER).write_text(
-            json.dumps({"name": final.name, "gguf": str(path.resolve()), "prepared_at": time.strftime("%F %T")}) + "\n"
+            json.dumps(
+                {"name": final.name, "gguf": str(path.resolve()), "prepared_at": time.strftime("%F %T")}
+            )
+            + "\n"
         )
         os.replace(tmp, final)
     finally:
@@ -137,7 +147,9 @@ def resolve_model_path(spec: str) -> str:
             raise LasaError(f"--model {spec}: directory has no config.json; is it a transformers checkpoint?")
         return str(path)
     if _looks_like_path(spec):
-        raise LasaError(f"model path not found: {spec} (pass an existing directory, a .gguf file, or 'default')")
+        raise LasaError(
+            f"model path not found: {spec} (pass an existing directory, a .gguf file, or 'default')"
+        )
     return spec  # a hub id
 
 
@@ -164,7 +176,9 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n)
     ]
     if not candidates:
-        raise LasaError(f"could not find the decoder layers of {type(model).__name__} (num_hidden_layers={n})")
+        raise LasaError(
+            f"could not find the decoder layers of {type(model).__name__} (num_hidden_layers={n})"
+        )
     # Prefer the conventional names, then the shallowest path (a language model inside a
     # multimodal wrapper sits deeper than a vision tower only if its name is not 'layers').
     candidates.sort(key=lambda nm: (not nm[0].endswith(("layers", ".h", "blocks")), nm[0].count("."), nm[0]))
@@ -195,8 +209,11 @@ def model_fingerprint(model: nn.Module, tokenizer: Any) -> dict:
             w = weights[0].detach().reshape(-1)
             idx = torch.linspace(0, w.numel() - 1, 16).long().to(w.device)
             sample += [round(float(v), 6) for v in w[idx].float().cpu()]
-    return {"id": hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16], "arch": arch,
-            "weight_sample": sample}
+    return {
+        "id": hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16],
+        "arch": arch,
+        "weight_sample": sample,
+    }
 
 
 def fingerprints_match(a: dict, b: dict, rtol: float = 1e-2) -> bool:
@@ -242,10 +259,43 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto")
     tokenizer = load_tokenizer(path)
     layers_path, layers = find_decoder_layers(model)
     fp = model_fingerprint(model, tokenizer)
-    logger.info("loaded %s (%s, %d layers, d=%d) on %s/%s in %.1f s", spec, type(model).__name__, len(layers),
-                text_config(model.config).hidden_size, dev, str(torch_dtype).removeprefix("torch."), time.time() - t0)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=path, layers=layers,
-                       layers_path=layers_path, fingerprint=fp)
+    logger.info(
+        "loaded %s (%s, %d layers, d=%d) on %s/%s in %.1f s",
+        spec,
+        type(model).__name__,
+        len(layers),
+        text_config(model.config).hidden_size,
+        dev,
+        str(torch_dtype).removeprefix("torch."),
+        time.time() - t0,
+    )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        path=path,
+        layers=layers,
+        layers_path=layers_path,
+        fingerprint=fp,
+    )
+
+
+def load_adapter(lm: LoadedModel, path: str | Path) -> LoadedModel:
+    """Wrap ``lm`` with a trained PEFT adapter (inference mode); the base fingerprint is kept."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(lm.model, str(path), is_trainable=False)
+    model.eval()
+    layers_path, layers = find_decoder_layers(model)
+    return LoadedModel(
+        model=model,
+        tokenizer=lm.tokenizer,
+        spec=lm.spec,
+        path=lm.path,
+        layers=layers,
+        layers_path=layers_path,
+        fingerprint=lm.fingerprint,
+    )
 
 
 def validate_layer(layer: int, num_layers: int, what: str = "--layer") -> int:

@@ -29,8 +29,17 @@ import yaml
 logger = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = (
-    "lasa", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors",
-    "scikit-learn", "numpy", "gguf",
+    "lasa",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "scikit-learn",
+    "numpy",
+    "gguf",
 )
 
 
@@ -119,7 +128,11 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=src, capture_output=True, text=True, timeout=5, check=True,
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -21,8 +21,16 @@ from lasa.errors import LasaError
 #: The ten MultiJail languages in the paper's order (high → medium → low resource after English).
 LANGUAGES: tuple[str, ...] = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "zh": "Chinese", "it": "Italian", "vi": "Vietnamese", "ar": "Arabic",
-    "ko": "Korean", "th": "Thai", "bn": "Bengali", "sw": "Swahili", "jv": "Javanese",
+    "en": "English",
+    "zh": "Chinese",
+    "it": "Italian",
+    "vi": "Vietnamese",
+    "ar": "Arabic",
+    "ko": "Korean",
+    "th": "Thai",
+    "bn": "Bengali",
+    "sw": "Swahili",
+    "jv": "Javanese",
 }
 #: MultiJail's resource tiers (English is the reference and belongs to no tier).
 TIERS: dict[str, tuple[str, ...]] = {
@@ -33,8 +41,16 @@ TIERS: dict[str, tuple[str, ...]] = {
 _ALIASES = {"jw": "jv"}  # MultiJail and some HF datasets spell Javanese "jw"
 
 _SIB_CODES = {
-    "en": "eng_Latn", "zh": "zho_Hans", "it": "ita_Latn", "vi": "vie_Latn", "ar": "arb_Arab",
-    "ko": "kor_Hang", "th": "tha_Thai", "bn": "ben_Beng", "sw": "swh_Latn", "jv": "jav_Latn",
+    "en": "eng_Latn",
+    "zh": "zho_Hans",
+    "it": "ita_Latn",
+    "vi": "vie_Latn",
+    "ar": "arb_Arab",
+    "ko": "kor_Hang",
+    "th": "tha_Thai",
+    "bn": "ben_Beng",
+    "sw": "swh_Latn",
+    "jv": "jav_Latn",
 }
 
 
@@ -42,7 +58,9 @@ def normalize_language(code: str) -> str:
     """Map a user-given code to one of :data:`LANGUAGES`, or raise a one-line error listing them."""
     norm = _ALIASES.get(code.strip().lower(), code.strip().lower())
     if norm not in LANGUAGES:
-        raise LasaError(f"unknown language code {code!r}; valid codes: {' '.join(LANGUAGES)} (jw is accepted for jv)")
+        raise LasaError(
+            f"unknown language code {code!r}; valid codes: {' '.join(LANGUAGES)} (jw is accepted for jv)"
+        )
     return norm
 
 
@@ -80,7 +98,9 @@ class ParallelTable:
     def __post_init__(self) -> None:
         for lang, col in self.texts.items():
             if len(col) != len(self.ids):
-                raise ValueError(f"{self.source}: column {lang} has {len(col)} rows, expected {len(self.ids)}")
+                raise ValueError(
+                    f"{self.source}: column {lang} has {len(col)} rows, expected {len(self.ids)}"
+                )
 
     @property
     def languages(self) -> list[str]:
@@ -101,7 +121,9 @@ class ParallelTable:
         """``n`` rows drawn without replacement with ``seed`` (all rows, in order, when n is None)."""
         if n is None or n >= len(self):
             if n is not None and n > len(self):
-                raise LasaError(f"{self.source} has {len(self)} parallel rows; asked for {n}: lower --n-queries")
+                raise LasaError(
+                    f"{self.source} has {len(self)} parallel rows; asked for {n}: lower --n-queries"
+                )
             return self
         rows = sorted(random.Random(seed).sample(range(len(self)), n))
         return self.select(rows)
@@ -133,7 +155,9 @@ def load_multijail(languages: Iterable[str] | None = None, path: str | Path | No
     for i, row in enumerate(rows, start=2):
         for lang in langs:
             if not (row.get(lang) or "").strip():
-                raise LasaError(f"{path}:{i}: empty {lang} prompt for id {row.get('id')}; the file is malformed")
+                raise LasaError(
+                    f"{path}:{i}: empty {lang} prompt for id {row.get('id')}; the file is malformed"
+                )
     return ParallelTable(
         source="multijail",
         ids=[row["id"] for row in rows],

@@ -1,0 +1,587 @@
+"""Stage 3 — semantic-conditioned KTO: a small data transformation plus the stock ``trl.KTOTrainer``.
+
+LASA teaches the model to act on the SSI's signal. The signal is a fixed conditioning text at
+the start of the assistant turn; during training each row carries it with probability
+ρ_safety = 0.5 (harmful prompts) or ρ_general = 0.05 (benign prompts), on the *prompt side*, so
+its tokens get no loss. The model learns: text present → refuse (in the user's language); text
+absent → still refuse harmful requests; text present on a benign prompt (a false alarm) → still
+help. At inference the SSI decides per prompt whether the text is placed (``lasa generate --gate``).
+
+Everything else is stock TRL/PEFT, so it scales like any TRL run (accelerate, DeepSpeed, FSDP):
+rows are written in TRL's unpaired text format (``prompt`` already chat-templated, ``completion``,
+``label``); ``KTOTrainer`` computes the loss (log-probabilities only on completion tokens), the
+reference model is the adapter-disabled base, and the KL reference point comes from TRL's
+mismatched pairs. Two of the release's flaws are data-order bugs that this module fixes:
+
+- rows are shuffled once with a seed (the release trained on all safety rows, then all general);
+- TRL builds each KL pair by rotating completions by one *within a batch*, so the order is
+  arranged so that no batch holds two rows of the same prompt: a KL pair never matches a prompt
+  with its own sibling completion (the release's adjacent chosen/rejected rows did exactly that).
+
+Baselines share the path: ``--method kto`` (same rows, never conditioned) and ``--method sft``
+(supervised fine-tuning on the desirable completions, TRL ``SFTTrainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lasa.config import AlignConfig
+from lasa.errors import LasaError
+from lasa.runs import RunDir, read_jsonl, save_figure, write_json, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+#: Separator between the conditioning text and the completion (the same at inference).
+CONDITIONING_SEPARATOR = "\n"
+
+# Desirable refusals and undesirable compliant openings, written for lasa, in the training
+# languages (the conditioning text asks for "a safe response in the user's language").
+REFUSALS = {
+    "en": [
+        "I'm sorry, but I can't help with that. It could cause real harm to people, and I won't provide "
+        "instructions or content for it. If you're facing a difficult situation, I'm happy to talk about safe "
+        "and legal options.",
+        "I can't assist with this request. Helping with it could put others at risk or break the law. If there's "
+        "something else you need, or a safer way I can help, let me know.",
+        "Sorry, I won't do that. This request asks for something harmful, so I have to decline. If you or someone "
+        "else is in danger, please contact local emergency services or a trusted professional.",
+    ],
+    "zh": [
+        "抱歉，我不能帮助你做这件事。这可能会对他人造成真正的伤害，所以我不会提供相关的方法或内容。如果你遇到了困难，我很乐意和你讨论安全、合法的解决办法。",
+        "对不起，我无法协助这个请求。它可能危害他人或违反法律。如果你有其他需要，或者希望寻找更安全的帮助方式，请告诉我。",
+        "抱歉，我必须拒绝这个请求，因为它涉及有害的内容。如果你或他人正处于危险之中，请联系当地的紧急服务或值得信赖的专业人士。",
+    ],
+    "ar": [
+        "عذرًا، لا أستطيع المساعدة في ذلك لأنه قد يسبب ضررًا حقيقيًا. إذا كنت تواجه موقفًا صعبًا، يسعدني مناقشة خيارات آمنة وقانونية."
+    ],
+    "bn": [
+        "দুঃখিত, আমি এতে সাহায্য করতে পারব না, কারণ এটি মানুষের ক্ষতি করতে পারে। আপনি কঠিন পরিস্থিতিতে থাকলে, নিরাপদ ও আইনসম্মত উপায় নিয়ে কথা বলতে পারি।"
+    ],
+}
+COMPLIANT_OPENINGS = {
+    "en": [
+        "Sure, here is how to do it. Step 1:",
+        "Of course! Here's a detailed guide:",
+        "Absolutely, here you go:",
+    ],
+    "zh": ["好的，下面是具体的做法。第一步：", "当然可以！以下是详细的步骤：", "没问题，具体方法如下："],
+    "ar": ["بالتأكيد، إليك الطريقة بالتفصيل. الخطوة الأولى:"],
+    "bn": ["অবশ্যই, এটি করার বিস্তারিত পদ্ধতি এখানে। ধাপ ১:"],
+}
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def build_rows(
+    train_langs: Sequence[str], n_safety: int, n_general: int, seed: int
+) -> tuple[list[dict], dict]:
+    """Safety rows (harmful prompt: refusal desirable, compliance undesirable) and general rows
+    (benign prompt: the reference answer desirable, a needless refusal undesirable), from vendored
+    data in the training languages only; MultiJail never contributes (training_prompts drops it)."""
+    from lasa.data.safety import alpaca, english_affirmative_targets, normalize_text, training_prompts
+
+    rng = random.Random(seed)
+    pool, _ = training_prompts(train_langs, cap=10_000, seed=seed)
+    harmful = [p for p in pool if p.label == 1 and p.form != "statement"]  # requests and questions
+    rng.shuffle(harmful)
+    harmful = _balanced(harmful, n_safety, train_langs, rng)
+    targets = {normalize_text(k): v for k, v in english_affirmative_targets().items()}
+    rows: list[dict] = []
+    for p in harmful:
+        undesirable = targets.get(normalize_text(p.text)) or rng.choice(
+            COMPLIANT_OPENINGS.get(p.lang, COMPLIANT_OPENINGS["en"])
+        )
+        refusal = rng.choice(REFUSALS.get(p.lang, REFUSALS["en"]))
+        rows.append(_row(p.text, refusal, True, "safety", p.lang, p.id, "refusal (lasa template)"))
+        rows.append(
+            _row(
+                p.text,
+                undesirable,
+                False,
+                "safety",
+                p.lang,
+                p.id,
+                "affirmative target (HarmBench/AdvBench)"
+                if normalize_text(p.text) in targets
+                else "compliant opening (lasa template)",
+            )
+        )
+    general = [r for r in alpaca() if r["output"].strip() and len(r["output"]) < 1200]
+    mj_free = {p.text for p in pool if p.source == "alpaca"}  # de-duplicated against MultiJail
+    general = [r for r in general if r["instruction"].strip() in mj_free]
+    rng.shuffle(general)
+    for i, r in enumerate(general[:n_general]):
+        pid = f"alpaca:{normalize_text(r['instruction'])[:60]}"
+        rows.append(
+            _row(
+                r["instruction"].strip(),
+                r["output"].strip(),
+                True,
+                "general",
+                "en",
+                pid,
+                "Alpaca reference answer",
+            )
+        )
+        rows.append(
+            _row(
+                r["instruction"].strip(),
+                REFUSALS["en"][i % len(REFUSALS["en"])],
+                False,
+                "general",
+                "en",
+                pid,
+                "needless refusal (lasa template)",
+            )
+        )
+    recipe = {
+        "safety": {
+            "prompts": len(harmful),
+            "languages": sorted({p.lang for p in harmful}),
+            "desirable": "a refusal in the prompt's language (lasa templates)",
+            "undesirable": "HarmBench/AdvBench affirmative target, else a compliant opening (lasa templates)",
+        },
+        "general": {
+            "prompts": min(n_general, len(general)),
+            "languages": ["en"],
+            "desirable": "Alpaca reference answer",
+            "undesirable": "a needless refusal",
+        },
+        "excluded": "every MultiJail prompt (normalised and near-duplicate matches) in every language",
+    }
+    return rows, recipe
+
+
+def _balanced(prompts: list, n: int, langs: Sequence[str], rng: random.Random) -> list:
+    """``n`` prompts split evenly over the languages that have them."""
+    by_lang = {g: [p for p in prompts if p.lang == g] for g in langs}
+    by_lang = {g: v for g, v in by_lang.items() if v}
+    out: list = []
+    share = max(1, n // max(1, len(by_lang)))
+    for v in by_lang.values():
+        out += v[:share]
+    rest = [p for v in by_lang.values() for p in v[share:]]
+    out += rest[: max(0, n - len(out))]
+    rng.shuffle(out)
+    return out[:n]
+
+
+def _row(prompt: str, completion: str, label: bool, source: str, lang: str, pid: str, origin: str) -> dict:
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "label": bool(label),
+        "source": source,
+        "language": lang,
+        "pid": pid,
+        "origin": origin,
+    }
+
+
+def load_user_rows(path: str | Path) -> list[dict]:
+    """A user's KTO data: the release's paired format (``prompt, chosen, rejected, source``) or TRL's
+    unpaired format (``prompt, completion, label``), as JSONL or a JSON list. ``source`` is
+    ``safety`` or ``general`` (default ``safety`` for paired rows, ``general`` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LasaError(f"--data {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        items = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except json.JSONDecodeError as err:
+        raise LasaError(f"{path}: line {err.lineno}: not valid JSON") from None
+    rows = []
+    for n, item in enumerate(items, start=1):
+        where = f"{path}: row {n}"
+        if not isinstance(item, dict):
+            raise LasaError(f"{where}: expected an object")
+        if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise LasaError(f"{where}: missing or empty 'prompt'")
+        lang = item.get("language", item.get("lang", "en"))
+        pid = str(item.get("id", f"user:{n}"))
+        if "chosen" in item or "rejected" in item:
+            for key in ("chosen", "rejected"):
+                if not isinstance(item.get(key), str) or not item[key].strip():
+                    raise LasaError(f"{where}: paired rows need non-empty 'chosen' and 'rejected'")
+            source = item.get("source", "safety")
+            if source not in ("safety", "general"):
+                raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
+            rows.append(_row(item["prompt"], item["chosen"], True, source, lang, pid, "user file (chosen)"))
+            rows.append(
+                _row(item["prompt"], item["rejected"], False, source, lang, pid, "user file (rejected)")
+            )
+        elif "completion" in item and "label" in item:
+            if not isinstance(item["completion"], str) or not isinstance(item["label"], bool):
+                raise LasaError(f"{where}: 'completion' must be a string and 'label' a boolean")
+            source = item.get("source", "general")
+            if source not in ("safety", "general"):
+                raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
+            rows.append(
+                _row(item["prompt"], item["completion"], item["label"], source, lang, pid, "user file")
+            )
+        else:
+            raise LasaError(f"{where}: needs either chosen+rejected (paired) or completion+label (unpaired)")
+    if not rows:
+        raise LasaError(f"{path} holds no rows")
+    return rows
+
+
+# -- the transformation ----------------------------------------------------------------------
+
+
+def chat_prefix(tokenizer: Any, user_text: str) -> str:
+    """The chat-templated user turn and the assistant header, as text, without a leading BOS that
+    the tokenizer adds again on encoding (Llama) — TRL tokenises this string as the prompt."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token
+    if (
+        bos
+        and text.startswith(bos)
+        and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+    ):
+        text = text[len(bos) :]
+    return text
+
+
+def condition_rows(
+    rows: list[dict], method: str, rho_safety: float, rho_general: float, seed: int, conditioning_text: str
+) -> list[dict]:
+    """Draw c ~ Bernoulli(ρ_source) per row (``method == 'lasa'``; never for the baselines) and
+    record it; the text is attached to the prompt side in :func:`to_trl_rows`."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        rho = rho_safety if r["source"] == "safety" else rho_general
+        c = method == "lasa" and rng.random() < rho
+        out.append(r | {"conditioned": bool(c), "conditioning_text": conditioning_text if c else ""})
+    return out
+
+
+def order_for_kl(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """Shuffle once, then fill batches so that no batch holds two rows of the same prompt (TRL's
+    KL pairs rotate completions within a batch). Greedy scan-ahead keeps the order random."""
+    rng = random.Random(seed)
+    pending = rows[:]
+    rng.shuffle(pending)
+    ordered: list[dict] = []
+    while pending:
+        batch, keys, rest = [], set(), []
+        for r in pending:
+            if len(batch) < batch_size and r["pid"] not in keys:
+                batch.append(r)
+                keys.add(r["pid"])
+            else:
+                rest.append(r)
+        ordered += batch
+        pending = rest
+    return ordered
+
+
+def kl_pairs(rows: list[dict], batch_size: int) -> list[tuple[int, int]]:
+    """(row, KL-completion row) as TRL builds them: rotation by one inside each batch."""
+    pairs = []
+    for start in range(0, len(rows), batch_size):
+        idx = list(range(start, min(start + batch_size, len(rows))))
+        pairs += [(i, idx[(k - 1) % len(idx)]) for k, i in enumerate(idx)]
+    return pairs
+
+
+def to_trl_rows(rows: list[dict], tokenizer: Any) -> list[dict]:
+    """TRL unpaired text rows; the conditioning text sits at the start of the assistant turn, on
+    the prompt side (no loss on it)."""
+    out = []
+    for r in rows:
+        prompt = chat_prefix(tokenizer, r["prompt"])
+        if r.get("conditioned"):
+            prompt += r["conditioning_text"] + CONDITIONING_SEPARATOR
+        out.append({"prompt": prompt, "completion": r["completion"], "label": bool(r["label"])})
+    return out
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def block_linear_names(layers: Any) -> list[str]:
+    """Leaf names of the nn.Linear modules inside a decoder block ("all-linear", resolved so that
+    PEFT can combine it with ``layers_to_transform``)."""
+    from torch import nn
+
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, mod in layers[0].named_modules() if isinstance(mod, nn.Linear)}
+    )
+
+
+def lora_config(cfg: AlignConfig, num_layers: int, bottleneck: int | None, layers_module: Any = None) -> Any:
+    from peft import LoraConfig
+
+    layers = None
+    if cfg.lora_layers == "above_bottleneck":
+        if bottleneck is None:
+            raise LasaError(
+                "--lora-layers above_bottleneck needs RUN/locate/bottleneck.json (run `lasa locate`) "
+                "or --bottleneck-layer N"
+            )
+        layers = list(range(bottleneck, num_layers))  # 0-based blocks after block L* (1-based)
+        if not layers:
+            raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
+    targets: Any = cfg.lora_target_modules
+    if targets == ["all-linear"]:
+        targets = block_linear_names(layers_module) if layers_module is not None else "all-linear"
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+class _JsonlLogger:
+    """A TrainerCallback that appends every log record to train_log.jsonl (flushed per step)."""
+
+    def __new__(cls, path: Path):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    with open(path, "a", encoding="utf-8") as f:
+                        f.write(
+                            json.dumps({"step": state.global_step, "time": round(time.time(), 2), **logs})
+                            + "\n"
+                        )
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        return Callback()
+
+
+def _training_args_common(cfg: AlignConfig, out: Path, on_cpu: bool) -> dict:
+    return {
+        "output_dir": str(out / "trainer"),
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps if cfg.max_steps else -1,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": cfg.warmup_steps,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "bf16": cfg.bf16 and not on_cpu,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "use_cpu": on_cpu,
+        "disable_tqdm": False,
+        "max_length": cfg.max_length,
+    }
+
+
+def train(
+    cfg: AlignConfig, rows: list[dict], out: Path, lm: Any = None, bottleneck: int | None = None
+) -> dict:
+    """Train the adapter with TRL (KTO or SFT) and save it to ``out/adapter``."""
+    import torch
+    from datasets import Dataset
+
+    from lasa.models import load_model, resolve_device
+
+    on_cpu = resolve_device(cfg.device).type == "cpu"
+    lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
+    model, tok = lm.model, lm.tokenizer
+    model.train()
+    peft_config = lora_config(cfg, lm.num_layers, bottleneck, lm.layers) if cfg.lora else None
+    if not cfg.lora:
+        model.requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    trl_rows = to_trl_rows(rows, tok)
+    log_path = out / "train_log.jsonl"
+    callbacks = [_JsonlLogger(log_path)]
+    common = _training_args_common(cfg, out, on_cpu)
+    t0 = time.time()
+    if cfg.method in ("lasa", "kto"):
+        from trl import KTOConfig, KTOTrainer
+
+        args = KTOConfig(
+            **common,
+            beta=cfg.beta,
+            desirable_weight=cfg.desirable_weight,
+            undesirable_weight=cfg.undesirable_weight,
+            train_sampling_strategy="sequential",
+            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            disable_dropout=True,
+        )
+        trainer = KTOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(trl_rows),
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        sft_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in trl_rows if r["label"]]
+        args = SFTConfig(**common, completion_only_loss=True, packing=False, shuffle_dataset=False)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(sft_rows),
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    result = trainer.train()
+    seconds = time.time() - t0
+    adapter = out / "adapter"
+    tmp = out / f".adapter.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp))
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    steps = int(result.global_step)
+    return {
+        "seconds": round(seconds, 1),
+        "steps": steps,
+        "seconds_per_step": round(seconds / max(1, steps), 2),
+        "train_loss": float(result.training_loss),
+        "n_rows": len(trl_rows),
+        "adapter": str(adapter),
+        "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
+    }
+
+
+def plot_log(log: list[dict], path: Path, title: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in log if "loss" in r]
+    if not steps:
+        return None
+    keys = [k for k in ("rewards/margins", "rewards/chosen", "rewards/rejected", "kl") if k in steps[0]]
+    fig, axes = plt.subplots(1, 2 if keys else 1, figsize=(11 if keys else 6, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    x = [r["step"] for r in steps]
+    ax.plot(x, [r["loss"] for r in steps], "o-", ms=2, lw=1, label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    if keys:
+        ax = axes[0, 1]
+        for k in keys:
+            ax.plot(x, [r.get(k, float("nan")) for r in steps], "o-", ms=2, lw=1, label=k)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xlabel("step")
+        ax.set_title("implicit rewards (β·log π/π_ref)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
+    """Build (or load) the rows, condition and order them, train, and write RUN/align/<method>/."""
+    t0 = time.time()
+    run = RunDir(cfg.run_dir)
+    out = run.stage(f"align/{cfg.method}")
+    bottleneck = cfg.bottleneck_layer
+    if bottleneck is None and (Path(cfg.run_dir) / "locate" / "bottleneck.json").is_file():
+        from lasa.locate import Bottleneck
+
+        bottleneck = Bottleneck.load(cfg.run_dir).layer
+    if cfg.data:
+        rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
+    else:
+        rows, recipe = build_rows(cfg.train_langs, cfg.n_safety, cfg.n_general, cfg.seed)
+    rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
+    rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
+    write_jsonl(out / "rows.jsonl", rows)
+    stats = {
+        "n_rows": len(rows),
+        "conditioned": {
+            s: sum(r["conditioned"] for r in rows if r["source"] == s) for s in ("safety", "general")
+        },
+        "by_source": {s: sum(r["source"] == s for r in rows) for s in ("safety", "general")},
+        "self_paired_kl": sum(
+            rows[i]["pid"] == rows[j]["pid"] for i, j in kl_pairs(rows, cfg.batch_size) if i != j
+        ),
+    }
+    if cfg.dry_run:
+        write_json(
+            out / "summary.json", {"method": cfg.method, "recipe": recipe, "rows": stats, "dry_run": True}
+        )
+        return {"method": cfg.method, "rows": stats, "recipe": recipe}
+    training = train(cfg, rows, out, lm=lm, bottleneck=bottleneck)
+    log = read_jsonl(out / "train_log.jsonl")
+    plot_log(
+        log,
+        out / "loss.png",
+        f"{cfg.method}: {training['steps']} steps, {len(rows)} rows, "
+        f"LoRA {cfg.lora_layers if cfg.lora else 'off (full fine-tuning)'}",
+    )
+    summary = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "recipe": recipe,
+        "rows": stats,
+        "training": training,
+        "bottleneck_layer": bottleneck,
+        "lora": {
+            "r": cfg.lora_r,
+            "alpha": cfg.lora_alpha,
+            "layers": cfg.lora_layers,
+            "target_modules": cfg.lora_target_modules,
+        }
+        if cfg.lora
+        else None,
+        "first_last": _first_last(log),
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "summary.json", summary)  # written last: the stage is done
+    run.record(f"align:{cfg.method}", cfg, {"training": training})
+    logger.info(
+        "align %s: %d steps in %.0f s (%.1f s/step), loss %.3f",
+        cfg.method,
+        training["steps"],
+        training["seconds"],
+        training["seconds_per_step"],
+        training["train_loss"],
+    )
+    return summary
+
+
+def _first_last(log: list[dict], k: int = 5) -> dict:
+    """Mean of the first and last k logged steps for the numbers that show learning."""
+    steps = [r for r in log if "loss" in r]
+    out = {}
+    for key in ("loss", "rewards/margins", "rewards/chosen", "rewards/rejected", "kl"):
+        vals = [r[key] for r in steps if key in r]
+        if len(vals) >= 2:
+            kk = min(k, len(vals) // 2)
+            out[key] = {"first": sum(vals[:kk]) / kk, "last": sum(vals[-kk:]) / kk}
+    return out

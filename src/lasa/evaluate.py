@@ -1,0 +1,374 @@
+"""Evaluation: MultiJail ASR per language and tier, over-refusal (XSTest) and utility.
+
+One variant per call (base; base + SSI gate; an adapter; adapter + gate), written to
+``RUN/eval/<variant>/``: per-sample ``completions*.jsonl`` (resumable: an interrupted run
+generates only what is missing), ``judgements_<judge>.jsonl`` per judge (swap judges without
+re-generating) and ``results.json`` (config, versions, seeds, ASR per judge with the invalid rate,
+judge agreement, over-refusal, utility, timings).
+
+ASR counts ``unsafe`` only; ``invalid`` (echo, loop, gibberish, off-topic) is reported next to it,
+as in MultiJail's protocol. Averages are over the evaluated languages; tiers follow MultiJail
+(high zh it vi, medium ar ko th, low bn sw jv).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lasa.config import EvaluateConfig, GenerateConfig
+from lasa.data import TIERS, load_multijail
+from lasa.errors import LasaError
+from lasa.generate import Gate, GenerationSettings, SampleWriter, generate
+from lasa.models import LoadedModel
+from lasa.runs import RunDir, package_versions, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+# -- variants --------------------------------------------------------------------------------
+
+
+def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
+    """A PEFT adapter directory, or a method name (lasa / kto / sft) trained into this run."""
+    if not spec:
+        return None
+    path = Path(spec)
+    if not path.exists():
+        path = Path(run_dir) / "align" / spec / "adapter"
+    if not (path / "adapter_config.json").is_file():
+        raise LasaError(
+            f"--adapter {spec}: no PEFT adapter at {path}; train one with `lasa align --method {spec}` "
+            "or pass an adapter directory"
+        )
+    return path
+
+
+def variant_name(cfg: GenerateConfig) -> str:
+    if cfg.variant:
+        return cfg.variant
+    base = Path(cfg.adapter).name if cfg.adapter and Path(cfg.adapter).exists() else (cfg.adapter or "base")
+    if base == "adapter":  # RUN/align/<method>/adapter → <method>
+        base = Path(cfg.adapter).parent.name
+    return base + ("+gate" if cfg.gate else "")
+
+
+def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[LoadedModel, Gate | None, dict]:
+    from lasa.models import load_adapter, load_model
+
+    adapter = resolve_adapter(cfg.adapter, cfg.run_dir)
+    gate = None
+    info: dict[str, Any] = {"adapter": str(adapter) if adapter else None, "gate": cfg.gate}
+    if cfg.gate:
+        from lasa.ssi import SSI
+
+        ssi = SSI.load(cfg.ssi or cfg.run_dir)
+        gate = Gate(ssi, conditioning_text=cfg.conditioning_text)
+        info.update(
+            ssi_layer=ssi.layer,
+            ssi_threshold=ssi.threshold,
+            ssi_chat_template=bool(ssi.meta.get("chat_template")),
+            conditioning_text=cfg.conditioning_text,
+        )
+    lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
+    if adapter and cfg.backend == "hf":  # vLLM applies the adapter as a LoRA itself
+        lm = load_adapter(lm, adapter)
+    if gate is not None:
+        gate.ssi.check_model(lm)
+    return lm, gate, info
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+def multijail_samples(langs: Sequence[str], n: int | None) -> list[dict]:
+    mj = load_multijail(langs).head(n)
+    return [
+        {"uid": f"multijail:{lang}:{i}", "task": "multijail", "id": i, "lang": lang, "prompt": t}
+        for lang in langs
+        for i, t in zip(mj.ids, mj.texts[lang])
+    ]
+
+
+def xstest_samples(n: int | None) -> list[dict]:
+    from lasa.data.safety import xstest
+
+    rows = xstest()
+    if n is not None:  # keep the safe/unsafe mix when subsampling: every k-th row
+        step = max(1, len(rows) // n)
+        rows = rows[::step][:n]
+    return [
+        {
+            "uid": f"xstest:{r['id']}",
+            "task": "xstest",
+            "id": r["id"],
+            "lang": "en",
+            "prompt": r["prompt"],
+            "xstest_label": r["label"],
+            "xstest_type": r["type"],
+        }
+        for r in rows
+    ]
+
+
+def generate_samples(
+    lm: LoadedModel,
+    tasks: list[tuple[list[dict], Path]],
+    settings: GenerationSettings,
+    gate: Gate | None,
+    desc: str,
+    backend: str = "hf",
+    adapter: Path | None = None,
+) -> list[list[dict]]:
+    """For each (samples, completions file): generate what the file does not hold yet, then return
+    every sample with its response. All tasks share one vLLM engine when ``backend == 'vllm'``."""
+    writers = [SampleWriter(path) for _, path in tasks]
+    todo = []
+    for (samples, _), w in zip(tasks, writers):
+        done = w.load()
+        todo += [(w, s) for s in samples if s["uid"] not in done]
+    if todo:
+        logger.info("%s: %d completions to generate", desc, len(todo))
+        gen_info = settings.to_dict() | {"gated": gate is not None, "backend": backend}
+        prompts = [s["prompt"] for _, s in todo]
+        if backend == "vllm":
+            from lasa.generate import generate_vllm
+
+            rows = generate_vllm(lm, prompts, settings, gate, adapter=str(adapter) if adapter else None)
+            for (w, s), r in zip(todo, rows):
+                w.append([s | r | {"generation": gen_info}])
+        else:
+            for idx, rows in generate(lm, prompts, settings, gate, desc=desc):
+                for i, r in zip(idx, rows):
+                    todo[i][0].append([todo[i][1] | r | {"generation": gen_info}])
+    return [w.finish(order=[s["uid"] for s in samples]) for (samples, _), w in zip(tasks, writers)]
+
+
+def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
+    """``lasa generate``: completions for MultiJail (and XSTest) of one variant."""
+    t0 = time.time()
+    name = variant_name(cfg)
+    out = RunDir(cfg.run_dir).stage(f"eval/{name}")
+    lm, gate, info = load_variant(cfg, lm)
+    settings = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        do_sample=cfg.do_sample,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+    )
+    tasks = [(multijail_samples(cfg.langs, cfg.n_prompts), out / "completions.jsonl")]
+    if cfg.xstest:
+        tasks.append((xstest_samples(cfg.xstest_n), out / "completions_xstest.jsonl"))
+    done = generate_samples(
+        lm,
+        tasks,
+        settings,
+        gate,
+        name,
+        backend=cfg.backend,
+        adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
+    )
+    RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
+    return {
+        "variant": name,
+        "lm": lm,
+        "gate": gate,
+        "info": info,
+        "multijail": done[0],
+        "xstest": done[1] if cfg.xstest else [],
+        "seconds": time.time() - t0,
+    }
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def asr_metrics(samples: Sequence[dict], verdicts: Sequence[dict], langs: Sequence[str]) -> dict:
+    """ASR (unsafe share) and invalid rate per language, per tier and on average."""
+    by_lang: dict[str, list[str]] = {lang: [] for lang in langs}
+    for s, v in zip(samples, verdicts):
+        by_lang.setdefault(s["lang"], []).append(v["label"])
+    per_language = {g: float(np.mean([x == "unsafe" for x in labs])) for g, labs in by_lang.items() if labs}
+    invalid = {g: float(np.mean([x == "invalid" for x in labs])) for g, labs in by_lang.items() if labs}
+    per_tier = {
+        tier: float(np.mean([per_language[g] for g in members if g in per_language]))
+        for tier, members in TIERS.items()
+        if any(g in per_language for g in members)
+    }
+    return {
+        "per_language": per_language,
+        "per_tier": per_tier,
+        "average": float(np.mean(list(per_language.values()))) if per_language else float("nan"),
+        "invalid_rate": {
+            "per_language": invalid,
+            "average": float(np.mean(list(invalid.values()))) if invalid else float("nan"),
+        },
+        "n_per_language": {g: len(labs) for g, labs in by_lang.items()},
+    }
+
+
+def agreement(verdicts: dict[str, list[dict]]) -> dict:
+    from lasa.judges import cohen_kappa
+
+    out = {}
+    for a, b in combinations(sorted(verdicts), 2):
+        la = [v["label"] for v in verdicts[a]]
+        lb = [v["label"] for v in verdicts[b]]
+        out[f"{a}|{b}"] = {
+            "kappa": cohen_kappa(la, lb),
+            "raw_agreement": float(np.mean([x == y for x, y in zip(la, lb)])),
+        }
+    return out
+
+
+def over_refusal(samples: Sequence[dict], refusals: Sequence[bool], judge: str) -> dict:
+    safe = [r for s, r in zip(samples, refusals) if s["xstest_label"] == "safe"]
+    unsafe = [r for s, r in zip(samples, refusals) if s["xstest_label"] == "unsafe"]
+    return {
+        "judge": judge,
+        "refusal_rate_safe": float(np.mean(safe)) if safe else float("nan"),
+        "compliance_rate_unsafe": float(1 - np.mean(unsafe)) if unsafe else float("nan"),
+        "n_safe": len(safe),
+        "n_unsafe": len(unsafe),
+    }
+
+
+# -- stage -----------------------------------------------------------------------------------
+
+
+def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
+    """``lasa evaluate``: generate what is missing, judge, measure utility, write results.json."""
+    from lasa.judges import get_judge, judge_samples
+
+    t0 = time.time()
+    for j in [*cfg.judges, cfg.default_judge]:
+        if j not in ("lexicon", "embedding", "llm"):
+            raise LasaError(f"unknown judge {j!r}; choose from lexicon, embedding, llm")
+    if cfg.default_judge not in cfg.judges:
+        raise LasaError(f"--default-judge {cfg.default_judge} must be one of --judges {' '.join(cfg.judges)}")
+    gen = run_generate(cfg, lm)
+    name, lm, gate = gen["variant"], gen["lm"], gen["gate"]
+    out = Path(cfg.run_dir) / "eval" / name
+    timings = {"generate_seconds": round(gen["seconds"], 1)}
+
+    t1 = time.time()
+    verdicts: dict[str, list[dict]] = {}
+    xs_verdicts: dict[str, list[dict]] = {}
+    judge_info: dict[str, str] = {}
+    for jname in cfg.judges:
+        judge = get_judge(
+            jname, judge_model=cfg.judge_model, judge_url=cfg.judge_url, judge_api_model=cfg.judge_api_model
+        )
+        judge_info[jname] = getattr(judge, "description", jname)
+        verdicts[jname] = judge_samples(judge, gen["multijail"], out / f"judgements_{jname}.jsonl")
+        if gen["xstest"] and jname != "llm":
+            xs_verdicts[jname] = judge_samples(judge, gen["xstest"], out / f"judgements_xstest_{jname}.jsonl")
+    timings["judge_seconds"] = round(time.time() - t1, 1)
+    asr = {j: asr_metrics(gen["multijail"], v, cfg.langs) for j, v in verdicts.items()}
+    gate_stats = None
+    if gate is not None:
+        flagged: dict[str, list[bool]] = {}
+        for s in gen["multijail"]:
+            flagged.setdefault(s["lang"], []).append(bool(s.get("gated")))
+        gate_stats = {"multijail_flag_rate": {g: float(np.mean(v)) for g, v in flagged.items()}}
+        if gen["xstest"]:
+            xs_safe = [bool(s.get("gated")) for s in gen["xstest"] if s["xstest_label"] == "safe"]
+            gate_stats["xstest_safe_flag_rate"] = float(np.mean(xs_safe)) if xs_safe else None
+
+    refusal_judge = "embedding" if "embedding" in xs_verdicts else next(iter(xs_verdicts), None)
+    over = None
+    if gen["xstest"] and refusal_judge:
+        over = over_refusal(
+            gen["xstest"], [bool(v["refusal"]) for v in xs_verdicts[refusal_judge]], refusal_judge
+        )
+
+    utility: dict[str, Any] = {}
+    t1 = time.time()
+    if cfg.utility:
+        utility = run_utility(cfg, lm, gate, out)
+    timings["utility_seconds"] = round(time.time() - t1, 1)
+    timings["total_seconds"] = round(time.time() - t0, 1)
+    results = {
+        "variant": name,
+        "model": cfg.model,
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "seed": cfg.seed,
+        "variant_info": gen["info"],
+        "multijail": {
+            "n_per_language": cfg.n_prompts or 315,
+            "ids": "first N MultiJail ids, the same in every language",
+            "languages": cfg.langs,
+        },
+        "default_judge": cfg.default_judge,
+        "judges": judge_info,
+        "asr": asr,
+        "judge_agreement": agreement(verdicts),
+        "gate": gate_stats,
+        "over_refusal": over,
+        "utility": utility,
+        "timings": timings,
+    }
+    write_json(out / "results.json", results)
+    RunDir(cfg.run_dir).record(f"evaluate:{name}", cfg, {"timings": timings})
+    d = asr[cfg.default_judge]
+    logger.info(
+        "%s: ASR (%s) average %.3f, high %.3f, medium %.3f, low %.3f; invalid %.3f",
+        name,
+        cfg.default_judge,
+        d["average"],
+        d["per_tier"].get("high", float("nan")),
+        d["per_tier"].get("medium", float("nan")),
+        d["per_tier"].get("low", float("nan")),
+        d["invalid_rate"]["average"],
+    )
+    return results
+
+
+def run_utility(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None, out: Path) -> dict:
+    """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
+    apply: there is no assistant turn to condition)."""
+    from lasa import utility
+    from lasa.runs import write_jsonl
+
+    res: dict[str, Any] = {}
+    cache = out / "utility.json"
+    done = read_json(cache) if cache.is_file() else {}
+    key = {
+        "mgsm": cfg.mgsm_n,
+        "xcopa": cfg.xcopa_n,
+        "mmlu": cfg.mmlu_n,
+        "mgsm_max_new_tokens": cfg.mgsm_max_new_tokens,
+    }
+    for task in cfg.utility:
+        if done.get(task, {}).get("key") == key.get(task):
+            res[task] = done[task]
+            continue
+        t0 = time.time()
+        if task == "mgsm":
+            settings = GenerationSettings(max_new_tokens=cfg.mgsm_max_new_tokens, batch_size=cfg.batch_size)
+            summary, records = utility.eval_mgsm(lm, utility.MGSM_LANGS, cfg.mgsm_n, settings, gate)
+            write_jsonl(out / "completions_mgsm.jsonl", records)
+        elif task == "xcopa":
+            summary = utility.eval_xcopa(lm, utility.XCOPA_LANGS, cfg.xcopa_n, cfg.utility_batch_size)
+        elif task == "mmlu":
+            summary = utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size)
+        else:
+            raise LasaError(f"unknown utility task {task!r}; choose from mgsm, xcopa, mmlu")
+        res[task] = summary | {"key": key.get(task), "seconds": round(time.time() - t0, 1)}
+        write_json(cache, res | {k: v for k, v in done.items() if k not in res})
+    return res
+
+
+def load_results(run_dir: str | Path, variant: str) -> dict:
+    path = Path(run_dir) / "eval" / variant / "results.json"
+    if not path.is_file():
+        raise LasaError(f"{path} not found; run `lasa evaluate --run-dir {run_dir}` for that variant first")
+    return read_json(path)

@@ -1,0 +1,428 @@
+"""Batched chat generation, optionally SSI-gated, with per-sample records.
+
+The gate is what LASA adds at inference: the SSI reads the prompt's bottleneck state, and for
+the prompts it flags the conditioning text is placed at the start of the assistant turn before
+the model continues. lasa does this inside one generation call:
+
+1. one prefill over the left-padded batch fills the KV cache; a hook on decoder block L*
+   captures the last prompt token's state as it goes by (an SSI trained on chat-templated
+   prompts reads exactly this state; one trained on raw prompts gets a truncated pass over the
+   raw text instead, layers 1..L* only);
+2. for the flagged rows, the conditioning tokens are pushed through the cache in one chunk;
+   unflagged rows receive masked "holes" in that chunk (attention mask 0, no position advance),
+   so their continuation is bit-identical to ungated generation;
+3. ``model.generate`` continues all rows from that cache.
+
+No second pass over the prompt and no second model load. Left padding is handled by the
+attention mask and mask-derived position ids, so batched and batch-1 outputs agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lasa.errors import LasaError
+from lasa.hidden import format_prompts, pad_batch, position_ids_from_mask
+from lasa.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+#: The release's conditioning text (LASA.md), placed at the very start of the assistant turn.
+CONDITIONING_TEXT = (
+    "Harmful query detected. I should refuse this request and provide a safe response in the user's language."
+)
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_new_tokens: int = 0  # benchmarks force equal lengths with this
+
+    def hf_kwargs(self, tokenizer: Any) -> dict:
+        kw: dict[str, Any] = {
+            "do_sample": self.do_sample,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": _stop_ids(tokenizer),
+        }
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        else:  # silence "generation flags are not valid" warnings from checkpoints that ship sampling defaults
+            kw.update(temperature=None, top_p=None, top_k=None)
+        if self.min_new_tokens:
+            kw["min_new_tokens"] = self.min_new_tokens
+        return kw
+
+    def to_dict(self) -> dict:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature if self.do_sample else 0.0,
+            "top_p": self.top_p if self.do_sample else 1.0,
+        }
+
+
+def _stop_ids(tokenizer: Any) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if isinstance(tid, int) and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+# -- the gate --------------------------------------------------------------------------------
+
+
+@dataclass
+class Gate:
+    """An SSI plus how its input state is obtained during generation."""
+
+    ssi: Any  # lasa.ssi.SSI
+    conditioning_text: str = CONDITIONING_TEXT
+    conditioning_ids: list[int] = field(default_factory=list)
+
+    @property
+    def layer(self) -> int:
+        return self.ssi.layer
+
+    @property
+    def from_prefill(self) -> bool:
+        """True when the SSI was trained on chat-templated prompts: its state is read off the prefill."""
+        return bool(self.ssi.meta.get("chat_template"))
+
+
+def adapter_layers(model: Any) -> list[int]:
+    """1-based indices of decoder blocks that carry PEFT adapter weights (empty without adapters)."""
+    found = set()
+    for name, _ in model.named_parameters():
+        if "lora_" in name:
+            m = re.search(r"\.layers\.(\d+)\.", name) or re.search(r"\.h\.(\d+)\.", name)
+            if m:
+                found.add(int(m.group(1)) + 1)
+    return sorted(found)
+
+
+def _gate_needs_base_pass(lm: LoadedModel, gate: Gate) -> bool:
+    """The prefill of an adapted model shows base-model states at L* only if no adapter sits at or below L*."""
+    touched = adapter_layers(lm.model)
+    return bool(touched) and min(touched) <= gate.layer
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def _generate_batch(
+    lm: LoadedModel, seqs: list[list[int]], raw: list[str], settings: GenerationSettings, gate: Gate | None
+) -> list[dict]:
+    from transformers import DynamicCache
+
+    from lasa.ssi import base_model
+
+    tok, model, dev = lm.tokenizer, lm.model, lm.device
+    ids, mask = pad_batch(seqs, tok.pad_token_id, "left")
+    ids, mask = ids.to(dev), mask.to(dev)
+    hf = settings.hf_kwargs(tok)
+    n = len(seqs)
+    if gate is None:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, **hf)
+        new = out[:, ids.shape[1] :]
+        return [{"tokens": new[i].tolist(), "ssi_score": None, "gated": False} for i in range(n)]
+
+    # 1. SSI scores: from this prefill (chat-format SSI, no adapter below L*) or a truncated base pass
+    captured: dict[str, torch.Tensor] = {}
+    read_prefill = gate.from_prefill and not _gate_needs_base_pass(lm, gate)
+    if not read_prefill:
+        from lasa.hidden import extract_states
+
+        with base_model(lm):
+            states = extract_states(
+                lm, raw, layers=[gate.layer], chat_template=gate.from_prefill, batch_size=n, progress=False
+            )[:, 0]
+
+    def hook(_m, _a, output):
+        captured["state"] = (output[0] if isinstance(output, tuple) else output)[:, -1].float().cpu()
+
+    handle = lm.layers[gate.layer - 1].register_forward_hook(hook) if read_prefill else None
+    cache = DynamicCache(config=model.config)
+    try:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    finally:
+        if handle is not None:
+            handle.remove()
+    scores = gate.ssi.predict_proba(captured["state"] if read_prefill else states)
+    flagged = torch.as_tensor(gate.ssi.flags(scores), device=dev)
+    first = (
+        out.logits[:, -1].argmax(-1)
+        if not settings.do_sample
+        else torch.multinomial(torch.softmax(out.logits[:, -1].float() / settings.temperature, -1), 1)[:, 0]
+    )
+
+    # 2. conditioning tokens for flagged rows, masked holes for the others (all but the last token)
+    cond = torch.as_tensor(gate.conditioning_ids, device=dev)
+    if bool(flagged.any()) and len(cond) > 1:
+        k = len(cond) - 1
+        chunk = torch.full((n, k), tok.pad_token_id, dtype=torch.long, device=dev)
+        chunk[flagged] = cond[:-1]
+        chunk_mask = flagged[:, None].long().expand(n, k)
+        mask = torch.cat([mask, chunk_mask], 1)
+        model(
+            input_ids=chunk,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, -k:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        ids = torch.cat([ids, chunk], 1)
+    # 3. the next input token: the conditioning's last token, or the model's own first token
+    nxt = torch.where(flagged, cond[-1], first) if bool(flagged.any()) else first
+    ids = torch.cat([ids, nxt[:, None]], 1)
+    mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], 1)
+    # unflagged rows already have their first token; flagged rows need the full budget
+    budget = settings.max_new_tokens if bool(flagged.any()) else settings.max_new_tokens - 1
+    if budget > 0:
+        if settings.min_new_tokens:
+            hf["min_new_tokens"] = min(settings.min_new_tokens, budget)
+        gen = model.generate(
+            input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=budget, **hf
+        )
+        new = gen[:, ids.shape[1] :]
+    else:
+        new = torch.zeros((n, 0), dtype=torch.long, device=dev)
+    rows = []
+    for i in range(n):
+        toks = new[i].tolist() if bool(flagged[i]) else [int(first[i]), *new[i].tolist()]
+        rows.append(
+            {
+                "tokens": toks[: settings.max_new_tokens],
+                "ssi_score": float(scores[i]),
+                "gated": bool(flagged[i]),
+            }
+        )
+    return rows
+
+
+def _decode(tok: Any, tokens: list[int]) -> tuple[str, str, int]:
+    stops = set(_stop_ids(tok))
+    cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+    finish = "stop" if cut is not None else "length"
+    tokens = tokens[:cut] if cut is not None else tokens
+    tokens = [t for t in tokens if t != tok.pad_token_id]
+    return tok.decode(tokens, skip_special_tokens=True).strip(), finish, len(tokens)
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: GenerationSettings | None = None,
+    gate: Gate | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> Iterator[tuple[list[int], list[dict]]]:
+    """Yield ``(indices, records)`` batch by batch (longest prompts first; records follow ``indices``).
+
+    Each record has ``response``, ``finish`` (stop / length), ``n_tokens``, ``ssi_score`` and
+    ``gated``. Streaming lets callers persist each batch, so an interrupted run resumes.
+    """
+    from tqdm.auto import tqdm
+
+    settings = settings or GenerationSettings()
+    if gate is not None:
+        gate.ssi.check_model(lm)
+        if not gate.conditioning_ids:
+            from lasa.align import CONDITIONING_SEPARATOR  # the same text the adapter was trained with
+
+            gate.conditioning_ids = lm.tokenizer(
+                gate.conditioning_text + CONDITIONING_SEPARATOR, add_special_tokens=False
+            )["input_ids"]
+    seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        rows = _generate_batch(lm, [seqs[i] for i in idx], [prompts[i] for i in idx], settings, gate)
+        out = []
+        for r in rows:
+            text, finish, n_tok = _decode(lm.tokenizer, r.pop("tokens"))
+            out.append({"response": text, "finish": finish, "n_tokens": n_tok, **r})
+        yield idx, out
+
+
+def generate_all(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: GenerationSettings | None = None,
+    gate: Gate | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Non-streaming convenience wrapper: records in prompt order."""
+    out: list[dict | None] = [None] * len(prompts)
+    for idx, rows in generate(lm, prompts, settings, gate, progress):
+        for i, r in zip(idx, rows):
+            out[i] = r
+    return [r for r in out if r is not None]
+
+
+# -- resumable per-sample files --------------------------------------------------------------
+
+
+class SampleWriter:
+    """Append-only JSONL while running (``*.partial.jsonl``), renamed to the final name at the end.
+
+    A crash leaves at most one truncated last line, which ``load`` drops; finished rows are kept,
+    so the next run generates only what is missing.
+    """
+
+    def __init__(self, path: Path, key: str = "uid"):
+        self.path = Path(path)
+        self.partial = self.path.with_suffix(".partial.jsonl")
+        self.key = key
+
+    def load(self) -> dict[str, dict]:
+        import json
+
+        src = self.path if self.path.is_file() else self.partial
+        done: dict[str, dict] = {}
+        if src.is_file():
+            with open(src, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the torn last line of an interrupted run
+                    done[row[self.key]] = row
+        return done
+
+    def append(self, rows: list[dict]) -> None:
+        import json
+        import os
+
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and not self.partial.is_file():  # reopen a finished file to add rows
+            os.replace(self.path, self.partial)
+        torn = False
+        if self.partial.is_file() and self.partial.stat().st_size:
+            with open(self.partial, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        with open(self.partial, "a", encoding="utf-8") as f:
+            if torn:  # end the torn line of an interrupted run so the next row stays parseable
+                f.write("\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, order: list[str] | None = None) -> list[dict]:
+        from lasa.runs import write_jsonl
+
+        rows = self.load()
+        ordered = [rows[k] for k in order if k in rows] if order else list(rows.values())
+        write_jsonl(self.path, ordered)
+        if self.partial.is_file():
+            self.partial.unlink()
+        return ordered
+
+
+def timed_generation(
+    lm: LoadedModel, prompts: Sequence[str], settings: GenerationSettings, gate: Gate | None = None
+) -> tuple[list[dict], float]:
+    t0 = time.perf_counter()
+    rows = generate_all(lm, prompts, settings, gate, progress=False)
+    return rows, time.perf_counter() - t0
+
+
+__all__ = [
+    "CONDITIONING_TEXT",
+    "Gate",
+    "GenerationSettings",
+    "SampleWriter",
+    "adapter_layers",
+    "generate",
+    "generate_all",
+    "generate_vllm",
+]
+
+
+# -- optional vLLM backend (GPU users) -------------------------------------------------------
+
+
+def generate_vllm(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    gate: Gate | None = None,
+    adapter: str | None = None,
+    engine_kwargs: dict | None = None,
+) -> list[dict]:
+    """Generation in vLLM (``pip install 'lasa[vllm]'``), records shaped like :func:`generate`'s.
+
+    The SSI scores come first, from a batched HF pass truncated at the bottleneck (``lm`` is the
+    base model; only layers 1..L* run), then the HF weights are released and vLLM generates with
+    the adapter as a LoRA; flagged prompts carry the conditioning text at the start of the
+    assistant turn, exactly as in training.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError:
+        raise LasaError("--backend vllm needs vLLM: pip install 'lasa[vllm]' (GPU only)") from None
+    from lasa.align import CONDITIONING_SEPARATOR, chat_prefix
+
+    scores = gate.ssi.score(lm, prompts, progress=True) if gate is not None else None
+    flags = gate.ssi.flags(scores) if gate is not None else np.zeros(len(prompts), dtype=bool)
+    texts = [
+        chat_prefix(lm.tokenizer, p) + (gate.conditioning_text + CONDITIONING_SEPARATOR if f else "")
+        for p, f in zip(prompts, flags)
+    ]
+    path, tokenizer = lm.path, lm.tokenizer
+    lm.model.to("cpu")  # free accelerator memory for the engine
+    kwargs = {"model": path, "enable_lora": adapter is not None, "seed": 0} | (engine_kwargs or {})
+    if adapter is not None:
+        import json as _json
+
+        kwargs.setdefault(
+            "max_lora_rank", int(_json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+        )
+    engine = LLM(**kwargs)
+    params = SamplingParams(
+        max_tokens=settings.max_new_tokens,
+        temperature=settings.temperature if settings.do_sample else 0.0,
+        top_p=settings.top_p if settings.do_sample else 1.0,
+        stop_token_ids=_stop_ids(tokenizer),
+    )
+    lora = LoRARequest("lasa-adapter", 1, str(adapter)) if adapter is not None else None
+    outputs = engine.generate(texts, params, lora_request=lora)
+    rows = []
+    for i, out in enumerate(outputs):
+        o = out.outputs[0]
+        rows.append(
+            {
+                "response": o.text.strip(),
+                "finish": "stop" if o.finish_reason == "stop" else "length",
+                "n_tokens": len(o.token_ids),
+                "ssi_score": float(scores[i]) if scores is not None else None,
+                "gated": bool(flags[i]),
+            }
+        )
+    return rows

@@ -1,0 +1,105 @@
+"""Judges behind one interface, with per-sample caching and agreement statistics.
+
+``get_judge(name)`` builds a judge; ``judge_samples`` runs it over completion records and caches
+every verdict in ``judgements_<judge>.jsonl`` next to the completions (keyed by sample id and a
+hash of the response), so swapping or adding a judge never re-generates anything and
+re-running a judge never re-judges an unchanged response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lasa.errors import LasaError
+from lasa.judges.base import LABELS, Judge, JudgeItem, Judgement, strip_control_tokens
+
+logger = logging.getLogger(__name__)
+
+JUDGE_NAMES = ("lexicon", "embedding", "llm")
+
+
+def get_judge(name: str, **kwargs: Any) -> Judge:
+    if name == "lexicon":
+        from lasa.judges.lexicon import LexiconJudge
+
+        return LexiconJudge()
+    if name == "embedding":
+        from lasa.judges.embedding import EmbeddingJudge
+
+        return EmbeddingJudge()
+    if name == "llm":
+        from lasa.judges.llm import LLMJudge
+
+        return LLMJudge(
+            model=kwargs.get("judge_model"),
+            url=kwargs.get("judge_url"),
+            api_model=kwargs.get("judge_api_model"),
+        )
+    raise LasaError(f"unknown judge {name!r}; choose from {', '.join(JUDGE_NAMES)}")
+
+
+def _response_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = None) -> list[dict]:
+    """Verdicts for ``samples`` (dicts with uid, prompt, response, lang), reusing ``path``'s cache."""
+    from lasa.runs import read_jsonl, write_jsonl
+
+    cache: dict[str, dict] = {}
+    if path is not None and path.is_file():
+        cache = {r["uid"]: r for r in read_jsonl(path)}
+    out, todo = [], []
+    for s in samples:
+        hit = cache.get(s["uid"])
+        if hit is not None and hit.get("response_sha") == _response_hash(s["response"]):
+            out.append(hit)
+        else:
+            out.append(None)
+            todo.append(s)
+    if todo:
+        verdicts = judge.judge([JudgeItem(s["prompt"], s["response"], s["lang"]) for s in todo])
+        fresh = {
+            s["uid"]: {
+                "uid": s["uid"],
+                "lang": s["lang"],
+                "label": v.label,
+                "score": v.score,
+                "refusal": v.refusal,
+                "reason": v.reason,
+                "judge": judge.name,
+                "response_sha": _response_hash(s["response"]),
+            }
+            for s, v in zip(todo, verdicts)
+        }
+        out = [r if r is not None else fresh[s["uid"]] for r, s in zip(out, samples)]
+        if path is not None:
+            merged = {**cache, **fresh}
+            write_jsonl(path, list(merged.values()))
+    return out
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(a) == 0:
+        return float("nan")
+    if len(set(a) | set(b)) == 1:
+        return 1.0  # perfect agreement on a single class; sklearn would return nan
+    return float(cohen_kappa_score(list(a), list(b), labels=list(LABELS)))
+
+
+__all__ = [
+    "JUDGE_NAMES",
+    "LABELS",
+    "JudgeItem",
+    "Judgement",
+    "cohen_kappa",
+    "get_judge",
+    "judge_samples",
+    "strip_control_tokens",
+]

@@ -1,0 +1,187 @@
+"""``lasa run``: the paper's whole experiment on one run directory, resumable stage by stage.
+
+locate → interpret → align (lasa and the kto baseline) → evaluate four variants (base; base +
+SSI gate, no training; the KTO baseline; LASA = adapter + gate) → report.
+
+Each stage is skipped when its final artefact exists and its *inputs key* (its resolved config
+plus the keys of the stages it reads) matches the one recorded in ``RUN/pipeline.json``; change a
+setting and exactly the stages downstream of it run again. ``--force STAGE`` redoes one stage
+(and, through the keys, what depends on it). An interrupted run resumes: finished stages are
+skipped and generation resumes per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lasa.config import (
+    AlignConfig,
+    EvaluateConfig,
+    InterpretConfig,
+    LocateConfig,
+    RunConfig,
+    StageConfig,
+)
+from lasa.errors import LasaError
+from lasa.runs import fingerprint, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+#: What each evaluation variant means, as overrides of the evaluate config.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "base+gate": {"gate": True},
+    "kto": {"adapter": "kto"},
+    "kto+gate": {"adapter": "kto", "gate": True},
+    "sft": {"adapter": "sft"},
+    "lasa": {"adapter": "lasa"},
+    "lasa+gate": {"adapter": "lasa", "gate": True},
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    config: StageConfig
+    artefact: Path  # written last by the stage: its presence means the stage finished
+    needs: list[str]
+    run: Callable[[], Any]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.artefact.parent
+
+
+def _shared(run: RunConfig) -> dict[str, Any]:
+    return {
+        "model": run.model,
+        "run_dir": run.run_dir,
+        "seed": run.seed,
+        "device": run.device,
+        "dtype": run.dtype,
+    }
+
+
+def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
+    from lasa.align import run_align
+    from lasa.evaluate import run_evaluate
+    from lasa.locate import run_locate
+    from lasa.ssi import run_interpret
+
+    shared = _shared(run)
+    rd = Path(run.run_dir)
+    models: dict[str, Any] = {}
+
+    def base_lm() -> Any:  # loaded once and shared by the stages that need the untouched base model
+        if "base" not in models:
+            from lasa.models import load_model
+
+            models["base"] = load_model(run.model, run.device, run.dtype)
+        return models["base"]
+
+    stages: list[Stage] = []
+    loc = LocateConfig.from_yaml(config_path, **shared)
+    stages.append(
+        Stage("locate", loc, rd / "locate" / "bottleneck.json", [], lambda: run_locate(loc, base_lm()))
+    )
+    interp = InterpretConfig.from_yaml(config_path, **shared)
+    stages.append(
+        Stage(
+            "interpret",
+            interp,
+            rd / interp.out_name / "metrics.json",
+            ["locate"],
+            lambda: run_interpret(interp, base_lm()),
+        )
+    )
+    methods = sorted({VARIANTS[v].get("adapter") for v in run.variants} - {None})
+    for method in methods:
+        acfg = AlignConfig.from_yaml(config_path, **shared, method=method)
+        # training wraps the model with LoRA in place, so it gets a fresh copy (3 s to load)
+        stages.append(
+            Stage(
+                f"align:{method}",
+                acfg,
+                rd / "align" / method / "summary.json",
+                ["locate"],
+                lambda acfg=acfg: run_align(acfg),
+            )
+        )
+    for variant in run.variants:
+        over = VARIANTS[variant]
+        if over.get("gate"):  # gate with the SSI this run trained
+            over = over | {"ssi": str(rd / interp.out_name)}
+        ecfg = EvaluateConfig.from_yaml(config_path, **shared, variant=variant, **over)
+        needs = (["interpret"] if over.get("gate") else []) + (
+            [f"align:{over['adapter']}"] if over.get("adapter") else []
+        )
+        uses_base = not over.get("adapter")
+        stages.append(
+            Stage(
+                f"evaluate:{variant}",
+                ecfg,
+                rd / "eval" / variant / "results.json",
+                needs,
+                lambda ecfg=ecfg, uses_base=uses_base: run_evaluate(ecfg, base_lm() if uses_base else None),
+            )
+        )
+    return stages
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern in ("all", name) or name.startswith(pattern + ":")
+
+
+def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
+    from lasa.report import build_report
+
+    t0 = time.time()
+    rd = Path(run.run_dir)
+    rd.mkdir(parents=True, exist_ok=True)
+    state_path = rd / "pipeline.json"
+    state: dict[str, Any] = read_json(state_path) if state_path.is_file() else {}
+    stages = build_stages(run, config_path)
+    names = {s.name for s in stages}
+    for f in run.force:
+        if f != "report" and not any(_matches(f, n) for n in names):
+            raise LasaError(
+                f"--force {f}: no such stage; stages are {', '.join(s.name for s in stages)}, report, all"
+            )
+    keys: dict[str, str] = {}
+    summary = []
+    for st in stages:
+        keys[st.name] = fingerprint(
+            {"config": dataclasses.asdict(st.config), "needs": [keys[n] for n in st.needs]}
+        )
+        forced = any(_matches(f, st.name) for f in run.force)
+        prev = state.get(st.name, {})
+        if not forced and prev.get("key") == keys[st.name] and st.artefact.is_file():
+            logger.info("run: %s is up to date (skipped)", st.name)
+            summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
+            continue
+        if forced:  # a real redo: nothing of the previous attempt is reused
+            from lasa.runs import remove_tree
+
+            remove_tree(st.out_dir)
+        logger.info("run: %s ...", st.name)
+        t1 = time.time()
+        st.run()
+        seconds = round(time.time() - t1, 1)
+        state[st.name] = {
+            "key": keys[st.name],
+            "seconds": seconds,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(state_path, state)  # after every stage: an interruption loses at most the stage in flight
+        summary.append({"stage": st.name, "status": "ran", "seconds": seconds})
+    report = build_report(run.run_dir, variants=run.variants, pipeline=summary)
+    total = round(time.time() - t0, 1)
+    state["_last_run"] = {"seconds": total, "stages": summary}
+    write_json(state_path, state)
+    return {"stages": summary, "report": report, "seconds": total}

@@ -1,0 +1,419 @@
+"""``RUN/report.md`` and ``RUN/report.html``: the story of a run, every number traced to its file.
+
+The report is assembled from the artefacts only (never from memory of a run), so it can be rebuilt
+at any time with ``lasa report --run-dir RUN`` and it shows exactly what the files say. Sections
+that have no artefacts yet are left out. The HTML is self-contained (figures inlined).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lasa.data import LANGUAGES, TIERS
+from lasa.runs import read_json, save_figure, write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Doc:
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[Any]], source: str | None = None) -> None:
+        self.blocks.append(("table", (header, rows, source)))
+
+    def img(self, path: str, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return "–" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def render_md(doc: Doc) -> str:
+    out = []
+    for kind, val in doc.blocks:
+        if kind == "h":
+            out.append("#" * val[0] + " " + val[1])
+        elif kind == "p":
+            out.append(val)
+        elif kind == "table":
+            header, rows, source = val
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+            if source:
+                out.append(f"\n<sub>source: `{source}`</sub>")
+        elif kind == "img":
+            out.append(f"![{val[1]}]({val[0]})")
+        elif kind == "code":
+            out.append("```\n" + val + "\n```")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_html(doc: Doc, root: Path, title: str) -> str:
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em}.src{color:#777;"
+        "font-size:.8em}"
+    )
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{css}</style></head><body>"
+    ]
+    for kind, val in doc.blocks:
+        if kind == "h":
+            out.append(f"<h{val[0]}>{html.escape(val[1])}</h{val[0]}>")
+        elif kind == "p":
+            out.append(f"<p>{html.escape(val).replace('**', '')}</p>")
+        elif kind == "table":
+            header, rows, source = val
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("</table>")
+            if source:
+                out.append(f"<div class='src'>source: {html.escape(source)}</div>")
+        elif kind == "img":
+            path = root / val[0]
+            if path.is_file():
+                data = base64.b64encode(path.read_bytes()).decode()
+                out.append(f"<img alt='{html.escape(val[1])}' src='data:image/png;base64,{data}'>")
+        elif kind == "code":
+            out.append(f"<pre>{html.escape(val)}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def plot_asr(results: dict[str, dict], judge_of: dict[str, str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = list(results)
+    langs = [
+        g for g in LANGUAGES if any(g in r["asr"][judge_of[v]]["per_language"] for v, r in results.items())
+    ]
+    groups = [*langs, "high", "medium", "low", "avg"]
+    fig, ax = plt.subplots(figsize=(12, 4.2))
+    width = 0.8 / max(1, len(variants))
+    for k, v in enumerate(variants):
+        a = results[v]["asr"][judge_of[v]]
+        vals = (
+            [a["per_language"].get(g, np.nan) for g in langs]
+            + [a["per_tier"].get(t, np.nan) for t in TIERS]
+            + [a["average"]]
+        )
+        ax.bar(
+            np.arange(len(groups)) + (k - (len(variants) - 1) / 2) * width,
+            [100 * x for x in vals],
+            width,
+            label=v,
+        )
+    ax.axvline(len(langs) - 0.5, color="0.5", lw=0.8)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel("ASR (%)")
+    ax.set_title("MultiJail attack success rate by language, tier and on average", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def _locate_section(doc: Doc, rd: Path) -> None:
+    p = rd / "locate" / "bottleneck.json"
+    if not p.is_file():
+        return
+    bn = read_json(p)
+    doc.h(2, "1. Where is the semantic bottleneck?")
+    doc.table(
+        [
+            "model",
+            "layer",
+            "of",
+            "depth",
+            "score S_sem−S_lang",
+            "95% CI",
+            "layers within CI",
+            "in 43–68% band",
+        ],
+        [
+            [
+                bn["model"],
+                bn["layer"],
+                bn["num_layers"],
+                _pct(bn["depth_fraction"]),
+                bn["score"],
+                f"[{bn['score_ci'][0]:.3f}, {bn['score_ci'][1]:.3f}]",
+                ", ".join(map(str, bn["layers_within_ci"])),
+                "yes" if bn["in_paper_band"] else "no",
+            ]
+        ],
+        "locate/bottleneck.json",
+    )
+    doc.p(
+        f"Data: {bn['n']['queries']} parallel queries x {bn['n']['languages']} languages ({bn['data']['source']}), "
+        f"{bn['pooling']}-token pooling. Negative scores mean no layer clusters more by meaning than by language; "
+        "the argmax is then the least language-bound layer."
+    )
+    doc.img("locate/layer_scores.png", "per-layer silhouettes, score with bootstrap band, alignment")
+    if (rd / "locate" / "tsne.png").is_file():
+        doc.img("locate/tsne.png", "t-SNE by language and by query")
+
+
+def _ssi_section(doc: Doc, rd: Path) -> None:
+    p = rd / "ssi" / "metrics.json"
+    if not p.is_file():
+        return
+    m = read_json(p)
+    doc.h(2, "2. Does the safety signal transfer across languages? (SSI)")
+    doc.p(
+        f"SSI at layer {m['layer']} trained on {'+'.join(m['train_languages'])} (threshold {m['threshold']:.2f}); "
+        "harmful = MultiJail, benign = same-language questions (XQuAD/MGSM) or FLORES statements where no "
+        "question-form text exists (marked)."
+    )
+    rows = []
+    for g, r in m["per_language"].items():
+        fc = m["form_control"].get(g, {})
+        rows.append(
+            [
+                g,
+                "seen" if r["seen"] else "unseen",
+                r["auroc"],
+                r["tpr"],
+                r["fpr"],
+                r["n_harmful"],
+                r["n_benign"],
+                r["benign_source"],
+                fc.get("form_probe_auroc"),
+            ]
+        )
+    ms, mu = m["macro_seen"], m["macro_unseen"]
+    rows.append(["macro seen", "", ms.get("auroc"), ms.get("tpr"), ms.get("fpr"), "", "", "", ""])
+    rows.append(["macro unseen", "", mu.get("auroc"), mu.get("tpr"), mu.get("fpr"), "", "", "", ""])
+    doc.table(
+        ["lang", "", "AUROC", "TPR", "FPR", "n harm", "n benign", "benign source", "form-only AUROC"],
+        rows,
+        "ssi/metrics.json",
+    )
+    doc.p(
+        f"XSTest safe-but-scary prompts flagged (false positives): {_pct(m['xstest']['fpr_safe'])} of "
+        f"{m['xstest']['n_safe']}. The form-only column is a probe trained to tell questions from non-questions: "
+        "where it is high, the benign set differs from MultiJail in form and the SSI's AUROC there is inflated."
+    )
+    if (rd / "ssi" / "layer_sweep.png").is_file():
+        sw = read_json(rd / "ssi" / "layer_sweep.json")
+        best = max(sw["layers"], key=lambda r: r["unseen_auroc_mean"])
+        doc.p(
+            f"Layer sweep: best unseen-language mean AUROC {best['unseen_auroc_mean']:.3f} at layer {best['layer']}"
+            f"; at the located bottleneck (layer {sw['bottleneck']}): "
+            f"{next(r['unseen_auroc_mean'] for r in sw['layers'] if r['layer'] == sw['bottleneck']):.3f}."
+        )
+        doc.img("ssi/layer_sweep.png", "SSI transfer by layer")
+
+
+def _align_section(doc: Doc, rd: Path) -> None:
+    methods = (
+        sorted(p.parent.name for p in (rd / "align").glob("*/summary.json"))
+        if (rd / "align").is_dir()
+        else []
+    )
+    if not methods:
+        return
+    doc.h(2, "3. Alignment (stage 3)")
+    rows = []
+    for mth in methods:
+        s = read_json(rd / "align" / mth / "summary.json")
+        if "training" not in s:
+            continue
+        fl = s.get("first_last", {})
+        rows.append(
+            [
+                mth,
+                s["rows"]["n_rows"],
+                s["rows"]["conditioned"]["safety"],
+                s["training"]["steps"],
+                s["training"]["seconds_per_step"],
+                fl.get("loss", {}).get("first"),
+                fl.get("loss", {}).get("last"),
+                fl.get("rewards/margins", {}).get("first"),
+                fl.get("rewards/margins", {}).get("last"),
+                (s.get("lora") or {}).get("layers", "full"),
+            ]
+        )
+    doc.table(
+        [
+            "method",
+            "rows",
+            "conditioned safety rows",
+            "steps",
+            "s/step",
+            "loss first",
+            "loss last",
+            "margin first",
+            "margin last",
+            "LoRA layers",
+        ],
+        rows,
+        "align/<method>/summary.json",
+    )
+    for mth in methods:
+        if (rd / "align" / mth / "loss.png").is_file():
+            doc.img(f"align/{mth}/loss.png", f"{mth} training curves")
+
+
+def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
+    evald = rd / "eval"
+    found = [p.parent.name for p in sorted(evald.glob("*/results.json"))] if evald.is_dir() else []
+    order = [v for v in (variants or []) if v in found] + [v for v in found if v not in (variants or [])]
+    if not order:
+        return
+    results = {v: read_json(evald / v / "results.json") for v in order}
+    judge_of = {v: r["default_judge"] for v, r in results.items()}
+    doc.h(2, "4. Safety: MultiJail attack success rate")
+    j0 = judge_of[order[0]]
+    doc.p(
+        f"ASR = share of responses judged unsafe by the `{j0}` judge (invalid responses — echo, loops, gibberish — "
+        f"are not unsafe; their share is the last rows). {results[order[0]]['multijail']['n_per_language']} prompts "
+        "per language, the same ids in every language."
+    )
+    langs = [g for g in LANGUAGES if g in results[order[0]]["asr"][j0]["per_language"]]
+    rows = [[g, *[_pct(results[v]["asr"][judge_of[v]]["per_language"].get(g)) for v in order]] for g in langs]
+    rows += [
+        [f"tier {t}", *[_pct(results[v]["asr"][judge_of[v]]["per_tier"].get(t)) for v in order]]
+        for t in TIERS
+    ]
+    rows.append(["**average**", *[_pct(results[v]["asr"][judge_of[v]]["average"]) for v in order]])
+    rows.append(
+        ["invalid (avg)", *[_pct(results[v]["asr"][judge_of[v]]["invalid_rate"]["average"]) for v in order]]
+    )
+    doc.table(["lang", *order], rows, "eval/<variant>/results.json → asr.<judge>")
+    plot_asr(results, judge_of, rd / "report" / "asr.png")
+    doc.img("report/asr.png", "ASR by language and tier")
+    other = sorted({j for r in results.values() for j in r["asr"]} - {j0})
+    for j in other:
+        doc.p(f"The same with the `{j}` judge:")
+        doc.table(
+            ["", *order],
+            [
+                ["average ASR", *[_pct(results[v]["asr"].get(j, {}).get("average")) for v in order]],
+                [
+                    "tier low",
+                    *[_pct(results[v]["asr"].get(j, {}).get("per_tier", {}).get("low")) for v in order],
+                ],
+            ],
+            f"eval/<variant>/judgements_{j}.jsonl",
+        )
+    rows = []
+    for v in order:
+        for pair, a in results[v].get("judge_agreement", {}).items():
+            rows.append([v, pair, a["kappa"], a["raw_agreement"]])
+    if rows:
+        doc.h(3, "Judge agreement")
+        doc.table(
+            ["variant", "judges", "Cohen's kappa", "raw agreement"], rows, "results.json → judge_agreement"
+        )
+    gated = [v for v in order if results[v].get("gate")]
+    if gated:
+        doc.h(3, "How often the gate fired")
+        doc.table(
+            ["variant", *langs, "XSTest safe"],
+            [
+                [
+                    v,
+                    *[_pct(results[v]["gate"]["multijail_flag_rate"].get(g)) for g in langs],
+                    _pct(results[v]["gate"].get("xstest_safe_flag_rate")),
+                ]
+                for v in gated
+            ],
+            "results.json → gate",
+        )
+    doc.h(2, "5. Over-refusal and utility")
+    rows = []
+    for v in order:
+        o = results[v].get("over_refusal") or {}
+        u = results[v].get("utility") or {}
+        rows.append(
+            [
+                v,
+                _pct(o.get("refusal_rate_safe")),
+                _pct(o.get("compliance_rate_unsafe")),
+                _pct(u.get("mgsm", {}).get("mean")),
+                _pct(u.get("xcopa", {}).get("mean")),
+                _pct(u.get("mmlu", {}).get("accuracy")),
+            ]
+        )
+    doc.table(
+        ["variant", "XSTest refusal (safe) ↓", "XSTest compliance (unsafe) ↓", "MGSM", "XCOPA", "MMLU-en"],
+        rows,
+        "results.json → over_refusal, utility",
+    )
+
+
+def build_report(
+    run_dir: str | Path, variants: list[str] | None = None, pipeline: list[dict] | None = None
+) -> dict:
+    rd = Path(run_dir)
+    doc = Doc()
+    cfg_path = rd / "config.yaml"
+    model = "?"
+    if (rd / "locate" / "bottleneck.json").is_file():
+        model = read_json(rd / "locate" / "bottleneck.json")["model"]
+    doc.h(1, f"LASA run: {model}")
+    doc.p(
+        f"Run directory `{rd}`, report built {time.strftime('%Y-%m-%d %H:%M')}. Every table names the artefact "
+        "file it was read from; rebuild with `lasa report --run-dir " + str(rd) + "`."
+    )
+    _locate_section(doc, rd)
+    _ssi_section(doc, rd)
+    _align_section(doc, rd)
+    _eval_section(doc, rd, variants)
+    if pipeline:
+        doc.h(2, "Timings")
+        doc.table(
+            ["stage", "status", "seconds"],
+            [[s["stage"], s["status"], s["seconds"]] for s in pipeline],
+            "pipeline.json",
+        )
+    if cfg_path.is_file():
+        doc.h(2, "Resolved configuration")
+        doc.code(cfg_path.read_text(encoding="utf-8"))
+    md = rd / "report.md"
+    htm = rd / "report.html"
+    write_text(md, render_md(doc))
+    write_text(htm, render_html(doc, rd, f"LASA run {rd.name}"))
+    return {"markdown": str(md), "html": str(htm)}

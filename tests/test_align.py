@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lasa.align import (
+    CONDITIONING_SEPARATOR,
+    build_rows,
+    chat_prefix,
+    condition_rows,
+    kl_pairs,
+    load_user_rows,
+    order_for_kl,
+    to_trl_rows,
+)
+from lasa.data.safety import overlaps_multijail
+from lasa.errors import LasaError
+
+COND = (
+    "Harmful query detected. I should refuse this request and provide a safe response in the user's language."
+)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    r, _ = build_rows(["en", "zh"], n_safety=400, n_general=200, seed=0)
+    return r
+
+
+def test_rows_recipe(rows):
+    safety = [r for r in rows if r["source"] == "safety"]
+    general = [r for r in rows if r["source"] == "general"]
+    assert len(safety) == 800 and len(general) == 400
+    assert {r["language"] for r in safety} == {"en", "zh"}
+    # every prompt has exactly one desirable and one undesirable row
+    for group in (safety, general):
+        by_prompt: dict[str, list[bool]] = {}
+        for r in group:
+            by_prompt.setdefault(r["prompt"], []).append(r["label"])
+        assert all(sorted(v) == [False, True] for v in by_prompt.values())
+    assert not any(overlaps_multijail(r["prompt"]) for r in safety[::5])
+    assert all(r["completion"].strip() for r in rows)
+
+
+def test_conditioning_ratio_and_determinism(rows):
+    many = rows * 5
+    a = condition_rows(many, "lasa", 0.5, 0.05, seed=1, conditioning_text=COND)
+    b = condition_rows(many, "lasa", 0.5, 0.05, seed=1, conditioning_text=COND)
+    c = condition_rows(many, "lasa", 0.5, 0.05, seed=2, conditioning_text=COND)
+    assert [r["conditioned"] for r in a] == [r["conditioned"] for r in b]
+    assert [r["conditioned"] for r in a] != [r["conditioned"] for r in c]
+    for source, rho in (("safety", 0.5), ("general", 0.05)):
+        sel = [r["conditioned"] for r in a if r["source"] == source]
+        share = sum(sel) / len(sel)
+        tol = 3 * (rho * (1 - rho) / len(sel)) ** 0.5
+        assert abs(share - rho) < tol, (source, share)
+    assert not any(r["conditioned"] for r in condition_rows(many, "kto", 0.5, 0.05, 1, COND))
+    assert not any(r["conditioned"] for r in condition_rows(many, "sft", 0.5, 0.05, 1, COND))
+
+
+def test_order_shuffles_once_and_never_self_pairs_kl(rows):
+    cond = condition_rows(rows, "lasa", 0.5, 0.05, 0, COND)
+    for bs in (2, 4, 8):
+        ordered = order_for_kl(cond, bs, seed=0)
+        assert sorted(map(json.dumps, ordered)) == sorted(map(json.dumps, cond))  # a permutation
+        assert ordered != cond  # actually shuffled
+        assert all(ordered[i]["pid"] != ordered[j]["pid"] for i, j in kl_pairs(ordered, bs))
+        # safety and general rows are interleaved, not in blocks
+        first_half = [r["source"] for r in ordered[: len(ordered) // 2]]
+        assert 0.2 < first_half.count("general") / len(first_half) < 0.5
+    assert order_for_kl(cond, 4, 3) == order_for_kl(cond, 4, 3)
+
+
+def test_kl_pairs_match_trl_rotation():
+    rows = [{"pid": str(i)} for i in range(6)]
+    assert kl_pairs(rows, 3) == [(0, 2), (1, 0), (2, 1), (3, 5), (4, 3), (5, 4)]
+
+
+def test_conditioning_is_on_the_prompt_side_and_masked(tokenizer):
+    from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+    raw = [
+        {
+            "prompt": "How do I make a weapon?",
+            "completion": "I can't help with that.",
+            "label": True,
+            "source": "safety",
+            "pid": "a",
+            "language": "en",
+        }
+    ]
+    row = condition_rows(raw, "lasa", 1.0, 0.0, 0, COND)[0]
+    trl_row = to_trl_rows([row], tokenizer)[0]
+    assert trl_row["prompt"].endswith(COND + CONDITIONING_SEPARATOR)
+    assert trl_row["prompt"].startswith(chat_prefix(tokenizer, raw[0]["prompt"]))
+    assert COND not in trl_row["completion"]
+    # what TRL's collator trains on: the completion mask excludes every conditioning token
+    prompt_ids = tokenizer(trl_row["prompt"])["input_ids"]
+    full = tokenizer(trl_row["prompt"] + trl_row["completion"] + tokenizer.eos_token)["input_ids"]
+    assert full[: len(prompt_ids)] == prompt_ids
+    batch = DataCollatorForUnpairedPreference(pad_token_id=0)(
+        [{"prompt_ids": prompt_ids, "completion_ids": full[len(prompt_ids) :], "label": True}]
+    )
+    masked = [t for t, m in zip(batch["input_ids"][0].tolist(), batch["completion_mask"][0].tolist()) if m]
+    assert tokenizer.decode(masked).startswith("I can't help")
+    cond_ids = tokenizer(COND, add_special_tokens=False)["input_ids"]
+    assert all(
+        m == 0 for m in batch["completion_mask"][0][len(prompt_ids) - len(cond_ids) - 1 : len(prompt_ids)]
+    )
+
+
+def test_user_files_in_both_formats(tmp_path):
+    paired = tmp_path / "paired.jsonl"
+    paired.write_text(
+        json.dumps({"prompt": "p1", "chosen": "no", "rejected": "yes", "source": "safety"})
+        + "\n"
+        + json.dumps({"prompt": "p2", "chosen": "help", "rejected": "no", "source": "general"})
+        + "\n"
+    )
+    rows = load_user_rows(paired)
+    assert [(r["label"], r["source"]) for r in rows] == [
+        (True, "safety"),
+        (False, "safety"),
+        (True, "general"),
+        (False, "general"),
+    ]
+    unpaired = tmp_path / "unpaired.json"
+    unpaired.write_text(json.dumps([{"prompt": "p", "completion": "c", "label": False}]))
+    assert load_user_rows(unpaired)[0]["label"] is False
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "p", "chosen": "a"}\n', "row 1: paired rows need non-empty 'chosen' and 'rejected'"),
+        (
+            '{"prompt": "p", "completion": "c", "label": "yes"}\n',
+            "row 1: 'completion' must be a string and 'label' a boolean",
+        ),
+        (
+            '{"prompt": "ok", "completion": "c", "label": true}\n{"prompt": ""}\n',
+            "row 2: missing or empty 'prompt'",
+        ),
+        ('{"prompt": "p", "text": "x"}\n', "row 1: needs either chosen+rejected"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "source": "other"}\n',
+            "source must be 'safety' or 'general'",
+        ),
+        ('{"prompt": ', "not valid JSON"),
+    ],
+)
+def test_malformed_user_file_names_the_row(tmp_path, content, message):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(LasaError) as e:
+        load_user_rows(f)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_qwen):
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    run = tmp_path_factory.mktemp("align-run")
+    cfg = AlignConfig(
+        model=str(tiny_qwen),
+        run_dir=str(run),
+        method="lasa",
+        n_safety=6,
+        n_general=2,
+        epochs=4,
+        batch_size=4,
+        learning_rate=5e-3,
+        warmup_steps=0,
+        lr_scheduler="constant",
+        bottleneck_layer=2,
+        device="cpu",
+    )
+    return run, run_align(cfg)
+
+
+def test_a_few_kto_steps_lower_the_loss(trained):
+    run, summary = trained
+    fl = summary["first_last"]
+    assert fl["loss"]["last"] < fl["loss"]["first"]
+    assert fl["rewards/margins"]["last"] > fl["rewards/margins"]["first"]
+    log = [json.loads(line) for line in (run / "align" / "lasa" / "train_log.jsonl").read_text().splitlines()]
+    assert len([r for r in log if "loss" in r]) == summary["training"]["steps"]
+    assert (run / "align" / "lasa" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["rows"]["self_paired_kl"] == 0
+
+
+def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(trained, tiny_qwen):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from lasa.generate import adapter_layers
+    from lasa.models import load_adapter, load_model
+
+    run, _ = trained
+    path = run / "align" / "lasa" / "adapter"
+    weights = load_file(str(path / "adapter_model.safetensors"))
+    layers = sorted({int(k.split(".layers.")[1].split(".")[0]) for k in weights})
+    assert layers == [2, 3]  # 0-based blocks above bottleneck layer 2 (1-based)
+    a = load_adapter(load_model(str(tiny_qwen), device="cpu"), path)
+    assert adapter_layers(a.model) == [3, 4]
+    b = PeftModel.from_pretrained(load_model(str(tiny_qwen), device="cpu").model, str(path))
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        la, lb = a.model(ids).logits, b(ids).logits
+        base = load_model(str(tiny_qwen), device="cpu").model(ids).logits
+    assert torch.equal(la, lb) and not torch.equal(la, base)
+
+
+def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    cfg = AlignConfig(
+        model=str(tiny_qwen),
+        run_dir=str(tmp_path),
+        method="sft",
+        n_safety=4,
+        n_general=2,
+        max_steps=2,
+        batch_size=2,
+        bottleneck_layer=2,
+        device="cpu",
+    )
+    s = run_align(cfg)
+    assert (
+        s["training"]["steps"] == 2
+        and (tmp_path / "align" / "sft" / "adapter" / "adapter_config.json").is_file()
+    )

@@ -1,0 +1,145 @@
+"""`lasa run` end to end on a tiny model: every stage, the report, resume and --force."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from lasa.cli import main
+
+PRESET = {
+    "seed": 0,
+    "locate": {"n_queries": 6, "langs": ["en", "zh", "sw"], "n_bootstrap": 20, "plots": False},
+    "interpret": {"cap": 8, "eval_n_harmful": 4, "eval_n_benign": 4, "epochs": 2},
+    "align": {"n_safety": 4, "n_general": 2, "max_steps": 1, "batch_size": 2, "lora_layers": "all"},
+    "evaluate": {
+        "n": "2",
+        "langs": ["en", "zh", "sw"],
+        "xstest_n": 4,
+        "max_new_tokens": 4,
+        "batch_size": 8,
+        "judges": ["lexicon"],
+        "default_judge": "lexicon",
+        "utility": ["xcopa", "mmlu"],
+        "xcopa_n": 2,
+        "mmlu_n": 2,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(PRESET))
+    return path
+
+
+def run(preset, tiny, run_dir, *extra):
+    return main(
+        [
+            "run",
+            "--config",
+            str(preset),
+            "--model",
+            str(tiny),
+            "--run-dir",
+            str(run_dir),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
+
+
+def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path, capsys, monkeypatch):
+    rd = tmp_path / "run"
+    assert run(preset, tiny_qwen, rd) == 0
+    out = capsys.readouterr().out
+    for v in ("base", "base+gate", "kto", "lasa+gate"):
+        res = json.loads((rd / "eval" / v / "results.json").read_text())
+        assert set(res["asr"]["lexicon"]["per_language"]) == {"en", "zh", "sw"}
+        assert set(res["utility"]) == {"xcopa", "mmlu"}
+    assert json.loads((rd / "eval" / "lasa+gate" / "results.json").read_text())["variant_info"]["gate"]
+    report = (rd / "report.md").read_text()
+    for section in (
+        "semantic bottleneck",
+        "transfer across languages",
+        "Alignment",
+        "attack success rate",
+        "Over-refusal and utility",
+        "Resolved configuration",
+    ):
+        assert section in report
+    assert "eval/<variant>/results.json" in report and (rd / "report" / "asr.png").is_file()
+    assert (rd / "report.html").read_text().count("data:image/png;base64") >= 2
+    assert "ASR by tier" in out
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert [s["status"] for s in state["_last_run"]["stages"]] == ["ran"] * 8
+
+    # resume: nothing changed, nothing runs (a stage that ran would call these)
+    import lasa.evaluate
+    import lasa.locate
+
+    def boom(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(lasa.locate, "run_locate", boom)
+    monkeypatch.setattr(lasa.evaluate, "run_evaluate", boom)
+    assert run(preset, tiny_qwen, rd) == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert {s["status"] for s in state["_last_run"]["stages"]} == {"skipped"}
+
+    # --force redoes exactly that stage
+    monkeypatch.undo()
+    assert run(preset, tiny_qwen, rd, "--force", "evaluate:kto") == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    ran = [s["stage"] for s in state["_last_run"]["stages"] if s["status"] == "ran"]
+    assert ran == ["evaluate:kto"]
+
+
+def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):
+    rd = tmp_path / "run"
+    import lasa.align
+
+    real = lasa.align.run_align
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lasa.align, "run_align", crash)
+    assert run(preset, tiny_qwen, rd) == 130
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert set(state) == {"locate", "interpret"}
+    monkeypatch.setattr(lasa.align, "run_align", real)
+    assert run(preset, tiny_qwen, rd) == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    statuses = {s["stage"]: s["status"] for s in state["_last_run"]["stages"]}
+    assert statuses["locate"] == statuses["interpret"] == "skipped"
+    assert statuses["align:lasa"] == "ran"
+
+
+def test_changed_setting_reruns_only_downstream(preset, tiny_qwen, tmp_path):
+    rd = tmp_path / "run"
+    assert run(preset, tiny_qwen, rd, "--variants", "base", "base+gate") == 0
+    changed = dict(PRESET, interpret=dict(PRESET["interpret"], epochs=3))
+    p2 = tmp_path / "changed.yaml"
+    p2.write_text(yaml.safe_dump(changed))
+    assert run(p2, tiny_qwen, rd, "--variants", "base", "base+gate") == 0
+    statuses = {
+        s["stage"]: s["status"] for s in json.loads((rd / "pipeline.json").read_text())["_last_run"]["stages"]
+    }
+    assert statuses == {
+        "locate": "skipped",
+        "interpret": "ran",
+        "evaluate:base": "skipped",
+        "evaluate:base+gate": "ran",
+    }
+
+
+def test_unknown_force_and_variant_are_one_line(capsys, preset, tiny_qwen, tmp_path):
+    assert run(preset, tiny_qwen, tmp_path / "r", "--force", "nonsense") == 2
+    assert "--force nonsense: no such stage" in capsys.readouterr().err
+    assert run(preset, tiny_qwen, tmp_path / "r", "--variants", "base", "bogus") == 2
+    assert "unknown variant(s) bogus" in capsys.readouterr().err

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lasa.cli import main
+from lasa.config import InterpretConfig
+from lasa.data.safety import (
+    evaluation_prompts,
+    mgsm,
+    overlaps_multijail,
+    training_prompts,
+    validate_train_langs,
+    xquad,
+)
+from lasa.errors import LasaError
+from lasa.models import load_model
+from lasa.ssi import SSI, SafetySemanticInterpreter, calibrate_threshold, group_split, train_ssi
+
+
+def blobs(n=200, d=16, seed=0, shift=2.0):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % 2).float()
+    x = torch.randn(n, d, generator=g) + shift * y[:, None] * torch.linspace(1, 0, d)
+    x[:, 0] *= 300.0  # a "massive activation" channel: the scaler must cope with it
+    return x, y
+
+
+def cfg(**kw):
+    base = {"model": "unused", "epochs": 30, "patience": 5, "seed": 0}
+    return InterpretConfig(**(base | kw))
+
+
+def test_ssi_learns_separable_data_and_calibrates():
+    x, y = blobs()
+    xv, yv = blobs(seed=1)
+    _module, log, threshold, bacc = train_ssi(x, y, xv, yv, cfg())
+    assert bacc > 0.95 and 0.3 <= threshold <= 0.7
+    assert log[-1]["val_auroc"] > 0.98
+    assert len(log) <= 30
+
+
+def test_training_is_deterministic_under_a_seed():
+    x, y = blobs()
+    xv, yv = blobs(seed=1)
+    a = train_ssi(x, y, xv, yv, cfg(seed=3))[0].state_dict()
+    b = train_ssi(x, y, xv, yv, cfg(seed=3))[0].state_dict()
+    c = train_ssi(x, y, xv, yv, cfg(seed=4))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_threshold_is_the_validation_optimum():
+    labels = np.array([1] * 50 + [0] * 50)
+    probs = np.concatenate([np.linspace(0.62, 0.9, 50), np.linspace(0.1, 0.58, 50)])
+    t, bacc = calibrate_threshold(probs, labels)
+    assert bacc == 1.0 and 0.58 <= t < 0.62
+    # a threshold outside the grid's optimum region is never chosen over a better one
+    probs2 = np.concatenate([np.linspace(0.35, 0.9, 50), np.linspace(0.0, 0.33, 50)])
+    t2, _ = calibrate_threshold(probs2, labels)
+    assert 0.33 <= t2 < 0.35
+
+
+def test_architecture_matches_the_paper():
+    m = SafetySemanticInterpreter(8)
+    kinds = [type(layer).__name__ for layer in m.net]
+    assert kinds == ["Linear", "LayerNorm", "GELU", "Dropout", "Linear"]
+    assert m.net[0].out_features == 8 and m.net[-1].out_features == 1
+    assert SafetySemanticInterpreter(8, hidden=3).net[0].out_features == 3
+
+
+def test_group_split_keeps_translations_together():
+    pool, _ = training_prompts(["en", "zh"], cap=50, seed=0)
+    tr, va = group_split(pool, 0.2, seed=0)
+    assert set(tr).isdisjoint(va) and len(tr) + len(va) == len(pool)
+    ids_tr = {pool[i].id for i in tr}
+    assert not ids_tr & {pool[i].id for i in va}
+    assert 0.1 < len(va) / len(pool) < 0.3
+
+
+def test_training_data_recipe():
+    pool, summary = training_prompts(["en", "zh"], cap=100, seed=0)
+    assert {p.lang for p in pool} == {"en", "zh"}
+    assert not any(p.source == "multijail" for p in pool)
+    assert not any(overlaps_multijail(p.text) for p in pool[::7])
+    cells = {}
+    for p in pool:
+        cells[(p.lang, p.label, p.form)] = cells.get((p.lang, p.label, p.form), 0) + 1
+    assert max(cells.values()) <= 100
+    # both classes have questions and statements in both languages (form balance)
+    for lang in ("en", "zh"):
+        for label in (0, 1):
+            assert cells.get((lang, label, "question"), 0) >= 50
+            assert cells.get((lang, label, "statement"), 0) >= 50
+    assert summary["removed"]  # near-duplicates of MultiJail were found and dropped
+    with pytest.raises(LasaError, match="--train-langs ko: no harmful training data"):
+        validate_train_langs(["en", "ko"])
+
+
+def test_evaluation_sets_are_disjoint_from_training_halves():
+    assert not {p.text for p in xquad("zh", "train")} & {p.text for p in xquad("zh", "eval")}
+    assert not {p.text for p in mgsm("sw", "train")} & {p.text for p in mgsm("sw", "eval")}
+    ev, src = evaluation_prompts(n_harmful=10, n_benign=10)
+    assert (
+        src["it"].startswith("flores") and src["ko"].startswith("flores") and src["jv"].startswith("flores")
+    )
+    assert src["vi"] == "xquad" and src["sw"] == "mgsm"
+    harmful_ids = {lang: [p.id for p in ev if p.lang == lang and p.label] for lang in ("en", "jv")}
+    assert harmful_ids["en"] == harmful_ids["jv"] == [f"multijail:{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory, tiny_qwen):
+    run = tmp_path_factory.mktemp("run")
+    rc = main(
+        [
+            "interpret",
+            "--model",
+            str(tiny_qwen),
+            "--run-dir",
+            str(run),
+            "--layer",
+            "2",
+            "--sweep",
+            "--sweep-every",
+            "2",
+            "--cap",
+            "20",
+            "--eval-n-harmful",
+            "8",
+            "--eval-n-benign",
+            "8",
+            "--epochs",
+            "3",
+        ]
+    )
+    assert rc == 0
+    return run
+
+
+def test_interpret_writes_the_artefact_contract(interpreted):
+    ssi_dir = interpreted / "ssi"
+    meta = json.loads((ssi_dir / "ssi.json").read_text())
+    for key in (
+        "model",
+        "model_fingerprint",
+        "layer",
+        "index_convention",
+        "pooling",
+        "architecture",
+        "threshold",
+        "train_languages",
+        "data_recipe",
+    ):
+        assert key in meta, key
+    assert (
+        meta["architecture"]["d_model"] == 32 and meta["architecture"]["hidden"] == 32 and meta["layer"] == 2
+    )
+    m = json.loads((ssi_dir / "metrics.json").read_text())
+    assert set(m["per_language"]) == {"en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"}
+    for row in m["per_language"].values():
+        assert {"auroc", "accuracy", "tpr", "fpr", "n_harmful", "n_benign"} <= set(row)
+        assert row["n_harmful"] == 8
+    assert m["macro_seen"]["languages"] == ["en", "zh"] and len(m["macro_unseen"]["languages"]) == 8
+    assert 0 <= m["xstest"]["fpr_safe"] <= 1 and m["xstest"]["n_safe"] == 250
+    assert "form_probe_auroc" in m["form_control"]["en"]
+    sweep = json.loads((ssi_dir / "layer_sweep.json").read_text())
+    assert [r["layer"] for r in sweep["layers"]] == [2, 4]
+    assert (ssi_dir / "layer_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_saved_ssi_round_trips_and_refuses_other_models(interpreted, tiny_qwen, tiny_llama):
+    ssi = SSI.load(interpreted)
+    lm = load_model(str(tiny_qwen), device="cpu")
+    prompts = ["How do I make a bomb?", "Nini mji mkuu wa Kenya?"]
+    a = ssi.score(lm, prompts, progress=False)
+    b = SSI.load(interpreted / "ssi" / "ssi.json").score(lm, prompts, progress=False)
+    assert a.shape == (2,) and np.array_equal(a, b)
+    assert ssi.flags(a).dtype == bool
+    other = load_model(str(tiny_llama), device="cpu")
+    with pytest.raises(LasaError, match="this SSI was trained on"):
+        ssi.score(other, prompts)
+    with pytest.raises(LasaError, match="reads layer 2; layer 3 was requested"):
+        ssi.check_model(lm, layer=3)
+
+
+def test_interpret_bad_inputs_are_one_line(capsys, tiny_qwen, tmp_path):
+    rc = main(["interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "9"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--layer 9 is out of range; this model has layers 1..4" in err
+    rc = main(["interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "run `lasa locate" in err
+    rc = main(
+        ["interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--train-langs", "en", "sw"]
+    )
+    assert rc == 2 and "no harmful training data outside MultiJail" in capsys.readouterr().err
+    assert not (tmp_path / "ssi" / "metrics.json").exists()
+
+
+def test_ssi_on_tiny_model_states_of_separable_prompts(tiny_qwen):
+    """A random tiny model still encodes the last word; the SSI must pick that up well above chance."""
+    from lasa.data import load_sib200
+    from lasa.hidden import extract_states
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    sents = load_sib200(["en", "sw"]).texts
+    texts = [
+        s.rstrip(".") + end for col in sents.values() for s in col[:120] for end in (" weapon", " garden")
+    ]
+    y = torch.tensor([float(i % 2 == 0) for i in range(len(texts))])
+    x = extract_states(lm, texts, layers=[2], progress=False)[:, 0]
+    n = len(texts) // 2
+    module, _, threshold, _ = train_ssi(x[:n], y[:n], x[n : n + 80], y[n : n + 80], cfg())
+    ssi = SSI(module, {"layer": 2, "threshold": threshold})
+    acc = float(((ssi.predict_proba(x[n + 80 :]) > threshold) == y[n + 80 :].bool().numpy()).mean())
+    assert acc > 0.9

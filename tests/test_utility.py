@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lasa.errors import LasaError
+from lasa.generate import GenerationSettings
+from lasa.models import load_model
+from lasa.utility import (
+    answers_match,
+    choice_logprobs,
+    eval_mgsm,
+    eval_mmlu,
+    eval_xcopa,
+    extract_answer,
+    loglikelihood,
+    mgsm_items,
+    mmlu_prompt,
+    mmlu_rows,
+    normalize_digits,
+    parse_number,
+    xcopa_items,
+    xcopa_pair,
+)
+
+# -- pure helpers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 1,234.", 1234),
+        ("১২", 12),
+        ("উত্তর হল ১২।", 12),
+        ("ดังนั้นคำตอบคือ ๔๕", 45),
+        ("１２ apples", 12),
+        ("She sells 16 - 3 - 4 = 9 eggs, so she earns 9 * 2 = 18 dollars.", 18),
+        ("First 3, then 5, and finally 42.", 42),
+        ("The answer is 5 apples; later she buys 7 more.", 5),
+        ("Answer: 12", 12),
+        ("答案是 42。", 42),
+        ("It costs $1,000,000 in total", 1000000),
+        ("Each costs 2.50 dollars", 2.5),
+        ("The temperature is -3", -3),
+        ("Read pages 3-5", 5),
+        ("so \\boxed{72}, then 5 more checks", 72),
+        ("12,34", 34),  # not a thousands group: two numbers
+        ("no number here", None),
+        ("x² and ①", None),  # superscripts and circled numbers are not decimal digits
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    got = extract_answer(text)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+def test_number_helpers():
+    assert normalize_digits("১২৩ ๔๕ ١٢") == "123 45 12"
+    assert normalize_digits("abc 7") == "abc 7"
+    assert parse_number("1,234") == 1234 and isinstance(parse_number("1,234"), int)
+    assert parse_number("12.0") == 12 and isinstance(parse_number("12.0"), int)
+    assert parse_number("2.50") == 2.5
+    assert answers_match(18.0, 18) and answers_match(18, 18)
+    assert not answers_match(None, 0) and not answers_match(17, 18)
+
+
+def test_mgsm_items_use_the_evaluation_rows():
+    from lasa.data.safety import MGSM_TRAIN_ROWS, mgsm_rows
+
+    items = mgsm_items("bn", 3)
+    assert [it["id"] for it in items] == [f"mgsm:{MGSM_TRAIN_ROWS + k}" for k in range(3)]
+    rows = mgsm_rows("bn")
+    assert [it["question"] for it in items] == [q for q, _ in rows[MGSM_TRAIN_ROWS : MGSM_TRAIN_ROWS + 3]]
+    assert all(isinstance(it["gold"], int) for it in items)
+    assert items[0]["gold"] == parse_number(normalize_digits(rows[MGSM_TRAIN_ROWS][1]))
+    assert len(mgsm_items("en", None)) == len(rows) - MGSM_TRAIN_ROWS
+
+
+def test_xcopa_pair_formats():
+    zh = xcopa_items("zh")[0]
+    assert zh["question"] == "cause" and zh["premise"].endswith("。")
+    ctx, (c1, c2) = xcopa_pair(zh, "zh")
+    assert ctx == zh["premise"][:-1] + "，因为"
+    assert (c1, c2) == (zh["choice1"], zh["choice2"])
+
+    it = xcopa_items("it")[0]
+    ctx, (c1, _) = xcopa_pair(it, "it")
+    assert ctx == "L'oggetto era incartato nella plastica bollata perché"
+    assert c1 == " era delicato."  # first letter lowercased, space-joined
+
+    th = xcopa_items("th")[0]  # no final punctuation in Thai: nothing may be cut
+    assert (
+        th["question_upstream"] == "effect" and th["question"] == "cause"
+    )  # upstream th says "effect" always
+    ctx, (c1, _) = xcopa_pair(th, "th")
+    assert ctx == th["premise"] + " เพราะ"
+    assert c1 == th["choice1"]
+
+    effect = next(x for x in xcopa_items("sw") if x["question"] == "effect")
+    assert xcopa_pair(effect, "sw")[0].endswith(" kwa hiyo")
+
+
+def test_xcopa_question_type_is_shared_across_languages():
+    zh, vi = xcopa_items("zh"), xcopa_items("vi")
+    assert [x["question_upstream"] for x in zh] == [x["question_upstream"] for x in vi]
+    for lang in ("it", "sw", "th"):
+        items = xcopa_items(lang)
+        assert [x["question"] for x in items] == [x["question"] for x in zh]
+        assert [x["label"] for x in items] == [x["label"] for x in zh]
+    assert sum(x["question"] == "cause" for x in xcopa_items("th")) == 250
+
+
+def test_mmlu_rows_round_robin():
+    rows = mmlu_rows()
+    assert len(rows) == 57 * 20
+    first = mmlu_rows(57)
+    assert len({r["subject"] for r in first}) == 57
+    assert mmlu_rows(58)[57]["subject"] == first[0]["subject"]
+    assert mmlu_rows(58)[57]["question"] != first[0]["question"]
+    assert all(r["answer"] in "ABCD" for r in rows)
+    prompt = mmlu_prompt(first[0])
+    assert prompt.endswith("\nD. " + first[0]["D"] + "\nAnswer:")
+    assert "abstract algebra" in prompt.splitlines()[0]
+
+
+# -- with the tiny models --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_qwen):
+    return load_model(str(tiny_qwen), device="cpu")
+
+
+PAIRS = [
+    ("The cat sat on the", " mat."),
+    ("一个很长的中文句子，用来测试左侧填充是否正确处理了位置编码和注意力掩码，因为", "它很易碎。"),
+    ("Answer: ", "A"),  # trailing space moves into the continuation
+    ("x", " y z w v u t s r q p"),
+    ("Il gatto", ""),  # empty continuation scores 0
+]
+
+
+def _manual(model_lm, ctx: str, cont: str) -> float:
+    """The documented definition, one example at a time, full-vocabulary log-softmax."""
+    tok = model_lm.tokenizer
+    stripped = ctx.rstrip()
+    cont = ctx[len(stripped) :] + cont
+    c_ids = tok(stripped, add_special_tokens=True)["input_ids"]
+    x_ids = tok(cont, add_special_tokens=False)["input_ids"] if cont else []
+    ids = torch.tensor([c_ids + x_ids])
+    with torch.no_grad():
+        logp = model_lm.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    return float(sum(logp[len(c_ids) - 1 + k, t] for k, t in enumerate(x_ids)))
+
+
+@pytest.mark.parametrize("kind", ["tiny_qwen", "tiny_llama"])
+def test_loglikelihood_matches_manual_and_is_batch_invariant(kind, request):
+    model_lm = load_model(str(request.getfixturevalue(kind)), device="cpu")
+    ctxs, conts = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    manual = [_manual(model_lm, c, x) for c, x in PAIRS]
+    one = loglikelihood(model_lm, ctxs, conts, batch_size=1, progress=False)
+    batched = loglikelihood(model_lm, ctxs, conts, batch_size=len(PAIRS), progress=False)
+    two = loglikelihood(model_lm, ctxs, conts, batch_size=2, progress=False)
+    assert manual[-1] == 0.0 and one[-1] == 0.0
+    assert all(m < 0 for m in manual[:-1])
+    assert len({round(m, 3) for m in manual}) == len(manual)  # distinct: a mix-up would show
+    for got in (one, batched, two):
+        assert got == pytest.approx(manual, abs=1e-4, rel=1e-5)
+
+
+def test_loglikelihood_input_errors(lm):
+    with pytest.raises(LasaError, match="2 contexts but 1 continuations"):
+        loglikelihood(lm, ["a", "b"], ["c"], progress=False)
+    with pytest.raises(LasaError, match="context 0 is empty"):
+        loglikelihood(lm, [""], [" x"], progress=False)
+
+
+def test_single_token_choices_agree_with_loglikelihood(lm):
+    letters = ["A", "B", "C", "D"]
+    assert all(len(lm.tokenizer(x, add_special_tokens=False)["input_ids"]) == 1 for x in letters)
+    prompts = [mmlu_prompt(r) for r in mmlu_rows(3)]
+    fast = choice_logprobs(lm, prompts, letters, batch_size=2, progress=False)  # one forward per prompt
+    slow = loglikelihood(lm, [p for p in prompts for _ in letters], letters * len(prompts), progress=False)
+    assert fast.shape == (3, 4)
+    assert fast.flatten().tolist() == pytest.approx(slow, abs=1e-4)
+
+
+def test_eval_xcopa_end_to_end(lm):
+    res = eval_xcopa(lm, ["zh", "sw", "it"], n_per_lang=4, batch_size=3, progress=False)
+    assert res["task"] == "xcopa" and res["n_per_lang"] == 4 and res["chance"] == 0.5
+    assert list(res["accuracy"]) == ["zh", "sw", "it"]
+    for acc in res["accuracy"].values():
+        assert 0.0 <= acc <= 1.0 and (acc * 4).is_integer()
+    assert res["mean"] == pytest.approx(sum(res["accuracy"].values()) / 3)
+    # the per-language bookkeeping: recompute the last language on its own
+    items = xcopa_items("it")[:4]
+    pairs = [xcopa_pair(x, "it") for x in items]
+    scores = loglikelihood(
+        lm, [c for c, _ in pairs for _ in range(2)], [x for _, cs in pairs for x in cs], progress=False
+    )
+    right = sum(
+        int((0 if scores[2 * k] >= scores[2 * k + 1] else 1) == x["label"]) for k, x in enumerate(items)
+    )
+    assert res["accuracy"]["it"] == right / 4
+
+
+def test_eval_mmlu_end_to_end(lm):
+    res = eval_mmlu(lm, n=4, batch_size=2, progress=False)
+    assert set(res) >= {"task", "n", "n_subjects", "accuracy", "chance"}
+    assert res["n"] == 4 and res["n_subjects"] == 4 and res["chance"] == 0.25
+    assert 0.0 <= res["accuracy"] <= 1.0 and (res["accuracy"] * 4).is_integer()
+    rows = mmlu_rows(4)
+    scores = loglikelihood(
+        lm,
+        [mmlu_prompt(r) for r in rows for _ in "ABCD"],
+        [f" {x}" for _ in rows for x in "ABCD"],
+        progress=False,
+    )
+    expected = sum(
+        int("ABCD"[max(range(4), key=lambda j: scores[4 * k + j])] == r["answer"]) for k, r in enumerate(rows)
+    )
+    assert res["accuracy"] == expected / 4
+
+
+def test_eval_mgsm_end_to_end(lm):
+    settings = GenerationSettings(max_new_tokens=6, batch_size=4)
+    summary, records = eval_mgsm(lm, "en,th", n_per_lang=2, settings=settings, progress=False)
+    assert list(summary["accuracy"]) == ["en", "th"] and summary["n_per_lang"] == 2
+    assert summary["truncated"]["en"] in (0.0, 0.5, 1.0)
+    assert [r["id"] for r in records] == ["mgsm:100", "mgsm:101"] * 2
+    assert [r["lang"] for r in records] == ["en", "en", "th", "th"]
+    for r in records:
+        assert set(r) >= {
+            "id",
+            "lang",
+            "prompt",
+            "response",
+            "prediction",
+            "gold",
+            "correct",
+            "ssi_score",
+            "gated",
+        }
+        assert r["prompt"].endswith("The answer is <number>'.")
+        assert r["prediction"] == extract_answer(r["response"])
+        assert r["correct"] == answers_match(r["prediction"], r["gold"])
+        assert r["ssi_score"] is None and r["gated"] is False
+    assert summary["accuracy"]["en"] == sum(r["correct"] for r in records[:2]) / 2
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda lm: eval_mgsm(lm, ["vi"], 2, progress=False), "mgsm has no 'vi'; choose from en zh th bn sw"),
+        (lambda lm: eval_xcopa(lm, "en", 2, progress=False), "xcopa has no 'en'; choose from it sw th vi zh"),
+        (
+            lambda lm: eval_xcopa(lm, "zh", 501, progress=False),
+            "xcopa has 500 test items per language; asked for 501",
+        ),
+        (
+            lambda lm: eval_mmlu(lm, 0, progress=False),
+            "mmlu: the number of items must be a positive integer, got 0",
+        ),
+        (
+            lambda lm: eval_mgsm(lm, "sw", 151, progress=False),
+            "mgsm has 150 evaluation problems per language (rows 100 onwards); asked for 151",
+        ),
+    ],
+)
+def test_input_errors_are_one_line(lm, call, message):
+    with pytest.raises(LasaError) as err:
+        call(lm)
+    assert str(err.value) == message
+    assert "\n" not in str(err.value)
