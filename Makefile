@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 MODEL ?= default
-RUN_DIR ?= runs/qwen05b
+RUN_DIR ?= runs/quick
+PRESET ?= configs/quick.yaml
 BIN := $(VENV)/bin
 
 .PHONY: help setup setup-model run test test-slow lint bench clean
 
 help:
-	@echo "make run        set up, prepare the embedded default model, run the main job ($(MODEL) -> $(RUN_DIR))"
+	@echo "make run        set up, prepare the embedded default model, run the whole experiment ($(PRESET): $(MODEL) -> $(RUN_DIR))"
 	@echo "make test       set up and run the unit tests (+ ruff); no model download"
 	@echo "make test-slow  real-model checks (prepares the default model)"
 	@echo "make bench      benchmarks -> bench/RESULTS.md"
@@ -38,7 +39,7 @@ setup-model: $(VENV)/.model
 	$(BIN)/lasa models prepare $(MODEL)
 
 run: setup-model
-	$(BIN)/lasa locate --model $(MODEL) --run-dir $(RUN_DIR)
+	$(BIN)/lasa run --config $(PRESET) --model $(MODEL) --run-dir $(RUN_DIR)
 
 test: setup
 	$(BIN)/ruff check src tests bench
@@ -52,7 +53,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 
 bench: setup-model
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --ssi $(wildcard runs/qwen05b/ssi runs/qwen05b/ssi_chat) --e2e-run-dir $(RUN_DIR)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

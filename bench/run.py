@@ -9,11 +9,14 @@ with the machine and versions it was measured on. Performance targets live here,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -139,8 +142,10 @@ def bench_generation(args: argparse.Namespace) -> dict:
         "what": f"{len(prompts)} MultiJail prompts (10 languages), {n_new} new tokens each (forced), greedy",
         "model": args.model,
         "seconds": {"batched": t_batched, "batch1_loop": t_single},
-        "tokens_per_s": {"batched": len(prompts) * n_new / statistics.median(t_batched),
-                         "batch1_loop": len(prompts) * n_new / statistics.median(t_single)},
+        "tokens_per_s": {
+            "batched": len(prompts) * n_new / statistics.median(t_batched),
+            "batch1_loop": len(prompts) * n_new / statistics.median(t_single),
+        },
         "target": "gated <= 1.05x plain generation time on the same prompts",
     }
     out["batched_speedup"] = out["tokens_per_s"]["batched"] / out["tokens_per_s"]["batch1_loop"]
@@ -158,14 +163,77 @@ def bench_generation(args: argparse.Namespace) -> dict:
         out["seconds"][f"gated_{tag}_ssi"] = t_gated
         out[f"gated_{tag}_ssi_ratio_vs_plain"] = statistics.median(t_gated) / statistics.median(t_batched)
         out[f"gated_{tag}_ssi_flagged"] = f"{flagged[-1]}/{len(prompts)}"
-        out[f"gated_{tag}_ssi_source"] = "state read off the prefill" if tag == "chat" else \
-            "extra pass over the raw prompt, layers 1..L* only"
+        out[f"gated_{tag}_ssi_source"] = (
+            "state read off the prefill"
+            if tag == "chat"
+            else "extra pass over the raw prompt, layers 1..L* only"
+        )
     return out
+
+
+def bench_kto_step(args: argparse.Namespace) -> dict:
+    """Seconds per KTO step, LoRA on every block vs only above the bottleneck, on the same rows."""
+    import tempfile
+
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+    from lasa.runs import read_jsonl
+
+    out: dict = {
+        "what": f"TRL KTOTrainer + PEFT LoRA (r 8, all linear modules), batch {args.kto_batch}, "
+        f"{args.kto_steps} steps on the same {args.kto_batch * args.kto_steps} lasa rows; median of the "
+        "per-step times after the first",
+        "model": args.model,
+        "seconds_per_step": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for placement in ("all", "above_bottleneck"):
+            cfg = AlignConfig(
+                model=args.model,
+                run_dir=tmp,
+                method="lasa",
+                n_safety=args.kto_batch * args.kto_steps,
+                n_general=0,
+                max_steps=args.kto_steps,
+                batch_size=args.kto_batch,
+                lora_layers=placement,
+                bottleneck_layer=args.bottleneck,
+                device=args.device,
+            )
+            s = run_align(cfg)
+            times = [r["time"] for r in read_jsonl(f"{tmp}/align/lasa/train_log.jsonl") if "loss" in r]
+            steps = [b - a for a, b in itertools.pairwise(times)]
+            out["seconds_per_step"][placement] = statistics.median(steps)
+            out[f"trainable_parameters_{placement}"] = s["training"]["trainable_parameters"]
+    out["speedup_above_bottleneck"] = (
+        out["seconds_per_step"]["all"] / out["seconds_per_step"]["above_bottleneck"]
+    )
+    out["bottleneck_layer"] = args.bottleneck
+    return out
+
+
+def bench_e2e(args: argparse.Namespace) -> dict:
+    """End-to-end wall time of `lasa run` (read from a finished run's pipeline.json)."""
+    from lasa.runs import read_json
+
+    path = Path(args.e2e_run_dir) / "pipeline.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `make run` (or lasa run --run-dir {args.e2e_run_dir}) first")
+    state = read_json(path)
+    stages = {k: v["seconds"] for k, v in state.items() if not k.startswith("_")}
+    return {
+        "what": f"`lasa run` stage times from {path} (each stage's last run)",
+        "model": "see run config",
+        "seconds_per_stage": stages,
+        "total_seconds": sum(stages.values()),
+    }
 
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "extraction": bench_extraction,
     "generation": bench_generation,
+    "kto_step": bench_kto_step,
+    "e2e": bench_e2e,
 }
 
 
@@ -200,7 +268,9 @@ def render(results: dict[str, dict]) -> str:
         lines.append("")
         lines += ["| measure | value |", "|---|---|"]
         for key, val in res.items():
-            if key in {"what", "machine", "measured_at", "model", "repeats", "target", "seconds"}:
+            if key in {"what", "machine", "measured_at", "model", "repeats", "target", "seconds"} or (
+                name == "e2e" and key == "repeats"
+            ):
                 continue
             if isinstance(val, dict):
                 for k2, v2 in val.items():
@@ -226,18 +296,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-prompts", type=int, default=320, help="extraction: prompts")
     parser.add_argument("--gen-prompts", type=int, default=16, help="generation: prompts (one batch)")
     parser.add_argument("--new-tokens", type=int, default=64, help="generation: forced new tokens per prompt")
-    parser.add_argument("--ssi", nargs="*", default=[], help="generation: SSI run dirs / ssi dirs to gate with")
+    parser.add_argument(
+        "--ssi", nargs="*", default=[], help="generation: SSI run dirs / ssi dirs to gate with"
+    )
+    parser.add_argument("--kto-batch", type=int, default=4, help="kto_step: per-device batch")
+    parser.add_argument("--kto-steps", type=int, default=6, help="kto_step: optimizer steps per placement")
+    parser.add_argument("--bottleneck", type=int, default=15, help="kto_step: bottleneck layer (1-based)")
+    parser.add_argument(
+        "--e2e-run-dir", default="runs/quick", help="e2e: run directory of a finished `lasa run`"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run benchmarks in this process (default: one subprocess each, so peak memory is per benchmark)",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     RESULTS.mkdir(exist_ok=True)
     for name in args.names:
         if name not in BENCHMARKS:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in args.names:
+        if not args.in_process:  # a child process per benchmark: its peak RSS is its own
+            rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in args.names]
+            subprocess.run([sys.executable, __file__, name, "--in-process", "--child", *rest], check=True)
+            continue
         logger.info("running %s", name)
         res = BENCHMARKS[name](args)
-        res.update(measured_at=time.strftime("%Y-%m-%d %H:%M"), machine=machine(), repeats=args.repeats)
+        res.update(
+            measured_at=time.strftime("%Y-%m-%d %H:%M"),
+            machine=machine(),
+            repeats=args.repeats,
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        )
         (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
-        logger.info("%s: %s", name, json.dumps({k: v for k, v in res.items() if "ratio" in k}))
+        logger.info(
+            "%s: %s", name, json.dumps({k: v for k, v in res.items() if "ratio" in k or "speedup" in k})
+        )
+    if args.child:
+        return 0
     results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     (HERE / "RESULTS.md").write_text(render(results))
     print(render(results))

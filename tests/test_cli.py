@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -164,3 +165,18 @@ def test_console_script_entry_point():
         [sys.executable, "-m", "lasa.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "locate" in out.stdout and "models" in out.stdout
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    "preset",
+    sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate"),
+)
+def test_shipped_presets_parse_for_every_stage(preset):
+    from lasa.config import STAGE_CONFIGS
+
+    for cls in STAGE_CONFIGS.values():
+        cfg = cls.from_yaml(CONFIGS / preset)
+        assert cfg.run_dir.startswith("runs/")

@@ -43,3 +43,13 @@ def test_language_codes():
         LasaError, match="unknown language code 'xx'; valid codes: en zh it vi ar ko th bn sw jv"
     ):
         normalize_languages(["en", "xx"])
+
+
+def test_malformed_multijail_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "mj.csv"
+    bad.write_text("id,tags,en,zh\n0,[],How?,怎么？\n1,[],Why?,\n")
+    with pytest.raises(LasaError, match=r"mj.csv:3: empty zh prompt for id 1"):
+        load_multijail(["en", "zh"], path=bad)
+    bad.write_text("id,tags,en\n0,[],How?\n")
+    with pytest.raises(LasaError, match="missing column"):
+        load_multijail(["en", "sw"], path=bad)

@@ -351,6 +351,10 @@ class GenerateConfig(StageConfig):
             "text at the start of the assistant turn."
         },
     )
+    gate_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Override the SSI's validation-calibrated threshold (p(harmful) above it gates)."},
+    )
     ssi: str | None = field(default=None, metadata={"help": "Where the SSI is (default: RUN/ssi)."})
     conditioning_text: str = field(
         default="Harmful query detected. I should refuse this request and provide a safe response in the user's "
