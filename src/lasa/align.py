@@ -422,7 +422,8 @@ def train(
     if cfg.method in ("lasa", "kto"):
         from trl import KTOConfig, KTOTrainer
 
-        args = KTOConfig(
+        trainer_cls: Any = KTOTrainer
+        args: Any = KTOConfig(
             **common,
             beta=cfg.beta,
             desirable_weight=cfg.desirable_weight,
@@ -431,27 +432,21 @@ def train(
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             disable_dropout=True,
         )
-        trainer = KTOTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(trl_rows),
-            processing_class=tok,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
-    else:
+        data = trl_rows
+    else:  # sft: the desirable completions only, loss on the completion tokens
         from trl import SFTConfig, SFTTrainer
 
-        sft_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in trl_rows if r["label"]]
+        trainer_cls = SFTTrainer
         args = SFTConfig(**common, completion_only_loss=True, packing=False, shuffle_dataset=False)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(sft_rows),
-            processing_class=tok,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
+        data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in trl_rows if r["label"]]
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     result = trainer.train()
     seconds = time.time() - t0
     adapter = out / "adapter"

@@ -129,7 +129,7 @@ def _interpret(argv: list[str]) -> int:
         best = max(m["layer_sweep"], key=lambda r: r["unseen_auroc_mean"])
         print(
             f"layer sweep: best unseen mean AUROC {best['unseen_auroc_mean']:.3f} at layer {best['layer']} "
-            f"(bottleneck {m['layer']}); see {os.path.join(cfg.run_dir, 'ssi', 'layer_sweep.png')}"
+            f"(bottleneck {m['layer']}); see {os.path.join(cfg.run_dir, cfg.out_name, 'layer_sweep.png')}"
         )
     print(f"artefacts: {os.path.join(cfg.run_dir, cfg.out_name)}/")
     return 0
