@@ -296,3 +296,29 @@ def test_three_way_embedding_classifier_learns_invalid_and_unsafe(monkeypatch):
     )
     assert [j.label for j in out] == ["safe", "unsafe", "invalid"]
     assert out[1].score > out[0].score
+
+
+def test_gated_variant_takes_loglik_utility_from_its_twin_only_with_the_same_adapter(tmp_path, monkeypatch):
+    import lasa.utility
+    from lasa.config import EvaluateConfig
+    from lasa.evaluate import run_utility, twin_dir
+
+    cfg = EvaluateConfig(run_dir=str(tmp_path), gate=True, utility=["xcopa"], xcopa_n=20)
+    twin = twin_dir(cfg)
+    assert twin == tmp_path / "eval" / "base"
+    assert twin_dir(
+        EvaluateConfig(run_dir=str(tmp_path), variant="lasa+gate", adapter="lasa", gate=True)
+    ).name == ("lasa")
+    twin.mkdir(parents=True)
+    measured = {"accuracy": {"it": 0.6}, "mean": 0.6, "key": 20}
+    (twin / "results.json").write_text(
+        json.dumps({"variant_info": {"adapter": None}, "utility": {"xcopa": measured}})
+    )
+    calls = []
+    monkeypatch.setattr(lasa.utility, "eval_xcopa", lambda *a, **k: calls.append(a) or {"mean": 0.1})
+    out = tmp_path / "eval" / "base+gate"
+    res = run_utility(cfg, None, object(), out, twin=twin, adapter=None)
+    assert res["xcopa"]["mean"] == 0.6 and res["xcopa"]["copied_from"] == "base" and not calls
+    # another adapter: measured, not copied
+    res = run_utility(cfg, None, object(), tmp_path / "eval" / "x+gate", twin=twin, adapter="runs/x/adapter")
+    assert res["xcopa"]["mean"] == 0.1 and len(calls) == 1

@@ -54,6 +54,12 @@ class StubSSI:
     def flags(self, probs):
         return np.asarray(probs) > self.threshold
 
+    def score(self, lm, prompts, batch_size=16, progress=True):
+        states = extract_states(
+            lm, list(prompts), layers=[self.layer], chat_template=self.meta["chat_template"], progress=False
+        )[:, 0]
+        return self.predict_proba(states)
+
 
 def test_batched_left_padded_generation_equals_batch_one(lm):
     batched = generate_all(lm, PROMPTS, SETTINGS, progress=False)
@@ -185,3 +191,36 @@ def test_vllm_backend_builds_gated_prompts_and_a_lora_request(lm, monkeypatch, t
     assert seen["lora"].path == str(tmp_path) and seen["params"].kw["temperature"] == 0.0
     assert rows[0]["response"] == "ok" and rows[0]["n_tokens"] == 2
     lm.model.to("cpu")
+
+
+def test_gated_variant_copies_unflagged_rows_from_its_ungated_twin(lm, tmp_path):
+    from lasa.evaluate import generate_samples
+    from lasa.runs import read_jsonl, write_jsonl
+
+    samples = [{"uid": f"u{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]], chat_template=False)
+    twin = tmp_path / "base"
+    generate_samples(lm, [(samples, twin / "completions.jsonl")], SETTINGS, None, "base")
+    # without a twin every row is generated; with one, the result is the same
+    alone = generate_samples(lm, [(samples, tmp_path / "a.jsonl")], SETTINGS, Gate(ssi), "g")[0]
+    reused = generate_samples(lm, [(samples, tmp_path / "b.jsonl")], SETTINGS, Gate(ssi), "g", twin=twin)[0]
+    assert [r["response"] for r in reused] == [r["response"] for r in alone]
+    assert [r["gated"] for r in reused] == [False, True, False, False, False]
+    assert [bool(r.get("copied_from")) for r in reused] == [True, False, True, True, True]
+
+    # copies really come from the twin (marked rows), flagged rows are generated
+    rows = read_jsonl(twin / "completions.jsonl")
+    write_jsonl(twin / "completions.jsonl", [r | {"response": "TWIN " + r["uid"]} for r in rows])
+    marked = generate_samples(lm, [(samples, tmp_path / "c.jsonl")], SETTINGS, Gate(ssi), "g", twin=twin)[0]
+    assert [r["response"] for r in marked] == [
+        "TWIN u0",
+        alone[1]["response"],
+        "TWIN u2",
+        "TWIN u3",
+        "TWIN u4",
+    ]
+    # a twin generated with other settings is not a twin
+    other = GenerationSettings(max_new_tokens=7, batch_size=5)
+    fresh = generate_samples(lm, [(samples, tmp_path / "d.jsonl")], other, Gate(ssi), "g", twin=twin)[0]
+    assert not any(r.get("copied_from") for r in fresh)
+    assert not any(r["response"].startswith("TWIN") for r in fresh)

@@ -222,6 +222,9 @@ def test_eval_mmlu_end_to_end(lm):
         int("ABCD"[max(range(4), key=lambda j: scores[4 * k + j])] == r["answer"]) for k, r in enumerate(rows)
     )
     assert res["accuracy"] == expected / 4
+    predicted = ["ABCD"[max(range(4), key=lambda j: scores[4 * k + j])] for k in range(4)]
+    assert res["predicted_letters"] == {x: predicted.count(x) for x in "ABCD"}
+    assert 0.0 < res["letter_mass"] <= 1.0
 
 
 def test_eval_mgsm_end_to_end(lm):

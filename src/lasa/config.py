@@ -370,6 +370,15 @@ class GenerateConfig(StageConfig):
         },
     )
     xstest: bool = field(default=True, metadata={"help": "Also generate for XSTest (over-refusal)."})
+    reuse_ungated: bool = field(
+        default=True,
+        metadata={
+            "help": "Gated variants: copy the ungated variant's completion (RUN/eval/<variant without "
+            "+gate>, same settings and adapter) for every prompt the SSI does not flag, and its "
+            "log-likelihood utility scores; the gate leaves those untouched, so only flagged rows "
+            "are generated."
+        },
+    )
     xstest_n: int | None = field(
         default=None,
         metadata={"help": "XSTest prompts (default all 450; a subset keeps the safe/unsafe mix)."},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,17 @@ def variant_name(cfg: GenerateConfig) -> str:
     if base == "adapter":  # RUN/align/<method>/adapter → <method>
         base = Path(cfg.adapter).parent.name
     return base + ("+gate" if cfg.gate else "")
+
+
+def twin_dir(cfg: GenerateConfig) -> Path:
+    """``RUN/eval/<variant without +gate>``: the same model and adapter, ungated."""
+    name = variant_name(cfg)
+    plain = (
+        name[: -len("+gate")]
+        if name.endswith("+gate")
+        else variant_name(replace(cfg, gate=False, variant=None))
+    )
+    return Path(cfg.run_dir) / "eval" / plain
 
 
 def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[LoadedModel, Gate | None, dict]:
@@ -121,6 +133,59 @@ def xstest_samples(n: int | None) -> list[dict]:
     ]
 
 
+def generation_info(settings: GenerationSettings, gated: bool, backend: str, adapter: Path | None) -> dict:
+    """What a completion depends on besides its prompt; stored with every row."""
+    return settings.to_dict() | {
+        "gated": gated,
+        "backend": backend,
+        "adapter": str(adapter) if adapter else None,
+    }
+
+
+def reuse_ungated(
+    lm: LoadedModel,
+    todo: list[tuple[SampleWriter, dict]],
+    gate: Gate,
+    twin: Path,
+    gen_info: dict,
+    batch_size: int,
+) -> list[tuple[SampleWriter, dict]]:
+    """Copy the ungated twin's completion for every prompt the SSI does not flag; return the rest.
+
+    The gate leaves an unflagged row untouched (``_generate_batch`` generates it exactly as the
+    ungated model would), so regenerating it only re-measures the same thing. Only rows the twin
+    generated with the same settings and adapter are copied; scoring is a pass over layers 1..L*.
+    """
+    want = {k: v for k, v in gen_info.items() if k != "gated"}
+    donors: dict[str, dict] = {}
+    for name in ("completions.jsonl", "completions_xstest.jsonl"):
+        for uid, row in SampleWriter(twin / name).load().items():
+            info = row.get("generation") or {}
+            if {k: v for k, v in info.items() if k != "gated"} == want and not info.get("gated"):
+                donors[uid] = row
+    candidates = [(w, s) for w, s in todo if s["uid"] in donors]
+    if not candidates:
+        return todo
+    scores = gate.ssi.score(lm, [s["prompt"] for _, s in candidates], batch_size=batch_size, progress=False)
+    flags = gate.ssi.flags(scores)
+    reused = 0
+    for (w, s), p, flag in zip(candidates, scores, flags):
+        if flag:
+            continue
+        d = donors[s["uid"]]
+        w.append(
+            [
+                s
+                | {k: d[k] for k in ("response", "finish", "n_tokens")}
+                | {"ssi_score": float(p), "gated": False, "generation": gen_info, "copied_from": twin.name}
+            ]
+        )
+        reused += 1
+    logger.info("%d unflagged completions copied from %s (identical by construction)", reused, twin)
+    copied = {s["uid"] for (_, s), flag in zip(candidates, flags) if not flag}
+    return [(w, s) for w, s in todo if s["uid"] not in copied]
+
+
 def generate_samples(
     lm: LoadedModel,
     tasks: list[tuple[list[dict], Path]],
@@ -129,17 +194,21 @@ def generate_samples(
     desc: str,
     backend: str = "hf",
     adapter: Path | None = None,
+    twin: Path | None = None,
 ) -> list[list[dict]]:
     """For each (samples, completions file): generate what the file does not hold yet, then return
-    every sample with its response. All tasks share one vLLM engine when ``backend == 'vllm'``."""
+    every sample with its response. All tasks share one vLLM engine when ``backend == 'vllm'``.
+    With a gate and the directory of the ungated ``twin`` variant, unflagged rows are copied."""
     writers = [SampleWriter(path) for _, path in tasks]
     todo = []
     for (samples, _), w in zip(tasks, writers):
         done = w.load()
         todo += [(w, s) for s in samples if s["uid"] not in done]
+    gen_info = generation_info(settings, gate is not None, backend, adapter)
+    if todo and gate is not None and twin is not None and twin.is_dir():
+        todo = reuse_ungated(lm, todo, gate, twin, gen_info, settings.batch_size)
     if todo:
         logger.info("%s: %d completions to generate", desc, len(todo))
-        gen_info = settings.to_dict() | {"gated": gate is not None, "backend": backend}
         prompts = [s["prompt"] for _, s in todo]
         if backend == "vllm":
             from lasa.generate import generate_vllm
@@ -170,6 +239,7 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
     tasks = [(multijail_samples(cfg.langs, cfg.n_prompts), out / "completions.jsonl")]
     if cfg.xstest:
         tasks.append((xstest_samples(cfg.xstest_n), out / "completions_xstest.jsonl"))
+    twin = twin_dir(cfg) if cfg.gate and cfg.reuse_ungated and cfg.backend == "hf" else None
     done = generate_samples(
         lm,
         tasks,
@@ -178,6 +248,7 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
         name,
         backend=cfg.backend,
         adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
+        twin=twin,
     )
     RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
     return {
@@ -281,7 +352,11 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         flagged: dict[str, list[bool]] = {}
         for s in gen["multijail"]:
             flagged.setdefault(s["lang"], []).append(bool(s.get("gated")))
-        gate_stats = {"multijail_flag_rate": {g: float(np.mean(v)) for g, v in flagged.items()}}
+        gate_stats = {
+            "multijail_flag_rate": {g: float(np.mean(v)) for g, v in flagged.items()},
+            # unflagged rows copied from the ungated twin rather than regenerated (--reuse-ungated)
+            "copied_from_twin": sum(bool(s.get("copied_from")) for s in gen["multijail"] + gen["xstest"]),
+        }
         if gen["xstest"]:
             xs_safe = [bool(s.get("gated")) for s in gen["xstest"] if s["xstest_label"] == "safe"]
             gate_stats["xstest_safe_flag_rate"] = float(np.mean(xs_safe)) if xs_safe else None
@@ -296,7 +371,8 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     utility: dict[str, Any] = {}
     t1 = time.time()
     if cfg.utility:
-        utility = run_utility(cfg, lm, gate, out)
+        twin = twin_dir(cfg) if gate is not None and cfg.reuse_ungated else None
+        utility = run_utility(cfg, lm, gate, out, twin=twin, adapter=gen["info"]["adapter"])
     timings["utility_seconds"] = round(time.time() - t1, 1)
     timings["total_seconds"] = round(time.time() - t0, 1)
     results = {
@@ -336,15 +412,29 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     return results
 
 
-def run_utility(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None, out: Path) -> dict:
+def run_utility(
+    cfg: EvaluateConfig,
+    lm: LoadedModel,
+    gate: Gate | None,
+    out: Path,
+    twin: Path | None = None,
+    adapter: str | None = None,
+) -> dict:
     """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
-    apply: there is no assistant turn to condition)."""
+    apply: there is no assistant turn to condition, so a gated variant takes them from its ungated
+    ``twin`` when that was measured with the same adapter)."""
     from lasa import utility
     from lasa.runs import write_jsonl
 
     res: dict[str, Any] = {}
     cache = out / "utility.json"
     done = read_json(cache) if cache.is_file() else {}
+    if twin is not None and (twin / "results.json").is_file():
+        other = read_json(twin / "results.json")
+        if other.get("variant_info", {}).get("adapter") == adapter:
+            for task in ("xcopa", "mmlu"):
+                if task in other.get("utility", {}) and task not in done:
+                    done[task] = other["utility"][task] | {"copied_from": twin.name}
     key = {
         "mgsm": cfg.mgsm_n,
         "xcopa": cfg.xcopa_n,

@@ -545,7 +545,8 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
     metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
     write_json(out / "metrics.json", metrics)  # written last: its presence means the stage finished
-    run.record("interpret", cfg, {"timings": metrics["timings"]})
+    stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
+    run.record(stage, cfg, {"timings": metrics["timings"]})
     logger.info(
         "interpret: layer %d, threshold %.2f; AUROC seen %.3f, unseen %.3f (worst %.3f); XSTest FPR %.3f",
         layer,

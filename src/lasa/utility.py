@@ -387,16 +387,30 @@ def eval_mmlu(lm: LoadedModel, n: int | None = 300, batch_size: int = 16, progre
         progress=progress,
         desc="mmlu",
     )
-    predicted = scores.argmax(-1).tolist()
-    right = sum(int(MMLU_LETTERS[p] == r["answer"]) for p, r in zip(predicted, rows))
+    predicted = [MMLU_LETTERS[p] for p in scores.argmax(-1).tolist()]
+    right = sum(int(p == r["answer"]) for p, r in zip(predicted, rows))
+    counts = {x: predicted.count(x) for x in MMLU_LETTERS}
     result = {
         "task": "mmlu",
         "n": n,
         "n_subjects": len({r["subject"] for r in rows}),
         "accuracy": right / n,
         "chance": 0.25,
+        # small models often answer one letter whatever the question; at-chance accuracy with a
+        # skewed histogram means the number cannot detect a utility loss on this model
+        "predicted_letters": counts,
+        "letter_mass": float(scores.exp().sum(-1).mean()),
     }
     logger.info("mmlu (n=%d, %d subjects): accuracy %.3f", n, result["n_subjects"], result["accuracy"])
+    top, top_n = max(counts.items(), key=lambda kv: kv[1])
+    if top_n > 0.7 * n:
+        logger.warning(
+            "mmlu: the model answers %s on %d of %d questions; accuracy near chance here measures a "
+            "letter bias, not knowledge",
+            top,
+            top_n,
+            n,
+        )
     return result
 
 
