@@ -127,6 +127,8 @@ def interpreted(tmp_path_factory, tiny_qwen):
             "--sweep",
             "--sweep-every",
             "2",
+            "--sweep-seeds",
+            "2",
             "--cap",
             "20",
             "--eval-n-harmful",
@@ -169,6 +171,12 @@ def test_interpret_writes_the_artefact_contract(interpreted):
     assert "form_probe_auroc" in m["form_control"]["en"]
     sweep = json.loads((ssi_dir / "layer_sweep.json").read_text())
     assert [r["layer"] for r in sweep["layers"]] == [2, 4]
+    at2 = sweep["layers"][0]
+    assert at2["seeds"] == [42, 43] and at2["unseen_auroc_std"] >= 0
+    # the per-language numbers are seed means; the macro mean is their mean
+    unseen = [at2["per_language_auroc"][g] for g in m["macro_unseen"]["languages"]]
+    assert at2["unseen_auroc_mean"] == pytest.approx(np.mean(unseen))
+    assert at2["unseen_auroc_worst"] == pytest.approx(min(unseen))
     assert (ssi_dir / "layer_sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 

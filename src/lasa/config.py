@@ -283,6 +283,13 @@ class InterpretConfig(StageConfig):
         },
     )
     sweep_every: int = field(default=2, metadata={"help": "k for --sweep."})
+    sweep_seeds: int = field(
+        default=3,
+        metadata={
+            "help": "Train the sweep's SSI with this many seeds per layer and report mean and spread: "
+            "one seed's early stopping moves a layer's AUROC by a few points."
+        },
+    )
     pooling: Literal["last", "mean"] = field(
         default="last", metadata={"help": "Token pooling (last = the paper's)."}
     )
@@ -315,8 +322,8 @@ class InterpretConfig(StageConfig):
             raise LasaError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if len(self.threshold_range) != 2 or not 0 < self.threshold_range[0] <= self.threshold_range[1] < 1:
             raise LasaError("--threshold-range needs two numbers 0 < lo <= hi < 1")
-        if self.sweep_every < 1 or self.epochs < 1 or self.cap < 1 or self.eval_n_benign < 1:
-            raise LasaError("--sweep-every, --epochs, --cap and --eval-n-benign must be >= 1")
+        if min(self.sweep_every, self.sweep_seeds, self.epochs, self.cap, self.eval_n_benign) < 1:
+            raise LasaError("--sweep-every, --sweep-seeds, --epochs, --cap and --eval-n-benign must be >= 1")
         if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= 315:
             raise LasaError(f"--eval-n-harmful must be in 1..315, got {self.eval_n_harmful}")
         if self.layer is not None and self.layer < 1:

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -576,22 +576,31 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     sweep = []
+    seeds = [cfg.seed + k for k in range(cfg.sweep_seeds)]
     for layer in tqdm(layers, desc="interpret: layer sweep", leave=False):
-        res = _fit_and_evaluate(states[layer], layer, split, cfg)
-        table = res["per_language"]
-        unseen = [g for g in table if g not in train_langs]
-        seen = [g for g in table if g in train_langs]
+        runs = [_fit_and_evaluate(states[layer], layer, split, replace(cfg, seed=s)) for s in seeds]
+        langs = list(runs[0]["per_language"])
+        unseen = [g for g in langs if g not in train_langs]
+        seen = [g for g in langs if g in train_langs]
+        # per-language AUROC averaged over seeds; the spread is that of the unseen macro mean
+        table = {g: {"auroc": float(np.mean([r["per_language"][g]["auroc"] for r in runs]))} for g in langs}
+        unseen_means = [macro(r["per_language"], unseen).get("auroc") for r in runs] if unseen else []
         worst = min(unseen, key=lambda g: table[g]["auroc"]) if unseen else None
+        qf = [g for g in question_form or [] if g in table]
         sweep.append(
             {
                 "layer": layer,
-                "threshold": res["threshold"],
-                "unseen_auroc_mean": macro(table, unseen).get("auroc"),
-                "unseen_auroc_worst": macro(table, unseen).get("worst_auroc"),
+                "threshold": runs[0]["threshold"],
+                "seeds": seeds,
+                "unseen_auroc_mean": float(np.mean(unseen_means)) if unseen else None,
+                "unseen_auroc_std": float(np.std(unseen_means)) if unseen else None,
+                "unseen_auroc_worst": table[worst]["auroc"] if worst else None,
                 "unseen_worst_language": worst,
-                "seen_auroc_mean": macro(table, seen).get("auroc"),
-                "unseen_question_form_auroc_mean": macro(table, question_form or []).get("auroc"),
-                "per_language_auroc": {g: table[g]["auroc"] for g in table},
+                "seen_auroc_mean": float(np.nanmean([table[g]["auroc"] for g in seen])) if seen else None,
+                "unseen_question_form_auroc_mean": (
+                    float(np.nanmean([table[g]["auroc"] for g in qf])) if qf else None
+                ),
+                "per_language_auroc": {g: table[g]["auroc"] for g in langs},
             }
         )
     write_json(
@@ -616,7 +625,14 @@ def plot_sweep(sweep: list[dict], bottleneck: int, path: Path, cfg: InterpretCon
     layers = [r["layer"] for r in sweep]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     ax.plot(layers, [r["seen_auroc_mean"] for r in sweep], "o-", ms=4, label="seen languages (mean)")
-    ax.plot(layers, [r["unseen_auroc_mean"] for r in sweep], "s-", ms=4, label="unseen languages (mean)")
+    unseen_mean = np.array([r["unseen_auroc_mean"] for r in sweep])
+    n_seeds = len(sweep[0].get("seeds", [0])) if sweep else 1
+    ax.plot(layers, unseen_mean, "s-", ms=4, label=f"unseen languages (mean; {n_seeds} seed(s))")
+    if n_seeds > 1:
+        spread = np.array([r.get("unseen_auroc_std") or 0.0 for r in sweep])
+        ax.fill_between(
+            layers, unseen_mean - spread, unseen_mean + spread, alpha=0.2, label="± 1 sd over seeds"
+        )
     if sweep and sweep[0].get("unseen_question_form_auroc_mean") is not None:
         ax.plot(
             layers,
