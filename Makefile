@@ -42,15 +42,15 @@ run: setup-model
 	$(BIN)/lasa run --config $(PRESET) --model $(MODEL) --run-dir $(RUN_DIR)
 
 test: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python -m pytest -q
 
 test-slow: setup-model
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 bench: setup-model
 	$(BIN)/python bench/run.py --ssi $(wildcard runs/qwen05b/ssi runs/qwen05b/ssi_chat) --e2e-run-dir $(RUN_DIR)

@@ -240,6 +240,44 @@ def test_embedding_judge_on_multilingual_cases():
     assert out[0].refusal and not out[3].refusal
 
 
+def test_shipped_refusal_classifier_matches_the_vendored_data(tmp_path, monkeypatch):
+    """The shipped weights load without training, and they classify real XSTest completions."""
+    from lasa.judges import embedding as emb
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although shipped weights match the data")
+
+    monkeypatch.setattr(emb.RefusalClassifier, "train", classmethod(no_training))
+    enc = emb.Encoder()
+    clf = emb.RefusalClassifier.cached(enc, cache_root=tmp_path)
+    assert clf.coef.shape == (384,) and clf.meta["n"] == len(emb.xstest_completions())
+    rows = sorted(
+        (r for r in emb.xstest_completions() if len(r["completion"]) < 300), key=lambda r: r["completion"]
+    )
+    sample = [r for r in rows if r["refusal"]][:15] + [r for r in rows if not r["refusal"]][:15]
+    p = clf.predict(enc.passages([r["completion"] for r in sample]))
+    y = np.array([r["refusal"] for r in sample])
+    assert ((p > 0.5) == y).mean() >= 0.8
+
+
+def test_refusal_classifier_retrains_when_the_data_changed(tmp_path, monkeypatch):
+    from lasa.judges import embedding as emb
+
+    rows = emb.xstest_completions()[:40]
+    monkeypatch.setattr(emb, "xstest_completions", lambda: rows)
+    calls = []
+
+    def fake_train(cls, encoder, train_rows, seed=0):
+        calls.append(len(train_rows))
+        return cls(np.zeros(384, dtype=np.float32), 0.0, {"n": len(train_rows)})
+
+    monkeypatch.setattr(emb.RefusalClassifier, "train", classmethod(fake_train))
+    emb.RefusalClassifier.cached(None, cache_root=tmp_path)  # shipped key is for the full data
+    emb.RefusalClassifier.cached(None, cache_root=tmp_path)  # now from the user cache
+    assert calls == [40]
+    assert list((tmp_path / "judges").glob("embedding-refusal-*.json"))
+
+
 def test_three_way_embedding_classifier_learns_invalid_and_unsafe(monkeypatch):
     """The trained judge on a small labelled sample: it must separate the classes it was shown."""
     from lasa.judges import embedding as emb

@@ -6,7 +6,10 @@ maps a refusal in Swahili close to a refusal in English, so classifiers on its e
 across languages. Two are trained at first use and cached in ``$LASA_CACHE/judges``:
 
 1. a refusal classifier on XSTest's 2,250 human-labelled English completions (full compliance vs
-   full or partial refusal): p(refusal), also what over-refusal on XSTest is measured with;
+   full or partial refusal): p(refusal), also what over-refusal on XSTest is measured with. Its
+   fitted weights ship in ``data/judge_models/`` (keyed by a hash of the training completions)
+   because embedding 2,250 completions costs ~7 minutes on 2 cores, a third of ``make run``;
+   ``python scripts/build_judge.py`` rebuilds them, and a key mismatch retrains at first use;
 2. a three-way safe / unsafe / invalid classifier on lasa's judge-training labels (200 responses of
    the default model to MultiJail, 20 per language, ``data/judge_labels/train_*.jsonl``), on the
    response embedding plus features no embedding carries: p(refusal), the lexicon's refusal match,
@@ -35,6 +38,7 @@ from lasa.judges.base import JudgeItem, Judgement, strip_control_tokens
 logger = logging.getLogger(__name__)
 
 _TRAIN_FILES = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
+SHIPPED_REFUSAL = ("judge_models", "embedding-refusal.json")
 
 
 def xstest_completions() -> list[dict]:
@@ -112,19 +116,46 @@ class RefusalClassifier:
         logger.info("embedding judge: refusal classifier 5-fold balanced accuracy on XSTest %.3f", cv.mean())
         return cls(clf.coef_[0].astype(np.float32), float(clf.intercept_[0]), meta)
 
+    def to_json(self, key: str) -> dict:
+        return {"key": key, "coef": self.coef.tolist(), "intercept": self.intercept, "meta": self.meta}
+
     @classmethod
-    def cached(cls, encoder: Encoder, cache_root: Path | None = None) -> RefusalClassifier:
+    def from_json(cls, doc: dict) -> RefusalClassifier:
+        return cls(np.array(doc["coef"], dtype=np.float32), float(doc["intercept"]), doc["meta"])
+
+    @staticmethod
+    def data_key(rows: list[dict] | None = None) -> str:
+        """Hash of the training completions: a shipped or cached classifier is valid only for them."""
+        rows = xstest_completions() if rows is None else rows
+        return hashlib.sha256(json.dumps([r["completion"] for r in rows]).encode()).hexdigest()[:12]
+
+    @classmethod
+    def cached(
+        cls, encoder: Encoder, cache_root: Path | None = None, use_shipped: bool = True
+    ) -> RefusalClassifier:
+        """User cache, else the shipped weights if they match the data, else train (and cache)."""
+        from lasa.data import data_path
         from lasa.default_model import cache_dir
         from lasa.runs import write_json
 
         rows = xstest_completions()
-        key = hashlib.sha256(json.dumps([r["completion"] for r in rows]).encode()).hexdigest()[:12]
+        key = cls.data_key(rows)
         path = (cache_root or cache_dir()) / "judges" / f"embedding-refusal-{key}.json"
         if path.is_file():
-            doc = json.loads(path.read_text())
-            return cls(np.array(doc["coef"], dtype=np.float32), doc["intercept"], doc["meta"])
+            return cls.from_json(json.loads(path.read_text()))
+        shipped = data_path(*SHIPPED_REFUSAL)
+        if use_shipped and shipped.is_file():
+            doc = json.loads(shipped.read_text())
+            if doc.get("key") == key:
+                return cls.from_json(doc)
+            logger.warning(
+                "embedding judge: shipped refusal classifier is for other data (key %s, data %s); "
+                "retraining (rebuild it with scripts/build_judge.py)",
+                doc.get("key"),
+                key,
+            )
         clf = cls.train(encoder, rows)
-        write_json(path, {"coef": clf.coef.tolist(), "intercept": clf.intercept, "meta": clf.meta})
+        write_json(path, clf.to_json(key))
         return clf
 
 
