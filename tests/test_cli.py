@@ -137,6 +137,7 @@ def test_help_shows_every_field_with_its_help(capsys):
         (["--n-queries", "2"], "--n-queries must be >= 4"),
         (["--n-queries", "400", "--source", "multijail"], "multijail has 315 parallel rows"),
         (["--tsne-layers", "9"], "--tsne-layers 9 is out of range; this model has layers 1..4"),
+        (["--languages", "en", "xx"], "unrecognized arguments: --languages en xx"),
     ],
 )
 def test_bad_input_is_one_line(capsys, tiny_qwen, tmp_path, args, message):

@@ -138,9 +138,13 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
         parser.set_defaults_with_config(**load_yaml_for(cls, argv[i + 1]))
         del argv[i : i + 2]
     try:
-        (cfg, _extra) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        cfg, *_, unknown = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
+        )
     except TypeError as err:  # dataclass __init__ rejecting a YAML value of the wrong shape
         raise LasaError(str(err)) from None
+    if unknown:  # HfArgumentParser would raise a ValueError with a traceback
+        raise LasaError(f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)")
     return cfg
 
 
