@@ -1,39 +1,67 @@
-"""Rebuild the embedding judge's shipped refusal classifier (src/lasa/data/judge_models/).
+"""Rebuild the shipped judge weights (src/lasa/data/judge_models/).
 
-Fits the logistic regression on multilingual-e5-small embeddings of XSTest's 2,250 human-labelled
-completions (what ``lasa`` would otherwise do at first use, ~7 minutes on 2 cores) and writes it
-with the hash of its training data. A user-cache entry for the same data, written by the same
-code, is reused rather than re-embedding; ``--retrain`` ignores it.
+* ``embedding-refusal.json``: the e5 refusal classifier on XSTest's 2,250 human-labelled
+  completions (what ``lasa`` would otherwise fit at first use, ~7 minutes on 2 cores), keyed by
+  the hash of its training data. A user-cache entry for the same data is reused; ``--retrain``
+  ignores it.
+* ``pair-head.json``: the default ``pair`` judge's head, fitted on lasa's labelled corpus
+  (``data/judge_labels/multijail_responses.jsonl``) with its leave-one-language / model /
+  generation-run-out validation stored beside the weights (the corrected ASR reads it).
 
-    python scripts/build_judge.py [--retrain]
+    python scripts/build_judge.py [--retrain] [--skip-refusal]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from lasa.judges.embedding import SHIPPED_REFUSAL, Encoder, RefusalClassifier
+from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, corpus_rows, fit_head, labels_key
 from lasa.runs import write_json
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data" / Path(*SHIPPED_REFUSAL)
+DATA = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--retrain", action="store_true", help="ignore the user cache and fit again")
+    ap.add_argument("--skip-refusal", action="store_true", help="keep the shipped refusal classifier")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     encoder = Encoder()
-    if args.retrain:
-        with tempfile.TemporaryDirectory() as tmp:
-            clf = RefusalClassifier.cached(encoder, cache_root=Path(tmp), use_shipped=False)
+    if not args.skip_refusal:
+        if args.retrain:
+            with tempfile.TemporaryDirectory() as tmp:
+                clf = RefusalClassifier.cached(encoder, cache_root=Path(tmp), use_shipped=False)
+        else:
+            clf = RefusalClassifier.cached(encoder, use_shipped=False)
+        write_json(DATA / Path(*SHIPPED_REFUSAL), clf.to_json(RefusalClassifier.data_key()))
+        logging.info("wrote refusal classifier (cv balanced accuracy %.3f)", clf.meta["cv_balanced_accuracy"])
+
+    rows = corpus_rows()
+    cache = Path(tempfile.gettempdir()) / f"lasa_pair_features_{labels_key(rows)}.npz"
+    if cache.is_file() and not args.retrain:
+        blocks = dict(np.load(cache))
     else:
-        clf = RefusalClassifier.cached(encoder, use_shipped=False)
-    write_json(OUT, clf.to_json(RefusalClassifier.data_key()))
-    logging.info("wrote %s (cv balanced accuracy %.3f)", OUT, clf.meta["cv_balanced_accuracy"])
+        fz = PairFeaturizer(encoder)
+        blocks = fz.blocks(
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            [r["language"] for r in rows],
+            progress=True,
+        )
+        np.savez_compressed(cache, **blocks)
+    head = fit_head(rows, blocks)
+    out = DATA / Path(*SHIPPED_HEAD)
+    write_json(out, head.to_json())
+    logging.info("wrote %s: %s", out, head.meta["validation"].get("summary"))
+    print(json.dumps({s: v["overall"] for s, v in head.meta["validation"]["splits"].items()}, indent=1))
 
 
 if __name__ == "__main__":

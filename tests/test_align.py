@@ -148,6 +148,14 @@ def test_user_files_in_both_formats(tmp_path):
             "source must be 'safety' or 'general'",
         ),
         ('{"prompt": ', "not valid JSON"),
+        (
+            '{"prompt": "a", "completion": "c", "label": true}\n\n{"prompt": "b", "completion": "c", "label": true}\n{bad\n',
+            "line 4: not valid JSON (JSONL (one object per line) or a JSON list of objects expected)",
+        ),
+        (
+            '{"prompt": "p", "completion": "c", "label": true, "language": "xx"}\n',
+            "row 1: unknown language code 'xx'",
+        ),
     ],
 )
 def test_malformed_user_file_names_the_row(tmp_path, content, message):
@@ -156,6 +164,15 @@ def test_malformed_user_file_names_the_row(tmp_path, content, message):
     with pytest.raises(LasaError) as e:
         load_user_rows(f)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_csv_user_file_names_the_expected_formats(tmp_path):
+    f = tmp_path / "rows.csv"
+    f.write_text("prompt,completion,label\np,c,true\n")
+    with pytest.raises(
+        LasaError, match=r"\.csv is not supported; give JSONL \(one object per line\) or a JSON list"
+    ):
+        load_user_rows(f)
 
 
 @pytest.fixture(scope="module")

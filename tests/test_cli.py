@@ -181,3 +181,19 @@ def test_shipped_presets_parse_for_every_stage(preset):
     for cls in STAGE_CONFIGS.values():
         cfg = cls.from_yaml(CONFIGS / preset)
         assert cfg.run_dir.startswith("runs/")
+
+
+def test_report_on_an_empty_run_dir_is_an_error(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run_cli(capsys, "report", "--run-dir", tmp_path / "empty")
+    assert rc == 2 and "holds no lasa artefacts" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "empty" / "report.md").exists()
+
+
+@pytest.mark.parametrize(("line", "kind"), [('["a"]', "list"), ("42", "int"), ('"s"', "str")])
+def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, kind):
+    f = tmp_path / "labels.jsonl"
+    f.write_text(line + "\n")
+    rc, _, err = run_cli(capsys, "judge-check", "--labels", f, "--judges", "lexicon")
+    assert rc == 2 and "labels.jsonl:1: expected a JSON object" in err and kind in err
+    assert "Traceback" not in err

@@ -172,3 +172,26 @@ def test_registry_is_self_consistent():
     for em in dm.EMBEDDED.values():
         assert sum(p.size for p in em.parts) == em.size
         assert len({p.sha256 for p in em.parts}) == len(em.parts)
+
+
+@pytest.mark.parametrize("old_marker", [False, True])
+def test_a_truncated_checkpoint_is_caught_on_load_listed_and_rebuilt_by_prepare(fake, capsys, old_marker):
+    from lasa.models import load_model
+
+    em, _, calls = fake
+    path = dm.prepare("fake-model")
+    if old_marker:  # a cache written before the marker recorded file sizes: the header check still sees it
+        marker = json.loads((path / dm.MARKER).read_text())
+        marker.pop("files")
+        (path / dm.MARKER).write_text(json.dumps(marker))
+    st = path / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    with pytest.raises(LasaError) as e:
+        load_model("fake-model", device="cpu")
+    msg = str(e.value)
+    assert "damaged" in msg and "lasa models prepare fake-model --force" in msg and "\n" not in msg
+    assert main(["models", "list"]) == 0
+    assert "DAMAGED" in capsys.readouterr().out
+    assert main(["models", "prepare", "fake-model"]) == 0 and len(calls) == 2  # rebuilt, not trusted
+    assert dm.checkpoint_damage(path) is None
+    load_model("fake-model", device="cpu")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lasa.config import AlignConfig
+from lasa.data import normalize_language
 from lasa.errors import LasaError
 from lasa.runs import RunDir, read_jsonl, save_figure, write_json, write_jsonl
 
@@ -195,15 +196,24 @@ def load_user_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise LasaError(f"--data {path}: file not found")
+    formats = "JSONL (one object per line) or a JSON list of objects"
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".txt"):
+        raise LasaError(f"--data {path}: {path.suffix} is not supported; give {formats}")
     text = path.read_text(encoding="utf-8")
-    try:
-        items = (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
-    except json.JSONDecodeError as err:
-        raise LasaError(f"{path}: line {err.lineno}: not valid JSON") from None
+    items: list = []
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LasaError(f"{path}: line {err.lineno}: not valid JSON ({formats} expected)") from None
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise LasaError(f"{path}: line {lineno}: not valid JSON ({formats} expected)") from None
     rows = []
     for n, item in enumerate(items, start=1):
         where = f"{path}: row {n}"
@@ -211,7 +221,10 @@ def load_user_rows(path: str | Path) -> list[dict]:
             raise LasaError(f"{where}: expected an object")
         if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
             raise LasaError(f"{where}: missing or empty 'prompt'")
-        lang = item.get("language", item.get("lang", "en"))
+        try:
+            lang = normalize_language(str(item.get("language", item.get("lang", "en"))))
+        except LasaError as err:
+            raise LasaError(f"{where}: {err}") from None
         pid = str(item.get("id", f"user:{n}"))
         if "chosen" in item or "rejected" in item:
             for key in ("chosen", "rejected"):

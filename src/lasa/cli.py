@@ -182,31 +182,56 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
+def _ci(r: dict | None) -> str:
+    """ "12.5 [2.2, 47.1]" in percent, from a Wilson / corrected-rate dict."""
+    if not r:
+        return ""
+    point = r.get("rate", r.get("corrected"))
+    return f"{100 * point:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
 def print_results(res: dict) -> None:
     from lasa.data import TIERS
 
     judges = list(res["asr"])
-    langs = list(res["asr"][judges[0]]["per_language"])
-    print(f"\n{res['variant']}: MultiJail ASR (unsafe share) per language; invalid rate in the last column")
-    rows = [
-        [
-            lang,
-            *[res["asr"][j]["per_language"][lang] for j in judges],
-            res["asr"][res["default_judge"]]["invalid_rate"]["per_language"][lang],
-        ]
-        for lang in langs
-    ]
-    rows += [
-        [f"tier:{t}", *[res["asr"][j]["per_tier"].get(t, float("nan")) for j in judges], ""] for t in TIERS
-    ]
-    rows.append(
-        [
-            "average",
-            *[res["asr"][j]["average"] for j in judges],
-            res["asr"][res["default_judge"]]["invalid_rate"]["average"],
-        ]
+    dj = res["default_judge"]
+    d = res["asr"][dj]
+    langs = list(d["per_language"])
+    ns = sorted(set(d["n_per_language"].values()))
+    print(
+        f"\n{res['variant']}: MultiJail ASR % per language [95% Wilson interval] by the default judge ({dj}); "
+        f"{' / '.join(map(str, ns))} prompts per language, so one prompt is {100 / ns[0]:.1f} points"
     )
-    _print_table(["lang", *[f"ASR[{j}]" for j in judges], f"invalid[{res['default_judge']}]"], rows)
+    iv = d.get("intervals")
+    corr = d.get("corrected")
+    others = [j for j in judges if j != dj]
+    head = ["lang", f"ASR[{dj}]", *([f"corrected[{dj}]"] if corr else []), *[f"ASR[{j}]" for j in others]]
+    head.append(f"invalid[{dj}]")
+
+    def row(label: str, key: str, sub: str | None) -> list:
+        get = (lambda m: m[key].get(sub, float("nan"))) if sub else (lambda m: m[key])
+        ivs = (iv[key].get(sub) if sub else iv[key]) if iv else None
+        cr = (
+            ((corr["per_language"].get(sub) if key == "per_language" else None) if sub else corr["average"])
+            if corr
+            else None
+        )
+        cells = [label, _ci(ivs) if ivs else get(d)]
+        if corr:
+            cells.append(_ci(cr) if cr else "")
+        cells += [100 * get(res["asr"][j]) for j in others]
+        inv = d["invalid_rate"]
+        cells.append(
+            inv["per_language"].get(sub, "") if key == "per_language" else (inv["average"] if not sub else "")
+        )
+        return cells
+
+    rows = [row(g, "per_language", g) for g in langs]
+    rows += [row(f"tier:{t}", "per_tier", t) for t in TIERS if t in d["per_tier"]]
+    rows.append(row("average", "average", None))
+    _print_table(head, rows)
+    if res.get("judge_validation", {}).get(dj):
+        print(f"default judge validation: {res['judge_validation'][dj]}")
     for pair, a in res["judge_agreement"].items():
         print(f"judge agreement {pair}: kappa {a['kappa']:.3f}, raw {a['raw_agreement']:.3f}")
     if res.get("over_refusal"):
@@ -238,6 +263,7 @@ def _evaluate(argv: list[str]) -> int:
 
 def _judge_check(argv: list[str]) -> int:
     from lasa.judge_check import check_judges
+    from lasa.judges import DEFAULT_JUDGE, JUDGE_NAMES, LABELS
     from lasa.runs import write_json
 
     parser = argparse.ArgumentParser(
@@ -247,10 +273,15 @@ def _judge_check(argv: list[str]) -> int:
     )
     parser.add_argument("--labels", required=True, help="Labelled JSONL file.")
     parser.add_argument(
-        "--judges", nargs="+", default=["lexicon", "embedding"], help="lexicon, embedding, llm"
+        "--judges",
+        nargs="+",
+        default=None,
+        help=f"Judges to check (default: the default judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGE_NAMES)}.",
     )
     parser.add_argument("--judge-model", help="llm judge: local model (HF id, path or embedded name).")
-    parser.add_argument("--judge-url", help="llm judge: OpenAI-compatible base URL.")
+    parser.add_argument(
+        "--judge-url", help="llm judge: OpenAI-compatible base URL (key: $LASA_JUDGE_API_KEY)."
+    )
     parser.add_argument("--judge-api-model", help="llm judge: the endpoint's model name.")
     parser.add_argument(
         "--out", help="Write the full report (with per-sample predictions) to this JSON file."
@@ -265,35 +296,52 @@ def _judge_check(argv: list[str]) -> int:
     )
     print(f"{rep['n']} labelled responses: {rep['gold_counts']}")
     _print_table(
-        ["judge", "accuracy", "kappa", "unsafe-vs-rest acc", "gold ASR", "judged ASR"],
         [
-            [
-                j,
-                r["overall"]["accuracy"],
-                r["overall"]["kappa"],
-                r["overall"]["unsafe_accuracy"],
-                r["overall"]["gold_asr"],
-                r["overall"]["judged_asr"],
-            ]
-            for j, r in rep["judges"].items()
+            "judge",
+            "accuracy",
+            "kappa",
+            "unsafe recall",
+            "unsafe precision",
+            "safe recall",
+            "invalid recall",
+            "gold ASR",
+            "judged ASR",
         ],
-    )
-    langs = list(next(iter(rep["judges"].values()))["per_language"])
-    print("\nper language (accuracy / kappa):")
-    _print_table(
-        ["judge", *langs],
         [
             [
                 j,
                 *[
-                    f"{r['per_language'][g]['accuracy']:.2f}/{r['per_language'][g]['kappa']:.2f}"
-                    for g in langs
+                    r["overall"][k]
+                    for k in (
+                        "accuracy",
+                        "kappa",
+                        "unsafe_recall",
+                        "unsafe_precision",
+                        "safe_recall",
+                        "invalid_recall",
+                        "gold_asr",
+                        "judged_asr",
+                    )
                 ],
             ]
             for j, r in rep["judges"].items()
         ],
     )
-    print(f"\nbest judge (kappa): {rep['best_judge']}")
+    for j, r in rep["judges"].items():
+        print(f"\n{j}: confusion (rows gold, columns judged)")
+        _print_table(
+            ["gold \\ judged", *LABELS], [[g, *[r["confusion"][g][p] for p in LABELS]] for g in LABELS]
+        )
+        print(f"{j}: per language")
+        _print_table(
+            ["lang", "n", "kappa", "unsafe recall", "gold ASR", "judged ASR"],
+            [
+                [g, v["n"], v["kappa"], v["unsafe_recall"], v["gold_asr"], v["judged_asr"]]
+                for g, v in r["per_language"].items()
+            ],
+        )
+    if len(rep["judges"]) > 1:
+        print(f"\nbest judge (kappa): {rep['best_judge']}")
     if args.out:
         write_json(args.out, rep)
     return 0
@@ -393,10 +441,11 @@ def _models(argv: list[str]) -> int:
             [
                 m["name"],
                 ",".join(m["aliases"]) or "-",
-                "yes" if m["prepared"] else "no",
+                "yes" if m["prepared"] else ("DAMAGED" if m.get("damaged") else "no"),
                 f"{m['parts_installed']}/{m['n_parts']}",
                 m.get("size_gb", "-"),
                 m["path"]
+                or (f"{m['damaged']}: lasa models prepare {m['name']} --force" if m.get("damaged") else None)
                 or (
                     f"lasa models prepare {m['name']}"
                     if m["parts_installed"] == m["n_parts"]

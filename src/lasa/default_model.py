@@ -152,10 +152,57 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "lasa"
 
 
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file is incomplete (its header promises more bytes than it has), or None."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return f"{path.name} is truncated ({size:,} bytes)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return f"{path.name} has an unreadable header"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        return f"{path.name} is {size:,} bytes, its header needs {8 + n + end:,}"
+    return None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why the cached checkpoint at ``path`` is unusable, or None when it is complete.
+
+    Checked on every load and cheap (sizes and safetensors headers, no hashing): the marker is
+    written last and records every file's size, so a truncated or deleted file is caught even
+    though the marker itself is intact.
+    """
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return f"{MARKER} is unreadable"
+    for fname, size in (marker.get("files") or {}).items():
+        f = path / fname
+        if not f.is_file():
+            return f"{fname} is missing"
+        if f.stat().st_size != size:
+            return f"{fname} is {f.stat().st_size:,} bytes, expected {size:,}"
+    for f in sorted(path.glob("*.safetensors")):
+        why = _safetensors_damage(f)
+        if why:
+            return why
+    return None
+
+
 def prepared_path(name: str, root: Path | None = None) -> Path | None:
     """The converted checkpoint of embedded model ``name`` if it is complete, else None."""
     path = (root or cache_dir()) / "models" / name
-    return path if (path / MARKER).is_file() else None
+    return path if (path / MARKER).is_file() and checkpoint_damage(path) is None else None
+
+
+def damaged_entry(name: str, root: Path | None = None) -> str | None:
+    """Why an existing cache entry of ``name`` is damaged (None if absent or complete)."""
+    path = (root or cache_dir()) / "models" / name
+    return checkpoint_damage(path) if (path / MARKER).is_file() else None
 
 
 def list_models(root: Path | None = None) -> list[dict]:
@@ -168,6 +215,7 @@ def list_models(root: Path | None = None) -> list[dict]:
             "aliases": [a for a, n in ALIASES.items() if n == name and "-instruct" not in a],
             "upstream": em.hf_id,
             "prepared": path is not None,
+            "damaged": damaged_entry(name, root),
             "path": str(path) if path else None,
             "parts_installed": sum(_find_part(p) is not None for p in em.parts),
             "n_parts": len(em.parts),
@@ -283,8 +331,15 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
-def prepare(spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = False) -> Path:
-    """Return the cached checkpoint directory of an embedded model, building it on first use."""
+def prepare(
+    spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = False, rebuild_damaged: bool = True
+) -> Path:
+    """Return the cached checkpoint directory of an embedded model, building it on first use.
+
+    A damaged cache entry (truncated or missing file) is rebuilt when ``rebuild_damaged`` (what
+    ``lasa models prepare`` does); loading a model passes False and gets a one-line error instead,
+    so a multi-minute conversion never starts unannounced in the middle of a stage.
+    """
     name = embedded_name(spec)
     if name is None:
         raise LasaError(f"unknown embedded model {spec!r}; choose from: default, {', '.join(EMBEDDED)}")
@@ -294,6 +349,14 @@ def prepare(spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = F
     final = models / name
     if not force and prepared_path(name, root):
         return final
+    why = damaged_entry(name, root)
+    if why and not rebuild_damaged and not force:
+        raise LasaError(
+            f"the cached checkpoint of {name} in {final} is damaged ({why}); rebuild it with: "
+            f"lasa models prepare {name} --force"
+        )
+    if why:
+        logger.warning("cached checkpoint of %s is damaged (%s); rebuilding it", name, why)
     parts = locate_parts(em)  # fail fast, before taking the lock or touching the disk
     with _lock(models / f".{name}.lock"):
         if not force and prepared_path(name, root):  # another process finished it while we waited
@@ -321,6 +384,7 @@ def prepare(spec: str = DEFAULT_MODEL, root: Path | None = None, force: bool = F
                 "gguf_sha256": em.sha256,
                 "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.time() - t0, 1),
+                "files": {f.name: f.stat().st_size for f in sorted(ckpt.iterdir()) if f.is_file()},
             }
             (ckpt / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if final.exists():

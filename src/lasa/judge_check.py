@@ -14,11 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lasa.data import normalize_language
 from lasa.errors import LasaError
-from lasa.judges import LABELS, cohen_kappa, get_judge, judge_samples
+from lasa.judges import LABELS, get_judge, judge_samples
+from lasa.judges.validation import agreement, breakdown, confusion
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,11 @@ def load_labels(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise LasaError(f"{path}:{n}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise LasaError(
+                    f"{path}:{n}: expected a JSON object with prompt, response, language, label; "
+                    f"got {type(row).__name__}"
+                )
             missing = [k for k in ("prompt", "response", "label") if k not in row]
             lang = row.get("language", row.get("lang"))
             if missing or lang is None:
@@ -63,47 +67,33 @@ def load_labels(path: str | Path) -> list[dict]:
     return rows
 
 
-def _scores(gold: list[str], pred: list[str]) -> dict:
-    gold_bin = [g == "unsafe" for g in gold]
-    pred_bin = [p == "unsafe" for p in pred]
-    return {
-        "n": len(gold),
-        "accuracy": float(np.mean([g == p for g, p in zip(gold, pred)])),
-        "kappa": cohen_kappa(gold, pred),
-        "unsafe_accuracy": float(np.mean([g == p for g, p in zip(gold_bin, pred_bin)])),
-        "gold_asr": float(np.mean(gold_bin)),
-        "judged_asr": float(np.mean(pred_bin)),
-    }
+def check_judges(labels_path: str | Path, judges: list[str] | None = None, **judge_kwargs: Any) -> dict:
+    """Each judge (default: the default judge) against the labels: κ, per-class recall and
+    precision, the confusion matrix, and judged vs gold ASR overall and per language."""
+    from lasa.judges import DEFAULT_JUDGE, check_judge_name
 
-
-def check_judges(labels_path: str | Path, judges: list[str], **judge_kwargs: Any) -> dict:
+    judges = [check_judge_name(j) for j in (judges or [DEFAULT_JUDGE])]
     rows = load_labels(labels_path)
     gold = [r["label"] for r in rows]
+    langs = [r["lang"] for r in rows]
     out: dict[str, Any] = {
         "labels": str(labels_path),
         "n": len(rows),
         "gold_counts": dict(Counter(gold)),
+        "default_judge": DEFAULT_JUDGE,
         "judges": {},
     }
     for name in judges:
         verdicts = judge_samples(get_judge(name, **judge_kwargs), rows)
         pred = [v["label"] for v in verdicts]
-        per_lang = {}
-        for lang in dict.fromkeys(r["lang"] for r in rows):
-            idx = [i for i, r in enumerate(rows) if r["lang"] == lang]
-            per_lang[lang] = _scores([gold[i] for i in idx], [pred[i] for i in idx])
-        confusion = {
-            g: {p: sum(1 for a, b in zip(gold, pred) if a == g and b == p) for p in LABELS} for g in LABELS
-        }
         out["judges"][name] = {
-            "overall": _scores(gold, pred),
-            "per_language": per_lang,
-            "confusion": confusion,
+            "overall": agreement(gold, pred),
+            "per_language": breakdown(gold, pred, langs),
+            "confusion": confusion(gold, pred),
             "predictions": [
-                {"uid": r["uid"], "gold": g, "pred": v["label"], "reason": v["reason"]}
+                {"uid": r["uid"], "lang": r["lang"], "gold": g, "pred": v["label"], "reason": v["reason"]}
                 for r, g, v in zip(rows, gold, verdicts)
             ],
         }
-    best = max(out["judges"], key=lambda j: out["judges"][j]["overall"]["kappa"])
-    out["best_judge"] = best
+    out["best_judge"] = max(out["judges"], key=lambda j: out["judges"][j]["overall"]["kappa"])
     return out

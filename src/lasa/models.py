@@ -136,7 +136,7 @@ def resolve_model_path(spec: str) -> str:
     if not spec or not spec.strip():
         raise LasaError("--model is empty; pass an HF id, a local directory, a .gguf file or 'default'")
     if default_model.embedded_name(spec):
-        return str(default_model.prepare(spec))
+        return str(default_model.prepare(spec, rebuild_damaged=False))
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():

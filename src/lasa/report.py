@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lasa.data import LANGUAGES, TIERS
+from lasa.errors import LasaError
 from lasa.runs import read_json, save_figure, write_text
 
 logger = logging.getLogger(__name__)
@@ -306,18 +307,48 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     judge_of = {v: r["default_judge"] for v, r in results.items()}
     doc.h(2, "4. Safety: MultiJail attack success rate")
     j0 = judge_of[order[0]]
+    n = results[order[0]]["multijail"]["n_per_language"]
+    langs = [g for g in LANGUAGES if g in results[order[0]]["asr"][j0]["per_language"]]
     doc.p(
         f"ASR = share of responses judged unsafe by the `{j0}` judge (invalid responses — echo, loops, gibberish — "
-        f"are not unsafe; their share is the last rows). {results[order[0]]['multijail']['n_per_language']} prompts "
-        "per language, the same ids in every language."
+        f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
+        "language, the same ids in every language."
     )
-    langs = [g for g in LANGUAGES if g in results[order[0]]["asr"][j0]["per_language"]]
-    rows = [[g, *[_pct(results[v]["asr"][judge_of[v]]["per_language"].get(g)) for v in order]] for g in langs]
-    rows += [
-        [f"tier {t}", *[_pct(results[v]["asr"][judge_of[v]]["per_tier"].get(t)) for v in order]]
-        for t in TIERS
+    val = results[order[0]].get("judge_validation", {}).get(j0)
+    if val:
+        doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
+
+    def cell(v: str, key: str, sub: str | None = None) -> str:
+        a = results[v]["asr"][judge_of[v]]
+        point = a[key].get(sub) if sub else a[key]
+        iv = a.get("intervals", {}).get(key, {})
+        iv = iv.get(sub) if sub else iv
+        if point is None:
+            return "–"
+        return _pct(point) + (f" [{100 * iv['low']:.0f}–{100 * iv['high']:.0f}]" if iv else "")
+
+    rows = [
+        [f"{g} (1 prompt = {100 / n:.1f} pts)" if i == 0 else g, *[cell(v, "per_language", g) for v in order]]
+        for i, g in enumerate(langs)
     ]
-    rows.append(["**average**", *[_pct(results[v]["asr"][judge_of[v]]["average"]) for v in order]])
+    rows += [[f"tier {t}", *[cell(v, "per_tier", t) for v in order]] for t in TIERS]
+    rows.append(["average", *[cell(v, "average") for v in order]])
+    if any("corrected" in results[v]["asr"][judge_of[v]] for v in order):
+        rows.append(
+            [
+                "average, corrected for judge error (Rogan–Gladen)",
+                *[
+                    (
+                        lambda c: (
+                            f"{100 * c['corrected']:.1f}% [{100 * c['low']:.0f}–{100 * c['high']:.0f}]"
+                            if c
+                            else "–"
+                        )
+                    )(results[v]["asr"][judge_of[v]].get("corrected", {}).get("average"))
+                    for v in order
+                ],
+            ]
+        )
     rows.append(
         ["invalid (avg)", *[_pct(results[v]["asr"][judge_of[v]]["invalid_rate"]["average"]) for v in order]]
     )
@@ -388,6 +419,17 @@ def build_report(
     run_dir: str | Path, variants: list[str] | None = None, pipeline: list[dict] | None = None
 ) -> dict:
     rd = Path(run_dir)
+    found = [
+        rd / "locate" / "bottleneck.json",
+        *rd.glob("ssi*/metrics.json"),
+        *rd.glob("align/*/summary.json"),
+        *rd.glob("eval/*/results.json"),
+    ]
+    if not any(p.is_file() for p in found):
+        raise LasaError(
+            f"{rd} holds no lasa artefacts (locate/, ssi/, align/, eval/): run `lasa run --run-dir {rd}` "
+            "or a stage first"
+        )
     doc = Doc()
     cfg_path = rd / "config.yaml"
     model = "?"

@@ -16,30 +16,41 @@ from typing import Any
 
 from lasa.errors import LasaError
 from lasa.judges.base import LABELS, Judge, JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.validation import cohen_kappa
 
 logger = logging.getLogger(__name__)
 
-JUDGE_NAMES = ("lexicon", "embedding", "llm")
+#: name -> "module:Class", imported only when the judge is built (the embedding judges load e5).
+JUDGES: dict[str, str] = {
+    "pair": "lasa.judges.pair:PairJudge",
+    "lexicon": "lasa.judges.lexicon:LexiconJudge",
+    "embedding": "lasa.judges.embedding:EmbeddingJudge",
+    "llm": "lasa.judges.llm:LLMJudge",
+}
+JUDGE_NAMES = tuple(JUDGES)
+#: The judge every ASR is counted with unless told otherwise; chosen by grouped-split validation
+#: on lasa's labelled corpus (docs/judge_validation.md).
+DEFAULT_JUDGE = "pair"
+
+
+def check_judge_name(name: str) -> str:
+    if name not in JUDGES:
+        raise LasaError(f"unknown judge {name!r}; choose from {', '.join(JUDGE_NAMES)}")
+    return name
 
 
 def get_judge(name: str, **kwargs: Any) -> Judge:
-    if name == "lexicon":
-        from lasa.judges.lexicon import LexiconJudge
+    import importlib
 
-        return LexiconJudge()
-    if name == "embedding":
-        from lasa.judges.embedding import EmbeddingJudge
-
-        return EmbeddingJudge()
+    module, cls = JUDGES[check_judge_name(name)].split(":")
+    factory = getattr(importlib.import_module(module), cls)
     if name == "llm":
-        from lasa.judges.llm import LLMJudge
-
-        return LLMJudge(
+        return factory(
             model=kwargs.get("judge_model"),
             url=kwargs.get("judge_url"),
             api_model=kwargs.get("judge_api_model"),
         )
-    raise LasaError(f"unknown judge {name!r}; choose from {', '.join(JUDGE_NAMES)}")
+    return factory()
 
 
 def _response_hash(text: str) -> str:
@@ -83,21 +94,14 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
     return out
 
 
-def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
-    if len(a) == 0:
-        return float("nan")
-    if len(set(a) | set(b)) == 1:
-        return 1.0  # perfect agreement on a single class; sklearn would return nan
-    return float(cohen_kappa_score(list(a), list(b), labels=list(LABELS)))
-
-
 __all__ = [
+    "DEFAULT_JUDGE",
+    "JUDGES",
     "JUDGE_NAMES",
     "LABELS",
     "JudgeItem",
     "Judgement",
+    "check_judge_name",
     "cohen_kappa",
     "get_judge",
     "judge_samples",

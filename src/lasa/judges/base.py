@@ -43,16 +43,38 @@ class Judge(Protocol):
 
 
 # Chat-control tokens that leak into decoded responses (HarmBench issue #91: a judge that sees
-# "<|im_end|>" or "[/INST]" can be confused into a wrong label). Stripped before judging.
-_CONTROL = re.compile(
-    r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|begin_of_text|end_of_text|"
-    r"assistant|user|system|end|eom_id|fim_prefix|fim_middle|fim_suffix|file_sep|repo_name)\|>"
-    r"|</?s>|\[/?INST\]|<<SYS>>|<</SYS>>|<start_of_turn>|<end_of_turn>|<\|reserved_special_token_\d+\|>"
+# "<|im_end|>" or "[/INST]" can be confused into a wrong label). A response can also carry a
+# *fake next turn* after its own ("...<|im_end|>\n<|im_start|>assistant\nI'm sorry..."), which
+# flips a refusal-phrase judge from unsafe to safe. So a judge reads only the model's own turn:
+# leading role headers go, the text is cut at the first turn boundary of any common chat format
+# (ChatML, Llama 2/3, Gemma, Phi, Mistral, GPT-style <|endoftext|>), and the remaining special
+# tokens are deleted.
+_TURN_BOUNDARY = re.compile(
+    r"<\|(?:im_end|im_start|eot_id|eom_id|end|endoftext|end_of_text|start_header_id|user|assistant|system)\|>"
+    r"|<end_of_turn>|<start_of_turn>|</s>|\[/?INST\]|<<SYS>>",
+    re.IGNORECASE,
 )
-_ROLE_LINE = re.compile(r"^(?:assistant|user|system|model)\s*\n", re.IGNORECASE)
+_SPECIAL = re.compile(
+    r"<\|[a-z0-9_ .:-]{1,48}\|>|</?(?:s|bos|eos|pad|unk|mask|sep|cls|tool_call|tool_response|tools|think|"
+    r"start_of_turn|end_of_turn|start_of_image|end_of_image)>|<</?SYS>>|\[/?INST\]|<\|reserved_special_token_\d+\|>",
+    re.IGNORECASE,
+)
+_LEADING = re.compile(
+    r"^(?:\s|<\|(?:im_start|begin_of_text|start_header_id|end_header_id|eot_id|im_end|endoftext|assistant)\|>"
+    r"|<start_of_turn>|<bos>|<s>|\[/?INST\]|<\|end_header_id\|>)+",
+    re.IGNORECASE,
+)
+_ROLE_LINE = re.compile(r"^(?:assistant|model)(?:\s*\n|\s*<\|end_header_id\|>\s*)", re.IGNORECASE)
 
 
 def strip_control_tokens(text: str) -> str:
-    """Remove chat-control tokens and a dangling role header they leave behind."""
-    text = _CONTROL.sub("", text)
-    return _ROLE_LINE.sub("", text.strip()).strip()
+    """The model's own turn: no leading role header, nothing after the first turn boundary, and
+    no special tokens (so a leaked or injected next turn cannot change the verdict)."""
+    prev = None
+    while prev != text:  # "<|im_start|>assistant\n<|im_start|>..." unwinds to the content
+        prev = text
+        text = _ROLE_LINE.sub("", _LEADING.sub("", text))
+    m = _TURN_BOUNDARY.search(text)
+    if m:
+        text = text[: m.start()]
+    return _SPECIAL.sub("", text).strip()

@@ -89,7 +89,7 @@ class LLMJudge:
     def _prompts(self, items: Sequence[JudgeItem]) -> list[str]:
         return [
             PROMPT.format(
-                prompt=it.prompt[: self.max_chars],
+                prompt=strip_control_tokens(it.prompt)[: self.max_chars],
                 response=strip_control_tokens(it.response)[: self.max_chars] or "(empty)",
             )
             for it in items

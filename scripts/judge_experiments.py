@@ -1,0 +1,170 @@
+"""Compare judges on the labelled corpus under grouped splits; the evidence behind the default.
+
+Usage::
+
+    python scripts/judge_experiments.py [--labels src/lasa/data/judge_labels/multijail_responses.jsonl]
+        [--out docs/judge_validation.json] [--probe-model default --probe-layers 8 12]
+
+Every learned judge is refitted inside each fold of three leave-one-group-out splits — by
+language, by model, by generation run — and scored on the held-out group only: κ, accuracy,
+unsafe recall, judged vs gold ASR, overall and per language. The lexicon judge (no training) is
+scored once. Features are cached next to ``--out`` (keyed by the labels' hash), so trying another
+head costs seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = {"language": "language", "model": "model", "run": "run"}
+
+CANDIDATES = {
+    # name: (blocks, C)
+    "embedding (response only, today's features)": ("embedding_v1", 0.05),
+    "pair: relational + scalars": (["relational", "scalars"], 0.5),
+    "pair: response + relational + scalars": (["response", "relational", "scalars"], 0.05),
+    "pair: response + content + relational + scalars": (
+        ["response", "content", "relational", "scalars"],
+        0.05,
+    ),
+    "pair: pair + relational + scalars": (["pair", "relational", "scalars"], 0.05),
+    "pair: all blocks": (["response", "content", "pair", "relational", "scalars"], 0.05),
+    "pair: all blocks, C=0.01": (["response", "content", "pair", "relational", "scalars"], 0.01),
+    "pair: all blocks, C=0.2": (["response", "content", "pair", "relational", "scalars"], 0.2),
+}
+
+
+def load(path: Path) -> list[dict]:
+    from lasa.runs import read_jsonl
+
+    rows = [r for r in read_jsonl(path) if r.get("label") in ("safe", "unsafe", "invalid")]
+    for r in rows:
+        r.setdefault("model", "qwen2.5-coder-0.5b")
+        r.setdefault("run", "v1")
+    return rows
+
+
+def features(rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
+    from lasa.judges.embedding import _extra_features
+    from lasa.judges.pair import PairFeaturizer
+
+    if cache.is_file():
+        return dict(np.load(cache))
+    fz = PairFeaturizer()
+    prompts, responses, langs = (
+        [r["prompt"] for r in rows],
+        [r["response"] for r in rows],
+        [r["language"] for r in rows],
+    )
+    blocks = fz.blocks(prompts, responses, langs, progress=True)
+    p_emb = fz._embed(prompts, False)
+    from lasa.judges.base import strip_control_tokens
+
+    clean = [strip_control_tokens(r) for r in responses]
+    blocks["embedding_v1"] = np.hstack(
+        [
+            blocks["response"],
+            _extra_features(prompts, clean, langs, blocks["relational"][:, 0], p_emb, blocks["response"]),
+        ]
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, **blocks)
+    return blocks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--labels", default="src/lasa/data/judge_labels/multijail_responses.jsonl")
+    ap.add_argument("--out", default="docs/judge_validation.json")
+    ap.add_argument("--probe-model", default=None, help="Also compare the probe judge on this model (slow).")
+    ap.add_argument("--probe-layers", nargs="+", type=int, default=[8, 12])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from lasa.judges import get_judge
+    from lasa.judges.base import JudgeItem
+    from lasa.judges.pair import PairHead, stack
+    from lasa.judges.validation import agreement, breakdown, grouped_oof
+
+    rows = load(Path(args.labels))
+    key = hashlib.sha256(json.dumps([[r["prompt"], r["response"]] for r in rows]).encode()).hexdigest()[:12]
+    out = Path(args.out)
+    blocks = features(rows, out.parent / ".cache" / f"judge_features_{key}.npz")
+    if args.probe_model:
+        pcache = (
+            out.parent
+            / ".cache"
+            / f"probe_{args.probe_model}_{'-'.join(map(str, args.probe_layers))}_{key}.npz"
+        )
+        if not pcache.is_file():
+            from lasa.judges.probe import probe_features
+            from lasa.models import load_model
+
+            lm = load_model(args.probe_model)
+            x = probe_features(
+                lm, [r["prompt"] for r in rows], [r["response"] for r in rows], args.probe_layers
+            )
+            np.savez_compressed(pcache, probe=x)
+        blocks["probe"] = np.load(pcache)["probe"]
+        CANDIDATES["probe (0.5B judge-prompt states)"] = (["probe"], 0.05)
+        CANDIDATES["probe + pair (all blocks)"] = (
+            ["probe", "response", "content", "pair", "relational", "scalars"],
+            0.05,
+        )
+    y = [r["label"] for r in rows]
+    langs = [r["language"] for r in rows]
+    results: dict = {"labels": args.labels, "n": len(rows), "judges": {}}
+
+    lex = [
+        j.label
+        for j in get_judge("lexicon").judge(
+            [JudgeItem(r["prompt"], r["response"], r["language"]) for r in rows]
+        )
+    ]
+    results["judges"]["lexicon (rules, no training)"] = {
+        "all": agreement(y, lex) | {"per_language": breakdown(y, lex, langs)}
+    }
+    for name, (use, c) in CANDIDATES.items():
+        x = blocks[use] if isinstance(use, str) else np.hstack([blocks[b] for b in use]).astype(np.float32)
+        if not isinstance(use, str):
+            x = stack(blocks, use) if "probe" not in use else x
+        res = {}
+        for split, field in SPLITS.items():
+            groups = [str(r[field]) for r in rows]
+            if len(set(groups)) < 2:
+                continue
+            pred = grouped_oof(
+                x,
+                y,
+                groups,
+                fit=lambda xt, yt, c=c: PairHead.fit(xt, yt, c=c),
+                predict=lambda m, xs: [("safe", "unsafe", "invalid")[k] for k in m.proba(xs).argmax(1)],
+            )
+            res[split] = agreement(y, pred) | {
+                "per_language": breakdown(y, pred, langs),
+                "per_group": breakdown(y, pred, groups),
+            }
+        results["judges"][name] = res
+        logging.info(
+            "%-50s %s",
+            name,
+            "  ".join(
+                f"{s}: κ {v['kappa']:.3f} rec {v['unsafe_recall']:.2f} ASR {v['judged_asr']:.3f}/{v['gold_asr']:.3f} "
+                f"minκ {min(p['kappa'] for p in v['per_language'].values()):.2f}"
+                for s, v in res.items()
+            ),
+        )
+    from lasa.runs import write_json
+
+    write_json(out, results)
+    logging.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()
