@@ -27,16 +27,13 @@ SPLITS = {"language": "language", "model": "model", "run": "run"}
 CANDIDATES = {
     # name: (blocks, C)
     "embedding (response only, today's features)": ("embedding_v1", 0.05),
-    "pair: relational + scalars": (["relational", "scalars"], 0.5),
-    "pair: response + relational + scalars": (["response", "relational", "scalars"], 0.05),
-    "pair: response + content + relational + scalars": (
-        ["response", "content", "relational", "scalars"],
-        0.05,
-    ),
-    "pair: pair + relational + scalars": (["pair", "relational", "scalars"], 0.05),
-    "pair: all blocks": (["response", "content", "pair", "relational", "scalars"], 0.05),
-    "pair: all blocks, C=0.01": (["response", "content", "pair", "relational", "scalars"], 0.01),
-    "pair: all blocks, C=0.2": (["response", "content", "pair", "relational", "scalars"], 0.2),
+    "pair: relational + scalars + segments": (["relational", "scalars", "segments"], 0.5),
+    "pair: response + relational + scalars + segments": (["response", "relational", "scalars", "segments"], 0.05),
+    "pair: content + relational + scalars + segments": (["content", "relational", "scalars", "segments"], 0.05),
+    "pair: pair + relational + scalars + segments": (["pair", "relational", "scalars", "segments"], 0.05),
+    "pair: all blocks": (["response", "content", "pair", "relational", "scalars", "segments"], 0.05),
+    "pair: all blocks, C=0.01": (["response", "content", "pair", "relational", "scalars", "segments"], 0.01),
+    "pair: all blocks, C=0.2": (["response", "content", "pair", "relational", "scalars", "segments"], 0.2),
 }
 
 

@@ -175,9 +175,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
     "preset",
     sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate"),
 )
-def test_shipped_presets_parse_for_every_stage(preset):
+def test_shipped_presets_parse_for_every_stage(preset, monkeypatch):
     from lasa.config import STAGE_CONFIGS
 
+    # the paper presets judge with an endpoint; without one they fail fast (tested elsewhere)
+    monkeypatch.setenv("LASA_JUDGE_URL", "http://localhost:1/v1")
+    monkeypatch.setenv("LASA_JUDGE_MODEL", "judge")
     for cls in STAGE_CONFIGS.values():
         cfg = cls.from_yaml(CONFIGS / preset)
         assert cfg.run_dir.startswith("runs/")
@@ -197,3 +200,40 @@ def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, 
     rc, _, err = run_cli(capsys, "judge-check", "--labels", f, "--judges", "lexicon")
     assert rc == 2 and "labels.jsonl:1: expected a JSON object" in err and kind in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["evaluate", "--utility", "xcopa", "hellaswag"],
+            "unknown utility task(s) hellaswag; choose from mgsm, xcopa, mmlu",
+        ),
+        (["evaluate", "--judges", "pair", "guard"], "unknown judge(s) guard; choose from pair"),
+        (["evaluate", "--judges", "llm", "--default-judge", "llm"], "the llm judge needs --judge-model"),
+        (
+            ["evaluate", "--judges", "pair", "--default-judge", "lexicon"],
+            "--default-judge lexicon must be one of",
+        ),
+        (["interpret", "--layer", "999"], "--layer 999 is out of range"),
+    ],
+)
+def test_bad_stage_input_fails_before_any_model_is_loaded(
+    capsys, monkeypatch, tiny_qwen, tmp_path, argv, message
+):
+    import lasa.models
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the input was validated")
+
+    monkeypatch.setattr(lasa.models, "load_model", no_load)
+    monkeypatch.delenv("LASA_JUDGE_URL", raising=False)
+    rc, _, err = run_cli(capsys, *argv, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r" / "ssi").exists() and not (tmp_path / "r" / "eval").exists()
+
+
+def test_judge_check_help_names_the_key_variable(capsys):
+    with pytest.raises(SystemExit):
+        main(["judge-check", "--help"])
+    assert "$LASA_JUDGE_API_KEY" in capsys.readouterr().out

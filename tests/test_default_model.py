@@ -178,7 +178,7 @@ def test_registry_is_self_consistent():
 def test_a_truncated_checkpoint_is_caught_on_load_listed_and_rebuilt_by_prepare(fake, capsys, old_marker):
     from lasa.models import load_model
 
-    em, _, calls = fake
+    _, _, calls = fake
     path = dm.prepare("fake-model")
     if old_marker:  # a cache written before the marker recorded file sizes: the header check still sees it
         marker = json.loads((path / dm.MARKER).read_text())

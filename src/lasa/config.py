@@ -425,6 +425,10 @@ class GenerateConfig(StageConfig):
         return None if self.n == "all" else int(self.n)
 
 
+#: Utility tasks ``lasa evaluate`` knows (lasa.utility implements them).
+UTILITY_TASKS = ("mgsm", "xcopa", "mmlu")
+
+
 @dataclass
 class EvaluateConfig(GenerateConfig):
     """``lasa evaluate``: generate what is missing, judge it, and measure over-refusal and utility."""
@@ -432,11 +436,11 @@ class EvaluateConfig(GenerateConfig):
     stage: ClassVar[str] = "evaluate"
 
     judges: list[str] = field(
-        default_factory=lambda: ["lexicon", "embedding"],
-        metadata={"help": "Judges to run (lexicon, embedding, llm); each is cached per sample."},
+        default_factory=lambda: ["pair", "lexicon"],
+        metadata={"help": "Judges to run (pair, lexicon, embedding, llm); each is cached per sample."},
     )
     default_judge: str = field(
-        default="embedding",
+        default="pair",
         metadata={
             "help": "The judge whose ASR is the headline "
             "(chosen by `lasa judge-check` agreement with human labels)."
@@ -469,8 +473,37 @@ class EvaluateConfig(GenerateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        import os
+
+        from lasa.judges import JUDGE_NAMES
+
         if self.utility in (["none"], ["None"], []):
             self.utility = []
+        bad = [t for t in self.utility if t not in UTILITY_TASKS]
+        if bad:
+            raise LasaError(
+                f"unknown utility task(s) {', '.join(bad)}; choose from {', '.join(UTILITY_TASKS)} (or 'none')"
+            )
+        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGE_NAMES]
+        if bad:
+            raise LasaError(
+                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGE_NAMES)}"
+            )
+        if self.default_judge not in self.judges:
+            raise LasaError(
+                f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
+            )
+        if "llm" in self.judges:
+            url = self.judge_url or os.environ.get("LASA_JUDGE_URL")
+            if not url and not self.judge_model:
+                raise LasaError(
+                    "the llm judge needs --judge-model (HF id, path or embedded name) or --judge-url / "
+                    "$LASA_JUDGE_URL (an OpenAI-compatible endpoint)"
+                )
+            if url and not (self.judge_api_model or os.environ.get("LASA_JUDGE_MODEL")):
+                raise LasaError(
+                    "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
+                )
 
 
 @dataclass

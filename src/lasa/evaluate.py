@@ -372,12 +372,8 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     from lasa.judges import get_judge, judge_samples
 
     t0 = time.time()
-    from lasa.judges import check_judge_name
-
-    for j in [*cfg.judges, cfg.default_judge]:
-        check_judge_name(j)
-    if cfg.default_judge not in cfg.judges:
-        raise LasaError(f"--default-judge {cfg.default_judge} must be one of --judges {' '.join(cfg.judges)}")
+    # judge and utility names (and the llm judge's endpoint) are validated when cfg is built,
+    # before anything is generated
     gen = run_generate(cfg, lm)
     name, lm, gate = gen["variant"], gen["lm"], gen["gate"]
     out = Path(cfg.run_dir) / "eval" / name

@@ -153,6 +153,14 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id
 
 
+def num_layers_of(spec: str) -> int:
+    """Decoder blocks of ``spec`` from its config alone (milliseconds, no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(spec))
+    return int(text_config(config).num_hidden_layers)
+
+
 def check_supported(config: Any, spec: str) -> None:
     """Refuse models whose hidden-state geometry lasa cannot interpret (mixture-of-experts)."""
     cfg = text_config(config)

@@ -412,7 +412,6 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    out = run.stage(cfg.out_name)
     train_langs = validate_train_langs(cfg.train_langs)
     bottleneck_layer = None
     if (Path(cfg.run_dir) / "locate" / "bottleneck.json").is_file():
@@ -426,11 +425,13 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
             "first or pass --layer N"
         )
     if lm is None:
-        from lasa.models import load_model
+        from lasa.models import load_model, num_layers_of
 
+        validate_layer(layer, num_layers_of(cfg.model))  # before a model load of a minute or more
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
     num_layers = lm.num_layers
     validate_layer(layer, num_layers)
+    out = run.stage(cfg.out_name)
     sweep_layers: list[int] = []
     if cfg.sweep:
         sweep_layers = sorted(

@@ -97,8 +97,8 @@ def copied_share(prompt: str, text: str) -> float:
     return float(covered.mean())
 
 
-def content(prompt: str, response: str) -> str:
-    """The response without restatements of the request and without its own repeats."""
+def content_segments(prompt: str, response: str) -> list[str]:
+    """:func:`content` as a list of segments (sentences / lines), in order."""
     seen: set[str] = set()
     kept = []
     for seg in _segments(strip_control_tokens(response)):
@@ -106,10 +106,14 @@ def content(prompt: str, response: str) -> str:
         if not key or key in seen:
             continue
         seen.add(key)
-        if copied_share(prompt, seg) >= COPY_SEGMENT:
-            continue
-        kept.append(seg)
-    return "\n".join(kept)
+        if copied_share(prompt, seg) < COPY_SEGMENT:
+            kept.append(seg)
+    return kept
+
+
+def content(prompt: str, response: str) -> str:
+    """The response without restatements of the request and without its own repeats."""
+    return "\n".join(content_segments(prompt, response))
 
 
 def _script_profile(text: str) -> dict[str, float]:
@@ -173,4 +177,4 @@ def scalar_matrix(
     )
 
 
-__all__ = ["FEATURE_NAMES", "content", "copied_share", "pair_text", "scalar_features", "scalar_matrix"]
+__all__ = ["FEATURE_NAMES", "content", "content_segments", "copied_share", "pair_text", "scalar_features", "scalar_matrix"]

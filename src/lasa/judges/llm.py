@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import ClassVar
@@ -53,6 +54,16 @@ def parse_label(text: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+def _plain_http_to_remote(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return (
+        parts.scheme == "http"
+        and host not in ("localhost", "127.0.0.1", "::1")
+        and not host.endswith(".local")
+    )
+
+
 class LLMJudge:
     name: ClassVar[str] = "llm"
 
@@ -72,6 +83,7 @@ class LLMJudge:
         self.max_chars = max_chars
         self.timeout = timeout
         self._lm = None
+        self._warned_http = False
         if not self.url and not self.model_spec:
             raise LasaError(
                 "the llm judge needs --judge-model (HF id, path or embedded name) or --judge-url / "
@@ -114,9 +126,15 @@ class LLMJudge:
                 **({"Authorization": f"Bearer {key}"} if key else {}),
             },
         )
+        if key and not self._warned_http and _plain_http_to_remote(self.url):
+            self._warned_http = True
+            logger.warning(
+                "sending $LASA_JUDGE_API_KEY over plain http:// to %s; use https:// for a remote endpoint",
+                urllib.parse.urlsplit(self.url).hostname,
+            )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                doc = json.loads(resp.read().decode())
+                raw = resp.read().decode(errors="replace")
         except urllib.error.HTTPError as err:
             raise LasaError(
                 f"judge endpoint {self.url} answered HTTP {err.code}; check the URL, model and key"
@@ -125,7 +143,19 @@ class LLMJudge:
             raise LasaError(
                 f"judge endpoint {self.url} unreachable ({getattr(err, 'reason', err)})"
             ) from None
-        return doc["choices"][0]["message"]["content"]
+        try:
+            doc = json.loads(raw)
+            return str(doc["choices"][0]["message"]["content"])
+        except json.JSONDecodeError:
+            raise LasaError(
+                f"judge endpoint {self.url} answered with a body that is not JSON ({raw[:60]!r}); is it an "
+                "OpenAI-compatible /v1 base URL?"
+            ) from None
+        except (KeyError, IndexError, TypeError):
+            raise LasaError(
+                f"judge endpoint {self.url} answered JSON without choices[0].message.content ({raw[:60]!r}); "
+                "is it an OpenAI-compatible chat-completions endpoint?"
+            ) from None
 
     def _ask_local(self, prompts: list[str]) -> list[str]:
         from lasa.generate import GenerationSettings, generate_all
