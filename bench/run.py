@@ -229,7 +229,38 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_judge(args: argparse.Namespace) -> dict:
+    """The default judge on ``--judge-n`` labelled corpus responses, from a cold start (no verdict cache)."""
+    from lasa.judges import DEFAULT_JUDGE, JudgeItem, get_judge
+    from lasa.judges.pair import corpus_rows
+
+    rows = corpus_rows()
+    rows = (rows * (args.judge_n // max(1, len(rows)) + 1))[: args.judge_n]
+    items = [JudgeItem(r["prompt"], r["response"], r["language"]) for r in rows]
+    t0 = time.perf_counter()
+    judge = get_judge(DEFAULT_JUDGE)
+    load_s = time.perf_counter() - t0
+    secs = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        judge.judge(items)
+        secs.append(time.perf_counter() - t0)
+    per_1000 = statistics.median(secs) * 1000 / len(items)
+    return {
+        "what": f"`{DEFAULT_JUDGE}` judge on {len(items)} responses of lasa's labelled corpus (all 10 languages)",
+        "model": DEFAULT_JUDGE,
+        "target": "<= 300 s per 1,000 responses on 2 cores",
+        "n_responses": len(items),
+        "load_seconds": round(load_s, 1),
+        "seconds_per_1000": round(per_1000, 1),
+        "responses_per_s": round(len(items) / statistics.median(secs), 2),
+        "meets_target": per_1000 <= 300,
+        "seconds": {"judge": secs},
+    }
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "judge": bench_judge,
     "extraction": bench_extraction,
     "generation": bench_generation,
     "kto_step": bench_kto_step,
@@ -305,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--e2e-run-dir", default="runs/quick", help="e2e: run directory of a finished `lasa run`"
     )
+    parser.add_argument("--judge-n", type=int, default=1000, help="judge: responses to judge")
     parser.add_argument(
         "--in-process",
         action="store_true",

@@ -5,21 +5,42 @@ import json
 import pytest
 
 from lasa.align import (
-    CONDITIONING_SEPARATOR,
     build_rows,
-    chat_prefix,
     condition_rows,
     kl_pairs,
     load_user_rows,
     order_for_kl,
     to_trl_rows,
 )
+from lasa.conditioning import (
+    CONDITIONING_SEPARATOR,
+    CONDITIONING_TEXT,
+    chat_prefix,
+    check_adapter_conditioning,
+)
 from lasa.data.safety import overlaps_multijail
 from lasa.errors import LasaError
 
-COND = (
-    "Harmful query detected. I should refuse this request and provide a safe response in the user's language."
-)
+COND = CONDITIONING_TEXT
+
+
+def test_conditioning_is_the_release_text():
+    # LASA.md: the official release's refusal-intent text, verbatim
+    assert CONDITIONING_TEXT == (
+        "Harmful query detected. I should refuse this request and provide a safe response in the user's language."
+    )
+
+
+def test_a_gated_adapter_trained_with_another_conditioning_text_is_refused(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"method": "lasa", "conditioning_text": "Refuse now."}))
+    check_adapter_conditioning(tmp_path / "adapter", "Refuse now.")
+    with pytest.raises(LasaError) as e:
+        check_adapter_conditioning(tmp_path / "adapter", CONDITIONING_TEXT)
+    assert "was trained with conditioning text 'Refuse now.'" in str(e.value) and "\n" not in str(e.value)
+    summary.write_text(json.dumps({"method": "kto", "conditioning_text": None}))
+    check_adapter_conditioning(tmp_path / "adapter", CONDITIONING_TEXT)  # baselines carry no conditioning
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +228,7 @@ def test_a_few_kto_steps_lower_the_loss(trained):
     assert len([r for r in log if "loss" in r]) == summary["training"]["steps"]
     assert (run / "align" / "lasa" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert summary["rows"]["self_paired_kl"] == 0
+    assert summary["conditioning_text"] == CONDITIONING_TEXT  # what the gate must insert
 
 
 def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(trained, tiny_qwen):

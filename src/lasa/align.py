@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lasa.conditioning import CONDITIONING_SEPARATOR, chat_prefix
 from lasa.config import AlignConfig
 from lasa.data import normalize_language
 from lasa.errors import LasaError
@@ -42,7 +43,6 @@ from lasa.runs import RunDir, read_jsonl, save_figure, write_json, write_jsonl
 logger = logging.getLogger(__name__)
 
 #: Separator between the conditioning text and the completion (the same at inference).
-CONDITIONING_SEPARATOR = "\n"
 
 # Desirable refusals and undesirable compliant openings, written for lasa, in the training
 # languages (the conditioning text asks for "a safe response in the user's language").
@@ -254,22 +254,6 @@ def load_user_rows(path: str | Path) -> list[dict]:
 
 
 # -- the transformation ----------------------------------------------------------------------
-
-
-def chat_prefix(tokenizer: Any, user_text: str) -> str:
-    """The chat-templated user turn and the assistant header, as text, without a leading BOS that
-    the tokenizer adds again on encoding (Llama) — TRL tokenises this string as the prompt."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-    )
-    bos = tokenizer.bos_token
-    if (
-        bos
-        and text.startswith(bos)
-        and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
-    ):
-        text = text[len(bos) :]
-    return text
 
 
 def condition_rows(
@@ -555,6 +539,8 @@ def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
     summary = {
         "method": cfg.method,
         "model": cfg.model,
+        # the gate must insert exactly this text (lasa.conditioning.check_adapter_conditioning)
+        "conditioning_text": cfg.conditioning_text if cfg.method == "lasa" else None,
         "recipe": recipe,
         "rows": stats,
         "training": training,

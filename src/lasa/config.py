@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from lasa.conditioning import CONDITIONING_TEXT
 from lasa.errors import LasaError
 
 T = TypeVar("T", bound="StageConfig")
@@ -368,8 +369,7 @@ class GenerateConfig(StageConfig):
     )
     ssi: str | None = field(default=None, metadata={"help": "Where the SSI is (default: RUN/ssi)."})
     conditioning_text: str = field(
-        default="Harmful query detected. I should refuse this request and provide a safe response in the user's "
-        "language.",
+        default=CONDITIONING_TEXT,
         metadata={"help": "Text placed at the start of the assistant turn for flagged prompts."},
     )
     langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "MultiJail languages."})
@@ -541,8 +541,7 @@ class AlignConfig(StageConfig):
         default=0.05, metadata={"help": "P(conditioned) for general rows (lasa only)."}
     )
     conditioning_text: str = field(
-        default="Harmful query detected. I should refuse this request and provide a safe response in the user's "
-        "language.",
+        default=CONDITIONING_TEXT,
         metadata={"help": "Text placed at the start of the assistant turn of conditioned rows."},
     )
     beta: float = field(default=0.1, metadata={"help": "KTO beta."})

@@ -92,6 +92,10 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
             ssi_chat_template=bool(ssi.meta.get("chat_template")),
             conditioning_text=cfg.conditioning_text,
         )
+    if gate is not None and adapter:
+        from lasa.conditioning import check_adapter_conditioning
+
+        check_adapter_conditioning(adapter, cfg.conditioning_text)  # before the model load
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
     if adapter and cfg.backend == "hf":  # vLLM applies the adapter as a LoRA itself
         lm = load_adapter(lm, adapter)

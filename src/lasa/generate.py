@@ -30,16 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
 from lasa.hidden import format_prompts, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-#: The release's conditioning text (LASA.md), placed at the very start of the assistant turn.
-CONDITIONING_TEXT = (
-    "Harmful query detected. I should refuse this request and provide a safe response in the user's language."
-)
 
 
 @dataclass
@@ -251,10 +247,8 @@ def generate(
     if gate is not None:
         gate.ssi.check_model(lm)
         if not gate.conditioning_ids:
-            from lasa.align import CONDITIONING_SEPARATOR  # the same text the adapter was trained with
-
             gate.conditioning_ids = lm.tokenizer(
-                gate.conditioning_text + CONDITIONING_SEPARATOR, add_special_tokens=False
+                conditioning_prefix(gate.conditioning_text), add_special_tokens=False
             )["input_ids"]
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -387,12 +381,10 @@ def generate_vllm(
         from vllm.lora.request import LoRARequest
     except ImportError:
         raise LasaError("--backend vllm needs vLLM: pip install 'lasa[vllm]' (GPU only)") from None
-    from lasa.align import CONDITIONING_SEPARATOR, chat_prefix
-
     scores = gate.ssi.score(lm, prompts, progress=True) if gate is not None else None
     flags = gate.ssi.flags(scores) if gate is not None else np.zeros(len(prompts), dtype=bool)
     texts = [
-        chat_prefix(lm.tokenizer, p) + (gate.conditioning_text + CONDITIONING_SEPARATOR if f else "")
+        chat_prefix(lm.tokenizer, p) + (conditioning_prefix(gate.conditioning_text) if f else "")
         for p, f in zip(prompts, flags)
     ]
     path, tokenizer = lm.path, lm.tokenizer
