@@ -12,10 +12,9 @@ for d in locate ssi align; do
 done
 rm -rf "$dst" && mkdir -p "$dst/eval"
 cp -r "$src/locate" "$src/ssi" "$src/align" "$src/config.yaml" "$dst/"
-for v in "base" "base+gate --gate" "kto --adapter kto" "lasa+gate --adapter lasa --gate"; do
-  set -- $v
-  name=$1; shift
-  lasa evaluate --model "$model" --run-dir "$dst" --variant "$name" "$@" \
+variants=${VARIANTS:-"base base+gate kto lasa+gate"}   # names from lasa.config.VARIANTS
+for v in $variants; do
+  lasa evaluate --model "$model" --run-dir "$dst" --variant "$v" \
     --n 30 --no-xstest --utility none --batch-size 32 --max-new-tokens 128
 done
 lasa report --run-dir "$dst"

@@ -237,3 +237,16 @@ def test_judge_check_help_names_the_key_variable(capsys):
     with pytest.raises(SystemExit):
         main(["judge-check", "--help"])
     assert "$LASA_JUDGE_API_KEY" in capsys.readouterr().out
+
+
+def test_variant_names_expand_to_their_settings():
+    from lasa.config import VARIANTS, GenerateConfig
+    from lasa.errors import LasaError
+
+    cfg = GenerateConfig(variant="lasa+gate")
+    assert cfg.adapter == "lasa" and cfg.gate is True
+    assert GenerateConfig(variant="base").adapter is None and not GenerateConfig(variant="base").gate
+    assert GenerateConfig(variant="mine", adapter="/x/adapter").adapter == "/x/adapter"  # custom names pass
+    with pytest.raises(LasaError, match="--variant kto means"):
+        GenerateConfig(variant="kto", adapter="lasa")
+    assert {"base", "base+gate", "kto", "sft", "lasa", "lasa+gate"} <= set(VARIANTS)

@@ -411,6 +411,22 @@ class GenerateConfig(StageConfig):
         super().__post_init__()
         from lasa.data import normalize_languages
 
+        # a known variant name sets what makes it, unless the flags already say otherwise
+        known = VARIANTS.get(self.variant or "")
+        if known is not None:
+            if self.adapter is None:
+                self.adapter = known.get("adapter")
+            self.gate = self.gate or bool(known.get("gate"))
+            method_clash = self.adapter in ("lasa", "kto", "sft") and self.adapter != known.get("adapter")
+            if (
+                bool(known.get("gate")) != self.gate
+                or method_clash
+                or (self.adapter and not known.get("adapter"))
+            ):
+                raise LasaError(
+                    f"--variant {self.variant} means {known or 'no adapter and no gate'}; it conflicts with "
+                    f"--adapter {self.adapter} / --gate {self.gate} (give a custom variant another name)"
+                )
         self.langs = normalize_languages(self.langs)
         self.n = str(self.n).strip().lower()
         if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= 315):
@@ -424,6 +440,19 @@ class GenerateConfig(StageConfig):
     def n_prompts(self) -> int | None:
         return None if self.n == "all" else int(self.n)
 
+
+#: The variants lasa evaluates, as the generate / evaluate settings that make each one. ``lasa run``
+#: trains the adapters they need; ``lasa generate/evaluate --variant NAME`` expands a name here.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "base+gate": {"gate": True},
+    "kto": {"adapter": "kto"},
+    "kto+gate": {"adapter": "kto", "gate": True},
+    "sft": {"adapter": "sft"},
+    "sft+gate": {"adapter": "sft", "gate": True},
+    "lasa": {"adapter": "lasa"},
+    "lasa+gate": {"adapter": "lasa", "gate": True},
+}
 
 #: Utility tasks ``lasa evaluate`` knows (lasa.utility implements them).
 UTILITY_TASKS = ("mgsm", "xcopa", "mmlu")
@@ -623,8 +652,6 @@ class RunConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from lasa.pipeline import VARIANTS
-
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise LasaError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")

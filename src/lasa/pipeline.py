@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lasa.config import (
+    VARIANTS,
     AlignConfig,
     EvaluateConfig,
     InterpretConfig,
@@ -34,15 +35,6 @@ from lasa.runs import fingerprint, read_json, write_json
 logger = logging.getLogger(__name__)
 
 #: What each evaluation variant means, as overrides of the evaluate config.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "base": {},
-    "base+gate": {"gate": True},
-    "kto": {"adapter": "kto"},
-    "kto+gate": {"adapter": "kto", "gate": True},
-    "sft": {"adapter": "sft"},
-    "lasa": {"adapter": "lasa"},
-    "lasa+gate": {"adapter": "lasa", "gate": True},
-}
 
 
 @dataclass
