@@ -226,3 +226,17 @@ def test_ssi_on_tiny_model_states_of_separable_prompts(tiny_qwen):
     ssi = SSI(module, {"layer": 2, "threshold": threshold})
     acc = float(((ssi.predict_proba(x[n + 80 :]) > threshold) == y[n + 80 :].bool().numpy()).mean())
     assert acc > 0.9
+
+
+def test_with_threshold_changes_the_flags_not_the_saved_ssi():
+    from lasa.errors import LasaError
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    ssi = SSI(SafetySemanticInterpreter(8, 4, 0.0), {"threshold": 0.5, "layer": 2})
+    strict = ssi.with_threshold(0.9)
+    probs = np.array([0.3, 0.6, 0.95])
+    assert list(ssi.flags(probs)) == [False, True, True]
+    assert list(strict.flags(probs)) == [False, False, True]
+    assert ssi.threshold == 0.5 and strict.meta["calibrated_threshold"] == 0.5
+    with pytest.raises(LasaError, match="must be in \\(0, 1\\)"):
+        ssi.with_threshold(1.5)

@@ -82,9 +82,7 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
 
         ssi = SSI.load(cfg.ssi or cfg.run_dir)
         if cfg.gate_threshold is not None:
-            if not 0 < cfg.gate_threshold < 1:
-                raise LasaError(f"--gate-threshold must be in (0, 1), got {cfg.gate_threshold}")
-            ssi.meta["threshold"] = cfg.gate_threshold
+            ssi = ssi.with_threshold(cfg.gate_threshold)
         gate = Gate(ssi, conditioning_text=cfg.conditioning_text)
         info.update(
             ssi_layer=ssi.layer,

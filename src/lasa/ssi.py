@@ -82,6 +82,13 @@ class SSI:
     def threshold(self) -> float:
         return float(self.meta["threshold"])
 
+    def with_threshold(self, threshold: float) -> SSI:
+        """The same SSI flagging above ``threshold`` (the saved one stays as calibrated)."""
+        if not 0 < threshold < 1:
+            raise LasaError(f"--gate-threshold must be in (0, 1), got {threshold}")
+        calibrated = self.meta.get("calibrated_threshold", self.meta["threshold"])
+        return SSI(self.module, self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated})
+
     # -- persistence ---------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
         from safetensors.torch import save_file
