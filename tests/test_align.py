@@ -274,3 +274,15 @@ def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):
         s["training"]["steps"] == 2
         and (tmp_path / "align" / "sft" / "adapter" / "adapter_config.json").is_file()
     )
+
+
+def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "p"}\n')
+    cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(bad), device="cpu")
+    with pytest.raises(LasaError, match="needs either chosen"):
+        run_align(cfg)
+    assert not (tmp_path / "run" / "align").exists()

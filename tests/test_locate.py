@@ -68,3 +68,41 @@ def test_flat_curve_reports_many_layers_within_ci():
     ]
     layer, within = choose_bottleneck(rows)
     assert layer == 2 and within == [1, 2, 3]
+
+
+def _locate_cfg(tiny_qwen, run_dir, **kw):
+    from lasa.config import LocateConfig
+
+    base = dict(model=str(tiny_qwen), run_dir=str(run_dir), n_queries=6, n_bootstrap=5, langs=["en", "sw"])
+    return LocateConfig(**(base | kw))
+
+
+def test_an_interrupted_rerun_leaves_the_previous_artefacts_together(tiny_qwen, tmp_path, monkeypatch):
+    import lasa.locate as loc
+
+    loc.run_locate(_locate_cfg(tiny_qwen, tmp_path))
+    out = tmp_path / "locate"
+    before = {f: (out / f).read_bytes() for f in ("bottleneck.json", "layer_scores.json", "layer_scores.png")}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loc, "plot_tsne", killed)  # after layer_scores.json/.png were (re)written
+    with pytest.raises(KeyboardInterrupt):
+        loc.run_locate(_locate_cfg(tiny_qwen, tmp_path, n_bootstrap=7, seed=1))
+    for f, blob in before.items():
+        assert (out / f).read_bytes() == blob, f"{f} changed without its marker"
+    assert not list(out.glob(".staging-*"))
+
+
+def test_a_failed_locate_leaves_no_stage_directory(tiny_qwen, tmp_path, monkeypatch):
+    import lasa.locate as loc
+    import lasa.models
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(lasa.models, "load_model", broken)
+    with pytest.raises(RuntimeError):
+        loc.run_locate(_locate_cfg(tiny_qwen, tmp_path / "run"))
+    assert not (tmp_path / "run" / "locate").exists()

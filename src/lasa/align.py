@@ -500,7 +500,11 @@ def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
     """Build (or load) the rows, condition and order them, train, and write RUN/align/<method>/."""
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    out = run.stage(f"align/{cfg.method}")
+    with run.stage_dir(f"align/{cfg.method}") as out:  # a failure before any write leaves no directory
+        return _align(cfg, lm, run, out, t0)
+
+
+def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict:
     bottleneck = cfg.bottleneck_layer
     if bottleneck is None and (Path(cfg.run_dir) / "locate" / "bottleneck.json").is_file():
         from lasa.locate import Bottleneck

@@ -35,6 +35,7 @@ from lasa.runs import (
     read_json,
     read_jsonl,
     save_figure,
+    staged_artefacts,
     write_json,
     write_jsonl,
 )
@@ -349,12 +350,18 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     ``lm`` (a :class:`lasa.models.LoadedModel`) may be passed to reuse an already-loaded model;
     it is not loaded at all when the cached states are still valid.
     """
-    from lasa.hidden import extract_states
-
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    out = run.stage("locate")
-    table, points = build_points(cfg)
+    table, points = build_points(cfg)  # bad input fails here, before any directory exists
+    with run.stage_dir("locate") as out:
+        return _locate(cfg, lm, run, out, table, points, t0)
+
+
+def _locate(
+    cfg: LocateConfig, lm: Any, run: RunDir, out: Path, table: ParallelTable, points: list[dict], t0: float
+) -> Bottleneck:
+    from lasa.hidden import extract_states
+
     key = fingerprint(
         {
             "model": cfg.model,
@@ -439,27 +446,29 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
         in_paper_band=PAPER_BAND[0] <= depth <= PAPER_BAND[1],
         paper_band=list(PAPER_BAND),
     )
-    write_json(out / "layer_scores.json", rows)
-    if cfg.plots:
-        t1 = time.time()
-        title = (
-            f"{cfg.model}: {len(table)} queries x {len(cfg.langs)} languages ({cfg.source}, "
-            f"{cfg.pooling}-token pooling)"
-        )
-        plot_layer_scores(rows, bn, out / "layer_scores.png", title)
-        tsne_layers = [validate_layer(int(x), num_layers, "--tsne-layers") for x in cfg.tsne_layers]
-        plot_tsne(
-            states,
-            points,
-            tsne_layers or default_tsne_layers(num_layers, layer),
-            layer,
-            out / "tsne.png",
-            seed=cfg.seed,
-        )
-        timings["plot_seconds"] = round(time.time() - t1, 2)
-    timings["total_seconds"] = round(time.time() - t0, 2)
-    doc = asdict(bn) | {"model_info": model_info, "timings": timings}
-    write_json(out / "bottleneck.json", doc)  # written last: its presence means the stage finished
+    # the four artefacts change together or not at all (an interrupted re-run leaves the old set)
+    with staged_artefacts(out, "bottleneck.json") as stage:
+        write_json(stage / "layer_scores.json", rows)
+        if cfg.plots:
+            t1 = time.time()
+            title = (
+                f"{cfg.model}: {len(table)} queries x {len(cfg.langs)} languages ({cfg.source}, "
+                f"{cfg.pooling}-token pooling)"
+            )
+            plot_layer_scores(rows, bn, stage / "layer_scores.png", title)
+            tsne_layers = [validate_layer(int(x), num_layers, "--tsne-layers") for x in cfg.tsne_layers]
+            plot_tsne(
+                states,
+                points,
+                tsne_layers or default_tsne_layers(num_layers, layer),
+                layer,
+                stage / "tsne.png",
+                seed=cfg.seed,
+            )
+            timings["plot_seconds"] = round(time.time() - t1, 2)
+        timings["total_seconds"] = round(time.time() - t0, 2)
+        doc = asdict(bn) | {"model_info": model_info, "timings": timings}
+        write_json(stage / "bottleneck.json", doc)  # the marker: moved in last
     run.record("locate", cfg, {"timings": timings})
     logger.info(
         "locate: bottleneck = layer %d of %d (depth %.0f%%), score %.3f [%.3f, %.3f]; %d layer(s) within CI",

@@ -168,6 +168,23 @@ class RunDir:
         p.mkdir(parents=True, exist_ok=True)
         return p
 
+    @contextlib.contextmanager
+    def stage_dir(self, name: str) -> Iterator[Path]:
+        """:meth:`stage`, removing the directories it created if the block fails before writing
+        anything into them — a failed stage leaves no empty ``RUN/<stage>/`` behind."""
+        p = self.path / name
+        created = [
+            q for q in [p, *p.parents] if not q.exists() and (q == self.path or self.path in q.parents)
+        ]
+        p.mkdir(parents=True, exist_ok=True)
+        try:
+            yield p
+        except BaseException:
+            for q in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    q.rmdir()  # only if empty
+            raise
+
     def record(self, stage: str, config: Any, extra: Mapping[str, Any] | None = None) -> Path:
         """Merge this stage's resolved config and provenance into ``RUN/config.yaml``."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -190,6 +207,31 @@ class RunDir:
         doc.setdefault("stages", {})[stage] = entry
         write_text(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
         return path
+
+
+@contextlib.contextmanager
+def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
+    """Write a stage's artefacts into a staging folder; they replace the old ones together.
+
+    On success the old ``marker`` (the file whose presence means "stage finished") is removed
+    first, every other staged file moved in, and the new marker moved in last, so at no moment does
+    ``out`` hold a marker next to artefacts of another run. On failure the staging folder is
+    deleted and the previous artefacts stay as they were, consistent with their marker.
+    """
+    staging = out / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if not (staging / marker).is_file():
+            raise RuntimeError(f"staged artefacts lack their marker {marker}")
+        (out / marker).unlink(missing_ok=True)
+        for f in sorted(staging.iterdir()):
+            if f.name != marker:
+                os.replace(f, out / f.name)
+        os.replace(staging / marker, out / marker)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_tree(path: str | Path) -> None:
