@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=0.0, help="> 0: sample (top-p 0.95) instead of greedy")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -55,6 +56,7 @@ def main() -> None:
             "model": args.model,
             "variant": variant,
             "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
             "language": lang,
             "mj_id": str(mj.ids[i]),
             "prompt": mj.texts[lang][i],
@@ -75,7 +77,17 @@ def main() -> None:
             from lasa.ssi import SSI
 
             gate = Gate(SSI.load(args.ssi))
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature or 1.0,
+            top_p=0.95 if args.temperature > 0 else 1.0,
+        )
+        if args.temperature > 0:
+            import torch
+
+            torch.manual_seed(args.seed)
         for idx, recs in generate(lm, [r["prompt"] for r in todo], settings, gate, desc=args.run):
             writer.append([todo[i] | rec for i, rec in zip(idx, recs)])
     out = writer.finish([r["uid"] for r in rows])

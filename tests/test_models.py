@@ -63,8 +63,27 @@ def test_bad_model_paths(tmp_path):
 
 
 def test_offline_hub_id_gives_one_line_error():
-    with pytest.raises(LasaError, match="could not load model 'no-such-org/no-such-model'"):
+    with pytest.raises(LasaError) as e:
         load_model("no-such-org/no-such-model", device="cpu")
+    msg = str(e.value)
+    assert "'no-such-org/no-such-model' is not in the local Hugging Face cache" in msg and "\n" not in msg
+    assert "HF_HUB_OFFLINE=1 is set" in msg
+
+
+def test_unreachable_hub_fails_in_seconds(monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refused(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    t0 = time.perf_counter()
+    with pytest.raises(LasaError, match="the hub \\(huggingface.co\\) cannot be reached"):
+        load_model("no-such-org/no-such-model", device="cpu")
+    assert time.perf_counter() - t0 < 10
 
 
 def test_fingerprint_tolerates_dtype_but_not_other_weights(tiny_qwen, tmp_path, tokenizer):

@@ -150,7 +150,43 @@ def resolve_model_path(spec: str) -> str:
         raise LasaError(
             f"model path not found: {spec} (pass an existing directory, a .gguf file, or 'default')"
         )
+    _check_hub_reachable(spec)
     return spec  # a hub id
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after transformers' retries, when a hub id cannot be fetched.
+
+    A hub id that is already in the local HF cache works offline; otherwise one TCP connect to the
+    hub decides. With ``HF_HUB_OFFLINE=1`` only the cache is consulted.
+    """
+    import socket
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an invalid repo id: let from_pretrained word the error
+        return
+    if isinstance(cached, str):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # use the cached copy without network retries
+        return
+    hint = (
+        f"model {repo_id!r} is not in the local Hugging Face cache and "
+        + ("HF_HUB_OFFLINE=1 is set" if _hub_offline() else "the hub (huggingface.co) cannot be reached")
+        + "; download it on a connected machine and pass its directory, or use --model default"
+    )
+    if _hub_offline():
+        raise LasaError(hint)
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise LasaError(hint) from None
 
 
 def num_layers_of(spec: str) -> int:
