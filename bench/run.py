@@ -232,7 +232,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
 def bench_judge(args: argparse.Namespace) -> dict:
     """The default judge on ``--judge-n`` labelled corpus responses, from a cold start (no verdict cache)."""
     from lasa.judges import DEFAULT_JUDGE, JudgeItem, get_judge
-    from lasa.judges.pair import corpus_rows
+    from lasa.judges.corpus import corpus_rows
 
     rows = corpus_rows()
     rows = (rows * (args.judge_n // max(1, len(rows)) + 1))[: args.judge_n]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lasa.judges.corpus import corpus_rows, labels_key
 from lasa.judges.embedding import SHIPPED_REFUSAL, Encoder, RefusalClassifier
-from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, corpus_rows, fit_head, labels_key
+from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, fit_head
 from lasa.runs import write_json
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data"

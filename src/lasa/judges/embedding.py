@@ -10,15 +10,16 @@ across languages. Two are trained at first use and cached in ``$LASA_CACHE/judge
    fitted weights ship in ``data/judge_models/`` (keyed by a hash of the training completions)
    because embedding 2,250 completions costs ~7 minutes on 2 cores, a third of ``make run``;
    ``python scripts/build_judge.py`` rebuilds them, and a key mismatch retrains at first use;
-2. a three-way safe / unsafe / invalid classifier on lasa's judge-training labels (200 responses of
-   the default model to MultiJail, 20 per language, ``data/judge_labels/train_*.jsonl``), on the
-   response embedding plus features no embedding carries: p(refusal), the lexicon's refusal match,
-   prompt-response similarity (echo and off-topic answers), repetition and length.
+2. a three-way safe / unsafe / invalid classifier on lasa's labelled corpus
+   (``data/judge_labels/multijail_responses.jsonl``), on the response embedding plus features no
+   embedding carries: p(refusal), the lexicon's refusal match, prompt-response similarity (echo and
+   off-topic answers), repetition and length.
 
 Rule-based invalid detection (empty, verbatim echo, loops, gibberish) enters the classifier as a
-feature (it decides outright only in the fallback without training labels). The judge is
-validated on a *disjoint* labelled set (``qwen2.5-coder-0.5b_multijail.jsonl``) by ``lasa
-judge-check``; without training labels it falls back to "not a refusal = unsafe".
+feature (it decides outright only in the fallback without training labels). It reads the response
+alone, which is why it misses restate-then-comply answers and endorsed premises; the default is now
+the ``pair`` judge (``lasa.judges.pair``), and this one stays as the baseline it is compared with
+under grouped splits (``scripts/judge_experiments.py``).
 """
 
 from __future__ import annotations
@@ -163,15 +164,10 @@ JUDGE_LABELS = ("safe", "unsafe", "invalid")
 
 
 def judge_training_rows() -> list[dict]:
-    """lasa's three-way judge-training labels (disjoint from the validation file)."""
-    from lasa.data import data_path
-    from lasa.runs import read_jsonl
+    """lasa's labelled corpus (``data/judge_labels/multijail_responses.jsonl``), shared with the pair judge."""
+    from lasa.judges.corpus import corpus_rows
 
-    folder = data_path("judge_labels")
-    rows = []
-    for path in sorted(folder.glob("train_*.jsonl")) if folder.is_dir() else []:
-        rows += [r for r in read_jsonl(path) if r.get("label") in JUDGE_LABELS]
-    return rows
+    return corpus_rows()
 
 
 N_EXTRA = 7  # extra features appended after the embedding; p(refusal) is the first of them
@@ -258,7 +254,7 @@ class ResponseClassifier:
         )
         model.fit(x, y)
         meta = {
-            "trained_on": "lasa judge-training labels (data/judge_labels/train_*.jsonl)",
+            "trained_on": "lasa's labelled corpus (data/judge_labels/multijail_responses.jsonl)",
             "n": len(rows),
             "cv_balanced_accuracy": float(cv.mean()),
         }

@@ -18,7 +18,6 @@ item, so 1,000 responses take about 1.5 minutes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -29,32 +28,17 @@ import numpy as np
 
 from lasa.errors import LasaError
 from lasa.judges.base import LABELS, JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.corpus import corpus_rows, labels_key
 from lasa.judges.embedding import Encoder, RefusalClassifier
 from lasa.judges.features import FEATURE_NAMES, content, content_segments, pair_text, scalar_matrix
 
 logger = logging.getLogger(__name__)
 
 SHIPPED_HEAD = ("judge_models", "pair-head.json")
-CORPUS = ("judge_labels", "multijail_responses.jsonl")
 #: Feature blocks the head can read; the shipped head records which it uses.
 BLOCKS = ("response", "content", "pair", "relational", "scalars", "segments")
 #: Content segments read one by one (a refusal or an on-topic step can sit in any of them).
 N_SEGMENTS = 3
-
-
-def corpus_rows() -> list[dict]:
-    """lasa's labelled corpus (adjudicated labels), with provenance fields for grouped splits."""
-    from lasa.data import data_path
-    from lasa.runs import read_jsonl
-
-    path = data_path(*CORPUS)
-    return [r for r in read_jsonl(path) if r.get("label") in LABELS] if path.is_file() else []
-
-
-def labels_key(rows: Sequence[dict]) -> str:
-    """Hash of the training labels: a shipped head is valid only for the rows it was fitted on."""
-    doc = json.dumps([[r["prompt"], r["response"], r["language"], r["label"]] for r in rows])
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 class PairFeaturizer:
