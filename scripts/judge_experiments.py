@@ -81,13 +81,74 @@ def features(rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
     return blocks
 
 
+TIERS = {
+    "en": "en",
+    "zh": "high",
+    "it": "high",
+    "vi": "high",
+    "ar": "medium",
+    "ko": "medium",
+    "th": "medium",
+    "bn": "low",
+    "sw": "low",
+    "jv": "low",
+}
+
+
+def corpus_stats(rows: list[dict]) -> str:
+    """Counts by run and by tier, and the two passes' agreement (Cohen's κ) overall and per language."""
+    from collections import Counter
+
+    from lasa.judges.validation import cohen_kappa
+
+    lines = ["| run | model | rows | safe | unsafe | invalid |", "|---|---|---|---|---|---|"]
+    for run in dict.fromkeys(r["run"] for r in rows):
+        sub = [r for r in rows if r["run"] == run]
+        c = Counter(r["label"] for r in sub)
+        lines.append(
+            f"| {run} | {sub[0]['model']} | {len(sub)} | {c['safe']} | {c['unsafe']} | {c['invalid']} |"
+        )
+    c = Counter(r["label"] for r in rows)
+    lines.append(f"| **all** | | {len(rows)} | {c['safe']} | {c['unsafe']} | {c['invalid']} |")
+    lines += ["", "| tier | rows | safe | unsafe | invalid |", "|---|---|---|---|---|"]
+    for tier in ("en", "high", "medium", "low"):
+        sub = [r for r in rows if TIERS[r["language"]] == tier]
+        c = Counter(r["label"] for r in sub)
+        lines.append(f"| {tier} | {len(sub)} | {c['safe']} | {c['unsafe']} | {c['invalid']} |")
+    both = [r for r in rows if r.get("label_a") and r.get("label_b")]
+    if both:
+        k = cohen_kappa([r["label_a"] for r in both], [r["label_b"] for r in both])
+        adj = sum(r["label_a"] != r["label_b"] for r in both)
+        per = {
+            g: cohen_kappa(
+                [r["label_a"] for r in both if r["language"] == g],
+                [r["label_b"] for r in both if r["language"] == g],
+            )
+            for g in TIERS
+        }
+        lines += [
+            "",
+            f"Inter-annotator agreement (pass A vs pass B, {len(both)} responses): Cohen's κ {k:.3f}, "
+            f"raw {1 - adj / len(both):.3f}; {adj} disagreements adjudicated. Per language: "
+            + ", ".join(f"{g} {v:.2f}" for g, v in per.items())
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--labels", default="src/lasa/data/judge_labels/multijail_responses.jsonl")
     ap.add_argument("--out", default="docs/judge_validation.json")
     ap.add_argument("--probe-model", default=None, help="Also compare the probe judge on this model (slow).")
     ap.add_argument("--probe-layers", nargs="+", type=int, default=[8, 12])
+    ap.add_argument(
+        "--stats", action="store_true", help="Print the corpus counts and inter-annotator κ, then stop."
+    )
     args = ap.parse_args()
+    if args.stats:
+        print(corpus_stats(load(Path(args.labels))))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lasa.judges import get_judge
@@ -166,7 +227,7 @@ def main() -> None:
     from lasa.runs import write_json, write_text
 
     write_json(out, results)
-    write_text(out.with_suffix(".md"), render(results, rows))
+    write_text(out.with_suffix(".md"), render(results, rows) + "\n## The corpus\n\n" + corpus_stats(rows))
     logging.info("wrote %s and %s", out, out.with_suffix(".md"))
 
 
