@@ -50,7 +50,7 @@ def main() -> None:
     if cache.is_file() and not args.retrain:
         blocks = dict(np.load(cache))
     else:
-        fz = PairFeaturizer(encoder)
+        fz = PairFeaturizer(encoder, cache=Path(tempfile.gettempdir()) / "lasa_e5_cache.npz")
         blocks = fz.blocks(
             [r["prompt"] for r in rows],
             [r["response"] for r in rows],

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,31 +54,34 @@ def load(path: Path) -> list[dict]:
     return rows
 
 
-def features(rows: list[dict], cache: Path) -> dict[str, np.ndarray]:
+def features(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Every feature block, cached in the temp dir by the rows' hash (shared with build_judge.py)."""
+
+    from lasa.judges.base import strip_control_tokens
+    from lasa.judges.corpus import labels_key
     from lasa.judges.embedding import _extra_features
     from lasa.judges.pair import PairFeaturizer
 
+    cache = Path(tempfile.gettempdir()) / f"lasa_pair_features_{labels_key(rows)}.npz"
     if cache.is_file():
-        return dict(np.load(cache))
-    fz = PairFeaturizer()
-    prompts, responses, langs = (
-        [r["prompt"] for r in rows],
-        [r["response"] for r in rows],
-        [r["language"] for r in rows],
-    )
-    blocks = fz.blocks(prompts, responses, langs, progress=True)
-    p_emb = fz._embed(prompts, False)
-    from lasa.judges.base import strip_control_tokens
-
-    clean = [strip_control_tokens(r) for r in responses]
-    blocks["embedding_v1"] = np.hstack(
-        [
-            blocks["response"],
-            _extra_features(prompts, clean, langs, blocks["relational"][:, 0], p_emb, blocks["response"]),
-        ]
-    )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(cache, **blocks)
+        blocks = dict(np.load(cache))
+    else:
+        fz = PairFeaturizer(cache=Path(tempfile.gettempdir()) / "lasa_e5_cache.npz")
+        blocks = fz.blocks(
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            [r["language"] for r in rows],
+            progress=True,
+        )
+        np.savez_compressed(cache, **blocks)
+    if "embedding_v1" not in blocks:
+        prompts = [r["prompt"] for r in rows]
+        clean = [strip_control_tokens(r["response"]) for r in rows]
+        langs = [r["language"] for r in rows]
+        extra = _extra_features(
+            prompts, clean, langs, blocks["relational"][:, 0], blocks["prompt"], blocks["response"]
+        )
+        blocks["embedding_v1"] = np.hstack([blocks["response"], extra])
     return blocks
 
 
@@ -159,7 +163,7 @@ def main() -> None:
     rows = load(Path(args.labels))
     key = hashlib.sha256(json.dumps([[r["prompt"], r["response"]] for r in rows]).encode()).hexdigest()[:12]
     out = Path(args.out)
-    blocks = features(rows, out.parent / ".cache" / f"judge_features_{key}.npz")
+    blocks = features(rows)
     if args.probe_model:
         pcache = (
             out.parent

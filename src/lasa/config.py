@@ -120,6 +120,21 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
     return values
 
 
+def _tidy_help(parser: Any) -> None:
+    """Show each flag once, in dash style (``--run-dir``; ``--run_dir`` is still accepted), and give
+    the ``--no-X`` switches HfArgumentParser adds their own help instead of the positive flag's."""
+    for action in parser._actions:
+        opts = action.option_strings
+        if not opts:
+            continue
+        dashed = [o for o in opts if "_" not in o.lstrip("-")] or [opts[0].replace("_", "-")]
+        action.option_strings = dashed  # parsing still knows every alias (parser._option_string_actions)
+        long = next((o for o in dashed if o.startswith("--no-")), None)
+        if long and action.const is False:
+            positive = long.removeprefix("--no-")
+            action.help = f"Turn --{positive} off."
+
+
 def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
     """Parse ``--config FILE`` and flags into ``cls`` (flags win), with a one-line error on bad input."""
     from trl import TrlParser
@@ -131,6 +146,7 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
         help="YAML file with any of the keys below (top-level, or under a section named after the stage); "
         "flags override it.",
     )
+    _tidy_help(parser)
     argv = list(argv)
     if "--config" in argv:
         i = argv.index("--config")

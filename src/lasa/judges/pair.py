@@ -44,15 +44,28 @@ N_SEGMENTS = 3
 class PairFeaturizer:
     """(prompt, response, lang) → feature blocks, embedding each distinct text once."""
 
-    def __init__(self, encoder: Encoder | None = None, refusal: RefusalClassifier | None = None):
+    def __init__(
+        self,
+        encoder: Encoder | None = None,
+        refusal: RefusalClassifier | None = None,
+        cache: Path | None = None,
+    ):
         self.encoder = encoder or Encoder()
         self.refusal = refusal or RefusalClassifier.cached(self.encoder)
+        self.cache = cache  # optional .npz of text -> e5 vector, for experiments that re-featurize
 
     def _embed(self, texts: list[str], progress: bool) -> np.ndarray:
         uniq = list(dict.fromkeys(texts))
-        emb = self.encoder.passages(uniq, progress=progress)
-        where = {t: i for i, t in enumerate(uniq)}
-        return emb[[where[t] for t in texts]]
+        known: dict[str, np.ndarray] = {}
+        if self.cache is not None and self.cache.is_file():
+            doc = np.load(self.cache, allow_pickle=False)
+            known = dict(zip(doc["texts"].tolist(), doc["vectors"]))
+        todo = [t for t in uniq if t not in known]
+        if todo:
+            known.update(zip(todo, self.encoder.passages(todo, progress=progress)))
+            if self.cache is not None:
+                np.savez(self.cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())))
+        return np.stack([known[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
 
     def blocks(
         self, prompts: Sequence[str], responses: Sequence[str], langs: Sequence[str], progress: bool = False
@@ -99,6 +112,7 @@ class PairFeaturizer:
             "relational": rel,
             "scalars": scalar_matrix(prompts, responses, langs, bodies),
             "segments": seg_feats,
+            "prompt": p_emb,  # not a head input: kept for baselines that need it
         }
 
 
