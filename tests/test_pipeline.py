@@ -73,6 +73,15 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     ):
         assert section in report
     assert "eval/<variant>/results.json" in report and (rd / "report" / "asr.png").is_file()
+    # the report's numbers are the artefacts' numbers: every variant's average ASR with its interval
+    avg_row = next(line for line in report.splitlines() if line.startswith("| average |"))
+    for v in ("base", "base+gate", "kto", "lasa+gate"):
+        a = json.loads((rd / "eval" / v / "results.json").read_text())["asr"]["lexicon"]
+        iv = a["intervals"]["average"]
+        assert f"{100 * a['average']:.1f}% [{100 * iv['low']:.0f}–{100 * iv['high']:.0f}]" in avg_row
+    assert "1 prompt = 50.0 pts" in report  # 2 prompts per language: the table says what one prompt is worth
+    html_page = (rd / "report.html").read_text()
+    assert "**" not in html_page and "<details>" in html_page
     assert (rd / "report.html").read_text().count("data:image/png;base64") >= 2
     assert "ASR by tier" in out
     state = json.loads((rd / "pipeline.json").read_text())

@@ -97,7 +97,10 @@ def render_html(doc: Doc, root: Path, title: str) -> str:
         elif kind == "table":
             header, rows, source = val
             out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows]
+            out += [
+                "<tr>" + "".join(f"<td>{html.escape(_fmt(c)).replace('**', '')}</td>" for c in r) + "</tr>"
+                for r in rows
+            ]
             out.append("</table>")
             if source:
                 out.append(f"<div class='src'>source: {html.escape(source)}</div>")
@@ -106,8 +109,8 @@ def render_html(doc: Doc, root: Path, title: str) -> str:
             if path.is_file():
                 data = base64.b64encode(path.read_bytes()).decode()
                 out.append(f"<img alt='{html.escape(val[1])}' src='data:image/png;base64,{data}'>")
-        elif kind == "code":
-            out.append(f"<pre>{html.escape(val)}</pre>")
+        elif kind == "code":  # the resolved config: long, so folded away
+            out.append(f"<details><summary>show</summary><pre>{html.escape(val)}</pre></details>")
     out.append("</body></html>")
     return "\n".join(out)
 
