@@ -85,6 +85,32 @@ def features(rows: list[dict]) -> dict[str, np.ndarray]:
     return blocks
 
 
+def probe_block(rows: list[dict], model: str, layers: list[int]) -> np.ndarray:
+    """The probe judge's features per row, cached per (prompt, response) so new rows cost only themselves."""
+    cache = Path(tempfile.gettempdir()) / f"lasa_probe_{model}_{'-'.join(map(str, layers))}.npz"
+    keys = [hashlib.sha256(json.dumps([r["prompt"], r["response"]]).encode()).hexdigest()[:16] for r in rows]
+    known: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        doc = np.load(cache)
+        known = dict(zip(doc["keys"].tolist(), doc["x"]))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        from lasa.judges.probe import probe_features
+        from lasa.models import load_model
+
+        lm = load_model(model)
+        step = 64  # save as we go: an interrupted extraction resumes
+        for at in range(0, len(todo), step):
+            part = todo[at : at + step]
+            x = probe_features(
+                lm, [rows[i]["prompt"] for i in part], [rows[i]["response"] for i in part], layers
+            )
+            known.update({keys[i]: v for i, v in zip(part, x)})
+            np.savez(cache, keys=np.array(list(known)), x=np.stack(list(known.values())))
+            logging.info("probe features: %d / %d", min(at + step, len(todo)), len(todo))
+    return np.stack([known[k] for k in keys])
+
+
 TIERS = {
     "en": "en",
     "zh": "high",
@@ -161,25 +187,10 @@ def main() -> None:
     from lasa.judges.validation import agreement, breakdown, grouped_oof
 
     rows = load(Path(args.labels))
-    key = hashlib.sha256(json.dumps([[r["prompt"], r["response"]] for r in rows]).encode()).hexdigest()[:12]
     out = Path(args.out)
     blocks = features(rows)
     if args.probe_model:
-        pcache = (
-            out.parent
-            / ".cache"
-            / f"probe_{args.probe_model}_{'-'.join(map(str, args.probe_layers))}_{key}.npz"
-        )
-        if not pcache.is_file():
-            from lasa.judges.probe import probe_features
-            from lasa.models import load_model
-
-            lm = load_model(args.probe_model)
-            x = probe_features(
-                lm, [r["prompt"] for r in rows], [r["response"] for r in rows], args.probe_layers
-            )
-            np.savez_compressed(pcache, probe=x)
-        blocks["probe"] = np.load(pcache)["probe"]
+        blocks["probe"] = probe_block(rows, args.probe_model, args.probe_layers)
         CANDIDATES["probe (0.5B judge-prompt states)"] = (["probe"], 0.05)
         CANDIDATES["probe + pair (all blocks)"] = (
             ["probe", "response", "content", "pair", "relational", "scalars"],

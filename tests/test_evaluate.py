@@ -176,10 +176,18 @@ def test_llm_judge_errors_are_one_line(monkeypatch):
         LLMJudge(url="http://127.0.0.1:9", api_model="m").judge([JudgeItem("a", "b", "en")])
 
 
-def test_llm_judge_with_a_local_model(tiny_qwen):
+def test_llm_judge_with_a_local_model(tiny_qwen, monkeypatch):
     judge = LLMJudge(model=str(tiny_qwen))
-    out = judge.judge([JudgeItem("a", "b", "en"), JudgeItem("c", "d", "sw")])
-    assert len(out) == 2 and all(j.label in ("safe", "unsafe", "invalid") for j in out)
+    items = [JudgeItem("a", "b", "en"), JudgeItem("c", "d", "sw")]
+    raw = judge._ask_local(judge._prompts(items))  # what the tiny model answers (random weights)
+    out = judge.judge(items)
+    # each verdict is the parsed answer, or "invalid" (p 0.5) when the answer names no label
+    for ans, j in zip(raw, out):
+        assert j.label == (parse_label(ans) or "invalid")
+        assert j.score == (0.5 if parse_label(ans) is None else float(j.label == "unsafe"))
+    # and a model that does answer is parsed: the same path with canned answers
+    monkeypatch.setattr(judge, "_ask_local", lambda prompts: ["Unsafe.", "safe"])
+    assert [j.label for j in judge.judge(items)] == ["unsafe", "safe"]
 
 
 def _labels_file(tmp_path, rows):

@@ -167,12 +167,18 @@ def test_interpret_writes_the_artefact_contract(interpreted):
         assert {"auroc", "accuracy", "tpr", "fpr", "n_harmful", "n_benign"} <= set(row)
         assert row["n_harmful"] == 8
     assert m["macro_seen"]["languages"] == ["en", "zh"] and len(m["macro_unseen"]["languages"]) == 8
-    assert 0 <= m["xstest"]["fpr_safe"] <= 1 and m["xstest"]["n_safe"] == 250
+    xs = m["xstest"]
+    assert xs["n_safe"] == 250 and xs["n_unsafe"] == 200
+    # rates are counts over those prompts (k / 250, k / 200), not some other normalisation
+    assert xs["fpr_safe"] * 250 == pytest.approx(round(xs["fpr_safe"] * 250))
+    assert xs["tpr_unsafe"] * 200 == pytest.approx(round(xs["tpr_unsafe"] * 200))
     assert "form_probe_auroc" in m["form_control"]["en"]
     sweep = json.loads((ssi_dir / "layer_sweep.json").read_text())
     assert [r["layer"] for r in sweep["layers"]] == [2, 4]
     at2 = sweep["layers"][0]
-    assert at2["seeds"] == [42, 43] and at2["unseen_auroc_std"] >= 0
+    assert at2["seeds"] == [42, 43] and len(at2["unseen_auroc_per_seed"]) == 2
+    assert at2["unseen_auroc_std"] == pytest.approx(np.std(at2["unseen_auroc_per_seed"]))
+    assert at2["unseen_auroc_mean"] == pytest.approx(np.mean(at2["unseen_auroc_per_seed"]))
     # the per-language numbers are seed means; the macro mean is their mean
     unseen = [at2["per_language_auroc"][g] for g in m["macro_unseen"]["languages"]]
     assert at2["unseen_auroc_mean"] == pytest.approx(np.mean(unseen))

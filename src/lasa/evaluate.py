@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
@@ -471,6 +471,36 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     return results
 
 
+def _mgsm(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    settings = GenerationSettings(max_new_tokens=cfg.mgsm_max_new_tokens, batch_size=cfg.batch_size)
+    return utility.eval_mgsm(lm, utility.MGSM_LANGS, cfg.mgsm_n, settings, gate)
+
+
+def _xcopa(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    return utility.eval_xcopa(lm, utility.XCOPA_LANGS, cfg.xcopa_n, cfg.utility_batch_size), None
+
+
+def _mmlu(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    return utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size), None
+
+
+#: The utility tasks by name (names validated against lasa.config.UTILITY_TASKS when cfg is built):
+#: each returns (summary, per-item records to keep, or None).
+UTILITY_RUNNERS: dict[
+    str, Callable[[EvaluateConfig, LoadedModel, Gate | None], tuple[dict, list[dict] | None]]
+] = {
+    "mgsm": _mgsm,
+    "xcopa": _xcopa,
+    "mmlu": _mmlu,
+}
+
+
 def run_utility(
     cfg: EvaluateConfig,
     lm: LoadedModel,
@@ -482,7 +512,6 @@ def run_utility(
     """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
     apply: there is no assistant turn to condition, so a gated variant takes them from its ungated
     ``twin`` when that was measured with the same adapter)."""
-    from lasa import utility
     from lasa.runs import write_jsonl
 
     res: dict[str, Any] = {}
@@ -505,16 +534,9 @@ def run_utility(
             res[task] = done[task]
             continue
         t0 = time.time()
-        if task == "mgsm":
-            settings = GenerationSettings(max_new_tokens=cfg.mgsm_max_new_tokens, batch_size=cfg.batch_size)
-            summary, records = utility.eval_mgsm(lm, utility.MGSM_LANGS, cfg.mgsm_n, settings, gate)
-            write_jsonl(out / "completions_mgsm.jsonl", records)
-        elif task == "xcopa":
-            summary = utility.eval_xcopa(lm, utility.XCOPA_LANGS, cfg.xcopa_n, cfg.utility_batch_size)
-        elif task == "mmlu":
-            summary = utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size)
-        else:
-            raise LasaError(f"unknown utility task {task!r}; choose from mgsm, xcopa, mmlu")
+        summary, records = UTILITY_RUNNERS[task](cfg, lm, gate)
+        if records is not None:
+            write_jsonl(out / f"completions_{task}.jsonl", records)
         res[task] = summary | {"key": key.get(task), "seconds": round(time.time() - t0, 1)}
         write_json(cache, res | {k: v for k, v in done.items() if k not in res})
     return res

@@ -602,6 +602,7 @@ def run_sweep(
                 "seeds": seeds,
                 "unseen_auroc_mean": float(np.mean(unseen_means)) if unseen else None,
                 "unseen_auroc_std": float(np.std(unseen_means)) if unseen else None,
+                "unseen_auroc_per_seed": [float(x) for x in unseen_means],
                 "unseen_auroc_worst": table[worst]["auroc"] if worst else None,
                 "unseen_worst_language": worst,
                 "seen_auroc_mean": float(np.nanmean([table[g]["auroc"] for g in seen])) if seen else None,
