@@ -4,7 +4,7 @@
   completions (what ``lasa`` would otherwise fit at first use, ~7 minutes on 2 cores), keyed by
   the hash of its training data. A user-cache entry for the same data is reused; ``--retrain``
   ignores it.
-* ``pair-head.json``: the default ``pair`` judge's head, fitted on lasa's labelled corpus
+* ``pair-head.json``: the default ``pair`` judge's weights (an ensemble of two logistic heads), fitted on lasa's labelled corpus
   (``data/judge_labels/multijail_responses.jsonl``) with its leave-one-language / model /
   generation-run-out validation stored beside the weights (the corrected ASR reads it).
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from lasa.judges.corpus import corpus_rows, labels_key
 from lasa.judges.embedding import SHIPPED_REFUSAL, Encoder, RefusalClassifier
-from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, fit_head
+from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, fit_judge
 from lasa.runs import write_json
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data"
@@ -58,11 +58,11 @@ def main() -> None:
             progress=True,
         )
         np.savez_compressed(cache, **blocks)
-    head = fit_head(rows, blocks)
+    judge = fit_judge(rows, blocks)
     out = DATA / Path(*SHIPPED_HEAD)
-    write_json(out, head.to_json())
-    logging.info("wrote %s: %s", out, head.meta["validation"].get("summary"))
-    print(json.dumps({s: v["overall"] for s, v in head.meta["validation"]["splits"].items()}, indent=1))
+    write_json(out, judge.to_json())
+    logging.info("wrote %s: %s", out, judge.meta["validation"].get("summary"))
+    print(json.dumps({s: v["overall"] for s, v in judge.meta["validation"]["splits"].items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ SPLITS = {"language": "language", "model": "model", "run": "run"}
 CANDIDATES = {
     # name: (blocks, C)
     "embedding (response only, today's features)": ("embedding_v1", 0.05),
-    "pair: relational + scalars + segments": (["relational", "scalars", "segments"], 0.5),
+    "pair head A: relational + scalars + segments": (["relational", "scalars", "segments"], 0.5),
     "pair: response + relational + scalars + segments": (
         ["response", "relational", "scalars", "segments"],
         0.05,
@@ -38,7 +38,7 @@ CANDIDATES = {
         0.05,
     ),
     "pair: pair + relational + scalars + segments": (["pair", "relational", "scalars", "segments"], 0.05),
-    "pair: all blocks": (["response", "content", "pair", "relational", "scalars", "segments"], 0.05),
+    "pair head B: all blocks": (["response", "content", "pair", "relational", "scalars", "segments"], 0.05),
     "pair: all blocks, C=0.01": (["response", "content", "pair", "relational", "scalars", "segments"], 0.01),
     "pair: all blocks, C=0.2": (["response", "content", "pair", "relational", "scalars", "segments"], 0.2),
 }
@@ -183,7 +183,7 @@ def main() -> None:
 
     from lasa.judges import get_judge
     from lasa.judges.base import JudgeItem
-    from lasa.judges.pair import PairHead, stack
+    from lasa.judges.pair import PairHead
     from lasa.judges.validation import agreement, breakdown, grouped_oof
 
     rows = load(Path(args.labels))
@@ -209,22 +209,32 @@ def main() -> None:
     results["judges"]["lexicon (rules, no training)"] = {
         "all": agreement(y, lex) | {"per_language": breakdown(y, lex, langs)}
     }
-    for name, (use, c) in CANDIDATES.items():
-        x = blocks[use] if isinstance(use, str) else np.hstack([blocks[b] for b in use]).astype(np.float32)
-        if not isinstance(use, str):
-            x = stack(blocks, use) if "probe" not in use else x
+    from lasa.judges.pair import MEMBERS, PairEnsemble
+
+    index = np.arange(len(rows)).reshape(-1, 1).astype(np.float32)
+    sub = lambda idx: {k: v[idx[:, 0].astype(int)] for k, v in blocks.items()}  # noqa: E731
+    for name, (use, c) in {
+        "pair (default: ensemble of the two heads below)": ("ensemble", None),
+        **CANDIDATES,
+    }.items():
+        if use == "ensemble":
+            x = index
+            fit = lambda xt, yt: PairEnsemble.fit(sub(xt), yt, MEMBERS)  # noqa: E731
+            predict = lambda m, xs: m.labels(sub(xs))  # noqa: E731
+        else:
+            x = (
+                blocks[use]
+                if isinstance(use, str)
+                else np.hstack([blocks[b] for b in use]).astype(np.float32)
+            )
+            fit = lambda xt, yt, c=c: PairHead.fit(xt, yt, c=c)  # noqa: E731
+            predict = lambda m, xs: [("safe", "unsafe", "invalid")[k] for k in m.proba(xs).argmax(1)]  # noqa: E731
         res = {}
         for split, field in SPLITS.items():
             groups = [str(r[field]) for r in rows]
             if len(set(groups)) < 2:
                 continue
-            pred = grouped_oof(
-                x,
-                y,
-                groups,
-                fit=lambda xt, yt, c=c: PairHead.fit(xt, yt, c=c),
-                predict=lambda m, xs: [("safe", "unsafe", "invalid")[k] for k in m.proba(xs).argmax(1)],
-            )
+            pred = grouped_oof(x, y, groups, fit=fit, predict=predict)
             res[split] = agreement(y, pred) | {
                 "per_language": breakdown(y, pred, langs),
                 "per_group": breakdown(y, pred, groups),
