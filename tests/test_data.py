@@ -53,3 +53,16 @@ def test_malformed_multijail_file_is_a_one_line_error(tmp_path):
     bad.write_text("id,tags,en\n0,[],How?\n")
     with pytest.raises(LasaError, match="missing column"):
         load_multijail(["en", "sw"], path=bad)
+
+
+@pytest.mark.parametrize("lang", ["zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"])
+def test_translated_xstest_is_complete_and_aligned(lang):
+    from lasa.data.safety import xstest, xstest_multilingual
+
+    en, tr = xstest(), xstest_multilingual(lang)
+    assert [r["id"] for r in tr] == [r["id"] for r in en]
+    assert [r["label"] for r in tr] == [r["label"] for r in en]
+    assert sum(r["label"] == "safe" for r in tr) == 250
+    # translated, not copied: at most a handful of prompts (names, code) survive verbatim
+    same = sum(a["prompt"] == b["prompt"] for a, b in zip(en, tr))
+    assert same <= 10, same

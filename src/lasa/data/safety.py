@@ -217,6 +217,28 @@ def xstest() -> list[dict]:
     ]
 
 
+def xstest_multilingual(lang: str) -> list[dict]:
+    """XSTest in ``lang``: the English original, or lasa's machine translation (``data/xstest_mt/``,
+    not human-verified; see its SOURCE.md), with the original ids, types and labels."""
+    lang = normalize_languages([lang])[0]
+    rows = xstest()
+    if lang == "en":
+        return rows
+    path = data_path("xstest_mt", f"{lang}.jsonl")
+    if not path.is_file():
+        raise LasaError(f"no translated XSTest for {lang!r} in {path.parent}")
+    tr = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                tr[str(r["id"])] = r["prompt"].strip()
+    missing = [r["id"] for r in rows if str(r["id"]) not in tr]
+    if missing:
+        raise LasaError(f"{path} lacks {len(missing)} XSTest ids (first: {missing[0]})")
+    return [r | {"prompt": tr[str(r["id"])], "lang": lang} for r in rows]
+
+
 # -- recipes ---------------------------------------------------------------------------------
 
 
