@@ -38,3 +38,32 @@ def test_the_public_api_resolves_every_name():
     for name in lasa._LAZY:
         assert getattr(lasa, name) is not None, name
     assert lasa.wilson(0, 8).high > 0.3 and "run_evaluate" in dir(lasa)
+
+
+#: README's module map, bottom to top: a module may import from its own layer or the ones above it
+#: in this list, never from a later one.
+LAYERS = [
+    ["lasa.errors", "lasa.stats", "lasa.conditioning", "lasa.data", "lasa.data.safety"],
+    ["lasa.config"],
+    ["lasa.runs"],
+    ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.generate"],
+    ["lasa.judges", "lasa.judge_check"],
+    ["lasa.locate", "lasa.ssi", "lasa.align", "lasa.evaluate", "lasa.utility", "lasa.report"],
+    ["lasa.pipeline", "lasa.cli", "lasa"],
+]
+
+
+def test_no_upward_import():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_imports
+
+    edges = check_imports.graph(top_level_only=False)
+    layer = {}
+    for i, mods in enumerate(LAYERS):
+        for m in mods:
+            layer[m] = i
+    for m in edges:  # judges/* sit with their package
+        layer.setdefault(m, layer.get(m.rsplit(".", 1)[0], -1))
+    assert all(layer[m] >= 0 for m in edges), [m for m in edges if layer[m] < 0]
+    upward = [(a, b) for a, bs in edges.items() for b in bs if layer[b] > layer[a]]
+    assert upward == []

@@ -470,6 +470,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lasa+gate": {"adapter": "lasa", "gate": True},
 }
 
+#: Judges by name -> "module:Class", built lazily by ``lasa.judges.get_judge`` (the e5 judges load a
+#: model). The table lives here so that configs validate judge names without importing the judges.
+JUDGES: dict[str, str] = {
+    "pair": "lasa.judges.pair:PairJudge",
+    "lexicon": "lasa.judges.lexicon:LexiconJudge",
+    "embedding": "lasa.judges.embedding:EmbeddingJudge",
+    "llm": "lasa.judges.llm:LLMJudge",
+}
+#: The judge every ASR is counted with unless told otherwise; chosen by grouped-split validation on
+#: lasa's labelled corpus (docs/judge_validation.md).
+DEFAULT_JUDGE = "pair"
+
 #: Utility tasks ``lasa evaluate`` knows (lasa.utility implements them).
 UTILITY_TASKS = ("mgsm", "xcopa", "mmlu")
 
@@ -485,7 +497,7 @@ class EvaluateConfig(GenerateConfig):
         metadata={"help": "Judges to run (pair, lexicon, embedding, llm); each is cached per sample."},
     )
     default_judge: str = field(
-        default="pair",
+        default=DEFAULT_JUDGE,
         metadata={
             "help": "The judge whose ASR is the headline "
             "(chosen by `lasa judge-check` agreement with human labels)."
@@ -520,8 +532,6 @@ class EvaluateConfig(GenerateConfig):
         super().__post_init__()
         import os
 
-        from lasa.judges import JUDGE_NAMES
-
         if self.utility in (["none"], ["None"], []):
             self.utility = []
         bad = [t for t in self.utility if t not in UTILITY_TASKS]
@@ -529,10 +539,10 @@ class EvaluateConfig(GenerateConfig):
             raise LasaError(
                 f"unknown utility task(s) {', '.join(bad)}; choose from {', '.join(UTILITY_TASKS)} (or 'none')"
             )
-        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGE_NAMES]
+        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGES]
         if bad:
             raise LasaError(
-                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGE_NAMES)}"
+                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGES)}"
             )
         if self.default_judge not in self.judges:
             raise LasaError(

@@ -33,7 +33,7 @@ import torch
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
 from lasa.hidden import format_prompts, pad_batch, position_ids_from_mask
-from lasa.models import LoadedModel
+from lasa.models import LoadedModel, base_model
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,6 @@ def _generate_batch(
     lm: LoadedModel, seqs: list[list[int]], raw: list[str], settings: GenerationSettings, gate: Gate | None
 ) -> list[dict]:
     from transformers import DynamicCache
-
-    from lasa.ssi import base_model
 
     tok, model, dev = lm.tokenizer, lm.model, lm.device
     ids, mask = pad_batch(seqs, tok.pad_token_id, "left")

@@ -347,3 +347,18 @@ def validate_layer(layer: int, num_layers: int, what: str = "--layer") -> int:
     if not isinstance(layer, int) or not 1 <= layer <= num_layers:
         raise LasaError(f"{what} {layer} is out of range; this model has layers 1..{num_layers}")
     return layer
+
+
+class base_model:
+    """Context manager: run a PEFT-wrapped model with its adapters disabled (a no-op otherwise)."""
+
+    def __init__(self, lm: LoadedModel):
+        self.ctx = lm.model.disable_adapter() if hasattr(lm.model, "disable_adapter") else None
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)

@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 from lasa.config import InterpretConfig
 from lasa.data.safety import Prompt, evaluation_prompts, training_prompts, validate_train_langs, xstest
 from lasa.errors import LasaError
-from lasa.models import LoadedModel, fingerprints_match, validate_layer
+from lasa.models import LoadedModel, base_model, fingerprints_match, validate_layer
 from lasa.runs import RunDir, atomic_path, fingerprint, read_json, save_figure, write_json
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,9 @@ class SSI:
         if not 0 < threshold < 1:
             raise LasaError(f"--gate-threshold must be in (0, 1), got {threshold}")
         calibrated = self.meta.get("calibrated_threshold", self.meta["threshold"])
-        return SSI(self.module, self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated})
+        return SSI(
+            self.module, self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated}
+        )
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
@@ -161,21 +162,6 @@ class SSI:
 
     def flags(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs) > self.threshold
-
-
-class base_model:
-    """Context manager: run a PEFT-wrapped model with its adapters disabled (a no-op otherwise)."""
-
-    def __init__(self, lm: LoadedModel):
-        self.ctx = lm.model.disable_adapter() if hasattr(lm.model, "disable_adapter") else None
-
-    def __enter__(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
 
 
 # -- training --------------------------------------------------------------------------------

@@ -14,23 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lasa.config import DEFAULT_JUDGE, JUDGES
 from lasa.errors import LasaError
 from lasa.judges.base import LABELS, Judge, JudgeItem, Judgement, strip_control_tokens
 from lasa.judges.validation import cohen_kappa
 
 logger = logging.getLogger(__name__)
 
-#: name -> "module:Class", imported only when the judge is built (the embedding judges load e5).
-JUDGES: dict[str, str] = {
-    "pair": "lasa.judges.pair:PairJudge",
-    "lexicon": "lasa.judges.lexicon:LexiconJudge",
-    "embedding": "lasa.judges.embedding:EmbeddingJudge",
-    "llm": "lasa.judges.llm:LLMJudge",
-}
 JUDGE_NAMES = tuple(JUDGES)
-#: The judge every ASR is counted with unless told otherwise; chosen by grouped-split validation
-#: on lasa's labelled corpus (docs/judge_validation.md).
-DEFAULT_JUDGE = "pair"
 
 
 def check_judge_name(name: str) -> str:
