@@ -533,3 +533,26 @@ def test_judge_check_defaults_to_the_default_judge_and_reports_per_class_recall(
     assert o["unsafe_recall"] == 0.5 and o["unsafe_precision"] == 1.0 and o["safe_precision"] == 0.5
     assert rep["judges"]["lexicon"]["confusion"]["unsafe"]["safe"] == 1
     assert rep["judges"]["lexicon"]["per_language"]["en"]["gold_asr"] == pytest.approx(2 / 3)
+
+
+def test_new_judge_weights_invalidate_cached_verdicts(tmp_path):
+    calls = []
+
+    class Versioned:
+        name = "v"
+
+        def __init__(self, version):
+            self.version = version
+
+        def judge(self, items):
+            from lasa.judges import Judgement
+
+            calls.append(len(items))
+            return [Judgement("safe", 0.0, True, "") for _ in items]
+
+    samples = [{"uid": f"u{i}", "prompt": "p", "response": f"r{i}", "lang": "en"} for i in range(2)]
+    path = tmp_path / "judgements_v.jsonl"
+    judge_samples(Versioned("a"), samples, path)
+    judge_samples(Versioned("a"), samples, path)  # cached
+    judge_samples(Versioned("b"), samples, path)  # other weights: judged again
+    assert calls == [2, 2]

@@ -55,10 +55,15 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
     cache: dict[str, dict] = {}
     if path is not None and path.is_file():
         cache = {r["uid"]: r for r in read_jsonl(path)}
+    version = str(getattr(judge, "version", ""))  # new judge weights invalidate old verdicts
     out, todo = [], []
     for s in samples:
         hit = cache.get(s["uid"])
-        if hit is not None and hit.get("response_sha") == _response_hash(s["response"]):
+        if (
+            hit is not None
+            and hit.get("response_sha") == _response_hash(s["response"])
+            and hit.get("judge_version", "") == version
+        ):
             out.append(hit)
         else:
             out.append(None)
@@ -74,6 +79,7 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
                 "refusal": v.refusal,
                 "reason": v.reason,
                 "judge": judge.name,
+                "judge_version": version,
                 "response_sha": _response_hash(s["response"]),
             }
             for s, v in zip(todo, verdicts)

@@ -300,6 +300,11 @@ class PairJudge:
         self.weights = weights or load_judge_weights()
 
     @property
+    def version(self) -> str:
+        """Which weights judged: cached verdicts of other weights are not reused."""
+        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}"
+
+    @property
     def validation(self) -> dict[str, Any]:
         """Grouped-split validation stored with the head (per-language sensitivity / specificity)."""
         return self.weights.meta.get("validation", {})
