@@ -19,11 +19,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from lasa.judges.corpus import corpus_rows, labels_key
+from lasa.judges.corpus import corpus_rows
 from lasa.judges.embedding import SHIPPED_REFUSAL, Encoder, RefusalClassifier
-from lasa.judges.pair import SHIPPED_HEAD, PairFeaturizer, fit_judge
+from lasa.judges.pair import SHIPPED_HEAD, corpus_blocks, fit_judge
 from lasa.runs import write_json
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data"
@@ -46,18 +44,7 @@ def main() -> None:
         logging.info("wrote refusal classifier (cv balanced accuracy %.3f)", clf.meta["cv_balanced_accuracy"])
 
     rows = corpus_rows()
-    cache = Path(tempfile.gettempdir()) / f"lasa_pair_features_{labels_key(rows)}.npz"
-    if cache.is_file() and not args.retrain:
-        blocks = dict(np.load(cache))
-    else:
-        fz = PairFeaturizer(encoder, cache=Path(tempfile.gettempdir()) / "lasa_e5_cache.npz")
-        blocks = fz.blocks(
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            [r["language"] for r in rows],
-            progress=True,
-        )
-        np.savez_compressed(cache, **blocks)
+    blocks = corpus_blocks(rows, encoder, refresh=args.retrain)
     judge = fit_judge(rows, blocks)
     out = DATA / Path(*SHIPPED_HEAD)
     write_json(out, judge.to_json())

@@ -58,22 +58,10 @@ def features(rows: list[dict]) -> dict[str, np.ndarray]:
     """Every feature block, cached in the temp dir by the rows' hash (shared with build_judge.py)."""
 
     from lasa.judges.base import strip_control_tokens
-    from lasa.judges.corpus import labels_key
     from lasa.judges.embedding import _extra_features
-    from lasa.judges.pair import PairFeaturizer
+    from lasa.judges.pair import corpus_blocks
 
-    cache = Path(tempfile.gettempdir()) / f"lasa_pair_features_{labels_key(rows)}.npz"
-    if cache.is_file():
-        blocks = dict(np.load(cache))
-    else:
-        fz = PairFeaturizer(cache=Path(tempfile.gettempdir()) / "lasa_e5_cache.npz")
-        blocks = fz.blocks(
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            [r["language"] for r in rows],
-            progress=True,
-        )
-        np.savez_compressed(cache, **blocks)
+    blocks = corpus_blocks(rows)
     if "embedding_v1" not in blocks:
         prompts = [r["prompt"] for r in rows]
         clean = [strip_control_tokens(r["response"]) for r in rows]

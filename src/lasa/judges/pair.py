@@ -223,6 +223,28 @@ class PairEnsemble:
         return cls([PairHead.from_json(m) for m in doc["members"]], doc["meta"])
 
 
+def corpus_blocks(
+    rows: Sequence[dict], encoder: Encoder | None = None, refresh: bool = False
+) -> dict[str, np.ndarray]:
+    """Feature blocks of labelled rows, cached in the temp dir by the labels' hash (and every e5
+    vector by its text), so refitting or comparing heads costs seconds, not an e5 pass."""
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir())
+    cache = tmp / f"lasa_pair_features_{labels_key(rows)}.npz"
+    if cache.is_file() and not refresh:
+        return dict(np.load(cache))
+    fz = PairFeaturizer(encoder, cache=tmp / "lasa_e5_cache.npz")
+    blocks = fz.blocks(
+        [r["prompt"] for r in rows],
+        [r["response"] for r in rows],
+        [r["language"] for r in rows],
+        progress=True,
+    )
+    np.savez_compressed(cache, **blocks)
+    return blocks
+
+
 def _subset(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in blocks.items()}
 
