@@ -246,3 +246,24 @@ def test_with_threshold_changes_the_flags_not_the_saved_ssi():
     assert ssi.threshold == 0.5 and strict.meta["calibrated_threshold"] == 0.5
     with pytest.raises(LasaError, match="must be in \\(0, 1\\)"):
         ssi.with_threshold(1.5)
+
+
+def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qwen):
+    from lasa.report import build_report
+    from lasa.ssi import SSI, load_metrics
+
+    rc = main(
+        [
+            "interpret", "--model", str(tiny_qwen), "--run-dir", str(interpreted), "--layer", "4",
+            "--out-name", "ssi_l4", "--cap", "20", "--eval-n-harmful", "8", "--eval-n-benign", "8",
+            "--epochs", "2",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    assert load_metrics(interpreted, "ssi_l4")["layer"] == 4 and load_metrics(interpreted)["layer"] == 2
+    assert SSI.load(interpreted / "ssi_l4").layer == 4
+    with pytest.raises(LasaError, match="--out-name nope"):
+        load_metrics(interpreted, "nope")
+    report = (interpreted / "report.md").read_text() if build_report(interpreted) else ""
+    assert "(SSI, ssi_l4/)" in report and "ssi_l4/metrics.json" in report
+    assert report.index("(SSI)") < report.index("(SSI, ssi_l4/)")  # the default SSI first

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from lasa.conditioning import CONDITIONING_TEXT
+from lasa.data import MULTIJAIL_N, XSTEST_N
 from lasa.errors import LasaError
 
 T = TypeVar("T", bound="StageConfig")
@@ -345,8 +346,8 @@ class InterpretConfig(StageConfig):
             raise LasaError("--threshold-range needs two numbers 0 < lo <= hi < 1")
         if min(self.sweep_every, self.sweep_seeds, self.epochs, self.cap, self.eval_n_benign) < 1:
             raise LasaError("--sweep-every, --sweep-seeds, --epochs, --cap and --eval-n-benign must be >= 1")
-        if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= 315:
-            raise LasaError(f"--eval-n-harmful must be in 1..315, got {self.eval_n_harmful}")
+        if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= MULTIJAIL_N:
+            raise LasaError(f"--eval-n-harmful must be in 1..{MULTIJAIL_N}, got {self.eval_n_harmful}")
         if self.layer is not None and self.layer < 1:
             raise LasaError(
                 f"--layer {self.layer} is out of range; layers are 1..num_layers (0 is the embeddings)"
@@ -445,12 +446,12 @@ class GenerateConfig(StageConfig):
                 )
         self.langs = normalize_languages(self.langs)
         self.n = str(self.n).strip().lower()
-        if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= 315):
-            raise LasaError(f"--n must be 1..315 or 'all', got {self.n!r}")
+        if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= MULTIJAIL_N):
+            raise LasaError(f"--n must be 1..{MULTIJAIL_N} or 'all', got {self.n!r}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise LasaError("--max-new-tokens and --batch-size must be >= 1")
-        if self.xstest_n is not None and not 1 <= self.xstest_n <= 450:
-            raise LasaError(f"--xstest-n must be in 1..450, got {self.xstest_n}")
+        if self.xstest_n is not None and not 1 <= self.xstest_n <= XSTEST_N:
+            raise LasaError(f"--xstest-n must be in 1..{XSTEST_N}, got {self.xstest_n}")
 
     @property
     def n_prompts(self) -> int | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lasa.config import EvaluateConfig, GenerateConfig
-from lasa.data import TIERS, load_multijail
+from lasa.data import MULTIJAIL_N, TIERS, load_multijail
 from lasa.errors import LasaError
 from lasa.generate import Gate, GenerationSettings, SampleWriter, generate
 from lasa.models import LoadedModel
@@ -439,7 +439,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         "seed": cfg.seed,
         "variant_info": gen["info"],
         "multijail": {
-            "n_per_language": cfg.n_prompts or 315,
+            "n_per_language": cfg.n_prompts or MULTIJAIL_N,
             "ids": "first N MultiJail ids, the same in every language",
             "languages": cfg.langs,
         },

@@ -200,11 +200,24 @@ def _locate_section(doc: Doc, rd: Path) -> None:
 
 
 def _ssi_section(doc: Doc, rd: Path) -> None:
-    p = rd / "ssi" / "metrics.json"
-    if not p.is_file():
-        return
+    # every SSI of the run (`lasa interpret --out-name NAME` writes RUN/NAME/), the default `ssi` first
+    found = sorted(
+        (p for p in rd.glob("*/metrics.json") if (p.parent / "ssi.json").is_file()),
+        key=lambda p: (p.parent.name != "ssi", p.parent.name),
+    )
+    for p in found:
+        _one_ssi_section(doc, rd, p)
+
+
+def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
     m = read_json(p)
-    doc.h(2, "2. Does the safety signal transfer across languages? (SSI)")
+    name = p.parent.name
+    doc.h(
+        2,
+        "2. Does the safety signal transfer across languages? (SSI"
+        + ("" if name == "ssi" else f", {name}/")
+        + ")",
+    )
     doc.p(
         f"SSI at layer {m['layer']} trained on {'+'.join(m['train_languages'])} (threshold {m['threshold']:.2f}); "
         "harmful = MultiJail, benign = same-language questions (XQuAD/MGSM) or FLORES statements where no "
@@ -232,22 +245,22 @@ def _ssi_section(doc: Doc, rd: Path) -> None:
     doc.table(
         ["lang", "", "AUROC", "TPR", "FPR", "n harm", "n benign", "benign source", "form-only AUROC"],
         rows,
-        "ssi/metrics.json",
+        f"{name}/metrics.json",
     )
     doc.p(
         f"XSTest safe-but-scary prompts flagged (false positives): {_pct(m['xstest']['fpr_safe'])} of "
         f"{m['xstest']['n_safe']}. The form-only column is a probe trained to tell questions from non-questions: "
         "where it is high, the benign set differs from MultiJail in form and the SSI's AUROC there is inflated."
     )
-    if (rd / "ssi" / "layer_sweep.png").is_file():
-        sw = read_json(rd / "ssi" / "layer_sweep.json")
+    if (p.parent / "layer_sweep.png").is_file():
+        sw = read_json(p.parent / "layer_sweep.json")
         best = max(sw["layers"], key=lambda r: r["unseen_auroc_mean"])
         doc.p(
             f"Layer sweep: best unseen-language mean AUROC {best['unseen_auroc_mean']:.3f} at layer {best['layer']}"
             f"; at the located bottleneck (layer {sw['bottleneck']}): "
             f"{next(r['unseen_auroc_mean'] for r in sw['layers'] if r['layer'] == sw['bottleneck']):.3f}."
         )
-        doc.img("ssi/layer_sweep.png", "SSI transfer by layer")
+        doc.img(f"{name}/layer_sweep.png", "SSI transfer by layer")
 
 
 def _align_section(doc: Doc, rd: Path) -> None:
@@ -424,7 +437,7 @@ def build_report(
     rd = Path(run_dir)
     found = [
         rd / "locate" / "bottleneck.json",
-        *rd.glob("ssi*/metrics.json"),
+        *rd.glob("*/ssi.json"),
         *rd.glob("align/*/summary.json"),
         *rd.glob("eval/*/results.json"),
     ]

@@ -660,10 +660,13 @@ def plot_sweep(sweep: list[dict], bottleneck: int, path: Path, cfg: InterpretCon
     return save_figure(fig, path)
 
 
-def load_metrics(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "ssi" / "metrics.json"
+def load_metrics(run_dir: str | Path, out_name: str = "ssi") -> dict:
+    """``RUN/<out_name>/metrics.json`` (``--out-name`` of ``lasa interpret``; default ``ssi``)."""
+    path = Path(run_dir) / out_name / "metrics.json"
     if not path.is_file():
-        raise LasaError(f"{path} not found; run `lasa interpret --run-dir {run_dir}` first")
+        raise LasaError(
+            f"{path} not found; run `lasa interpret --run-dir {run_dir} --out-name {out_name}` first"
+        )
     return read_json(path)
 
 

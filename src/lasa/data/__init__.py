@@ -39,6 +39,9 @@ TIERS: dict[str, tuple[str, ...]] = {
     "low": ("bn", "sw", "jv"),
 }
 _ALIASES = {"jw": "jv"}  # MultiJail and some HF datasets spell Javanese "jw"
+#: MultiJail's parallel prompts per language, and XSTest's prompts (250 safe + 200 unsafe).
+MULTIJAIL_N = 315
+XSTEST_N = 450
 
 _SIB_CODES = {
     "en": "eng_Latn",
