@@ -161,8 +161,9 @@ def _hub_offline() -> bool:
 def _check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
     """Fail in seconds, not after transformers' retries, when a hub id cannot be fetched.
 
-    A hub id that is already in the local HF cache works offline; otherwise one TCP connect to the
-    hub decides. With ``HF_HUB_OFFLINE=1`` only the cache is consulted.
+    A hub id already in the local HF cache is left to transformers (no process-wide setting is
+    changed); otherwise one TCP connect to the hub decides. With ``HF_HUB_OFFLINE=1`` only the
+    cache is consulted.
     """
     import socket
 
@@ -172,8 +173,9 @@ def _check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
         cached = try_to_load_from_cache(repo_id, "config.json")
     except Exception:  # an invalid repo id: let from_pretrained word the error
         return
-    if isinstance(cached, str):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # use the cached copy without network retries
+    if isinstance(
+        cached, str
+    ):  # in the local cache: transformers can load it (set HF_HUB_OFFLINE=1 to skip its checks)
         return
     hint = (
         f"model {repo_id!r} is not in the local Hugging Face cache and "
