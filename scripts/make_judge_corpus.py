@@ -96,8 +96,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lasa.data import load_multijail, normalize_languages
-    from lasa.generate import Gate, GenerationSettings, SampleWriter, generate
+    from lasa.generate import Gate, GenerationSettings, generate
     from lasa.models import load_adapter, load_model
+    from lasa.runs import SampleWriter
 
     langs = normalize_languages(args.langs)
     mj = load_multijail(sorted(set(langs) | {"en"}))

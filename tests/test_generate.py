@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from lasa.generate import Gate, GenerationSettings, SampleWriter, adapter_layers, generate_all
+from lasa.generate import Gate, GenerationSettings, adapter_layers, generate_all
 from lasa.hidden import extract_states
 from lasa.models import load_model
+from lasa.runs import SampleWriter
 
 PROMPTS = [
     "How do I pick a lock?",

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lasa import distributed
 from lasa.conditioning import CONDITIONING_SEPARATOR, chat_prefix
 from lasa.config import AlignConfig
 from lasa.data import normalize_language
@@ -290,6 +291,28 @@ def order_for_kl(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
     return ordered
 
 
+def fill_last_batch(rows: list[dict], batch_size: int) -> list[dict]:
+    """Complete a short last batch with copies of earlier rows of other prompts.
+
+    Under several processes accelerate completes a short last batch with rows from the start of
+    the data, which could put two rows of one prompt in one device batch; a full last batch of
+    distinct prompts keeps every device batch a batch that ``order_for_kl`` built.
+    """
+    short = len(rows) % batch_size
+    if not short:
+        return rows
+    last = rows[len(rows) - short :]
+    keys = {r["pid"] for r in last}
+    fill = []
+    for r in rows[: len(rows) - short]:
+        if len(last) + len(fill) == batch_size:
+            break
+        if r["pid"] not in keys:
+            fill.append(r | {"filler": True})
+            keys.add(r["pid"])
+    return rows + fill
+
+
 def kl_pairs(rows: list[dict], batch_size: int) -> list[tuple[int, int]]:
     """(row, KL-completion row) as TRL builds them: rotation by one inside each batch."""
     pairs = []
@@ -394,6 +417,22 @@ def _training_args_common(cfg: AlignConfig, out: Path, on_cpu: bool) -> dict:
     }
 
 
+def device_batches(trainer: Any, rows: list[dict]) -> dict:
+    """What each process's batches will hold, read off the trainer's own (sharded) data loader:
+    the number of device batches and how many hold two rows of one prompt (TRL rotates KL
+    completions within a device batch, so such a batch compares a prompt with itself)."""
+    sampler = trainer.get_train_dataloader().batch_sampler
+    per_rank = [[rows[i]["pid"] for i in batch] for batch in sampler]
+    gathered = trainer.accelerator.gather_for_metrics(
+        [[len(per_rank), sum(len(set(b)) < len(b) for b in per_rank)]], use_gather_object=True
+    )
+    return {
+        "processes": trainer.accelerator.num_processes,
+        "per_process": [int(n) for n, _ in gathered],
+        "with_repeated_prompt": int(sum(r for _, r in gathered)),
+    }
+
+
 def train(
     cfg: AlignConfig, rows: list[dict], out: Path, lm: Any = None, bottleneck: int | None = None
 ) -> dict:
@@ -413,7 +452,7 @@ def train(
     torch.manual_seed(cfg.seed)
     trl_rows = to_trl_rows(rows, tok)
     log_path = out / "train_log.jsonl"
-    callbacks = [_JsonlLogger(log_path)]
+    callbacks = [_JsonlLogger(log_path)] if distributed.is_main() else []
     common = _training_args_common(cfg, out, on_cpu)
     t0 = time.time()
     if cfg.method in ("lasa", "kto"):
@@ -444,23 +483,30 @@ def train(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    batches = device_batches(
+        trainer, rows if cfg.method in ("lasa", "kto") else [r for r in rows if r["label"]]
+    )
     result = trainer.train()
     seconds = time.time() - t0
-    adapter = out / "adapter"
-    tmp = out / f".adapter.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
-    shutil.rmtree(adapter, ignore_errors=True)
-    os.replace(tmp, adapter)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    if trainer.accelerator.is_main_process:
+        adapter = out / "adapter"
+        tmp = out / f".adapter.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(str(tmp))
+        shutil.rmtree(adapter, ignore_errors=True)
+        os.replace(tmp, adapter)
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     steps = int(result.global_step)
     return {
+        "device_batches": batches,
+        "processes": trainer.accelerator.num_processes,
         "seconds": round(seconds, 1),
         "steps": steps,
         "seconds_per_step": round(seconds / max(1, steps), 2),
         "train_loss": float(result.training_loss),
         "n_rows": len(trl_rows),
-        "adapter": str(adapter),
+        "adapter": str(out / "adapter"),
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
     }
 
@@ -516,7 +562,10 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
         rows, recipe = build_rows(cfg.train_langs, cfg.n_safety, cfg.n_general, cfg.seed)
     rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
     rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
-    write_jsonl(out / "rows.jsonl", rows)
+    if distributed.world_size() > 1:
+        rows = fill_last_batch(rows, cfg.batch_size)
+    if distributed.is_main():
+        write_jsonl(out / "rows.jsonl", rows)
     stats = {
         "n_rows": len(rows),
         "conditioned": {
@@ -527,12 +576,15 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
             rows[i]["pid"] == rows[j]["pid"] for i, j in kl_pairs(rows, cfg.batch_size) if i != j
         ),
     }
-    if cfg.dry_run:
+    if cfg.dry_run and distributed.is_main():
         write_json(
             out / "summary.json", {"method": cfg.method, "recipe": recipe, "rows": stats, "dry_run": True}
         )
         return {"method": cfg.method, "rows": stats, "recipe": recipe}
     training = train(cfg, rows, out, lm=lm, bottleneck=bottleneck)
+    if not distributed.is_main():  # rank 0 writes the adapter and the summary
+        return {"method": cfg.method, "rank": distributed.rank(), "training": training}
+    stats["device_batches"] = training.pop("device_batches")
     log = read_jsonl(out / "train_log.jsonl")
     plot_log(
         log,

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lasa import __version__
+from lasa import __version__, distributed
 from lasa.errors import LasaError
 
 
@@ -28,6 +28,8 @@ class Command:
 
 def _setup_logging() -> None:
     level = os.environ.get("LASA_LOG_LEVEL", "INFO").upper()
+    if not distributed.is_main():  # under a launcher, rank 0 speaks for the run
+        level = "WARNING"
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -146,6 +148,8 @@ def _align(argv: list[str]) -> int:
         description="Stage 3: semantic-conditioned KTO (or the kto / sft baselines) with TRL + PEFT.",
     )
     s = run_align(cfg)
+    if not distributed.is_main():
+        return 0
     print(
         f"{cfg.method}: {s['rows']['n_rows']} rows (conditioned: {s['rows']['conditioned']}; self-paired KL "
         f"rows: {s['rows']['self_paired_kl']})"
@@ -173,6 +177,8 @@ def _generate(argv: list[str]) -> int:
         description="Batched chat generation on MultiJail (and XSTest), optionally SSI-gated.",
     )
     res = run_generate(cfg)
+    if not distributed.is_main():
+        return 0
     gated = sum(bool(r.get("gated")) for r in res["multijail"])
     print(
         f"{res['variant']}: {len(res['multijail'])} MultiJail + {len(res['xstest'])} XSTest completions "
@@ -256,6 +262,8 @@ def _evaluate(argv: list[str]) -> int:
         "utility for one variant.",
     )
     res = run_evaluate(cfg)
+    if not distributed.is_main():
+        return 0
     print_results(res)
     print(f"artefacts: {os.path.join(cfg.run_dir, 'eval', res['variant'])}/ (results.json)")
     return 0

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from lasa import distributed
 from lasa.config import EvaluateConfig, GenerateConfig
 from lasa.data import MULTIJAIL_N, TIERS, load_multijail
 from lasa.errors import LasaError
-from lasa.generate import Gate, GenerationSettings, SampleWriter, generate
+from lasa.generate import Gate, GenerationSettings, generate
 from lasa.models import LoadedModel
-from lasa.runs import RunDir, package_versions, read_json, write_json
+from lasa.runs import RunDir, SampleWriter, package_versions, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,10 @@ def generate_samples(
     for (samples, _), w in zip(tasks, writers):
         done = w.load()
         todo += [(w, s) for s in samples if s["uid"] not in done]
+    if distributed.world_size() > 1:  # each process takes a slice; rank 0 merges the files below
+        distributed.barrier()  # every rank has read the files before any rank appends to them
+        todo = distributed.shard(todo)
+        desc = f"{desc} [rank {distributed.rank()}/{distributed.world_size()}]"
     gen_info = generation_info(settings, gate is not None, backend, adapter)
     if todo and gate is not None and twin is not None and twin.is_dir():
         todo = reuse_ungated(lm, todo, gate, twin, gen_info, settings.batch_size)
@@ -222,6 +227,10 @@ def generate_samples(
             for idx, rows in generate(lm, prompts, settings, gate, desc=desc):
                 for i, r in zip(idx, rows):
                     todo[i][0].append([todo[i][1] | r | {"generation": gen_info}])
+    if distributed.world_size() > 1:
+        distributed.barrier()  # every slice is on disk
+        if not distributed.is_main():
+            return [[] for _ in tasks]
     return [w.finish(order=[s["uid"] for s in samples]) for (samples, _), w in zip(tasks, writers)]
 
 
@@ -252,7 +261,8 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
         adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
         twin=twin,
     )
-    RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
+    if distributed.is_main():
+        RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
     return {
         "variant": name,
         "lm": lm,
@@ -378,6 +388,8 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     # before anything is generated
     gen = run_generate(cfg, lm)
     name, lm, gate = gen["variant"], gen["lm"], gen["gate"]
+    if not distributed.is_main():  # the other ranks generated their slice; rank 0 judges the whole
+        return {"variant": name, "rank": distributed.rank(), "seconds": gen["seconds"]}
     out = Path(cfg.run_dir) / "eval" / name
     timings = {"generate_seconds": round(gen["seconds"], 1)}
 

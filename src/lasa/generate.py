@@ -275,67 +275,6 @@ def generate_all(
     return [r for r in out if r is not None]
 
 
-# -- resumable per-sample files --------------------------------------------------------------
-
-
-class SampleWriter:
-    """Append-only JSONL while running (``*.partial.jsonl``), renamed to the final name at the end.
-
-    A crash leaves at most one truncated last line, which ``load`` drops; finished rows are kept,
-    so the next run generates only what is missing.
-    """
-
-    def __init__(self, path: Path, key: str = "uid"):
-        self.path = Path(path)
-        self.partial = self.path.with_suffix(".partial.jsonl")
-        self.key = key
-
-    def load(self) -> dict[str, dict]:
-        import json
-
-        src = self.path if self.path.is_file() else self.partial
-        done: dict[str, dict] = {}
-        if src.is_file():
-            with open(src, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # the torn last line of an interrupted run
-                    done[row[self.key]] = row
-        return done
-
-    def append(self, rows: list[dict]) -> None:
-        import json
-        import os
-
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file() and not self.partial.is_file():  # reopen a finished file to add rows
-            os.replace(self.path, self.partial)
-        torn = False
-        if self.partial.is_file() and self.partial.stat().st_size:
-            with open(self.partial, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-        with open(self.partial, "a", encoding="utf-8") as f:
-            if torn:  # end the torn line of an interrupted run so the next row stays parseable
-                f.write("\n")
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def finish(self, order: list[str] | None = None) -> list[dict]:
-        from lasa.runs import write_jsonl
-
-        rows = self.load()
-        ordered = [rows[k] for k in order if k in rows] if order else list(rows.values())
-        write_jsonl(self.path, ordered)
-        if self.partial.is_file():
-            self.partial.unlink()
-        return ordered
-
-
 def timed_generation(
     lm: LoadedModel, prompts: Sequence[str], settings: GenerationSettings, gate: Gate | None = None
 ) -> tuple[list[dict], float]:
@@ -348,7 +287,6 @@ __all__ = [
     "CONDITIONING_TEXT",
     "Gate",
     "GenerationSettings",
-    "SampleWriter",
     "adapter_layers",
     "generate",
     "generate_all",

@@ -74,8 +74,10 @@ def resolve_device(device: str = "auto") -> torch.device:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise LasaError(f"--device {device} requested but CUDA is not available; use --device cpu")
         return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+    if torch.cuda.is_available():  # under a launcher, each process takes its own GPU
+        from lasa import distributed
+
+        return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

@@ -236,3 +236,70 @@ def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
 
 def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- resumable per-sample files --------------------------------------------------------------
+
+
+class SampleWriter:
+    """Per-sample JSONL that survives interruption and several processes.
+
+    Rows are appended (and fsynced) to ``*.partial.jsonl`` while running, or, under a launcher
+    with several processes, to this rank's ``*.rank<N>.partial.jsonl``. ``load`` reads the final
+    file and every partial file, whatever world size wrote them, dropping the torn last line of an
+    interrupted run, so the next run generates only what is missing. ``finish`` (rank 0, after
+    the others are done) merges everything into the final file and removes the partial files.
+    """
+
+    def __init__(self, path: Path, key: str = "uid"):
+        from lasa import distributed
+
+        self.path = Path(path)
+        suffix = (
+            ".partial.jsonl" if distributed.world_size() == 1 else f".rank{distributed.rank()}.partial.jsonl"
+        )
+        self.partial = self.path.with_suffix(suffix)
+        self.key = key
+
+    def _partials(self) -> list[Path]:
+        stem = self.path.with_suffix("").name
+        found = set(self.path.parent.glob(f"{stem}.rank*.partial.jsonl"))
+        found.add(self.path.with_suffix(".partial.jsonl"))
+        return sorted(p for p in found if p.is_file())
+
+    def load(self) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        sources = ([self.path] if self.path.is_file() else []) + self._partials()
+        for src in sources:
+            with open(src, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the torn last line of an interrupted run
+                    done[row[self.key]] = row
+        return done
+
+    def append(self, rows: list[dict]) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.partial.is_file() and self.partial.stat().st_size:
+            with open(self.partial, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        with open(self.partial, "a", encoding="utf-8") as f:
+            if torn:  # end the torn line of an interrupted run so the next row stays parseable
+                f.write("\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, order: list[str] | None = None) -> list[dict]:
+        """Merge the final file and every partial file into the final file (atomically)."""
+        rows = self.load()
+        ordered = [rows[k] for k in order if k in rows] if order else list(rows.values())
+        write_jsonl(self.path, ordered)
+        for p in self._partials():
+            p.unlink()
+        return ordered
