@@ -15,6 +15,7 @@ from lasa.data.safety import (
     training_prompts,
     validate_train_langs,
     xquad,
+    xstest,
 )
 from lasa.errors import LasaError
 from lasa.models import load_model
@@ -88,13 +89,20 @@ def test_training_data_recipe():
     assert not any(overlaps_multijail(p.text) for p in pool[::7])
     cells = {}
     for p in pool:
-        cells[(p.lang, p.label, p.form)] = cells.get((p.lang, p.label, p.form), 0) + 1
+        key = (p.lang, p.label, p.form, p.source == "hard_negatives")
+        cells[key] = cells.get(key, 0) + 1
     assert max(cells.values()) <= 100
+    # lasa's hard negatives are benign rows of their own cell in both languages, never XSTest
+    hard = [p for p in pool if p.source == "hard_negatives"]
+    assert {p.lang for p in hard} == {"en", "zh"} and all(p.label == 0 for p in hard) and len(hard) >= 400
+    assert not {p.text for p in hard} & {r["prompt"] for r in xstest()}
+    no_hard, _ = training_prompts(["en", "zh"], cap=100, seed=0, with_hard_negatives=False)
+    assert len(no_hard) == len(pool) - len(hard)
     # both classes have questions and statements in both languages (form balance)
     for lang in ("en", "zh"):
         for label in (0, 1):
-            assert cells.get((lang, label, "question"), 0) >= 50
-            assert cells.get((lang, label, "statement"), 0) >= 50
+            assert cells.get((lang, label, "question", False), 0) >= 50
+            assert cells.get((lang, label, "statement", False), 0) >= 50
     assert summary["removed"]  # near-duplicates of MultiJail were found and dropped
     with pytest.raises(LasaError, match="--train-langs ko: no harmful training data"):
         validate_train_langs(["en", "ko"])
@@ -267,3 +275,30 @@ def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qw
     report = (interpreted / "report.md").read_text() if build_report(interpreted) else ""
     assert "(SSI, ssi_l4/)" in report and "ssi_l4/metrics.json" in report
     assert report.index("(SSI)") < report.index("(SSI, ssi_l4/)")  # the default SSI first
+
+
+def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, monkeypatch):
+    import lasa.hidden
+    from lasa.config import InterpretConfig
+    from lasa.models import load_model
+    from lasa.ssi import _cached_states
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    cfg = InterpretConfig(model=str(tiny_qwen), run_dir=str(tmp_path))
+    calls, real = [], lasa.hidden.extract_states
+
+    def spy(lm, texts, **kw):
+        calls.append((len(texts), tuple(kw["layers"])))
+        return real(lm, texts, **kw)
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", spy)
+    a = _cached_states(tmp_path, "k", ["one prompt", "two prompts"], [2], lm, cfg)
+    b = _cached_states(tmp_path, "k", ["two prompts", "a third", "one prompt"], [2], lm, cfg)
+    assert calls == [(2, (2,)), (1, (2,))]  # only the new prompt was run
+    assert torch.equal(b[2][0], a[2][1]) and torch.equal(b[2][2], a[2][0])
+    c = _cached_states(tmp_path, "k", ["two prompts", "a third", "one prompt"], [2, 3], lm, cfg)
+    assert calls[-1] == (3, (3,)) and torch.equal(c[2], b[2])  # only the new layer was run
+    _cached_states(tmp_path, "k", ["two prompts", "a third", "one prompt"], [2, 3], lm, cfg)
+    assert len(calls) == 3  # everything cached
+    _cached_states(tmp_path, "other settings", ["one prompt"], [2], lm, cfg)
+    assert calls[-1] == (1, (2,))  # other model / pooling / format: nothing reused

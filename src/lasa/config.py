@@ -262,6 +262,13 @@ class InterpretConfig(StageConfig):
             "Every other language is unseen."
         },
     )
+    hard_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "Add lasa's safe-but-scary prompts (en, zh; data/hard_negatives) to the benign training rows, "
+            "so that scary words alone do not read as harm. XSTest stays the test."
+        },
+    )
     cap: int = field(
         default=400,
         metadata={

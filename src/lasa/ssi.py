@@ -331,10 +331,21 @@ def form_control(
 # -- states cache ----------------------------------------------------------------------------
 
 
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
 def _cached_states(
     out_dir: Path, key: str, texts: list[str], layers: list[int], lm: LoadedModel, cfg: InterpretConfig
 ) -> dict[int, torch.Tensor]:
-    """States of ``texts`` at ``layers``, extracting only the layers the cache lacks."""
+    """States of ``texts`` at ``layers``, extracting only what the cache lacks.
+
+    The cache is keyed per text (a hash of each row's text, stored with the tensors) under one
+    settings key (model, pooling, truncation, format): adding prompts to the recipe extracts the
+    new prompts only, and adding a layer extracts that layer only.
+    """
+    import json
+
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -342,33 +353,56 @@ def _cached_states(
 
     path = out_dir / "states.safetensors"
     have: dict[int, torch.Tensor] = {}
+    row_of: dict[str, int] = {}
     if path.is_file() and not cfg.force:
         try:
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("cache_key") == key:
+                meta = f.metadata() or {}
+                if meta.get("settings_key") == key and "text_keys" in meta:
                     have = {int(k.split("_")[1]): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                    row_of = {h: i for i, h in enumerate(json.loads(meta["text_keys"]))}
         except Exception:
             logger.warning("ignoring unreadable cache %s", path)
-    missing = [layer for layer in layers if layer not in have]
-    if missing:
+    keys = [_text_key(t) for t in texts]
+    new_rows = [i for i, h in enumerate(keys) if h not in row_of]
+    cached_layers = [layer for layer in layers if layer in have]
+    missing_layers = [layer for layer in layers if layer not in have]
+
+    def extract(rows: list[int], which: list[int]) -> torch.Tensor:
         with base_model(lm):
-            states = extract_states(
+            return extract_states(
                 lm,
-                texts,
-                layers=missing,
+                [texts[i] for i in rows],
+                layers=which,
                 pooling=cfg.pooling,
                 chat_template=cfg.chat_template,
                 batch_size=cfg.batch_size,
                 max_length=cfg.max_length,
-                desc=f"interpret: states at {len(missing)} layer(s)",
+                desc=f"interpret: {len(rows)} prompts at {len(which)} layer(s)",
             )
-        for j, layer in enumerate(missing):
-            have[layer] = states[:, j].contiguous()
+
+    out: dict[int, torch.Tensor] = {}
+    if cached_layers:
+        fresh = extract(new_rows, cached_layers) if new_rows else None
+        where = {i: j for j, i in enumerate(new_rows)}
+        for j, layer in enumerate(cached_layers):
+            out[layer] = torch.stack(
+                [fresh[where[i], j] if i in where else have[layer][row_of[h]] for i, h in enumerate(keys)]  # type: ignore[index]
+            )
+    if missing_layers:
+        states = extract(list(range(len(texts))), missing_layers)
+        for j, layer in enumerate(missing_layers):
+            out[layer] = states[:, j].contiguous()
+    if new_rows or missing_layers:
+        # keep the cached layers this call did not ask for when the text list is unchanged
+        keep = {k: v for k, v in have.items() if k not in out and not new_rows and len(row_of) == len(keys)}
         with atomic_path(path, suffix=".safetensors") as tmp:
             save_file(
-                {f"layer_{k}": v for k, v in sorted(have.items())}, str(tmp), metadata={"cache_key": key}
+                {f"layer_{k}": v.contiguous() for k, v in sorted((out | keep).items())},
+                str(tmp),
+                metadata={"settings_key": key, "text_keys": json.dumps(keys)},
             )
-    return {layer: have[layer] for layer in layers}
+    return out
 
 
 # -- stage -----------------------------------------------------------------------------------
@@ -431,7 +465,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
             set(range(cfg.sweep_every, num_layers + 1, cfg.sweep_every)) | {layer, num_layers}
         )
 
-    pool, recipe = training_prompts(train_langs, cap=cfg.cap, seed=cfg.seed)
+    pool, recipe = training_prompts(train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives)
     evalp, benign_source = evaluation_prompts(None, cfg.eval_n_harmful, cfg.eval_n_benign, cfg.seed)
     xs = xstest()
     texts = list(dict.fromkeys([p.text for p in pool] + [p.text for p in evalp] + [r["prompt"] for r in xs]))
@@ -440,7 +474,6 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         {
             "model": cfg.model,
             "fp": lm.fingerprint.get("id"),
-            "texts": texts,
             "pooling": cfg.pooling,
             "max_length": cfg.max_length,
             **({"chat_template": True} if cfg.chat_template else {}),

@@ -170,6 +170,21 @@ def alpaca_prompts() -> list[Prompt]:
     ]
 
 
+def hard_negatives(langs: Iterable[str]) -> list[Prompt]:
+    """Safe prompts that sound harmful, written for lasa (``data/hard_negatives/SOURCE.md``):
+    benign SSI training rows, so that scary words alone stop reading as harm. en and zh only."""
+    out = []
+    for lang in langs:
+        path = data_path("hard_negatives", f"{lang}.jsonl")
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                out.append(Prompt(r["text"], lang, 0, "hard_negatives", guess_form(r["text"]), f"hardneg:{r['id']}"))
+    return out
+
+
 def xquad(lang: str, split: str) -> list[Prompt]:
     if lang not in XQUAD_LANGS:
         return []
@@ -243,10 +258,11 @@ def xstest_multilingual(lang: str) -> list[dict]:
 
 
 def _cap_cells(prompts: list[Prompt], cap: int, seed: int) -> list[Prompt]:
-    """At most ``cap`` prompts per (language, label, form) cell, drawn with ``seed``."""
+    """At most ``cap`` prompts per (language, label, form) cell, drawn with ``seed``; hard
+    negatives are a cell of their own, so the cap never thins them out among easy benign rows."""
     cells: dict[tuple, list[Prompt]] = defaultdict(list)
     for p in prompts:
-        cells[(p.lang, p.label, p.form)].append(p)
+        cells[(p.lang, p.label, p.form, p.source == "hard_negatives")].append(p)
     rng = random.Random(seed)
     out = []
     for key in sorted(cells):
@@ -267,7 +283,7 @@ def validate_train_langs(langs: Iterable[str] | str) -> list[str]:
 
 
 def training_prompts(
-    langs: Iterable[str] = ("en", "zh"), cap: int = 400, seed: int = 42
+    langs: Iterable[str] = ("en", "zh"), cap: int = 400, seed: int = 42, with_hard_negatives: bool = True
 ) -> tuple[list[Prompt], dict]:
     """The SSI training pool (before the train/validation split) and a summary of the recipe."""
     langs = validate_train_langs(langs)
@@ -275,6 +291,8 @@ def training_prompts(
     if "en" in langs:
         pool += english_harmful() + alpaca_prompts()
     pool += xsafety(langs)
+    if with_hard_negatives:
+        pool += hard_negatives(langs)
     for lang in langs:
         pool += xquad(lang, "train") + mgsm(lang, "train") + flores(lang, "train")
     seen: set[tuple[str, str]] = set()
