@@ -46,9 +46,9 @@ LAYERS = [
     ["lasa.errors", "lasa.stats", "lasa.distributed", "lasa.conditioning", "lasa.data", "lasa.data.safety"],
     ["lasa.config"],
     ["lasa.runs"],
-    ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.generate"],
+    ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.ssi", "lasa.generate"],
     ["lasa.judges", "lasa.judge_check"],
-    ["lasa.locate", "lasa.ssi", "lasa.align", "lasa.evaluate", "lasa.utility", "lasa.report"],
+    ["lasa.locate", "lasa.interpret", "lasa.align", "lasa.evaluate", "lasa.utility", "lasa.report"],
     ["lasa.pipeline", "lasa.cli", "lasa"],
 ]
 

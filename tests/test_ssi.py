@@ -19,7 +19,8 @@ from lasa.data.safety import (
 )
 from lasa.errors import LasaError
 from lasa.models import load_model
-from lasa.ssi import SSI, SafetySemanticInterpreter, calibrate_threshold, group_split, train_ssi
+from lasa.interpret import calibrate_threshold, group_split, train_ssi
+from lasa.ssi import SSI, SafetySemanticInterpreter
 
 
 def blobs(n=200, d=16, seed=0, shift=2.0):
@@ -258,7 +259,8 @@ def test_with_threshold_changes_the_flags_not_the_saved_ssi():
 
 def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qwen):
     from lasa.report import build_report
-    from lasa.ssi import SSI, load_metrics
+    from lasa.interpret import load_metrics
+    from lasa.ssi import SSI
 
     rc = main(
         [
@@ -281,7 +283,7 @@ def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, 
     import lasa.hidden
     from lasa.config import InterpretConfig
     from lasa.models import load_model
-    from lasa.ssi import _cached_states
+    from lasa.interpret import _cached_states
 
     lm = load_model(str(tiny_qwen), device="cpu")
     cfg = InterpretConfig(model=str(tiny_qwen), run_dir=str(tmp_path))

@@ -25,7 +25,7 @@ from lasa.errors import LasaError
 _LAZY: dict[str, str] = {
     # stages
     "run_locate": "lasa.locate:run_locate",
-    "run_interpret": "lasa.ssi:run_interpret",
+    "run_interpret": "lasa.interpret:run_interpret",
     "run_align": "lasa.align:run_align",
     "run_generate": "lasa.evaluate:run_generate",
     "run_evaluate": "lasa.evaluate:run_evaluate",
@@ -44,7 +44,7 @@ _LAZY: dict[str, str] = {
     "Bottleneck": "lasa.locate:Bottleneck",
     "load_layer_scores": "lasa.locate:load_layer_scores",
     "SSI": "lasa.ssi:SSI",
-    "load_metrics": "lasa.ssi:load_metrics",
+    "load_metrics": "lasa.interpret:load_metrics",
     "load_results": "lasa.evaluate:load_results",
     "load_model": "lasa.models:load_model",
     "load_adapter": "lasa.models:load_adapter",

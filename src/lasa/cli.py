@@ -96,7 +96,7 @@ def _locate(argv: list[str]) -> int:
 
 def _interpret(argv: list[str]) -> int:
     from lasa.config import InterpretConfig, parse_stage_args
-    from lasa.ssi import run_interpret
+    from lasa.interpret import run_interpret
 
     cfg = parse_stage_args(
         InterpretConfig,

@@ -64,7 +64,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     from lasa.align import run_align
     from lasa.evaluate import run_evaluate
     from lasa.locate import run_locate
-    from lasa.ssi import run_interpret
+    from lasa.interpret import run_interpret
 
     shared = _shared(run)
     rd = Path(run.run_dir)
