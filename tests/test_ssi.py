@@ -18,8 +18,8 @@ from lasa.data.safety import (
     xstest,
 )
 from lasa.errors import LasaError
-from lasa.models import load_model
 from lasa.interpret import calibrate_threshold, group_split, train_ssi
+from lasa.models import load_model
 from lasa.ssi import SSI, SafetySemanticInterpreter
 
 
@@ -258,8 +258,8 @@ def test_with_threshold_changes_the_flags_not_the_saved_ssi():
 
 
 def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qwen):
-    from lasa.report import build_report
     from lasa.interpret import load_metrics
+    from lasa.report import build_report
     from lasa.ssi import SSI
 
     rc = main(
@@ -282,8 +282,8 @@ def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qw
 def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, monkeypatch):
     import lasa.hidden
     from lasa.config import InterpretConfig
-    from lasa.models import load_model
     from lasa.interpret import _cached_states
+    from lasa.models import load_model
 
     lm = load_model(str(tiny_qwen), device="cpu")
     cfg = InterpretConfig(model=str(tiny_qwen), run_dir=str(tmp_path))
@@ -304,3 +304,72 @@ def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, 
     assert len(calls) == 3  # everything cached
     _cached_states(tmp_path, "other settings", ["one prompt"], [2], lm, cfg)
     assert calls[-1] == (1, (2,))  # other model / pooling / format: nothing reused
+
+
+def _two_language_states(n: int = 200, seed: int = 0):
+    """States where one direction is language (A or B) and another is harm; B's benign text
+    scores higher on the harm direction (the per-language shift the calibration should remove)."""
+    g = torch.Generator().manual_seed(seed)
+    d = 16
+    lang_dir, harm_dir = torch.zeros(d), torch.zeros(d)
+    lang_dir[0], harm_dir[1] = 3.0, 1.0
+    x = torch.randn(4 * n, d, generator=g) * 0.3
+    lang = torch.tensor([0] * (2 * n) + [1] * (2 * n))
+    harm = torch.tensor(([0] * n + [1] * n) * 2)
+    x += lang[:, None] * lang_dir + harm[:, None] * harm_dir * 2 + lang[:, None] * harm_dir * 1.5
+    return x, lang, harm
+
+
+def test_language_calibration_removes_a_language_shift_without_harm_labels():
+    from lasa.data.safety import Prompt
+    from lasa.interpret import fit_language_calibration
+
+    x, lang, harm = _two_language_states()
+    module = SafetySemanticInterpreter(x.shape[1], 8, 0.0)
+    module.fit_scaler(x)
+    with torch.no_grad():  # a fixed linear read-out of the harm direction
+        module.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 1))
+        module.net[0].weight.zero_()
+        module.net[0].weight[0, 1] = 2 * float(module.std[1])  # logit = 2 (x_harm - 1)
+        module.net[0].bias.fill_(2 * (float(module.mean[1]) - 1.0))
+    ssi = SSI(module, {"layer": 1, "threshold": 0.5})
+    benign = (harm == 0).nonzero().squeeze(1)  # calibration sees benign text only, no harm label
+    prompts = [
+        Prompt("t", "en" if lang[i] == 0 else "sw", 0, "flores", "statement", f"f:{i % 200}") for i in benign
+    ]
+    cal, report = fit_language_calibration(ssi, x[benign], prompts, ["en"], seed=0)
+    assert report["offsets_logit"]["en"] == 0.0 and report["offsets_logit"]["sw"] > 1.0
+    assert report["language_id_heldout_accuracy"] > 0.95
+    raw = ssi.predict_proba(x)
+    calibrated = SSI(module, ssi.meta, cal)
+    fixed = calibrated.predict_proba(x)
+    sw_benign = ((lang == 1) & (harm == 0)).numpy()
+    sw_harm = ((lang == 1) & (harm == 1)).numpy()
+    assert (raw[sw_benign] > 0.5).mean() > 0.9 and (fixed[sw_benign] > 0.5).mean() < 0.1  # false alarms go
+    assert (fixed[sw_harm] > 0.5).mean() > 0.9  # and harm is still flagged
+    en_benign, en_harm = ((lang == 0) & (harm == 0)).numpy(), ((lang == 0) & (harm == 1)).numpy()
+    assert np.median(np.abs(raw[en_benign] - fixed[en_benign])) < 0.02  # the training language keeps its scale
+    assert (fixed[en_benign] > 0.5).mean() < 0.05
+    assert (fixed[en_harm] > 0.5).mean() > 0.9
+    assert np.array_equal(calibrated.without_calibration().predict_proba(x), raw)
+
+
+def test_a_calibrated_ssi_round_trips(tmp_path):
+    from lasa.ssi import LanguageCalibration
+
+    x, _, _ = _two_language_states(20)
+    module = SafetySemanticInterpreter(x.shape[1], 8, 0.0)
+    module.fit_scaler(x)
+    arch = {"d_model": x.shape[1], "hidden": 8, "dropout": 0.0}
+    cal = LanguageCalibration(
+        ["en", "sw"], torch.randn(2, x.shape[1]), torch.zeros(2), torch.tensor([0.0, 2.0])
+    )
+    meta = {"layer": 1, "threshold": 0.5, "architecture": arch, "calibration": {"method": "flores"}}
+    SSI(module, meta, cal).save(tmp_path)
+    back = SSI.load(tmp_path)
+    assert back.calibration is not None and back.calibration.languages == ["en", "sw"]
+    assert np.allclose(back.predict_proba(x), SSI(module, meta, cal).predict_proba(x))
+    assert np.allclose(back.with_threshold(0.7).predict_proba(x), back.predict_proba(x))
+    (tmp_path / "calibration.safetensors").unlink()
+    with pytest.raises(LasaError, match="calibration.safetensors is missing"):
+        SSI.load(tmp_path)

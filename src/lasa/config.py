@@ -269,6 +269,25 @@ class InterpretConfig(StageConfig):
             "so that scary words alone do not read as harm. XSTest stays the test."
         },
     )
+    calibration: Literal["flores", "none"] = field(
+        default="flores",
+        metadata={
+            "help": "Per-language calibration without harm labels: 'flores' shifts each language's SSI logit by "
+            "its median offset on parallel FLORES sentences, weighted by a language-ID head on the same state "
+            "(no language label needed at inference); 'none' = one scale for all languages."
+        },
+    )
+    calibration_n: int = field(
+        default=100,
+        metadata={"help": "FLORES sentences per language for --calibration flores (never trained on)."},
+    )
+    xstest_mt_n: int = field(
+        default=0,
+        metadata={
+            "help": "Also report the SSI's FPR / TPR on the first N safe and N unsafe prompts of lasa's machine-"
+            "translated XSTest in every non-English language (0 = skip)."
+        },
+    )
     cap: int = field(
         default=400,
         metadata={
@@ -351,6 +370,12 @@ class InterpretConfig(StageConfig):
             raise LasaError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if len(self.threshold_range) != 2 or not 0 < self.threshold_range[0] <= self.threshold_range[1] < 1:
             raise LasaError("--threshold-range needs two numbers 0 < lo <= hi < 1")
+        if self.calibration == "flores" and self.calibration_n < 10:
+            raise LasaError(
+                f"--calibration-n must be >= 10 (FLORES sentences per language), got {self.calibration_n}"
+            )
+        if self.xstest_mt_n < 0:
+            raise LasaError(f"--xstest-mt-n must be >= 0, got {self.xstest_mt_n}")
         if min(self.sweep_every, self.sweep_seeds, self.epochs, self.cap, self.eval_n_benign) < 1:
             raise LasaError("--sweep-every, --sweep-seeds, --epochs, --cap and --eval-n-benign must be >= 1")
         if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= MULTIJAIL_N:

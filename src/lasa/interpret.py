@@ -25,7 +25,7 @@ from lasa.data.safety import Prompt, evaluation_prompts, training_prompts, valid
 from lasa.errors import LasaError
 from lasa.models import LoadedModel, base_model, validate_layer
 from lasa.runs import RunDir, atomic_path, fingerprint, read_json, save_figure, write_json
-from lasa.ssi import INDEX_CONVENTION, SSI, SafetySemanticInterpreter
+from lasa.ssi import INDEX_CONVENTION, SSI, LanguageCalibration, SafetySemanticInterpreter
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +136,19 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> d
         "accuracy": float((pred == labels).mean()),
         "tpr": float(pred[labels].mean()) if labels.any() else float("nan"),
         "fpr": float(pred[~labels].mean()) if (~labels).any() else float("nan"),
+        "tpr_at_fpr_05": tpr_at_fpr(probs, labels, 0.05) if both else float("nan"),
         "n_harmful": int(labels.sum()),
         "n_benign": int((~labels).sum()),
     }
+
+
+def tpr_at_fpr(probs: np.ndarray, labels: np.ndarray, max_fpr: float) -> float:
+    """The best TPR of any threshold whose FPR is at most ``max_fpr`` (an oracle operating point:
+    it uses the labels, so it says what the layer allows, not what the gate does)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(labels).astype(bool), probs)
+    return float(tpr[fpr <= max_fpr + 1e-12].max())
 
 
 def per_language(probs: np.ndarray, prompts: Sequence[Prompt], threshold: float) -> dict[str, dict]:
@@ -192,6 +202,102 @@ def form_control(
             else float("nan"),
         }
     return out
+
+
+# -- per-language calibration -----------------------------------------------------------------
+
+
+def xstest_mt_rows(n: int) -> list[dict]:
+    """The first ``n`` safe and ``n`` unsafe XSTest prompts in each of the nine translated languages."""
+    from lasa.data import LANGUAGES
+    from lasa.data.safety import xstest_multilingual
+
+    if n <= 0:
+        return []
+    out = []
+    for lang in LANGUAGES[1:]:
+        rows = xstest_multilingual(lang)
+        out += [r for r in rows if r["label"] == "safe"][:n] + [r for r in rows if r["label"] != "safe"][:n]
+    return out
+
+
+def xstest_mt_metrics(ssi: SSI, x: torch.Tensor, rows: Sequence[dict]) -> dict[str, dict]:
+    """Per language: the share of translated safe XSTest prompts the SSI flags (FPR) and of unsafe
+    ones (TPR)."""
+    flags = ssi.flags(ssi.predict_proba(x))
+    out: dict[str, dict] = {}
+    for lang in dict.fromkeys(r["lang"] for r in rows):
+        safe = np.array([r["lang"] == lang and r["label"] == "safe" for r in rows])
+        unsafe = np.array([r["lang"] == lang and r["label"] != "safe" for r in rows])
+        out[lang] = {
+            "fpr_safe": float(flags[safe].mean()),
+            "tpr_unsafe": float(flags[unsafe].mean()),
+            "n_safe": int(safe.sum()),
+            "n_unsafe": int(unsafe.sum()),
+        }
+    return out
+
+
+def calibration_prompts(pool: Sequence[Prompt], n: int) -> list[Prompt]:
+    """``n`` parallel FLORES sentences per MultiJail language, none of them in the SSI's training
+    pool (the same ids in every language), from FLORES' train split (evaluation uses dev/test)."""
+    from lasa.data import LANGUAGES
+    from lasa.data.safety import flores
+
+    used = {p.id for p in pool if p.source == "flores"}
+    ids = [p.id for p in flores("en", "train") if p.id not in used][:n]
+    keep = set(ids)
+    return [p for lang in LANGUAGES for p in flores(lang, "train") if p.id in keep]
+
+
+def fit_language_calibration(
+    ssi: SSI, x: torch.Tensor, prompts: Sequence[Prompt], seen: Sequence[str], seed: int
+) -> tuple[LanguageCalibration, dict]:
+    """Fit :class:`lasa.ssi.LanguageCalibration` on states ``x`` of parallel benign sentences.
+
+    Offsets are medians of the uncalibrated logit per language minus the mean of the training
+    languages' medians (the training languages themselves keep 0). The language-ID head's accuracy
+    is measured on held-out sentence ids before it is refitted on all of them.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    langs = list(dict.fromkeys(p.lang for p in prompts))
+    y = np.array([langs.index(p.lang) for p in prompts])
+    with torch.inference_mode():
+        z = ssi.module.standardise(torch.as_tensor(x, dtype=torch.float32))
+        raw = ssi.module(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    ids = sorted({p.id for p in prompts})
+    held = set(ids[::5])  # every 5th sentence id: all its translations are held out together
+    is_held = np.array([p.id in held for p in prompts])
+
+    def lid() -> LogisticRegression:
+        return LogisticRegression(C=0.1, max_iter=3000, random_state=seed)
+
+    probe = lid().fit(z.numpy()[~is_held], y[~is_held])
+    lid_accuracy = float((probe.predict(z.numpy()[is_held]) == y[is_held]).mean())
+    probe = lid().fit(z.numpy(), y)
+    medians = {g: float(np.median(raw[y == k])) for k, g in enumerate(langs)}
+    ref = float(np.mean([medians[g] for g in seen if g in medians]))
+    offsets = {g: 0.0 if g in seen else medians[g] - ref for g in langs}
+    coef, intercept = probe.coef_, probe.intercept_
+    if len(langs) == 2:  # sklearn's binary head: p(second) = sigmoid(w.z + b) = softmax([0, w.z + b])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    cal = LanguageCalibration(
+        langs,
+        torch.tensor(coef, dtype=torch.float32),
+        torch.tensor(intercept, dtype=torch.float32),
+        torch.tensor([offsets[g] for g in langs], dtype=torch.float32),
+    )
+    report = {
+        "method": "flores",
+        "data": f"FLORES-200 (SIB-200) train split, {len(ids)} parallel sentences per language, "
+        "none in the SSI's training pool",
+        "languages": langs,
+        "offsets_logit": {g: round(v, 4) for g, v in offsets.items()},
+        "median_logit": {g: round(v, 4) for g, v in medians.items()},
+        "language_id_heldout_accuracy": round(lid_accuracy, 4),
+    }
+    return cal, report
 
 
 # -- states cache ----------------------------------------------------------------------------
@@ -331,10 +437,22 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
             set(range(cfg.sweep_every, num_layers + 1, cfg.sweep_every)) | {layer, num_layers}
         )
 
-    pool, recipe = training_prompts(train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives)
+    pool, recipe = training_prompts(
+        train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives
+    )
     evalp, benign_source = evaluation_prompts(None, cfg.eval_n_harmful, cfg.eval_n_benign, cfg.seed)
     xs = xstest()
-    texts = list(dict.fromkeys([p.text for p in pool] + [p.text for p in evalp] + [r["prompt"] for r in xs]))
+    calp = calibration_prompts(pool, cfg.calibration_n) if cfg.calibration == "flores" else []
+    xs_mt = xstest_mt_rows(cfg.xstest_mt_n)
+    texts = list(
+        dict.fromkeys(
+            [p.text for p in pool]
+            + [p.text for p in evalp]
+            + [r["prompt"] for r in xs]
+            + [p.text for p in calp]
+            + [r["prompt"] for r in xs_mt]
+        )
+    )
     pos = {t: i for i, t in enumerate(texts)}
     key = fingerprint(
         {
@@ -363,6 +481,15 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
     res = _fit_and_evaluate(states[layer], layer, split, cfg)
     ssi: SSI = res["ssi"]
     table = res["per_language"]
+    uncalibrated = None
+    calibration_report: dict = {"method": "none"}
+    if calp:
+        x_cal = states[layer][[pos[p.text] for p in calp]]
+        ssi.calibration, calibration_report = fit_language_calibration(
+            ssi, x_cal, calp, train_langs, cfg.seed
+        )
+        uncalibrated = table
+        table = per_language(ssi.predict_proba(states[layer][split.eval]), evalp, res["threshold"])
     seen = [g for g in table if g in train_langs]
     unseen = [g for g in table if g not in train_langs]
     for g, row in table.items():
@@ -370,6 +497,15 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         row["seen"] = g in train_langs
     xs_probs = ssi.predict_proba(states[layer][split.xstest])
     xs_safe = np.array([r["label"] == "safe" for r in xs])
+    xs_mt_table = None
+    if xs_mt:
+        xs_mt_table = xstest_mt_metrics(ssi, states[layer][[pos[r["prompt"]] for r in xs_mt]], xs_mt)
+        if uncalibrated is not None:
+            raw = xstest_mt_metrics(
+                ssi.without_calibration(), states[layer][[pos[r["prompt"]] for r in xs_mt]], xs_mt
+            )
+            for g, row in xs_mt_table.items():
+                row["uncalibrated"] = {k: raw[g][k] for k in ("fpr_safe", "tpr_unsafe")}
     fc = form_control(
         states[layer][split.train], [pool[i] for i in tr], states[layer][split.eval], evalp, cfg.seed
     )
@@ -397,6 +533,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         "threshold_rule": f"max balanced accuracy on validation, grid {cfg.threshold_range[0]:.2f}-"
         f"{cfg.threshold_range[1]:.2f} step 0.01",
         "train_languages": train_langs,
+        "calibration": calibration_report,
         "data_recipe": recipe,
         "seed": cfg.seed,
     }
@@ -419,6 +556,10 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
             "n_safe": int(xs_safe.sum()),
             "n_unsafe": int((~xs_safe).sum()),
         },
+        "calibration": calibration_report,
+        "per_language_uncalibrated": uncalibrated,
+        "macro_unseen_uncalibrated": macro(uncalibrated, unseen) if uncalibrated else None,
+        "xstest_multilingual": xs_mt_table,
         "form_control": fc,
         "validation": {"n": len(va), "balanced_accuracy": res["val_balanced_accuracy"]},
         "training": {"n_train": len(tr), "n_val": len(va), "epochs": res["log"], "recipe": recipe},

@@ -63,8 +63,8 @@ def _shared(run: RunConfig) -> dict[str, Any]:
 def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     from lasa.align import run_align
     from lasa.evaluate import run_evaluate
-    from lasa.locate import run_locate
     from lasa.interpret import run_interpret
+    from lasa.locate import run_locate
 
     shared = _shared(run)
     rd = Path(run.run_dir)

@@ -50,20 +50,61 @@ class SafetySemanticInterpreter(nn.Module):
             nn.Linear(hidden, 1),
         )
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
+        return self.net(self.standardise(x)).squeeze(-1)
 
     def fit_scaler(self, x: torch.Tensor) -> None:
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp(min=1e-4))
 
 
+class LanguageCalibration:
+    """Per-language score offsets, fitted without a harm label in any language.
+
+    A language-ID head (multinomial logistic regression on the SSI's standardised input state,
+    fitted on FLORES sentences) tells which language a prompt is in, and each language's offset is
+    how far the SSI's median logit on parallel FLORES sentences sits from that of the training
+    languages. Scoring subtracts the LID-weighted offset from the SSI's logit: a language whose
+    benign text already scores high needs more evidence before it is flagged, one where the SSI
+    under-fires is flagged sooner, and the validated threshold means about the same thing on benign
+    text in every language. No language label is needed at inference; the training languages keep
+    offset 0, so the threshold calibrated on their validation split is untouched.
+    """
+
+    def __init__(
+        self, languages: Sequence[str], weight: torch.Tensor, bias: torch.Tensor, offsets: torch.Tensor
+    ):
+        self.languages = list(languages)
+        self.weight, self.bias, self.offsets = weight.float(), bias.float(), offsets.float()
+
+    def language_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """p(language) for standardised states ``z``."""
+        return torch.softmax(z @ self.weight.T + self.bias, dim=-1)
+
+    def shift(self, z: torch.Tensor) -> torch.Tensor:
+        """The logit offset to subtract, per row of standardised states ``z``."""
+        return self.language_probs(z) @ self.offsets
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias, "offsets": self.offsets}
+
+
 class SSI:
     """A trained SSI with its metadata; load with ``SSI.load(run_dir)``, score with ``ssi.score(lm, prompts)``."""
 
-    def __init__(self, module: SafetySemanticInterpreter, meta: dict):
+    def __init__(
+        self, module: SafetySemanticInterpreter, meta: dict, calibration: LanguageCalibration | None = None
+    ):
         self.module = module.eval()
         self.meta = meta
+        self.calibration = calibration
+
+    def without_calibration(self) -> SSI:
+        """The same SSI scoring every language on the one validated scale (no per-language offsets)."""
+        return SSI(self.module, self.meta)
 
     @property
     def layer(self) -> int:
@@ -79,7 +120,9 @@ class SSI:
             raise LasaError(f"--gate-threshold must be in (0, 1), got {threshold}")
         calibrated = self.meta.get("calibrated_threshold", self.meta["threshold"])
         return SSI(
-            self.module, self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated}
+            self.module,
+            self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated},
+            self.calibration,
         )
 
     # -- persistence ---------------------------------------------------------------------
@@ -89,7 +132,14 @@ class SSI:
         out_dir = Path(out_dir)
         with atomic_path(out_dir / "ssi.safetensors", suffix=".safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(tmp))
-        write_json(out_dir / "ssi.json", self.meta)
+        cal_path = out_dir / "calibration.safetensors"
+        if self.calibration is not None:
+            with atomic_path(cal_path, suffix=".safetensors") as tmp:
+                tensors = {k: v.contiguous() for k, v in self.calibration.tensors().items()}
+                save_file(tensors, str(tmp), metadata={"languages": " ".join(self.calibration.languages)})
+        elif cal_path.exists():
+            cal_path.unlink()
+        write_json(out_dir / "ssi.json", self.meta)  # written last
 
     @classmethod
     def load(cls, path: str | Path) -> SSI:
@@ -107,7 +157,21 @@ class SSI:
         arch = meta["architecture"]
         module = SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
         module.load_state_dict(load_file(str(path / "ssi.safetensors")))
-        return cls(module, meta)
+        calibration = None
+        if (meta.get("calibration") or {}).get("method", "none") != "none":
+            from safetensors import safe_open
+
+            cal_path = path / "calibration.safetensors"
+            if not cal_path.is_file():
+                raise LasaError(
+                    f"{path}/ssi.json names a language calibration but {cal_path.name} is missing; "
+                    "rerun `lasa interpret`"
+                )
+            with safe_open(str(cal_path), framework="pt") as f:
+                langs = (f.metadata() or {})["languages"].split()
+                t = {k: f.get_tensor(k) for k in ("weight", "bias", "offsets")}
+            calibration = LanguageCalibration(langs, t["weight"], t["bias"], t["offsets"])
+        return cls(module, meta, calibration)
 
     # -- inference -----------------------------------------------------------------------
     def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
@@ -128,9 +192,16 @@ class SSI:
             )
 
     @torch.inference_mode()
-    def predict_proba(self, states: torch.Tensor | np.ndarray) -> np.ndarray:
+    def logits(self, states: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The SSI's logit per state, after the per-language offset when it has a calibration."""
         x = torch.as_tensor(states, dtype=torch.float32)
-        return torch.sigmoid(self.module(x)).numpy()
+        out = self.module(x)
+        if self.calibration is not None:
+            out = out - self.calibration.shift(self.module.standardise(x))
+        return out
+
+    def predict_proba(self, states: torch.Tensor | np.ndarray) -> np.ndarray:
+        return torch.sigmoid(self.logits(states)).numpy()
 
     def score(
         self, lm: LoadedModel, prompts: Sequence[str], batch_size: int = 16, progress: bool = True
