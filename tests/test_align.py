@@ -4,20 +4,14 @@ import json
 
 import pytest
 
-from lasa.align import (
-    build_rows,
-    condition_rows,
-    kl_pairs,
-    load_user_rows,
-    order_for_kl,
-    to_trl_rows,
-)
+from lasa.align import to_trl_rows
 from lasa.conditioning import (
     CONDITIONING_SEPARATOR,
     CONDITIONING_TEXT,
     chat_prefix,
     check_adapter_conditioning,
 )
+from lasa.data.rows import build_rows, condition_rows, kl_pairs, load_user_rows, order_for_kl
 from lasa.data.safety import overlaps_multijail
 from lasa.errors import LasaError
 

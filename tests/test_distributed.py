@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lasa import distributed
-from lasa.align import fill_last_batch
+from lasa.data.rows import fill_last_batch
 from lasa.runs import SampleWriter
 
 

@@ -1,0 +1,296 @@
+"""The alignment rows: lasa's recipe from vendored data, user files, conditioning and batch order.
+
+A row is ``{prompt, completion, label, source, lang, pid, origin, conditioned, conditioning_text}``
+(``label`` True = desirable). The recipe builds safety rows (harmful prompt: refusal desirable,
+compliance undesirable) and general rows (benign prompt: the reference answer desirable, a
+needless refusal undesirable) from the training languages only; MultiJail never contributes.
+``condition_rows`` marks which rows carry the conditioning text (ρ_safety / ρ_general) and
+``order_for_kl`` arranges the order so that no batch holds two rows of one prompt (TRL rotates
+KL completions within a batch). Training on these rows is ``lasa.align``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from lasa.data import normalize_language
+from lasa.errors import LasaError
+
+# Desirable refusals and undesirable compliant openings, written for lasa, in the training
+# languages (the conditioning text asks for "a safe response in the user's language").
+REFUSALS = {
+    "en": [
+        "I'm sorry, but I can't help with that. It could cause real harm to people, and I won't provide "
+        "instructions or content for it. If you're facing a difficult situation, I'm happy to talk about safe "
+        "and legal options.",
+        "I can't assist with this request. Helping with it could put others at risk or break the law. If there's "
+        "something else you need, or a safer way I can help, let me know.",
+        "Sorry, I won't do that. This request asks for something harmful, so I have to decline. If you or someone "
+        "else is in danger, please contact local emergency services or a trusted professional.",
+    ],
+    "zh": [
+        "抱歉，我不能帮助你做这件事。这可能会对他人造成真正的伤害，所以我不会提供相关的方法或内容。如果你遇到了困难，我很乐意和你讨论安全、合法的解决办法。",
+        "对不起，我无法协助这个请求。它可能危害他人或违反法律。如果你有其他需要，或者希望寻找更安全的帮助方式，请告诉我。",
+        "抱歉，我必须拒绝这个请求，因为它涉及有害的内容。如果你或他人正处于危险之中，请联系当地的紧急服务或值得信赖的专业人士。",
+    ],
+    "ar": [
+        "عذرًا، لا أستطيع المساعدة في ذلك لأنه قد يسبب ضررًا حقيقيًا. إذا كنت تواجه موقفًا صعبًا، يسعدني مناقشة خيارات آمنة وقانونية."
+    ],
+    "bn": [
+        "দুঃখিত, আমি এতে সাহায্য করতে পারব না, কারণ এটি মানুষের ক্ষতি করতে পারে। আপনি কঠিন পরিস্থিতিতে থাকলে, নিরাপদ ও আইনসম্মত উপায় নিয়ে কথা বলতে পারি।"
+    ],
+}
+COMPLIANT_OPENINGS = {
+    "en": [
+        "Sure, here is how to do it. Step 1:",
+        "Of course! Here's a detailed guide:",
+        "Absolutely, here you go:",
+    ],
+    "zh": ["好的，下面是具体的做法。第一步：", "当然可以！以下是详细的步骤：", "没问题，具体方法如下："],
+    "ar": ["بالتأكيد، إليك الطريقة بالتفصيل. الخطوة الأولى:"],
+    "bn": ["অবশ্যই, এটি করার বিস্তারিত পদ্ধতি এখানে। ধাপ ১:"],
+}
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def build_rows(
+    train_langs: Sequence[str], n_safety: int, n_general: int, seed: int
+) -> tuple[list[dict], dict]:
+    """Safety rows (harmful prompt: refusal desirable, compliance undesirable) and general rows
+    (benign prompt: the reference answer desirable, a needless refusal undesirable), from vendored
+    data in the training languages only; MultiJail never contributes (training_prompts drops it)."""
+    from lasa.data.safety import alpaca, english_affirmative_targets, normalize_text, training_prompts
+
+    rng = random.Random(seed)
+    pool, _ = training_prompts(train_langs, cap=10_000, seed=seed)
+    harmful = [p for p in pool if p.label == 1 and p.form != "statement"]  # requests and questions
+    rng.shuffle(harmful)
+    harmful = _balanced(harmful, n_safety, train_langs, rng)
+    targets = {normalize_text(k): v for k, v in english_affirmative_targets().items()}
+    rows: list[dict] = []
+    for p in harmful:
+        undesirable = targets.get(normalize_text(p.text)) or rng.choice(
+            COMPLIANT_OPENINGS.get(p.lang, COMPLIANT_OPENINGS["en"])
+        )
+        refusal = rng.choice(REFUSALS.get(p.lang, REFUSALS["en"]))
+        rows.append(_row(p.text, refusal, True, "safety", p.lang, p.id, "refusal (lasa template)"))
+        rows.append(
+            _row(
+                p.text,
+                undesirable,
+                False,
+                "safety",
+                p.lang,
+                p.id,
+                "affirmative target (HarmBench/AdvBench)"
+                if normalize_text(p.text) in targets
+                else "compliant opening (lasa template)",
+            )
+        )
+    general = [r for r in alpaca() if r["output"].strip() and len(r["output"]) < 1200]
+    mj_free = {p.text for p in pool if p.source == "alpaca"}  # de-duplicated against MultiJail
+    general = [r for r in general if r["instruction"].strip() in mj_free]
+    rng.shuffle(general)
+    for i, r in enumerate(general[:n_general]):
+        pid = f"alpaca:{normalize_text(r['instruction'])[:60]}"
+        rows.append(
+            _row(
+                r["instruction"].strip(),
+                r["output"].strip(),
+                True,
+                "general",
+                "en",
+                pid,
+                "Alpaca reference answer",
+            )
+        )
+        rows.append(
+            _row(
+                r["instruction"].strip(),
+                REFUSALS["en"][i % len(REFUSALS["en"])],
+                False,
+                "general",
+                "en",
+                pid,
+                "needless refusal (lasa template)",
+            )
+        )
+    recipe = {
+        "safety": {
+            "prompts": len(harmful),
+            "languages": sorted({p.lang for p in harmful}),
+            "desirable": "a refusal in the prompt's language (lasa templates)",
+            "undesirable": "HarmBench/AdvBench affirmative target, else a compliant opening (lasa templates)",
+        },
+        "general": {
+            "prompts": min(n_general, len(general)),
+            "languages": ["en"],
+            "desirable": "Alpaca reference answer",
+            "undesirable": "a needless refusal",
+        },
+        "excluded": "every MultiJail prompt (normalised and near-duplicate matches) in every language",
+    }
+    return rows, recipe
+
+
+def _balanced(prompts: list, n: int, langs: Sequence[str], rng: random.Random) -> list:
+    """``n`` prompts split evenly over the languages that have them."""
+    by_lang = {g: [p for p in prompts if p.lang == g] for g in langs}
+    by_lang = {g: v for g, v in by_lang.items() if v}
+    out: list = []
+    share = max(1, n // max(1, len(by_lang)))
+    for v in by_lang.values():
+        out += v[:share]
+    rest = [p for v in by_lang.values() for p in v[share:]]
+    out += rest[: max(0, n - len(out))]
+    rng.shuffle(out)
+    return out[:n]
+
+
+def _row(prompt: str, completion: str, label: bool, source: str, lang: str, pid: str, origin: str) -> dict:
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "label": bool(label),
+        "source": source,
+        "language": lang,
+        "pid": pid,
+        "origin": origin,
+    }
+
+
+def load_user_rows(path: str | Path) -> list[dict]:
+    """A user's KTO data: the release's paired format (``prompt, chosen, rejected, source``) or TRL's
+    unpaired format (``prompt, completion, label``), as JSONL or a JSON list. ``source`` is
+    ``safety`` or ``general`` (default ``safety`` for paired rows, ``general`` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LasaError(f"--data {path}: file not found")
+    formats = "JSONL (one object per line) or a JSON list of objects"
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".txt"):
+        raise LasaError(f"--data {path}: {path.suffix} is not supported; give {formats}")
+    text = path.read_text(encoding="utf-8")
+    items: list = []
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LasaError(f"{path}: line {err.lineno}: not valid JSON ({formats} expected)") from None
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise LasaError(f"{path}: line {lineno}: not valid JSON ({formats} expected)") from None
+    rows = []
+    for n, item in enumerate(items, start=1):
+        where = f"{path}: row {n}"
+        if not isinstance(item, dict):
+            raise LasaError(f"{where}: expected an object")
+        if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise LasaError(f"{where}: missing or empty 'prompt'")
+        try:
+            lang = normalize_language(str(item.get("language", item.get("lang", "en"))))
+        except LasaError as err:
+            raise LasaError(f"{where}: {err}") from None
+        pid = str(item.get("id", f"user:{n}"))
+        if "chosen" in item or "rejected" in item:
+            for key in ("chosen", "rejected"):
+                if not isinstance(item.get(key), str) or not item[key].strip():
+                    raise LasaError(f"{where}: paired rows need non-empty 'chosen' and 'rejected'")
+            source = item.get("source", "safety")
+            if source not in ("safety", "general"):
+                raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
+            rows.append(_row(item["prompt"], item["chosen"], True, source, lang, pid, "user file (chosen)"))
+            rows.append(
+                _row(item["prompt"], item["rejected"], False, source, lang, pid, "user file (rejected)")
+            )
+        elif "completion" in item and "label" in item:
+            if not isinstance(item["completion"], str) or not isinstance(item["label"], bool):
+                raise LasaError(f"{where}: 'completion' must be a string and 'label' a boolean")
+            source = item.get("source", "general")
+            if source not in ("safety", "general"):
+                raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
+            rows.append(
+                _row(item["prompt"], item["completion"], item["label"], source, lang, pid, "user file")
+            )
+        else:
+            raise LasaError(f"{where}: needs either chosen+rejected (paired) or completion+label (unpaired)")
+    if not rows:
+        raise LasaError(f"{path} holds no rows")
+    return rows
+
+
+# -- the transformation ----------------------------------------------------------------------
+
+
+def condition_rows(
+    rows: list[dict], method: str, rho_safety: float, rho_general: float, seed: int, conditioning_text: str
+) -> list[dict]:
+    """Draw c ~ Bernoulli(ρ_source) per row (``method == 'lasa'``; never for the baselines) and
+    record it; the text is attached to the prompt side in :func:`to_trl_rows`."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        rho = rho_safety if r["source"] == "safety" else rho_general
+        c = method == "lasa" and rng.random() < rho
+        out.append(r | {"conditioned": bool(c), "conditioning_text": conditioning_text if c else ""})
+    return out
+
+
+def order_for_kl(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """Shuffle once, then fill batches so that no batch holds two rows of the same prompt (TRL's
+    KL pairs rotate completions within a batch). Greedy scan-ahead keeps the order random."""
+    rng = random.Random(seed)
+    pending = rows[:]
+    rng.shuffle(pending)
+    ordered: list[dict] = []
+    while pending:
+        batch, keys, rest = [], set(), []
+        for r in pending:
+            if len(batch) < batch_size and r["pid"] not in keys:
+                batch.append(r)
+                keys.add(r["pid"])
+            else:
+                rest.append(r)
+        ordered += batch
+        pending = rest
+    return ordered
+
+
+def fill_last_batch(rows: list[dict], batch_size: int) -> list[dict]:
+    """Complete a short last batch with copies of earlier rows of other prompts.
+
+    Under several processes accelerate completes a short last batch with rows from the start of
+    the data, which could put two rows of one prompt in one device batch; a full last batch of
+    distinct prompts keeps every device batch a batch that ``order_for_kl`` built.
+    """
+    short = len(rows) % batch_size
+    if not short:
+        return rows
+    last = rows[len(rows) - short :]
+    keys = {r["pid"] for r in last}
+    fill = []
+    for r in rows[: len(rows) - short]:
+        if len(last) + len(fill) == batch_size:
+            break
+        if r["pid"] not in keys:
+            fill.append(r | {"filler": True})
+            keys.add(r["pid"])
+    return rows + fill
+
+
+def kl_pairs(rows: list[dict], batch_size: int) -> list[tuple[int, int]]:
+    """(row, KL-completion row) as TRL builds them: rotation by one inside each batch."""
+    pairs = []
+    for start in range(0, len(rows), batch_size):
+        idx = list(range(start, min(start + batch_size, len(rows))))
+        pairs += [(i, idx[(k - 1) % len(idx)]) for k, i in enumerate(idx)]
+    return pairs
