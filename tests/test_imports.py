@@ -56,7 +56,7 @@ LAYERS = [
     ["lasa.runs"],
     ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.ssi", "lasa.generate"],
     ["lasa.judges", "lasa.judge_check"],
-    ["lasa.locate", "lasa.interpret", "lasa.align", "lasa.evaluate", "lasa.utility", "lasa.report"],
+    ["lasa.locate", "lasa.interpret", "lasa.align", "lasa.utility", "lasa.evaluate", "lasa.report"],
     ["lasa.pipeline", "lasa.cli", "lasa"],
 ]
 
