@@ -284,3 +284,28 @@ def test_every_configurable_utility_task_has_a_runner():
     from lasa.evaluate import UTILITY_RUNNERS
 
     assert set(UTILITY_TASKS) == set(UTILITY_RUNNERS)
+
+
+# -- drift -----------------------------------------------------------------------------------
+
+
+def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
+    import copy
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.utility.drift import eval_drift
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    base = eval_drift(lm, ["en", "sw"], n=4, batch_size=3, progress=False)
+    en = base["per_language"]["en"]
+    assert base["mean"]["token_kl"] == 0 == base["mean"]["first_token_kl"] and en["ppl"] == en["ppl_base"]
+    assert 1 < en["ppl"] < lm.tokenizer.vocab_size * 10 and en["tokens"] > 20
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapted = replace(lm, model=get_peft_model(copy.deepcopy(lm.model), lora))
+    d = eval_drift(adapted, ["en", "sw"], n=4, batch_size=2, progress=False)
+    assert d["adapter"] and d["mean"]["token_kl"] > 0 and d["mean"]["first_token_kl"] > 0
+    # the base is read by disabling the adapter: its perplexity is the plain model's
+    assert d["per_language"]["en"]["ppl_base"] == pytest.approx(en["ppl"], rel=1e-4)
+    assert d["per_language"]["en"]["ppl"] != pytest.approx(en["ppl"], rel=1e-4)

@@ -247,6 +247,13 @@ def print_results(res: dict) -> None:
             f"compliance on {o['n_unsafe']} unsafe prompts {o['compliance_rate_unsafe']:.3f}"
         )
     for task, u in (res.get("utility") or {}).items():
+        if task == "drift":
+            m = u["mean"]
+            print(
+                f"utility drift: FLORES perplexity {m['ppl']:.2f} (base {m['ppl_base']:.2f}), token KL "
+                f"{m['token_kl']:.4f} nats, first-token KL on benign prompts {m['first_token_kl']:.4f}"
+            )
+            continue
         print(f"utility {task}: mean accuracy {u.get('mean', u.get('accuracy', float('nan'))):.3f}")
 
 

@@ -516,7 +516,7 @@ JUDGES: dict[str, str] = {
 DEFAULT_JUDGE = "pair"
 
 #: Utility tasks ``lasa evaluate`` knows (lasa.utility implements them).
-UTILITY_TASKS = ("mgsm", "xcopa", "mmlu")
+UTILITY_TASKS = ("mgsm", "xcopa", "mmlu", "drift")
 
 
 @dataclass
@@ -559,6 +559,13 @@ class EvaluateConfig(GenerateConfig):
     )
     xcopa_n: int = field(default=100, metadata={"help": "XCOPA items per language (it sw th vi zh)."})
     mmlu_n: int = field(default=200, metadata={"help": "MMLU (English) questions, mixed over subjects."})
+    drift_n: int = field(
+        default=50,
+        metadata={
+            "help": "drift: FLORES sentences and benign chat prompts per language for the adapter's perplexity "
+            "and KL from its base."
+        },
+    )
     utility_batch_size: int = field(default=8, metadata={"help": "Batch size for log-likelihood scoring."})
 
     def __post_init__(self) -> None:

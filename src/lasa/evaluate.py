@@ -502,6 +502,12 @@ def _mmlu(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict
     return utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size), None
 
 
+def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa.utility.drift import eval_drift
+
+    return eval_drift(lm, cfg.langs, cfg.drift_n, cfg.utility_batch_size), None
+
+
 #: The utility tasks by name (names validated against lasa.config.UTILITY_TASKS when cfg is built):
 #: each returns (summary, per-item records to keep, or None).
 UTILITY_RUNNERS: dict[
@@ -510,6 +516,7 @@ UTILITY_RUNNERS: dict[
     "mgsm": _mgsm,
     "xcopa": _xcopa,
     "mmlu": _mmlu,
+    "drift": _drift,
 }
 
 
@@ -532,13 +539,14 @@ def run_utility(
     if twin is not None and (twin / "results.json").is_file():
         other = read_json(twin / "results.json")
         if other.get("variant_info", {}).get("adapter") == adapter:
-            for task in ("xcopa", "mmlu"):
+            for task in ("xcopa", "mmlu", "drift"):
                 if task in other.get("utility", {}) and task not in done:
                     done[task] = other["utility"][task] | {"copied_from": twin.name}
     key = {
         "mgsm": cfg.mgsm_n,
         "xcopa": cfg.xcopa_n,
         "mmlu": cfg.mmlu_n,
+        "drift": cfg.drift_n,
         "mgsm_max_new_tokens": cfg.mgsm_max_new_tokens,
     }
     for task in cfg.utility:

@@ -422,10 +422,21 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
                 _pct(u.get("mgsm", {}).get("mean")),
                 _pct(u.get("xcopa", {}).get("mean")),
                 _pct(u.get("mmlu", {}).get("accuracy")),
+                _drift_cell(u.get("drift"), "ppl"),
+                _drift_cell(u.get("drift"), "token_kl"),
             ]
         )
     doc.table(
-        ["variant", "XSTest refusal (safe) ↓", "XSTest compliance (unsafe) ↓", "MGSM", "XCOPA", "MMLU-en"],
+        [
+            "variant",
+            "XSTest refusal (safe) ↓",
+            "XSTest compliance (unsafe) ↓",
+            "MGSM",
+            "XCOPA",
+            "MMLU-en",
+            "FLORES ppl (base) ↓",
+            "token KL from base, nats ↓",
+        ],
         rows,
         "results.json → over_refusal, utility",
     )
@@ -475,3 +486,13 @@ def build_report(
     write_text(md, render_md(doc))
     write_text(htm, render_html(doc, rd, f"LASA run {rd.name}"))
     return {"markdown": str(md), "html": str(htm)}
+
+
+def _drift_cell(drift: dict | None, key: str) -> str:
+    """The drift task's mean over languages; perplexity with the base model's beside it."""
+    if not drift:
+        return "–"
+    m = drift["mean"]
+    if key == "ppl":
+        return f"{m['ppl']:.2f} ({m['ppl_base']:.2f})"
+    return f"{m[key]:.4f}"
