@@ -25,3 +25,20 @@ def test_written_file_mode_follows_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_the_run_dir_layout_is_named_once_and_markers_load_with_a_fix(tmp_path):
+    from lasa.errors import LasaError
+    from lasa.runs import RunDir, write_json
+
+    rd = RunDir(tmp_path)
+    assert rd.bottleneck == tmp_path / "locate" / "bottleneck.json"
+    assert rd.ssi_metrics("ssi_chat") == tmp_path / "ssi_chat" / "metrics.json"
+    assert rd.adapter("lasa") == tmp_path / "align" / "lasa" / "adapter"
+    assert rd.results("lasa+gate") == tmp_path / "eval" / "lasa+gate" / "results.json"
+    assert rd.evaluated_variants() == [] and rd.aligned_methods() == []
+    with pytest.raises(LasaError, match=r"run `lasa evaluate --run-dir .*` first"):
+        rd.load(rd.results("base"), "lasa evaluate")
+    write_json(rd.results("kto"), {"variant": "kto"})
+    rd.eval("base").mkdir(parents=True)  # unfinished: no marker
+    assert rd.evaluated_variants() == ["kto"] and rd.load(rd.results("kto"), "x") == {"variant": "kto"}

@@ -268,13 +268,13 @@ def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
     """Build (or load) the rows, condition and order them, train, and write RUN/align/<method>/."""
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    with run.stage_dir(f"align/{cfg.method}") as out:  # a failure before any write leaves no directory
+    with run.stage_dir(str(run.align(cfg.method).relative_to(run.path))) as out:  # a failure before any write leaves no directory
         return _align(cfg, lm, run, out, t0)
 
 
 def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict:
     bottleneck = cfg.bottleneck_layer
-    if bottleneck is None and (Path(cfg.run_dir) / "locate" / "bottleneck.json").is_file():
+    if bottleneck is None and run.bottleneck.is_file():
         from lasa.locate import Bottleneck
 
         bottleneck = Bottleneck.load(cfg.run_dir).layer
@@ -334,7 +334,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
         "first_last": _first_last(log),
         "seconds": round(time.time() - t0, 1),
     }
-    write_json(out / "summary.json", summary)  # written last: the stage is done
+    write_json(run.align_summary(cfg.method), summary)  # written last: the stage is done
     run.record(f"align:{cfg.method}", cfg, {"training": training})
     logger.info(
         "align %s: %d steps in %.0f s (%.1f s/step), loss %.3f",

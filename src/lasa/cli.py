@@ -387,12 +387,12 @@ def _run(argv: list[str]) -> int:
 
 def _print_summary(run_dir: str, variants: list[str]) -> None:
     from lasa.data import TIERS
-    from lasa.runs import read_json
+    from lasa.runs import RunDir, read_json
 
     rows = []
     for v in variants:
-        p = os.path.join(run_dir, "eval", v, "results.json")
-        if not os.path.isfile(p):
+        p = RunDir(run_dir).results(v)
+        if not p.is_file():
             continue
         r = read_json(p)
         a = r["asr"][r["default_judge"]]

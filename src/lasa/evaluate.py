@@ -43,7 +43,7 @@ def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
         return None
     path = Path(spec)
     if not path.exists():
-        path = Path(run_dir) / "align" / spec / "adapter"
+        path = RunDir(run_dir).adapter(spec)
     if not (path / "adapter_config.json").is_file():
         raise LasaError(
             f"--adapter {spec}: no PEFT adapter at {path}; train one with `lasa align --method {spec}` "
@@ -69,7 +69,7 @@ def twin_dir(cfg: GenerateConfig) -> Path:
         if name.endswith("+gate")
         else variant_name(replace(cfg, gate=False, variant=None))
     )
-    return Path(cfg.run_dir) / "eval" / plain
+    return RunDir(cfg.run_dir).eval(plain)
 
 
 def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[LoadedModel, Gate | None, dict]:
@@ -390,7 +390,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     name, lm, gate = gen["variant"], gen["lm"], gen["gate"]
     if not distributed.is_main():  # the other ranks generated their slice; rank 0 judges the whole
         return {"variant": name, "rank": distributed.rank(), "seconds": gen["seconds"]}
-    out = Path(cfg.run_dir) / "eval" / name
+    out = RunDir(cfg.run_dir).eval(name)
     timings = {"generate_seconds": round(gen["seconds"], 1)}
 
     t1 = time.time()
@@ -465,7 +465,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         "utility": utility,
         "timings": timings,
     }
-    write_json(out / "results.json", results)
+    write_json(RunDir(cfg.run_dir).results(name), results)  # written last
     RunDir(cfg.run_dir).record(f"evaluate:{name}", cfg, {"timings": timings})
     d = asr[cfg.default_judge]
     logger.info(
@@ -563,7 +563,6 @@ def run_utility(
 
 
 def load_results(run_dir: str | Path, variant: str) -> dict:
-    path = Path(run_dir) / "eval" / variant / "results.json"
-    if not path.is_file():
-        raise LasaError(f"{path} not found; run `lasa evaluate --run-dir {run_dir}` for that variant first")
-    return read_json(path)
+    """``RUN/eval/<variant>/results.json``, or a one-line error naming the command that writes it."""
+    rd = RunDir(run_dir)
+    return rd.load(rd.results(variant), f"lasa evaluate --variant {variant}")

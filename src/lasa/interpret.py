@@ -24,7 +24,7 @@ from lasa.config import InterpretConfig
 from lasa.data.safety import Prompt, evaluation_prompts, training_prompts, validate_train_langs, xstest
 from lasa.errors import LasaError
 from lasa.models import LoadedModel, base_model, validate_layer
-from lasa.runs import RunDir, atomic_path, fingerprint, read_json, save_figure, write_json
+from lasa.runs import RunDir, atomic_path, fingerprint, save_figure, write_json
 from lasa.ssi import INDEX_CONVENTION, SSI, LanguageCalibration, SafetySemanticInterpreter
 
 logger = logging.getLogger(__name__)
@@ -413,7 +413,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
     run = RunDir(cfg.run_dir)
     train_langs = validate_train_langs(cfg.train_langs)
     bottleneck_layer = None
-    if (Path(cfg.run_dir) / "locate" / "bottleneck.json").is_file():
+    if run.bottleneck.is_file():
         from lasa.locate import Bottleneck
 
         bottleneck_layer = Bottleneck.load(cfg.run_dir).layer
@@ -578,7 +578,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         )
         metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
     metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
-    write_json(out / "metrics.json", metrics)  # written last: its presence means the stage finished
+    write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
     stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
     run.record(stage, cfg, {"timings": metrics["timings"]})
     logger.info(
@@ -702,12 +702,8 @@ def plot_sweep(sweep: list[dict], bottleneck: int, path: Path, cfg: InterpretCon
 
 def load_metrics(run_dir: str | Path, out_name: str = "ssi") -> dict:
     """``RUN/<out_name>/metrics.json`` (``--out-name`` of ``lasa interpret``; default ``ssi``)."""
-    path = Path(run_dir) / out_name / "metrics.json"
-    if not path.is_file():
-        raise LasaError(
-            f"{path} not found; run `lasa interpret --run-dir {run_dir} --out-name {out_name}` first"
-        )
-    return read_json(path)
+    rd = RunDir(run_dir)
+    return rd.load(rd.ssi_metrics(out_name), f"lasa interpret --out-name {out_name}")
 
 
 __all__ = [

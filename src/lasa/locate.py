@@ -69,10 +69,8 @@ class Bottleneck:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Bottleneck:
-        path = Path(run_dir) / "locate" / "bottleneck.json"
-        if not path.is_file():
-            raise LasaError(f"{path} not found; run `lasa locate --run-dir {run_dir}` first or pass --layer")
-        doc = read_json(path)
+        rd = RunDir(run_dir)
+        doc = rd.load(rd.bottleneck, "lasa locate")
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
@@ -483,11 +481,11 @@ def _locate(
 
 
 def load_layer_scores(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "locate" / "layer_scores.json"
+    path = RunDir(run_dir).locate / "layer_scores.json"
     if not path.is_file():
         raise LasaError(f"{path} not found; run `lasa locate --run-dir {run_dir}` first")
     return read_json(path)
 
 
 def load_points(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / "locate" / "points.jsonl")
+    return read_jsonl(RunDir(run_dir).locate / "points.jsonl")

@@ -30,7 +30,7 @@ from lasa.config import (
     StageConfig,
 )
 from lasa.errors import LasaError
-from lasa.runs import fingerprint, read_json, write_json
+from lasa.runs import RunDir, fingerprint, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     from lasa.locate import run_locate
 
     shared = _shared(run)
-    rd = Path(run.run_dir)
+    rd = RunDir(run.run_dir)
     models: dict[str, Any] = {}
 
     def base_lm() -> Any:  # loaded once and shared by the stages that need the untouched base model
@@ -80,14 +80,14 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     stages: list[Stage] = []
     loc = LocateConfig.from_yaml(config_path, **shared)
     stages.append(
-        Stage("locate", loc, rd / "locate" / "bottleneck.json", [], lambda: run_locate(loc, base_lm()))
+        Stage("locate", loc, rd.bottleneck, [], lambda: run_locate(loc, base_lm()))
     )
     interp = InterpretConfig.from_yaml(config_path, **shared)
     stages.append(
         Stage(
             "interpret",
             interp,
-            rd / interp.out_name / "metrics.json",
+            rd.ssi_metrics(interp.out_name),
             ["locate"],
             lambda: run_interpret(interp, base_lm()),
         )
@@ -100,7 +100,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             Stage(
                 f"align:{method}",
                 acfg,
-                rd / "align" / method / "summary.json",
+                rd.align_summary(method),
                 ["locate"],
                 lambda acfg=acfg: run_align(acfg),
             )
@@ -108,7 +108,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     for variant in run.variants:
         over = VARIANTS[variant]
         if over.get("gate"):  # gate with the SSI this run trained
-            over = over | {"ssi": str(rd / interp.out_name)}
+            over = over | {"ssi": str(rd.ssi(interp.out_name))}
         ecfg = EvaluateConfig.from_yaml(config_path, **shared, variant=variant, **over)
         needs = (["interpret"] if over.get("gate") else []) + (
             [f"align:{over['adapter']}"] if over.get("adapter") else []
@@ -118,7 +118,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             Stage(
                 f"evaluate:{variant}",
                 ecfg,
-                rd / "eval" / variant / "results.json",
+                rd.results(variant),
                 needs,
                 lambda ecfg=ecfg, uses_base=uses_base: run_evaluate(ecfg, base_lm() if uses_base else None),
             )

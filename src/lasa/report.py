@@ -18,7 +18,7 @@ from typing import Any
 
 from lasa.data import LANGUAGES, TIERS
 from lasa.errors import LasaError
-from lasa.runs import read_json, save_figure, write_text
+from lasa.runs import RunDir, read_json, save_figure, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def plot_asr(results: dict[str, dict], judge_of: dict[str, str], path: Path) -> 
 
 
 def _locate_section(doc: Doc, rd: Path) -> None:
-    p = rd / "locate" / "bottleneck.json"
+    p = RunDir(rd).bottleneck
     if not p.is_file():
         return
     bn = read_json(p)
@@ -195,7 +195,7 @@ def _locate_section(doc: Doc, rd: Path) -> None:
         "the argmax is then the least language-bound layer."
     )
     doc.img("locate/layer_scores.png", "per-layer silhouettes, score with bootstrap band, alignment")
-    if (rd / "locate" / "tsne.png").is_file():
+    if (RunDir(rd).locate / "tsne.png").is_file():
         doc.img("locate/tsne.png", "t-SNE by language and by query")
 
 
@@ -264,17 +264,13 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
 
 
 def _align_section(doc: Doc, rd: Path) -> None:
-    methods = (
-        sorted(p.parent.name for p in (rd / "align").glob("*/summary.json"))
-        if (rd / "align").is_dir()
-        else []
-    )
+    methods = RunDir(rd).aligned_methods()
     if not methods:
         return
     doc.h(2, "3. Alignment (stage 3)")
     rows = []
     for mth in methods:
-        s = read_json(rd / "align" / mth / "summary.json")
+        s = read_json(RunDir(rd).align_summary(mth))
         if "training" not in s:
             continue
         fl = s.get("first_last", {})
@@ -309,17 +305,16 @@ def _align_section(doc: Doc, rd: Path) -> None:
         "align/<method>/summary.json",
     )
     for mth in methods:
-        if (rd / "align" / mth / "loss.png").is_file():
+        if (RunDir(rd).align(mth) / "loss.png").is_file():
             doc.img(f"align/{mth}/loss.png", f"{mth} training curves")
 
 
 def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
-    evald = rd / "eval"
-    found = [p.parent.name for p in sorted(evald.glob("*/results.json"))] if evald.is_dir() else []
+    found = RunDir(rd).evaluated_variants()
     order = [v for v in (variants or []) if v in found] + [v for v in found if v not in (variants or [])]
     if not order:
         return
-    results = {v: read_json(evald / v / "results.json") for v in order}
+    results = {v: read_json(RunDir(rd).results(v)) for v in order}
     judge_of = {v: r["default_judge"] for v, r in results.items()}
     doc.h(2, "4. Safety: MultiJail attack success rate")
     j0 = judge_of[order[0]]
@@ -447,7 +442,7 @@ def build_report(
 ) -> dict:
     rd = Path(run_dir)
     found = [
-        rd / "locate" / "bottleneck.json",
+        RunDir(rd).bottleneck,
         *rd.glob("*/ssi.json"),
         *rd.glob("align/*/summary.json"),
         *rd.glob("eval/*/results.json"),
@@ -458,10 +453,10 @@ def build_report(
             "or a stage first"
         )
     doc = Doc()
-    cfg_path = rd / "config.yaml"
+    cfg_path = RunDir(rd).config
     model = "?"
-    if (rd / "locate" / "bottleneck.json").is_file():
-        model = read_json(rd / "locate" / "bottleneck.json")["model"]
+    if (RunDir(rd).bottleneck).is_file():
+        model = read_json(RunDir(rd).bottleneck)["model"]
     doc.h(1, f"LASA run: {model}")
     doc.p(
         f"Run directory `{rd}`, report built {time.strftime('%Y-%m-%d %H:%M')}. Every table names the artefact "

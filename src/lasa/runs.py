@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from lasa.errors import LasaError
+
 logger = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = (
@@ -155,13 +157,74 @@ def fingerprint(obj: Any) -> str:
 
 
 class RunDir:
-    """A run directory: ``RUN/config.yaml`` plus one sub-directory per stage."""
+    """A run directory: ``RUN/config.yaml`` plus one sub-directory per stage.
+
+    The layout is spelled here and nowhere else::
+
+        RUN/config.yaml                      every stage's resolved config and provenance
+        RUN/locate/bottleneck.json           stage 1's marker (+ layer_scores.json/.png, tsne.png)
+        RUN/<ssi>/metrics.json               stage 2's marker (``ssi`` or ``--out-name``; + ssi.json)
+        RUN/align/<method>/summary.json      stage 3's marker (+ adapter/, rows.jsonl, train_log.jsonl)
+        RUN/eval/<variant>/results.json      evaluation's marker (+ completions*, judgements_*)
+        RUN/report.md, RUN/report.html
+
+    Each stage writes its marker file last, so "the marker exists" means "the stage finished";
+    :meth:`load` reads a marker with a one-line error naming the command that writes it.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    # -- the layout ----------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def locate(self) -> Path:
+        return self.path / "locate"
+
+    @property
+    def bottleneck(self) -> Path:
+        return self.locate / "bottleneck.json"
+
+    def ssi(self, out_name: str = "ssi") -> Path:
+        return self.path / out_name
+
+    def ssi_metrics(self, out_name: str = "ssi") -> Path:
+        return self.ssi(out_name) / "metrics.json"
+
+    def align(self, method: str) -> Path:
+        return self.path / "align" / method
+
+    def align_summary(self, method: str) -> Path:
+        return self.align(method) / "summary.json"
+
+    def adapter(self, method: str) -> Path:
+        return self.align(method) / "adapter"
+
+    def eval(self, variant: str) -> Path:
+        return self.path / "eval" / variant
+
+    def results(self, variant: str) -> Path:
+        return self.eval(variant) / "results.json"
+
+    def aligned_methods(self) -> list[str]:
+        """Methods with a finished ``align`` stage, sorted."""
+        return sorted(p.parent.name for p in (self.path / "align").glob("*/summary.json"))
+
+    def evaluated_variants(self) -> list[str]:
+        """Variants with a finished evaluation, sorted."""
+        return sorted(p.parent.name for p in (self.path / "eval").glob("*/results.json"))
+
+    def load(self, marker: Path, command: str) -> dict:
+        """Read a stage's JSON marker, or fail in one line naming ``command`` (what writes it)."""
+        if not marker.is_file():
+            raise LasaError(f"{marker} not found; run `{command} --run-dir {self.path}` first")
+        return read_json(marker)
 
     def stage(self, name: str) -> Path:
         p = self.path / name
