@@ -277,37 +277,23 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def _judge_check(argv: list[str]) -> int:
+    from lasa.config import JudgeCheckConfig, parse_stage_args
     from lasa.judge_check import check_judges
-    from lasa.judges import DEFAULT_JUDGE, JUDGE_NAMES, LABELS
+    from lasa.judges import LABELS
     from lasa.runs import write_json
 
-    parser = argparse.ArgumentParser(
+    cfg = parse_stage_args(
+        JudgeCheckConfig,
+        argv,
         prog="lasa judge-check",
-        description="Judges against human labels "
-        "(JSONL: prompt, response, language, label in safe/unsafe/invalid).",
+        description="Judges against human labels (JSONL: prompt, response, language, label in safe/unsafe/invalid).",
     )
-    parser.add_argument("--labels", required=True, help="Labelled JSONL file.")
-    parser.add_argument(
-        "--judges",
-        nargs="+",
-        default=None,
-        help=f"Judges to check (default: the default judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGE_NAMES)}.",
-    )
-    parser.add_argument("--judge-model", help="llm judge: local model (HF id, path or embedded name).")
-    parser.add_argument(
-        "--judge-url", help="llm judge: OpenAI-compatible base URL (key: $LASA_JUDGE_API_KEY)."
-    )
-    parser.add_argument("--judge-api-model", help="llm judge: the endpoint's model name.")
-    parser.add_argument(
-        "--out", help="Write the full report (with per-sample predictions) to this JSON file."
-    )
-    args = parser.parse_args(argv)
     rep = check_judges(
-        args.labels,
-        args.judges,
-        judge_model=args.judge_model,
-        judge_url=args.judge_url,
-        judge_api_model=args.judge_api_model,
+        cfg.labels,
+        cfg.judges,
+        judge_model=cfg.judge_model,
+        judge_url=cfg.judge_url,
+        judge_api_model=cfg.judge_api_model,
     )
     print(f"{rep['n']} labelled responses: {rep['gold_counts']}")
     _print_table(
@@ -357,8 +343,8 @@ def _judge_check(argv: list[str]) -> int:
         )
     if len(rep["judges"]) > 1:
         print(f"\nbest judge (kappa): {rep['best_judge']}")
-    if args.out:
-        write_json(args.out, rep)
+    if cfg.out:
+        write_json(cfg.out, rep)
     return 0
 
 
@@ -412,19 +398,16 @@ def _print_summary(run_dir: str, variants: list[str]) -> None:
 
 
 def _report(argv: list[str]) -> int:
+    from lasa.config import ReportConfig, parse_stage_args
     from lasa.report import build_report
 
-    parser = argparse.ArgumentParser(
-        prog="lasa report", description="Rebuild RUN/report.md and .html from the artefacts."
+    cfg = parse_stage_args(
+        ReportConfig,
+        argv,
+        prog="lasa report",
+        description="Rebuild RUN/report.md and .html from the artefacts.",
     )
-    parser.add_argument("--run-dir", "--run_dir", required=True, help="Run directory.")
-    parser.add_argument("--variants", nargs="*", help="Variant order in the tables (default: all found).")
-    args = parser.parse_args(argv)
-    if not os.path.isdir(args.run_dir):
-        from lasa.errors import LasaError
-
-        raise LasaError(f"run directory not found: {args.run_dir}")
-    out = build_report(args.run_dir, variants=args.variants)
+    out = build_report(cfg.run_dir, variants=cfg.variants)
     print(f"{out['markdown']}\n{out['html']}")
     return 0
 

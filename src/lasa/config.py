@@ -520,10 +520,9 @@ UTILITY_TASKS = ("mgsm", "xcopa", "mmlu", "drift")
 
 
 @dataclass
-class EvaluateConfig(GenerateConfig):
-    """``lasa evaluate``: generate what is missing, judge it, and measure over-refusal and utility."""
-
-    stage: ClassVar[str] = "evaluate"
+class JudgeConfig:
+    """Which judges count and how the ``llm`` judge is reached: one definition for ``lasa evaluate``
+    and ``lasa judge-check``, validated when the config is built (before anything is generated)."""
 
     judges: list[str] = field(
         default_factory=lambda: ["pair", "lexicon"],
@@ -549,6 +548,36 @@ class EvaluateConfig(GenerateConfig):
     judge_api_model: str | None = field(
         default=None, metadata={"help": "llm judge: the endpoint's model name (or $LASA_JUDGE_MODEL)."}
     )
+
+    def __post_init__(self) -> None:
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
+        import os
+
+        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGES]
+        if bad:
+            raise LasaError(
+                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGES)}"
+            )
+        if "llm" in self.judges:
+            url = self.judge_url or os.environ.get("LASA_JUDGE_URL")
+            if not url and not self.judge_model:
+                raise LasaError(
+                    "the llm judge needs --judge-model (HF id, path or embedded name) or --judge-url / "
+                    "$LASA_JUDGE_URL (an OpenAI-compatible endpoint)"
+                )
+            if url and not (self.judge_api_model or os.environ.get("LASA_JUDGE_MODEL")):
+                raise LasaError(
+                    "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
+                )
+
+
+@dataclass
+class EvaluateConfig(JudgeConfig, GenerateConfig):
+    """``lasa evaluate``: generate what is missing, judge it, and measure over-refusal and utility."""
+
+    stage: ClassVar[str] = "evaluate"
+
     utility: list[str] = field(
         default_factory=lambda: ["mgsm", "xcopa", "mmlu"],
         metadata={"help": "Utility tasks (mgsm, xcopa, mmlu); pass 'none' to skip."},
@@ -570,7 +599,6 @@ class EvaluateConfig(GenerateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        import os
 
         if self.utility in (["none"], ["None"], []):
             self.utility = []
@@ -579,26 +607,10 @@ class EvaluateConfig(GenerateConfig):
             raise LasaError(
                 f"unknown utility task(s) {', '.join(bad)}; choose from {', '.join(UTILITY_TASKS)} (or 'none')"
             )
-        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGES]
-        if bad:
-            raise LasaError(
-                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGES)}"
-            )
         if self.default_judge not in self.judges:
             raise LasaError(
                 f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
             )
-        if "llm" in self.judges:
-            url = self.judge_url or os.environ.get("LASA_JUDGE_URL")
-            if not url and not self.judge_model:
-                raise LasaError(
-                    "the llm judge needs --judge-model (HF id, path or embedded name) or --judge-url / "
-                    "$LASA_JUDGE_URL (an OpenAI-compatible endpoint)"
-                )
-            if url and not (self.judge_api_model or os.environ.get("LASA_JUDGE_MODEL")):
-                raise LasaError(
-                    "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
-                )
 
 
 @dataclass
@@ -725,6 +737,51 @@ class RunConfig(StageConfig):
             raise LasaError("--variants lists a variant twice")
 
 
+@dataclass
+class JudgeCheckConfig(JudgeConfig):
+    """``lasa judge-check``: judges against human labels (the judge fields are evaluate's)."""
+
+    stage: ClassVar[str] = "judge_check"
+
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "Labelled JSONL file (prompt, response, language, label in safe/unsafe/invalid)."},
+    )
+    judges: list[str] = field(
+        default_factory=lambda: [DEFAULT_JUDGE],
+        metadata={
+            "help": f"Judges to check (default: the default judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGES)}."
+        },
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "Write the full report (with per-sample predictions) to this JSON file."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.labels:
+            raise LasaError("--labels FILE.jsonl is required (prompt, response, language, label per line)")
+
+
+@dataclass
+class ReportConfig:
+    """``lasa report``: rebuild RUN/report.{md,html} from the artefacts on disk."""
+
+    stage: ClassVar[str] = "report"
+
+    run_dir: str | None = field(default=None, metadata={"help": "Run directory (required)."})
+    variants: list[str] | None = field(
+        default=None, metadata={"help": "Variant order in the tables (default: all found)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise LasaError("--run-dir is required (the run directory to report on)")
+        if not Path(self.run_dir).is_dir():
+            raise LasaError(f"run directory not found: {self.run_dir}")
+
+
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "locate": LocateConfig,
     "interpret": InterpretConfig,
@@ -734,4 +791,4 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "run": RunConfig,
 }
 #: Section names a YAML preset may hold (a stage ignores the others' sections).
-STAGE_SECTIONS = ("locate", "interpret", "align", "generate", "evaluate", "report", "run")
+STAGE_SECTIONS = ("locate", "interpret", "align", "generate", "evaluate", "report", "run", "judge_check")
