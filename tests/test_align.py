@@ -280,3 +280,92 @@ def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
     with pytest.raises(LasaError, match="needs either chosen"):
         run_align(cfg)
     assert not (tmp_path / "run" / "align").exists()
+
+
+def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_qwen, monkeypatch):
+    import lasa.judges
+    from lasa.align import on_policy_rows
+    from lasa.config import AlignConfig
+    from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
+    from lasa.judges import Judgement
+    from lasa.models import load_model
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    cfg = AlignConfig(model=str(tiny_qwen), n_safety=3, n_general=2, on_policy_max_new_tokens=5, device="cpu")
+    rows, _ = build_rows(["en", "zh"], 3, 2, seed=0)
+
+    class Judge:  # the first half of each call is the conditioned answers, the second the plain ones
+        def __init__(self, agree: bool):
+            self.agree = agree
+
+        def judge(self, items):
+            n = len(items) // 2
+            if not self.agree:
+                return [Judgement("invalid", 0.0, refusal=False)] * len(items)
+            return [Judgement("safe", 0.0, refusal=True)] * n + [Judgement("unsafe", 1.0, refusal=False)] * n
+
+    monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge(True))
+    own, stats = on_policy_rows(rows, lm, cfg)
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    settings = GenerationSettings(max_new_tokens=5, batch_size=16)
+    cond = dict(
+        zip(prompts, (r["response"] for r in generate_all(lm, prompts, settings, Gate(ConstantSSI()))))
+    )
+    plain = dict(zip(prompts, (r["response"] for r in generate_all(lm, prompts, settings))))
+    assert any(cond[p] != plain[p] for p in prompts)  # the conditioning text changes the continuation
+    for r, o in zip(rows, own):
+        assert (o["prompt"], o["label"], o["source"], o["pid"]) == (
+            r["prompt"],
+            r["label"],
+            r["source"],
+            r["pid"],
+        )
+        if not o["completion"]:  # an empty answer keeps the template
+            assert o == r
+        elif (o["source"] == "safety") == bool(o["label"]):  # safety refusal, general needless refusal
+            assert o["completion"] == cond[o["prompt"]] and o["origin"].startswith("own")
+        else:
+            assert o["completion"] == plain[o["prompt"]] and o["origin"].startswith("own")
+    assert sum(stats["rows"].values()) == len(rows) and stats["prompts"] == len(prompts)
+    monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge(False))
+    templ, stats = on_policy_rows(rows, lm, cfg)
+    assert templ == rows and all(k.endswith(":template") for k in stats["rows"])  # nothing the judge trusts
+
+
+def test_on_policy_rows_refuse_a_user_file(tmp_path):
+    from lasa.config import AlignConfig
+
+    with pytest.raises(LasaError, match="does not apply to --data"):
+        AlignConfig(rows="on_policy", data=str(tmp_path / "x.jsonl"))
+    with pytest.raises(LasaError, match="--on-policy-judge must be one of"):
+        AlignConfig(rows="on_policy", on_policy_judge="llm")
+
+
+def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypatch):
+    import lasa.align
+    import lasa.judges
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+    from lasa.judges import Judgement
+
+    class Judge:
+        def judge(self, items):
+            return [Judgement("safe", 0.0, refusal=True)] * len(items)
+
+    monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge())
+    cfg = AlignConfig(
+        model=str(tiny_qwen),
+        run_dir=str(tmp_path),
+        rows="on_policy",
+        n_safety=2,
+        n_general=1,
+        on_policy_max_new_tokens=4,
+        dry_run=True,
+        device="cpu",
+    )
+    first = run_align(cfg)
+    out = tmp_path / "align" / "lasa"
+    assert (out / "on_policy.json").is_file() and (out / "on_policy_rows.jsonl").is_file()
+    assert first["recipe"]["on_policy"]["prompts"] == 3
+    monkeypatch.setattr(lasa.align, "on_policy_rows", lambda *a, **k: pytest.fail("regenerated"))
+    assert run_align(cfg)["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]

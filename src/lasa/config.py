@@ -637,6 +637,21 @@ class AlignConfig(StageConfig):
         default_factory=lambda: ["en", "zh"],
         metadata={"help": "Languages of the safety rows (never MultiJail)."},
     )
+    rows: Literal["template", "on_policy"] = field(
+        default="template",
+        metadata={
+            "help": "Completions of the built-in recipe: 'template' (a stock refusal / compliant opening per "
+            "language) or 'on_policy' (the model's own answers: its refusal under the conditioning text is "
+            "desirable, its compliance without it undesirable; on benign prompts its own answer is desirable and "
+            "a needless refusal undesirable; the judge decides which is which, templates fill the gaps)."
+        },
+    )
+    on_policy_max_new_tokens: int = field(
+        default=96, metadata={"help": "--rows on_policy: new tokens per generated completion."}
+    )
+    on_policy_judge: str = field(
+        default="pair", metadata={"help": "--rows on_policy: the judge that sorts refusals from compliance."}
+    )
     n_safety: int = field(
         default=64, metadata={"help": "Harmful prompts; each gives a desirable and an undesirable row."}
     )
@@ -708,6 +723,16 @@ class AlignConfig(StageConfig):
                 raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
         if self.n_safety < 1 or self.n_general < 0:
             raise LasaError("--n-safety must be >= 1 and --n-general >= 0")
+        if self.rows == "on_policy":
+            if self.data:
+                raise LasaError(
+                    "--rows on_policy builds rows from the recipe; it does not apply to --data FILE"
+                )
+            if self.on_policy_judge not in JUDGES or self.on_policy_judge == "llm":
+                raise LasaError(
+                    f"--on-policy-judge must be one of {', '.join(j for j in JUDGES if j != 'llm')}, "
+                    f"got {self.on_policy_judge!r}"
+                )
 
 
 @dataclass

@@ -100,6 +100,31 @@ class Gate:
         return bool(self.ssi.meta.get("chat_template"))
 
 
+class ConstantSSI:
+    """Stands in for an SSI that flags every prompt (``flag=True``) or none.
+
+    ``Gate(ConstantSSI())`` generates every response after the conditioning text by exactly the
+    mechanism the SSI gate uses at inference (conditioning tokens pushed through the cache after
+    the prefill), which is how on-policy alignment rows get the model's own conditioned answers.
+    """
+
+    layer = 1
+    threshold = 0.5
+
+    def __init__(self, flag: bool = True):
+        self.flag = flag
+        self.meta = {"chat_template": True, "layer": 1, "threshold": 0.5}
+
+    def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
+        """Any model: there is nothing trained to mismatch."""
+
+    def predict_proba(self, states: Any) -> np.ndarray:
+        return np.full(len(states), 1.0 if self.flag else 0.0)
+
+    def flags(self, probs: np.ndarray) -> np.ndarray:
+        return np.asarray(probs) > self.threshold
+
+
 def adapter_layers(model: Any) -> list[int]:
     """1-based indices of decoder blocks that carry PEFT adapter weights (empty without adapters)."""
     found = set()
@@ -285,6 +310,7 @@ def timed_generation(
 
 __all__ = [
     "CONDITIONING_TEXT",
+    "ConstantSSI",
     "Gate",
     "GenerationSettings",
     "adapter_layers",
