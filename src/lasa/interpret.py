@@ -251,13 +251,24 @@ def calibration_prompts(pool: Sequence[Prompt], n: int) -> list[Prompt]:
 
 
 def fit_language_calibration(
-    ssi: SSI, x: torch.Tensor, prompts: Sequence[Prompt], seen: Sequence[str], seed: int
+    ssi: SSI,
+    x: torch.Tensor,
+    prompts: Sequence[Prompt],
+    seen: Sequence[str],
+    seed: int,
+    benign_fpr: float = 0.05,
 ) -> tuple[LanguageCalibration, dict]:
     """Fit :class:`lasa.ssi.LanguageCalibration` on states ``x`` of parallel benign sentences.
 
-    Offsets are medians of the uncalibrated logit per language minus the mean of the training
-    languages' medians (the training languages themselves keep 0). The language-ID head's accuracy
-    is measured on held-out sentence ids before it is refitted on all of them.
+    Each unseen language gets the offset that moves its effective threshold up to the
+    ``1 - benign_fpr`` quantile of the SSI's logit on its own benign sentences, when that quantile
+    lies above the validated threshold (it never lowers a threshold); the training languages keep
+    0. So in a language whose ordinary text already scores "harmful", the gate fires on at most
+    about ``benign_fpr`` of ordinary text. (Matching medians instead over-corrects: FLORES
+    statements in an unseen language sit far above the training languages', harmful requests do
+    not move as much, and the gate stops firing at all; ``scripts/gate_calibration.py`` compares.)
+    The language-ID head's accuracy is measured on held-out sentence ids, then it is refitted on
+    all of them.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -276,9 +287,9 @@ def fit_language_calibration(
     probe = lid().fit(z.numpy()[~is_held], y[~is_held])
     lid_accuracy = float((probe.predict(z.numpy()[is_held]) == y[is_held]).mean())
     probe = lid().fit(z.numpy(), y)
-    medians = {g: float(np.median(raw[y == k])) for k, g in enumerate(langs)}
-    ref = float(np.mean([medians[g] for g in seen if g in medians]))
-    offsets = {g: 0.0 if g in seen else medians[g] - ref for g in langs}
+    t_logit = math.log(ssi.threshold / (1 - ssi.threshold))
+    quantiles = {g: float(np.quantile(raw[y == k], 1 - benign_fpr)) for k, g in enumerate(langs)}
+    offsets = {g: 0.0 if g in seen else max(0.0, quantiles[g] - t_logit) for g in langs}
     coef, intercept = probe.coef_, probe.intercept_
     if len(langs) == 2:  # sklearn's binary head: p(second) = sigmoid(w.z + b) = softmax([0, w.z + b])
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
@@ -290,11 +301,14 @@ def fit_language_calibration(
     )
     report = {
         "method": "flores",
+        "rule": f"unseen language: raise its threshold to the {1 - benign_fpr:.2f} quantile of the SSI's logit on "
+        "its FLORES sentences when that is higher (never lower); training languages unchanged",
         "data": f"FLORES-200 (SIB-200) train split, {len(ids)} parallel sentences per language, "
         "none in the SSI's training pool",
         "languages": langs,
         "offsets_logit": {g: round(v, 4) for g, v in offsets.items()},
-        "median_logit": {g: round(v, 4) for g, v in medians.items()},
+        "benign_quantile_logit": {g: round(v, 4) for g, v in quantiles.items()},
+        "threshold_logit": round(t_logit, 4),
         "language_id_heldout_accuracy": round(lid_accuracy, 4),
     }
     return cal, report

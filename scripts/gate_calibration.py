@@ -1,0 +1,139 @@
+"""Compare per-language calibration rules for the SSI gate on an interpreted run, without a model.
+
+``python scripts/gate_calibration.py RUN/SSI_DIR [--out docs/gate_calibration.json]``
+
+Reads the SSI and its cached states (``lasa interpret`` with ``--calibration flores`` and
+``--xstest-mt-n N`` caches the FLORES calibration sentences and the translated XSTest prompts
+next to the evaluation set) and, for each rule, reports per language the TPR / FPR on the SSI's
+evaluation set (MultiJail vs same-form benign prompts) and the flag rate on translated XSTest's
+safe and unsafe prompts. Rules (the training languages always keep the validated threshold):
+
+- ``global``: one threshold for every language (no calibration);
+- ``median_shift``: shift each unseen language's logits by its FLORES median minus the training
+  languages' (a parallel-text offset);
+- ``flores_q95`` / ``flores_q99``: raise an unseen language's threshold to the 95th / 99th
+  percentile of its own FLORES logits when that is higher (lasa's default is q95);
+- ``oracle_5fpr``: the threshold at 5% FPR on the evaluation set's benign prompts, per language
+  (uses the labels: the ceiling of what the layer allows, not a rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    from safetensors import safe_open
+
+    from lasa.data import LANGUAGES
+    from lasa.data.safety import evaluation_prompts, training_prompts
+    from lasa.interpret import _text_key, calibration_prompts, xstest_mt_rows
+    from lasa.runs import read_json, write_json
+    from lasa.ssi import SSI
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ssi_dir")
+    ap.add_argument("--out", default=None, help="Also write the table as JSON here.")
+    args = ap.parse_args()
+    d = Path(args.ssi_dir)
+    ssi = SSI.load(d).without_calibration()
+    cfg = read_json(d / "metrics.json")
+    meta_cfg = ssi.meta
+    layer = ssi.layer
+    with safe_open(str(d / "states.safetensors"), "pt") as f:
+        row = {h: i for i, h in enumerate(json.loads(f.metadata()["text_keys"]))}
+        x = f.get_tensor(f"layer_{layer}")
+    seen = list(meta_cfg["train_languages"])
+    recipe = meta_cfg["data_recipe"]
+    pool, _ = training_prompts(seen, cap=recipe["cap_per_language_label_form"], seed=meta_cfg["seed"])
+    n_h = (
+        int(cfg["evaluation_data"]["harmful"].split("first ")[1].split()[0])
+        if "first" in cfg["evaluation_data"]["harmful"]
+        else None
+    )
+    evalp, _ = evaluation_prompts(None, n_h, cfg["evaluation_data"]["n_benign_cap"], meta_cfg["seed"])
+    calp = calibration_prompts(pool, 100)
+    n_mt = min((v["n_safe"] for v in (cfg.get("xstest_multilingual") or {}).values()), default=0)
+    xs = xstest_mt_rows(n_mt)
+
+    def logits(texts: list[str]) -> np.ndarray:
+        missing = [t for t in texts if _text_key(t) not in row]
+        if missing:
+            raise SystemExit(
+                f"{len(missing)} prompts are not in {d}/states.safetensors; rerun lasa interpret"
+            )
+        with torch.inference_mode():
+            return ssi.module(x[[row[_text_key(t)] for t in texts]]).numpy()
+
+    t = math.log(ssi.threshold / (1 - ssi.threshold))
+    cal = {g: logits([p.text for p in calp if p.lang == g]) for g in LANGUAGES}
+    ev = {g: [p for p in evalp if p.lang == g] for g in LANGUAGES}
+    ev_logit = {g: logits([p.text for p in ev[g]]) for g in LANGUAGES}
+    ev_y = {g: np.array([p.label for p in ev[g]]) for g in LANGUAGES}
+    seen_median = float(np.mean([np.median(cal[s]) for s in seen]))
+
+    def oracle(g: str) -> float:
+        benign = np.sort(ev_logit[g][ev_y[g] == 0])
+        return float(benign[math.ceil(0.95 * len(benign)) - 1])
+
+    rules = {
+        "global": lambda g: t,
+        "median_shift": lambda g: t + float(np.median(cal[g])) - seen_median,
+        "flores_q95": lambda g: max(t, float(np.quantile(cal[g], 0.95))),
+        "flores_q99": lambda g: max(t, float(np.quantile(cal[g], 0.99))),
+        "oracle_5fpr": oracle,
+    }
+    table: dict[str, dict] = {}
+    for name, thr in rules.items():
+        per = {}
+        for g in LANGUAGES:
+            th = t if g in seen and name != "oracle_5fpr" else thr(g)
+            le, y = ev_logit[g], ev_y[g]
+            r = {"tpr": float((le[y == 1] > th).mean()), "fpr": float((le[y == 0] > th).mean())}
+            xr = [q for q in xs if q.get("lang") == g]
+            if xr:
+                lx = logits([q["prompt"] for q in xr])
+                safe = np.array([q["label"] == "safe" for q in xr])
+                r |= {
+                    "xstest_mt_fpr": float((lx[safe] > th).mean()),
+                    "xstest_mt_tpr": float((lx[~safe] > th).mean()),
+                }
+            per[g] = r
+        unseen = [g for g in LANGUAGES if g not in seen]
+        mean = {k: float(np.mean([per[g][k] for g in unseen if k in per[g]])) for k in per[unseen[0]]}
+        table[name] = {"per_language": per, "mean_unseen": mean}
+        cells = "  ".join(
+            f"{g} {per[g]['tpr']:.2f}/{per[g]['fpr']:.2f}"
+            + (f"/{per[g]['xstest_mt_fpr']:.2f}" if "xstest_mt_fpr" in per[g] else "")
+            for g in LANGUAGES
+        )
+        print(
+            f"{name:13s} unseen mean: TPR {mean['tpr']:.2f} FPR {mean['fpr']:.2f}"
+            + (
+                f" XSTest-MT FPR {mean['xstest_mt_fpr']:.2f} TPR {mean['xstest_mt_tpr']:.2f}"
+                if "xstest_mt_fpr" in mean
+                else ""
+            )
+            + f"\n    (TPR/FPR/XSTest-MT-FPR) {cells}"
+        )
+    if args.out:
+        write_json(
+            args.out,
+            {
+                "ssi": str(d),
+                "layer": layer,
+                "threshold": ssi.threshold,
+                "n_xstest_mt_per_label": n_mt,
+                "rules": table,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
