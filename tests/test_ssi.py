@@ -184,6 +184,9 @@ def test_interpret_writes_the_artefact_contract(interpreted):
     assert "form_probe_auroc" in m["form_control"]["en"]
     sweep = json.loads((ssi_dir / "layer_sweep.json").read_text())
     assert [r["layer"] for r in sweep["layers"]] == [2, 4]
+    # the label-free transfer criterion is measured at every layer and picks one of them
+    assert all(r["flores_language_spread"] >= 0 for r in sweep["layers"])
+    assert sweep["transfer_layer"]["layer"] in (2, 4)
     at2 = sweep["layers"][0]
     assert at2["seeds"] == [42, 43] and len(at2["unseen_auroc_per_seed"]) == 2
     assert at2["unseen_auroc_std"] == pytest.approx(np.std(at2["unseen_auroc_per_seed"]))
@@ -348,7 +351,9 @@ def test_language_calibration_removes_a_language_shift_without_harm_labels():
     assert (raw[sw_benign] > 0.5).mean() > 0.9 and (fixed[sw_benign] > 0.5).mean() < 0.1  # false alarms go
     assert (fixed[sw_harm] > 0.5).mean() > 0.9  # and harm is still flagged
     en_benign, en_harm = ((lang == 0) & (harm == 0)).numpy(), ((lang == 0) & (harm == 1)).numpy()
-    assert np.median(np.abs(raw[en_benign] - fixed[en_benign])) < 0.02  # the training language keeps its scale
+    assert (
+        np.median(np.abs(raw[en_benign] - fixed[en_benign])) < 0.02
+    )  # the training language keeps its scale
     assert (fixed[en_benign] > 0.5).mean() < 0.05
     assert (fixed[en_harm] > 0.5).mean() > 0.9
     assert np.array_equal(calibrated.without_calibration().predict_proba(x), raw)
@@ -373,3 +378,38 @@ def test_a_calibrated_ssi_round_trips(tmp_path):
     (tmp_path / "calibration.safetensors").unlink()
     with pytest.raises(LasaError, match="calibration.safetensors is missing"):
         SSI.load(tmp_path)
+
+
+def test_transfer_layer_is_the_least_language_spread_among_accurate_layers():
+    from lasa.interpret import transfer_layer
+
+    rows = [
+        {
+            "layer": 10,
+            "val_balanced_accuracy": 0.95,
+            "flores_language_spread": 0.9,
+            "unseen_auroc_mean": 0.80,
+        },
+        {
+            "layer": 15,
+            "val_balanced_accuracy": 0.96,
+            "flores_language_spread": 0.5,
+            "unseen_auroc_mean": 0.85,
+        },
+        {
+            "layer": 20,
+            "val_balanced_accuracy": 0.95,
+            "flores_language_spread": 0.3,
+            "unseen_auroc_mean": 0.90,
+        },
+        {
+            "layer": 24,
+            "val_balanced_accuracy": 0.80,
+            "flores_language_spread": 0.1,
+            "unseen_auroc_mean": 0.70,
+        },
+    ]
+    t = transfer_layer(rows)
+    assert t["layer"] == 20  # 24 spreads least but is not accurate enough on the seen languages
+    assert t["spread_vs_unseen_auroc_spearman"] == pytest.approx(0.2)
+    assert transfer_layer([{**rows[0], "flores_language_spread": None}]) is None

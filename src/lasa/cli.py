@@ -133,6 +133,14 @@ def _interpret(argv: list[str]) -> int:
             f"layer sweep: best unseen mean AUROC {best['unseen_auroc_mean']:.3f} at layer {best['layer']} "
             f"(bottleneck {m['layer']}); see {os.path.join(cfg.run_dir, cfg.out_name, 'layer_sweep.png')}"
         )
+    if m.get("transfer_layer"):
+        t = m["transfer_layer"]
+        rho = t["spread_vs_unseen_auroc_spearman"]
+        print(
+            f"transfer layer (label-free: least FLORES language spread at near-best seen accuracy): {t['layer']} "
+            f"(unseen AUROC there {t['unseen_auroc_mean']:.3f}"
+            + (f"; spread vs unseen AUROC over layers, Spearman {rho:+.2f})" if rho is not None else ")")
+        )
     print(f"artefacts: {os.path.join(cfg.run_dir, cfg.out_name)}/")
     return 0
 

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +405,8 @@ class Split:
     y_train: torch.Tensor
     y_val: torch.Tensor
     eval_prompts: list[Prompt]
+    calibration: list[int] = field(default_factory=list)  # parallel FLORES rows (label-free)
+    calibration_langs: list[str] = field(default_factory=list)
 
 
 def _fit_and_evaluate(x: torch.Tensor, layer: int, split: Split, cfg: InterpretConfig) -> dict:
@@ -489,6 +491,8 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         y_train=torch.tensor([pool[i].label for i in tr], dtype=torch.float32),
         y_val=torch.tensor([pool[i].label for i in va], dtype=torch.float32),
         eval_prompts=evalp,
+        calibration=[pos[p.text] for p in calp],
+        calibration_langs=[p.lang for p in calp],
     )
 
     t1 = time.time()
@@ -591,6 +595,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
             states, sweep_layers, split, cfg, train_langs, layer, out, question_form=question_form_unseen
         )
         metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
+        metrics["transfer_layer"] = transfer_layer(metrics["layer_sweep"])
     metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
     write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
     stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
@@ -605,6 +610,23 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         metrics["xstest"]["fpr_safe"],
     )
     return metrics
+
+
+def language_spread(ssi: SSI, x: torch.Tensor, split: Split) -> float | None:
+    """A label-free transfer criterion: how much the SSI's median logit on parallel benign FLORES
+    sentences differs across languages (standard deviation of the per-language medians), in units
+    of the SSI's own harmful-vs-benign separation on seen-language validation (the medians' gap).
+    The same sentences in every language, so a language-invariant read-out scores 0."""
+    if not split.calibration:
+        return None
+    with torch.inference_mode():
+        cal = ssi.module(x[split.calibration]).numpy()
+        val = ssi.module(x[split.val]).numpy()
+    langs = np.array(split.calibration_langs)
+    medians = [float(np.median(cal[langs == g])) for g in dict.fromkeys(split.calibration_langs)]
+    y = split.y_val.numpy().astype(bool)
+    gap = float(np.median(val[y]) - np.median(val[~y]))
+    return float(np.std(medians) / gap) if gap > 0 else None
 
 
 def run_sweep(
@@ -635,6 +657,7 @@ def run_sweep(
         unseen_means = [macro(r["per_language"], unseen).get("auroc") for r in runs] if unseen else []
         worst = min(unseen, key=lambda g: table[g]["auroc"]) if unseen else None
         qf = [g for g in question_form or [] if g in table]
+        spreads = [language_spread(r["ssi"], states[layer], split) for r in runs]
         sweep.append(
             {
                 "layer": layer,
@@ -650,19 +673,52 @@ def run_sweep(
                     float(np.nanmean([table[g]["auroc"] for g in qf])) if qf else None
                 ),
                 "per_language_auroc": {g: table[g]["auroc"] for g in langs},
+                "val_balanced_accuracy": float(np.mean([r["val_balanced_accuracy"] for r in runs])),
+                "flores_language_spread": float(np.mean(spreads)) if None not in spreads else None,
             }
         )
+    transfer = transfer_layer(sweep)
     write_json(
         out / "layer_sweep.json",
         {
             "bottleneck": bottleneck,
             "train_languages": train_langs,
             "question_form_unseen": question_form,
+            "transfer_layer": transfer,
             "layers": sweep,
         },
     )
     plot_sweep(sweep, bottleneck, out / "layer_sweep.png", cfg)
     return sweep
+
+
+def transfer_layer(sweep: list[dict], tolerance: float = 0.02) -> dict | None:
+    """The layer chosen for transfer without unseen-language labels: the smallest FLORES language
+    spread among layers whose seen-language validation balanced accuracy is within ``tolerance``
+    of the best. Reported beside the bottleneck (which stays the default: the paper's setting)."""
+    rows = [r for r in sweep if r.get("flores_language_spread") is not None]
+    if not rows:
+        return None
+    best = max(r["val_balanced_accuracy"] for r in rows)
+    ok = [r for r in rows if r["val_balanced_accuracy"] >= best - tolerance]
+    pick = min(ok, key=lambda r: r["flores_language_spread"])
+    ranked = sorted(rows, key=lambda r: r["flores_language_spread"])
+    return {
+        "layer": pick["layer"],
+        "rule": f"min FLORES language spread among layers with seen validation balanced accuracy >= best - {tolerance}",
+        "flores_language_spread": pick["flores_language_spread"],
+        "unseen_auroc_mean": pick["unseen_auroc_mean"],  # uses labels: reported, never used to choose
+        "spread_vs_unseen_auroc_spearman": _spearman(
+            [r["flores_language_spread"] for r in ranked], [r["unseen_auroc_mean"] or 0.0 for r in ranked]
+        ),
+    }
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def plot_sweep(sweep: list[dict], bottleneck: int, path: Path, cfg: InterpretConfig) -> Path:
