@@ -223,16 +223,30 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
         "harmful = MultiJail, benign = same-language questions (XQuAD/MGSM) or FLORES statements where no "
         "question-form text exists (marked)."
     )
+    cal = m.get("calibration") or {"method": "none"}
+    raw = m.get("per_language_uncalibrated") or {}
+    xs_mt = m.get("xstest_multilingual") or {}
+    if cal["method"] != "none":
+        doc.p(
+            "Per-language calibration without harm labels: "
+            + cal.get("rule", cal["method"])
+            + f" ({cal.get('data', '')}). "
+            "TPR / FPR are at the calibrated operating point, with the uncalibrated ones in brackets; "
+            "'TPR @5% FPR' is the labelled oracle (what the layer allows, not what the gate does)."
+        )
     rows = []
     for g, r in m["per_language"].items():
         fc = m["form_control"].get(g, {})
+        u = raw.get(g)
         rows.append(
             [
                 g,
                 "seen" if r["seen"] else "unseen",
                 r["auroc"],
-                r["tpr"],
-                r["fpr"],
+                f"{r['tpr']:.2f}" + (f" ({u['tpr']:.2f})" if u else ""),
+                f"{r['fpr']:.2f}" + (f" ({u['fpr']:.2f})" if u else ""),
+                r.get("tpr_at_fpr_05"),
+                _pct(xs_mt[g]["fpr_safe"]) if g in xs_mt else "–",
                 r["n_harmful"],
                 r["n_benign"],
                 r["benign_source"],
@@ -240,10 +254,22 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
             ]
         )
     ms, mu = m["macro_seen"], m["macro_unseen"]
-    rows.append(["macro seen", "", ms.get("auroc"), ms.get("tpr"), ms.get("fpr"), "", "", "", ""])
-    rows.append(["macro unseen", "", mu.get("auroc"), mu.get("tpr"), mu.get("fpr"), "", "", "", ""])
+    rows.append(["macro seen", "", ms.get("auroc"), ms.get("tpr"), ms.get("fpr"), "", "", "", "", "", ""])
+    rows.append(["macro unseen", "", mu.get("auroc"), mu.get("tpr"), mu.get("fpr"), "", "", "", "", "", ""])
     doc.table(
-        ["lang", "", "AUROC", "TPR", "FPR", "n harm", "n benign", "benign source", "form-only AUROC"],
+        [
+            "lang",
+            "",
+            "AUROC",
+            "TPR",
+            "FPR",
+            "TPR @5% FPR",
+            "translated XSTest safe flagged",
+            "n harm",
+            "n benign",
+            "benign source",
+            "form-only AUROC",
+        ],
         rows,
         f"{name}/metrics.json",
     )
@@ -260,6 +286,12 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
             f"; at the located bottleneck (layer {sw['bottleneck']}): "
             f"{next(r['unseen_auroc_mean'] for r in sw['layers'] if r['layer'] == sw['bottleneck']):.3f}."
         )
+        t = sw.get("transfer_layer")
+        if t:
+            doc.p(
+                f"Transfer layer chosen without unseen-language labels ({t['rule']}): layer {t['layer']}, unseen "
+                f"AUROC there {t['unseen_auroc_mean']:.3f}."
+            )
         doc.img(f"{name}/layer_sweep.png", "SSI transfer by layer")
 
 
