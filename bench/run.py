@@ -221,11 +221,16 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{path} not found: run `make run` (or lasa run --run-dir {args.e2e_run_dir}) first")
     state = read_json(path)
     stages = {k: v["seconds"] for k, v in state.items() if not k.startswith("_")}
+    total = sum(stages.values())
     return {
         "what": f"`lasa run` stage times from {path} (each stage's last run)",
         "model": "see run config",
+        "target": "quick preset <= 900 s on 2 cores",
         "seconds_per_stage": stages,
-        "total_seconds": sum(stages.values()),
+        "total_seconds": round(total, 1),
+        "baseline_seconds": args.e2e_baseline,
+        "ratio_vs_baseline": round(total / args.e2e_baseline, 3),
+        "meets_target": total <= 900,
     }
 
 
@@ -335,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bottleneck", type=int, default=15, help="kto_step: bottleneck layer (1-based)")
     parser.add_argument(
         "--e2e-run-dir", default="runs/quick", help="e2e: run directory of a finished `lasa run`"
+    )
+    parser.add_argument(
+        "--e2e-baseline",
+        type=float,
+        default=1253.0,
+        help="e2e: seconds of the run to compare with (default: the quick preset before this round's judge and "
+        "gate work, 1,253 s, README of commit 3c3c857)",
     )
     parser.add_argument("--judge-n", type=int, default=1000, help="judge: responses to judge")
     parser.add_argument(
