@@ -67,7 +67,7 @@ def machine() -> dict:
 def bench_extraction(args: argparse.Namespace) -> dict:
     """Hidden-state extraction (all layers, last-token pooling) vs a bare batched forward."""
     from lasa.config import LocateConfig
-    from lasa.hidden import extract_states, format_prompts, pad_batch, position_ids_from_mask
+    from lasa.hidden import extract_states, format_prompts, length_batches, pad_batch, position_ids_from_mask
     from lasa.locate import build_points
     from lasa.models import load_model
 
@@ -76,11 +76,10 @@ def bench_extraction(args: argparse.Namespace) -> dict:
     texts = [p["text"] for p in points][: args.n_prompts]
     seqs = format_prompts(lm.tokenizer, texts, chat_template=False)
     n_tokens = sum(len(s) for s in seqs)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     bs = args.batch_size
     batches = [
-        pad_batch([seqs[i] for i in order[j : j + bs]], lm.tokenizer.pad_token_id, "left")
-        for j in range(0, len(order), bs)
+        pad_batch([seqs[i] for i in idx], lm.tokenizer.pad_token_id, "left")
+        for idx in length_batches([len(q) for q in seqs], bs)
     ]
     dev = lm.device
 

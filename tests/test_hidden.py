@@ -91,3 +91,14 @@ def test_bad_layers_and_prompts(lm):
         extract_states(lm, TEXTS, layers=[lm.num_layers + 1], progress=False)
     with pytest.raises(LasaError, match="empty after tokenisation"):
         extract_states(lm, ["ok", ""], progress=False)
+
+
+def test_length_batches_longest_first_and_every_index_once():
+    from lasa.hidden import length_batches
+
+    lengths = [3, 9, 1, 9, 5]
+    batches = length_batches(lengths, 2)
+    assert batches == [[1, 3], [4, 0], [2]]
+    assert length_batches(lengths, 2, items=[0, 2, 4]) == [[4, 0], [2]]  # only the items asked for
+    with pytest.raises(LasaError, match="batch size must be at least 1"):
+        length_batches(lengths, 0)

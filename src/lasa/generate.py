@@ -32,7 +32,7 @@ import torch
 
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
-from lasa.hidden import format_prompts, pad_batch, position_ids_from_mask
+from lasa.hidden import format_prompts, length_batches, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel, base_model
 
 logger = logging.getLogger(__name__)
@@ -274,8 +274,7 @@ def generate(
                 conditioning_prefix(gate.conditioning_text), add_special_tokens=False
             )["input_ids"]
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    batches = length_batches([len(q) for q in seqs], settings.batch_size)
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         rows = _generate_batch(lm, [seqs[i] for i in idx], [prompts[i] for i in idx], settings, gate)
         out = []

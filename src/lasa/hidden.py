@@ -53,6 +53,18 @@ def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) ->
     return out
 
 
+def length_batches(
+    lengths: Sequence[int], batch_size: int, items: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of ``batch_size``, longest first: every batched forward pass in
+    lasa (states, generation, log-likelihoods) pads within a batch of similar lengths, and the
+    longest batch runs first, so an out-of-memory error shows at once rather than at the end."""
+    if batch_size < 1:
+        raise LasaError(f"batch size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)) if items is None else items, key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def pad_batch(
     seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +147,6 @@ def extract_states(
         bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
         raise LasaError(f"prompt {bad} is empty after tokenisation; remove empty prompts from the input")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     top = max(layers)
     slot = {layer: j for j, layer in enumerate(layers)}
     out = torch.zeros((len(seqs), len(layers), lm.hidden_size), dtype=torch.float32)
@@ -153,7 +164,7 @@ def extract_states(
     handles = [lm.layers[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
     device = lm.device
     try:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = length_batches([len(q) for q in seqs], batch_size)
         for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id, padding_side)
             current["mask"] = mask

@@ -79,9 +79,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
 
     stages: list[Stage] = []
     loc = LocateConfig.from_yaml(config_path, **shared)
-    stages.append(
-        Stage("locate", loc, rd.bottleneck, [], lambda: run_locate(loc, base_lm()))
-    )
+    stages.append(Stage("locate", loc, rd.bottleneck, [], lambda: run_locate(loc, base_lm())))
     interp = InterpretConfig.from_yaml(config_path, **shared)
     stages.append(
         Stage(

@@ -181,7 +181,9 @@ def hard_negatives(langs: Iterable[str]) -> list[Prompt]:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
-                out.append(Prompt(r["text"], lang, 0, "hard_negatives", guess_form(r["text"]), f"hardneg:{r['id']}"))
+                out.append(
+                    Prompt(r["text"], lang, 0, "hard_negatives", guess_form(r["text"]), f"hardneg:{r['id']}")
+                )
     return out
 
 

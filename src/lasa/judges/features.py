@@ -199,4 +199,12 @@ def scalar_matrix(
     )
 
 
-__all__ = ["FEATURE_NAMES", "content", "content_segments", "copied_share", "pair_text", "scalar_features", "scalar_matrix"]
+__all__ = [
+    "FEATURE_NAMES",
+    "content",
+    "content_segments",
+    "copied_share",
+    "pair_text",
+    "scalar_features",
+    "scalar_matrix",
+]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lasa.data import LANGUAGES
-from lasa.hidden import format_prompts, pad_batch, position_ids_from_mask
+from lasa.hidden import format_prompts, length_batches, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel, base_model
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def token_drift(
     seqs = [list(tok(t, add_special_tokens=True)["input_ids"])[:256] for t in texts]
     seqs = [s for s in seqs if len(s) >= 2]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_batches([len(q) for q in seqs], batch_size)
     adapter = _has_adapter(lm)
     nll, nll_base, kl, n = 0.0, 0.0, 0.0, 0
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
