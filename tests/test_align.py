@@ -261,13 +261,18 @@ def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):
         max_steps=2,
         batch_size=2,
         bottleneck_layer=2,
+        save_adapter_at=[1],
         device="cpu",
     )
     s = run_align(cfg)
-    assert (
-        s["training"]["steps"] == 2
-        and (tmp_path / "align" / "sft" / "adapter" / "adapter_config.json").is_file()
-    )
+    out = tmp_path / "align" / "sft"
+    assert s["training"]["steps"] == 2 and (out / "adapter" / "adapter_config.json").is_file()
+    # the dose-response checkpoint after step 1 is a loadable adapter that differs from the final one
+    from safetensors.torch import load_file
+
+    early = load_file(str(out / "checkpoints" / "sft-step1" / "adapter_model.safetensors"))
+    final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert early.keys() == final.keys() and any(not (early[k] == final[k]).all() for k in final)
 
 
 def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
@@ -369,3 +374,10 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
     assert first["recipe"]["on_policy"]["prompts"] == 3
     monkeypatch.setattr(lasa.align, "on_policy_rows", lambda *a, **k: pytest.fail("regenerated"))
     assert run_align(cfg)["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
+    from dataclasses import replace
+
+    kto = run_align(replace(cfg, method="kto"))  # the baseline trains on the same own answers
+    assert kto["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
+    assert (tmp_path / "align" / "kto" / "on_policy_rows.jsonl").read_text() == (
+        out / "on_policy_rows.jsonl"
+    ).read_text()

@@ -183,6 +183,26 @@ class _JsonlLogger:
         return Callback()
 
 
+class _AdapterCheckpoints:
+    """A TrainerCallback that saves the adapter after the chosen optimizer steps (dose-response)."""
+
+    def __new__(cls, root: Path, method: str, steps: set[int]):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step in steps and model is not None:
+                    dest = root / f"{method}-step{state.global_step}"
+                    tmp = root / f".{dest.name}.tmp-{os.getpid()}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    model.save_pretrained(str(tmp))
+                    shutil.rmtree(dest, ignore_errors=True)
+                    os.replace(tmp, dest)
+
+        root.mkdir(parents=True, exist_ok=True)
+        return Callback()
+
+
 def _training_args_common(cfg: AlignConfig, out: Path, on_cpu: bool) -> dict:
     return {
         "output_dir": str(out / "trainer"),
@@ -242,6 +262,8 @@ def train(
     trl_rows = to_trl_rows(rows, tok)
     log_path = out / "train_log.jsonl"
     callbacks = [_JsonlLogger(log_path)] if distributed.is_main() else []
+    if cfg.save_adapter_at and distributed.is_main():
+        callbacks.append(_AdapterCheckpoints(out / "checkpoints", cfg.method, set(cfg.save_adapter_at)))
     common = _training_args_common(cfg, out, on_cpu)
     t0 = time.time()
     if cfg.method in ("lasa", "kto"):
@@ -365,8 +387,19 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
                     "text": cfg.conditioning_text,
                 }
             )
+            # kto / sft / lasa share the recipe and the generation: reuse another method's rows
+            for m in dict.fromkeys([cfg.method, "lasa", "kto", "sft"]):
+                other = run.align(m)
+                if (other / "on_policy.json").is_file() and read_json(other / "on_policy.json").get(
+                    "key"
+                ) == key:
+                    cache, meta = other / "on_policy_rows.jsonl", other / "on_policy.json"
+                    break
             if cache.is_file() and meta.is_file() and read_json(meta).get("key") == key:
                 rows, recipe["on_policy"] = read_jsonl(cache), read_json(meta)  # generation is the slow part
+                if cache.parent != out and distributed.is_main():
+                    write_jsonl(out / "on_policy_rows.jsonl", rows)
+                    write_json(out / "on_policy.json", recipe["on_policy"])
             else:
                 rows, recipe["on_policy"] = on_policy_rows(rows, lm, cfg)
                 recipe["on_policy"]["key"] = key

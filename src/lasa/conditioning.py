@@ -55,7 +55,10 @@ def check_adapter_conditioning(adapter: str | Path, text: str) -> None:
     elsewhere, baselines (kto / sft: no conditioning) and summaries written before lasa recorded
     the text are accepted, the last with a warning.
     """
-    summary = Path(adapter).parent / "summary.json"
+    parent = Path(adapter).parent
+    if parent.name == "checkpoints":  # RUN/align/<method>/checkpoints/<method>-step<N>/
+        parent = parent.parent
+    summary = parent / "summary.json"
     if not summary.is_file():
         return
     try:

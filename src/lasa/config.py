@@ -674,6 +674,13 @@ class AlignConfig(StageConfig):
     )
     epochs: float = field(default=1.0, metadata={"help": "Epochs over the rows."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many optimizer steps (0 = epochs)."})
+    save_adapter_at: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Also save the adapter after these optimizer steps, to RUN/align/<method>/checkpoints/"
+            "<method>-step<N>/ (a dose-response in one training run; evaluate each with --adapter DIR)."
+        },
+    )
     batch_size: int = field(
         default=4, metadata={"help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
     )
@@ -723,6 +730,8 @@ class AlignConfig(StageConfig):
                 raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
         if self.n_safety < 1 or self.n_general < 0:
             raise LasaError("--n-safety must be >= 1 and --n-general >= 0")
+        if any(n < 1 for n in self.save_adapter_at):
+            raise LasaError("--save-adapter-at takes optimizer steps >= 1")
         if self.rows == "on_policy":
             if self.data:
                 raise LasaError(

@@ -1,0 +1,108 @@
+"""Dose-response of alignment: ASR of each method's adapter *without the gate* after N optimizer steps.
+
+``python scripts/dose_response.py RUN --methods lasa kto sft --steps 50 100 200 [--n 8] [--tokens 48]``
+
+Trains each method once on the same rows (``--rows on_policy`` by default: the model's own answers,
+cached in ``RUN/align/<method>/on_policy_rows.jsonl`` and shared by every method because the recipe
+and the generation are deterministic), saving the adapter at every dose (``--save-adapter-at``),
+then evaluates every checkpoint on MultiJail without the gate (does training alone change
+behaviour, and does it transfer to the unseen languages?), and ``lasa`` at the last dose with the
+gate. Step 0 is the base model (``RUN/eval/base``). Writes ``RUN/dose_response.json`` and prints a
+table of average ASR (with its 95% interval), seen-language (en, zh) and unseen-language ASR.
+Needs ``RUN/locate/bottleneck.json`` (LoRA above the bottleneck) and, for the gated row, ``RUN/ssi``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+
+def lasa(*args: str) -> None:
+    cmd = [sys.executable, "-m", "lasa.cli", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    from lasa.runs import RunDir, read_json, write_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--methods", nargs="+", default=["lasa", "kto", "sft"])
+    ap.add_argument("--steps", nargs="+", type=int, default=[50, 100, 200])
+    ap.add_argument("--rows", default="on_policy", choices=["on_policy", "template"])
+    ap.add_argument("--n-safety", default="20")
+    ap.add_argument("--n-general", default="6")
+    ap.add_argument("--batch-size", default="4")
+    ap.add_argument("--learning-rate", default="2e-4")
+    ap.add_argument("--n", default="8", help="MultiJail prompts per language")
+    ap.add_argument("--tokens", default="48", help="new tokens per response")
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args()
+    rd = RunDir(args.run_dir)
+    top = max(args.steps)
+    common = ["--model", args.model, "--run-dir", args.run_dir]
+    ev = [*common, "--n", args.n, "--max-new-tokens", args.tokens, "--no-xstest", "--utility", "none"]
+    if not rd.results("base").is_file():
+        lasa("evaluate", *ev, "--variant", "base")
+    table = [{"method": "base", "steps": 0, "gate": False, "variant": "base"}]
+    for method in args.methods:
+        if not rd.align_summary(method).is_file():
+            lasa(
+                "align",
+                *common,
+                "--method",
+                method,
+                "--rows",
+                args.rows,
+                "--n-safety",
+                args.n_safety,
+                "--n-general",
+                args.n_general,
+                "--batch-size",
+                args.batch_size,
+                "--learning-rate",
+                args.learning_rate,
+                "--max-steps",
+                str(top),
+                "--save-adapter-at",
+                *[str(s) for s in args.steps],
+            )
+        for steps in args.steps:
+            adapter = rd.align(method) / "checkpoints" / f"{method}-step{steps}"
+            variant = adapter.name
+            if not rd.results(variant).is_file():
+                lasa("evaluate", *ev, "--adapter", str(adapter))
+            table.append({"method": method, "steps": steps, "gate": False, "variant": variant})
+        if method == "lasa" and (rd.path / "ssi" / "ssi.json").is_file():
+            variant = f"lasa-step{top}+gate"
+            if not rd.results(variant).is_file():
+                adapter = rd.align(method) / "checkpoints" / f"lasa-step{top}"
+                lasa("evaluate", *ev, "--adapter", str(adapter), "--gate")
+            table.append({"method": "lasa", "steps": top, "gate": True, "variant": variant})
+    seen = {"en", "zh"}
+    for row in table:
+        r = read_json(rd.results(row["variant"]))
+        a = r["asr"][r["default_judge"]]
+        per = a["per_language"]
+        row |= {
+            "asr": a["average"],
+            "interval": [a["intervals"]["average"]["low"], a["intervals"]["average"]["high"]],
+            "asr_seen": sum(per[g] for g in per if g in seen) / max(1, len(seen & set(per))),
+            "asr_unseen": sum(per[g] for g in per if g not in seen) / max(1, len(set(per) - seen)),
+            "invalid": a["invalid_rate"]["average"],
+            "per_language": per,
+        }
+        print(
+            f"{row['method']:5s} {row['steps']:4d} {'+gate' if row['gate'] else '     '}  ASR {100 * row['asr']:5.1f}% "
+            f"[{100 * row['interval'][0]:.1f}, {100 * row['interval'][1]:.1f}]  seen {100 * row['asr_seen']:5.1f}%  "
+            f"unseen {100 * row['asr_unseen']:5.1f}%  invalid {100 * row['invalid']:5.1f}%"
+        )
+    write_json(Path(args.run_dir) / "dose_response.json", {"settings": vars(args), "rows": table})
+
+
+if __name__ == "__main__":
+    main()
