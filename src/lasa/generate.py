@@ -20,7 +20,6 @@ attention mask and mask-derived position ids, so batched and batch-1 outputs agr
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,19 +125,19 @@ class ConstantSSI:
 
 
 def adapter_layers(model: Any) -> list[int]:
-    """1-based indices of decoder blocks that carry PEFT adapter weights (empty without adapters)."""
-    found = set()
-    for name, _ in model.named_parameters():
-        if "lora_" in name:
-            m = re.search(r"\.layers\.(\d+)\.", name) or re.search(r"\.h\.(\d+)\.", name)
-            if m:
-                found.add(int(m.group(1)) + 1)
-    return sorted(found)
+    """1-based indices of decoder blocks that carry PEFT adapter weights (empty without adapters).
+
+    ``model``: a :class:`LoadedModel` (its decoder blocks are the ones the loader found) or a bare
+    (PEFT-wrapped) model, whose blocks are found the same way."""
+    from lasa.models import find_decoder_layers
+
+    layers = model.layers if isinstance(model, LoadedModel) else find_decoder_layers(model)[1]
+    return [i + 1 for i, block in enumerate(layers) if any("lora_" in n for n, _ in block.named_parameters())]
 
 
 def _gate_needs_base_pass(lm: LoadedModel, gate: Gate) -> bool:
     """The prefill of an adapted model shows base-model states at L* only if no adapter sits at or below L*."""
-    touched = adapter_layers(lm.model)
+    touched = adapter_layers(lm)
     return bool(touched) and min(touched) <= gate.layer
 
 
