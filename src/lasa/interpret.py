@@ -370,11 +370,11 @@ def _cached_states(
     out: dict[int, torch.Tensor] = {}
     if cached_layers:
         fresh = extract(new_rows, cached_layers) if new_rows else None
-        where = {i: j for j, i in enumerate(new_rows)}
+        src = torch.tensor([row_of.get(h, 0) for h in keys])  # cached row of each text (0: filled below)
         for j, layer in enumerate(cached_layers):
-            out[layer] = torch.stack(
-                [fresh[where[i], j] if i in where else have[layer][row_of[h]] for i, h in enumerate(keys)]  # type: ignore[index]
-            )
+            out[layer] = have[layer][src]
+            if fresh is not None:
+                out[layer][torch.tensor(new_rows)] = fresh[:, j]
     if missing_layers:
         states = extract(list(range(len(texts))), missing_layers)
         for j, layer in enumerate(missing_layers):
