@@ -40,7 +40,9 @@ def graph(top_level_only: bool) -> dict[str, set[str]]:
                 parts = t.split(".")
                 targets += [".".join(parts[:k]) for k in range(2, len(parts))]
             for t in targets:
-                if t in mods and t != name and not name.startswith(t + "."):  # a child importing its package is fine
+                if (
+                    t in mods and t != name and not name.startswith(t + ".")
+                ):  # a child importing its package is fine
                     edges[name].add(t)
     return edges
 
@@ -91,7 +93,9 @@ def main() -> int:
     found = cycles(edges)
     for comp in found:
         print("cycle:", " ".join(comp))
-    print(f"{len(found)} import cycle(s) among {len(edges)} lasa modules ({sum(map(len, edges.values()))} import edges)")
+    print(
+        f"{len(found)} import cycle(s) among {len(edges)} lasa modules ({sum(map(len, edges.values()))} import edges)"
+    )
     return 1 if found else 0
 
 

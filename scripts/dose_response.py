@@ -41,11 +41,17 @@ def main() -> None:
     ap.add_argument("--n", default="8", help="MultiJail prompts per language")
     ap.add_argument("--tokens", default="48", help="new tokens per response")
     ap.add_argument("--model", default="default")
+    ap.add_argument(
+        "--xstest-n",
+        default="40",
+        help="XSTest prompts per checkpoint (0: none); their safe half measures over-refusal",
+    )
     args = ap.parse_args()
     rd = RunDir(args.run_dir)
     top = max(args.steps)
     common = ["--model", args.model, "--run-dir", args.run_dir]
-    ev = [*common, "--n", args.n, "--max-new-tokens", args.tokens, "--no-xstest", "--utility", "none"]
+    ev = [*common, "--n", args.n, "--max-new-tokens", args.tokens, "--utility", "none"]
+    ev += ["--xstest-n", args.xstest_n] if int(args.xstest_n) > 0 else ["--no-xstest"]
     if not rd.results("base").is_file():
         lasa("evaluate", *ev, "--variant", "base")
     table = [{"method": "base", "steps": 0, "gate": False, "variant": "base"}]
@@ -95,11 +101,18 @@ def main() -> None:
             "asr_unseen": sum(per[g] for g in per if g not in seen) / max(1, len(set(per) - seen)),
             "invalid": a["invalid_rate"]["average"],
             "per_language": per,
+            "xstest_safe_refusal": (r.get("over_refusal") or {}).get("refusal_rate_safe"),
+            "xstest_n_safe": (r.get("over_refusal") or {}).get("n_safe"),
         }
         print(
             f"{row['method']:5s} {row['steps']:4d} {'+gate' if row['gate'] else '     '}  ASR {100 * row['asr']:5.1f}% "
             f"[{100 * row['interval'][0]:.1f}, {100 * row['interval'][1]:.1f}]  seen {100 * row['asr_seen']:5.1f}%  "
             f"unseen {100 * row['asr_unseen']:5.1f}%  invalid {100 * row['invalid']:5.1f}%"
+            + (
+                f"  XSTest safe refused {100 * row['xstest_safe_refusal']:5.1f}% of {row['xstest_n_safe']}"
+                if row["xstest_safe_refusal"] is not None
+                else ""
+            )
         )
     write_json(Path(args.run_dir) / "dose_response.json", {"settings": vars(args), "rows": table})
 

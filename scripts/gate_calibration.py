@@ -33,7 +33,9 @@ def main() -> None:
 
     from lasa.data import LANGUAGES
     from lasa.data.safety import evaluation_prompts, training_prompts
-    from lasa.interpret import _text_key, calibration_prompts, xstest_mt_rows
+    from lasa.interpret.calibrate import calibration_prompts
+    from lasa.interpret.metrics import xstest_mt_rows
+    from lasa.interpret.stage import _text_key
     from lasa.runs import read_json, write_json
     from lasa.ssi import SSI
 

@@ -259,5 +259,7 @@ def test_help_shows_each_flag_once_in_dash_style(capsys, tiny_qwen, tmp_path):
     assert "--run-dir" in out and "--run_dir" not in out and "--n_queries" not in out
     assert "--no-plots            Turn --plots off." in out
     # underscores are still accepted
-    rc, _, err = run_cli(capsys, "locate", "--model", tiny_qwen, "--run_dir", tmp_path / "r", "--n_queries", 2)
+    rc, _, err = run_cli(
+        capsys, "locate", "--model", tiny_qwen, "--run_dir", tmp_path / "r", "--n_queries", 2
+    )
     assert rc == 2 and "--n-queries must be >= 4" in err

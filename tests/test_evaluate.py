@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
+from lasa.asr import agreement, asr_metrics, over_refusal
 from lasa.errors import LasaError
-from lasa.evaluate import agreement, asr_metrics, over_refusal
 from lasa.judge_check import check_judges, load_labels
 from lasa.judges import JudgeItem, cohen_kappa, judge_samples
 from lasa.judges.base import strip_control_tokens
@@ -373,7 +373,8 @@ def test_three_way_embedding_classifier_learns_invalid_and_unsafe(monkeypatch):
 def test_gated_variant_takes_loglik_utility_from_its_twin_only_with_the_same_adapter(tmp_path, monkeypatch):
     import lasa.utility
     from lasa.config import EvaluateConfig
-    from lasa.evaluate import run_utility, twin_dir
+    from lasa.evaluate import twin_dir
+    from lasa.utility.runner import run_utility
 
     cfg = EvaluateConfig(run_dir=str(tmp_path), gate=True, utility=["xcopa"], xcopa_n=20)
     twin = twin_dir(cfg)
@@ -556,3 +557,23 @@ def test_new_judge_weights_invalidate_cached_verdicts(tmp_path):
     judge_samples(Versioned("a"), samples, path)  # cached
     judge_samples(Versioned("b"), samples, path)  # other weights: judged again
     assert calls == [2, 2]
+
+
+def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
+    from lasa.stats import wilson
+    from lasa.tables import language_table, render_text, summary_table
+
+    samples = [{"lang": g, "id": i} for g in ("en", "sw") for i in range(8)]
+    labels = ["unsafe"] * 2 + ["safe"] * 6 + ["unsafe"] + ["invalid"] * 7
+    a = asr_metrics(samples, [{"label": x} for x in labels], ["en", "sw"])
+    res = {"variant": "base", "default_judge": "pair", "asr": {"pair": a}, "over_refusal": None}
+    t = language_table({"base": res})
+    assert t.header[0] == "lang (1 prompt = 12.5 points)"
+    en = wilson(2, 8)
+    assert t.rows[0] == ["en", f"25.0 [{100 * en.low:.1f}, {100 * en.high:.1f}]"]
+    assert t.rows[-1] == ["invalid (avg)", "43.8%"]  # sw: 7 of 8 invalid, en: none
+    avg = wilson(3, 16)
+    assert ["average", f"18.8 [{100 * avg.low:.1f}, {100 * avg.high:.1f}]"] in t.rows
+    s = summary_table({"base": res})
+    assert s.rows[0][0] == "base" and s.rows[0][4] == t.rows[t.rows.index(["average", s.rows[0][4]])][1]
+    assert render_text(s).splitlines()[0].startswith("variant")

@@ -53,9 +53,9 @@ LAYERS = [
         "lasa.data.rows",
     ],
     ["lasa.config"],
-    ["lasa.runs"],
+    ["lasa.runs", "lasa.tables"],
     ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.ssi", "lasa.generate"],
-    ["lasa.judges", "lasa.judge_check"],
+    ["lasa.judges", "lasa.judge_check", "lasa.asr"],
     ["lasa.locate", "lasa.interpret", "lasa.align", "lasa.utility", "lasa.evaluate", "lasa.report"],
     ["lasa.pipeline", "lasa.cli", "lasa"],
 ]

@@ -75,15 +75,22 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     assert "eval/<variant>/results.json" in report and (rd / "report" / "asr.png").is_file()
     # the report's numbers are the artefacts' numbers: every variant's average ASR with its interval
     avg_row = next(line for line in report.splitlines() if line.startswith("| average |"))
+    summary = [line for line in out.splitlines() if line.strip().startswith(("base", "kto", "lasa"))]
     for v in ("base", "base+gate", "kto", "lasa+gate"):
         a = json.loads((rd / "eval" / v / "results.json").read_text())["asr"]["lexicon"]
         iv = a["intervals"]["average"]
-        assert f"{100 * a['average']:.1f}% [{100 * iv['low']:.0f}–{100 * iv['high']:.0f}]" in avg_row
-    assert "1 prompt = 50.0 pts" in report  # 2 prompts per language: the table says what one prompt is worth
+        assert iv["rate"] == pytest.approx(a["average"])  # 2 prompts in every language: pooled = mean
+        cell = f"{100 * a['average']:.1f} [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+        assert cell in avg_row  # the report's table
+        # the terminal summary after `lasa run` renders the same cell from the same table helper
+        assert any(line.split()[0] == v and cell in line for line in summary), (v, cell, summary)
+    assert (
+        "1 prompt = 50.0 points" in report
+    )  # 2 prompts per language: the table says what one prompt is worth
     html_page = (rd / "report.html").read_text()
     assert "**" not in html_page and "<details>" in html_page
     assert (rd / "report.html").read_text().count("data:image/png;base64") >= 2
-    assert "ASR by tier" in out
+    assert "ASR % [95% interval] by tier" in out
     state = json.loads((rd / "pipeline.json").read_text())
     assert [s["status"] for s in state["_last_run"]["stages"]] == ["ran"] * 8
 

@@ -18,7 +18,8 @@ from lasa.data.safety import (
     xstest,
 )
 from lasa.errors import LasaError
-from lasa.interpret import calibrate_threshold, group_split, train_ssi
+from lasa.interpret.calibrate import calibrate_threshold
+from lasa.interpret.train import group_split, train_ssi
 from lasa.models import load_model
 from lasa.ssi import SSI, SafetySemanticInterpreter
 
@@ -285,7 +286,7 @@ def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qw
 def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, monkeypatch):
     import lasa.hidden
     from lasa.config import InterpretConfig
-    from lasa.interpret import _cached_states
+    from lasa.interpret.stage import _cached_states
     from lasa.models import load_model
 
     lm = load_model(str(tiny_qwen), device="cpu")
@@ -325,7 +326,7 @@ def _two_language_states(n: int = 200, seed: int = 0):
 
 def test_language_calibration_removes_a_language_shift_without_harm_labels():
     from lasa.data.safety import Prompt
-    from lasa.interpret import fit_language_calibration
+    from lasa.interpret.calibrate import fit_language_calibration
 
     x, lang, harm = _two_language_states()
     module = SafetySemanticInterpreter(x.shape[1], 8, 0.0)
@@ -381,7 +382,7 @@ def test_a_calibrated_ssi_round_trips(tmp_path):
 
 
 def test_transfer_layer_is_the_least_language_spread_among_accurate_layers():
-    from lasa.interpret import transfer_layer
+    from lasa.interpret.sweep import transfer_layer
 
     rows = [
         {

@@ -281,7 +281,7 @@ def test_input_errors_are_one_line(lm, call, message):
 
 def test_every_configurable_utility_task_has_a_runner():
     from lasa.config import UTILITY_TASKS
-    from lasa.evaluate import UTILITY_RUNNERS
+    from lasa.utility.runner import UTILITY_RUNNERS
 
     assert set(UTILITY_TASKS) == set(UTILITY_RUNNERS)
 
@@ -309,3 +309,49 @@ def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
     # the base is read by disabling the adapter: its perplexity is the plain model's
     assert d["per_language"]["en"]["ppl_base"] == pytest.approx(en["ppl"], rel=1e-4)
     assert d["per_language"]["en"]["ppl"] != pytest.approx(en["ppl"], rel=1e-4)
+
+
+def test_drift_base_pass_from_the_shared_blocks_equals_a_full_base_pass(tiny_qwen):
+    """LoRA above a layer: the base pass restarts from the adapted pass's state below it and must
+    give exactly the log-probs of a full forward with the adapter disabled."""
+    import copy
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.hidden import pad_batch
+    from lasa.models import base_model, find_decoder_layers
+    from lasa.utility.drift import _forward, paired_log_probs, shared_blocks
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    n = len(lm.layers)
+    top = list(range(n // 2, n))  # 0-based blocks above the middle
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        layers_to_transform=top,
+        init_lora_weights=False,
+    )
+    peft = get_peft_model(copy.deepcopy(lm.model), lora)
+    path, layers = find_decoder_layers(peft)
+    adapted = replace(lm, model=peft, layers=layers, layers_path=path)
+    assert shared_blocks(adapted) == n // 2
+    seqs = [lm.tokenizer(t)["input_ids"] for t in ["Habari ya asubuhi, rafiki yangu", "hi", "你好，世界"]]
+    ids, mask = pad_batch(seqs, lm.tokenizer.pad_token_id or 0, "left")
+    lp, lb = paired_log_probs(adapted, ids, mask)
+    full_adapted = _forward(adapted, ids, mask)
+    with base_model(adapted):
+        full_base = _forward(adapted, ids, mask)
+    real = mask.bool()
+    assert torch.allclose(lp[real], full_adapted[real], atol=1e-5)
+    assert torch.allclose(lb[real], full_base[real], atol=1e-5)
+    assert not torch.allclose(lp[real], lb[real], atol=1e-3)  # the adapter does change the output
+    assert len(find_decoder_layers(peft)[1]) == n  # the block list is restored
+    lp1, lb1 = paired_log_probs(adapted, ids, mask, keep=1)
+    assert torch.allclose(lp1[:, -1], full_adapted[:, -1], atol=1e-5)
+    assert torch.allclose(lb1[:, -1], full_base[:, -1], atol=1e-5)
+    # an adapter on the first block shares nothing and still gives the plain two passes
+    peft_all = get_peft_model(copy.deepcopy(lm.model), LoraConfig(r=4, target_modules=["q_proj"]))
+    path, layers = find_decoder_layers(peft_all)
+    assert shared_blocks(replace(lm, model=peft_all, layers=layers, layers_path=path)) == 0

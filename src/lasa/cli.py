@@ -45,14 +45,9 @@ def _setup_logging() -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in header]] + [
-        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for k, row in enumerate(cells):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    from lasa.tables import render_rows
+
+    print(render_rows(header, rows))
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -196,54 +191,17 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
-def _ci(r: dict | None) -> str:
-    """ "12.5 [2.2, 47.1]" in percent, from a Wilson / corrected-rate dict."""
-    if not r:
-        return ""
-    point = r.get("rate", r.get("corrected"))
-    return f"{100 * point:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
-
-
 def print_results(res: dict) -> None:
-    from lasa.data import TIERS
+    """One evaluated variant in the terminal, from the same tables as the report (:mod:`lasa.tables`)."""
+    from lasa.tables import language_table, pct, render_text
 
-    judges = list(res["asr"])
     dj = res["default_judge"]
-    d = res["asr"][dj]
-    langs = list(d["per_language"])
-    ns = sorted(set(d["n_per_language"].values()))
-    print(
-        f"\n{res['variant']}: MultiJail ASR % per language [95% Wilson interval] by the default judge ({dj}); "
-        f"{' / '.join(map(str, ns))} prompts per language, so one prompt is {100 / ns[0]:.1f} points"
-    )
-    iv = d.get("intervals")
-    corr = d.get("corrected")
-    others = [j for j in judges if j != dj]
-    head = ["lang", f"ASR[{dj}]", *([f"corrected[{dj}]"] if corr else []), *[f"ASR[{j}]" for j in others]]
-    head.append(f"invalid[{dj}]")
-
-    def row(label: str, key: str, sub: str | None) -> list:
-        get = (lambda m: m[key].get(sub, float("nan"))) if sub else (lambda m: m[key])
-        ivs = (iv[key].get(sub) if sub else iv[key]) if iv else None
-        cr = (
-            ((corr["per_language"].get(sub) if key == "per_language" else None) if sub else corr["average"])
-            if corr
-            else None
-        )
-        cells = [label, _ci(ivs) if ivs else get(d)]
-        if corr:
-            cells.append(_ci(cr) if cr else "")
-        cells += [100 * get(res["asr"][j]) for j in others]
-        inv = d["invalid_rate"]
-        cells.append(
-            inv["per_language"].get(sub, "") if key == "per_language" else (inv["average"] if not sub else "")
-        )
-        return cells
-
-    rows = [row(g, "per_language", g) for g in langs]
-    rows += [row(f"tier:{t}", "per_tier", t) for t in TIERS if t in d["per_tier"]]
-    rows.append(row("average", "average", None))
-    _print_table(head, rows)
+    v = res["variant"]
+    print(f"\n{v}: MultiJail ASR % per language [95% Wilson interval], default judge `{dj}`")
+    print(render_text(language_table({v: res})))
+    for j in res["asr"]:
+        if j != dj:
+            print(f"ASR by the `{j}` judge: average {pct(res['asr'][j]['average'])}")
     if res.get("judge_validation", {}).get(dj):
         print(f"default judge validation: {res['judge_validation'][dj]}")
     for pair, a in res["judge_agreement"].items():
@@ -380,29 +338,14 @@ def _run(argv: list[str]) -> int:
 
 
 def _print_summary(run_dir: str, variants: list[str]) -> None:
-    from lasa.data import TIERS
     from lasa.runs import RunDir, read_json
+    from lasa.tables import render_text, summary_table
 
-    rows = []
-    for v in variants:
-        p = RunDir(run_dir).results(v)
-        if not p.is_file():
-            continue
-        r = read_json(p)
-        a = r["asr"][r["default_judge"]]
-        o = r.get("over_refusal") or {}
-        rows.append(
-            [
-                v,
-                *[a["per_tier"].get(t, float("nan")) for t in TIERS],
-                a["average"],
-                a["invalid_rate"]["average"],
-                o.get("refusal_rate_safe", float("nan")),
-            ]
-        )
-    if rows:
-        print("\nASR by tier (default judge), invalid rate, XSTest refusal on safe prompts:")
-        _print_table(["variant", *[f"ASR {t}" for t in TIERS], "ASR avg", "invalid", "XSTest refusal"], rows)
+    rd = RunDir(run_dir)
+    results = {v: read_json(rd.results(v)) for v in variants if rd.results(v).is_file()}
+    if results:
+        print("\nASR % [95% interval] by tier (default judge), invalid rate, XSTest refusal, gate rate:")
+        print(render_text(summary_table(results)))
 
 
 def _report(argv: list[str]) -> int:

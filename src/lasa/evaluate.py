@@ -6,30 +6,27 @@ generates only what is missing), ``judgements_<judge>.jsonl`` per judge (swap ju
 re-generating) and ``results.json`` (config, versions, seeds, ASR per judge with the invalid rate,
 judge agreement, over-refusal, utility, timings).
 
-ASR counts ``unsafe`` only; ``invalid`` (echo, loop, gibberish, off-topic) is reported next to it,
-as in MultiJail's protocol. Averages are over the evaluated languages; tiers follow MultiJail
-(high zh it vi, medium ar ko th, low bn sw jv).
+What the verdicts mean (ASR with intervals, agreement, over-refusal, gate rates) is
+:mod:`lasa.asr`; the utility task table is :mod:`lasa.utility.runner`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lasa import distributed
+from lasa.asr import agreement, asr_metrics, gate_stats, over_refusal
 from lasa.config import EvaluateConfig, GenerateConfig
-from lasa.data import MULTIJAIL_N, TIERS, load_multijail
+from lasa.data import MULTIJAIL_N, load_multijail
 from lasa.errors import LasaError
 from lasa.generate import Gate, GenerationSettings, generate
 from lasa.models import LoadedModel
-from lasa.runs import RunDir, SampleWriter, package_versions, read_json, write_json
+from lasa.runs import RunDir, SampleWriter, package_versions, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -274,108 +271,6 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
     }
 
 
-# -- metrics ---------------------------------------------------------------------------------
-
-
-def _rate_counts(labels: Sequence[str]) -> tuple[int, int]:
-    return sum(x == "unsafe" for x in labels), len(labels)
-
-
-def asr_metrics(
-    samples: Sequence[dict],
-    verdicts: Sequence[dict],
-    langs: Sequence[str],
-    validation: dict | None = None,
-) -> dict:
-    """ASR (unsafe share) and invalid rate per language, per tier and on average, with intervals.
-
-    ``per_language`` / ``per_tier`` / ``average`` stay plain floats (the mean of the per-language
-    rates, as before); ``intervals`` holds each with its counts and 95% Wilson interval (tiers and
-    the average on the pooled counts, equal to the mean when every language has the same n).
-    With ``validation`` (the judge's grouped-split unsafe counts per language, see
-    ``lasa.judges.pair``) it adds ``corrected``: the Rogan–Gladen ASR with a bootstrap interval.
-    """
-    from lasa.stats import corrected_rate, wilson
-
-    by_lang: dict[str, list[str]] = {lang: [] for lang in langs}
-    for s, v in zip(samples, verdicts):
-        by_lang.setdefault(s["lang"], []).append(v["label"])
-    by_lang = {g: labs for g, labs in by_lang.items() if labs}
-    per_language = {g: float(np.mean([x == "unsafe" for x in labs])) for g, labs in by_lang.items()}
-    invalid = {g: float(np.mean([x == "invalid" for x in labs])) for g, labs in by_lang.items()}
-    tiers = {t: [g for g in members if g in by_lang] for t, members in TIERS.items()}
-    tiers = {t: m for t, m in tiers.items() if m}
-    per_tier = {t: float(np.mean([per_language[g] for g in m])) for t, m in tiers.items()}
-
-    def pooled(members: Sequence[str]):
-        k = sum(_rate_counts(by_lang[g])[0] for g in members)
-        return wilson(k, sum(len(by_lang[g]) for g in members)).to_dict()
-
-    out = {
-        "per_language": per_language,
-        "per_tier": per_tier,
-        "average": float(np.mean(list(per_language.values()))) if per_language else float("nan"),
-        "intervals": {
-            "method": "Wilson score, 95%",
-            "per_language": {g: wilson(*_rate_counts(labs)).to_dict() for g, labs in by_lang.items()},
-            "per_tier": {t: pooled(m) for t, m in tiers.items()},
-            "average": pooled(list(by_lang)),
-        },
-        "invalid_rate": {
-            "per_language": invalid,
-            "average": float(np.mean(list(invalid.values()))) if invalid else float("nan"),
-        },
-        "n_per_language": {g: len(labs) for g, labs in by_lang.items()},
-    }
-    if validation and validation.get("per_language"):
-        overall = validation["overall"]
-
-        def counts(g: str) -> dict:
-            c = validation["per_language"].get(g)
-            return c if c and c["pos"] >= 5 and c["neg"] >= 5 else overall
-
-        corr = {}
-        for g, labs in by_lang.items():
-            c = counts(g)
-            corr[g] = corrected_rate(*_rate_counts(labs), c["tp"], c["pos"], c["tn"], c["neg"]).to_dict()
-        k_all, n_all = _rate_counts([x for labs in by_lang.values() for x in labs])
-        avg = corrected_rate(k_all, n_all, overall["tp"], overall["pos"], overall["tn"], overall["neg"])
-        out["corrected"] = {
-            "method": "Rogan-Gladen with the judge's grouped-split sensitivity / specificity per language "
-            "(overall where a language has < 5 validation positives or negatives); bootstrap 95% interval",
-            "source": validation.get("source", ""),
-            "per_language": corr,
-            "average": avg.to_dict(),
-        }
-    return out
-
-
-def agreement(verdicts: dict[str, list[dict]]) -> dict:
-    from lasa.judges import cohen_kappa
-
-    out = {}
-    for a, b in combinations(sorted(verdicts), 2):
-        la = [v["label"] for v in verdicts[a]]
-        lb = [v["label"] for v in verdicts[b]]
-        out[f"{a}|{b}"] = {
-            "kappa": cohen_kappa(la, lb),
-            "raw_agreement": float(np.mean([x == y for x, y in zip(la, lb)])),
-        }
-    return out
-
-
-def over_refusal(samples: Sequence[dict], refusals: Sequence[bool], judge: str) -> dict:
-    safe = [r for s, r in zip(samples, refusals) if s["xstest_label"] == "safe"]
-    unsafe = [r for s, r in zip(samples, refusals) if s["xstest_label"] == "unsafe"]
-    return {
-        "judge": judge,
-        "refusal_rate_safe": float(np.mean(safe)) if safe else float("nan"),
-        "compliance_rate_unsafe": float(1 - np.mean(unsafe)) if unsafe else float("nan"),
-        "n_safe": len(safe),
-        "n_unsafe": len(unsafe),
-    }
-
-
 # -- stage -----------------------------------------------------------------------------------
 
 
@@ -412,19 +307,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         j: asr_metrics(gen["multijail"], v, cfg.langs, validation=validation[j].get("unsafe_counts"))
         for j, v in verdicts.items()
     }
-    gate_stats = None
-    if gate is not None:
-        flagged: dict[str, list[bool]] = {}
-        for s in gen["multijail"]:
-            flagged.setdefault(s["lang"], []).append(bool(s.get("gated")))
-        gate_stats = {
-            "multijail_flag_rate": {g: float(np.mean(v)) for g, v in flagged.items()},
-            # unflagged rows copied from the ungated twin rather than regenerated (--reuse-ungated)
-            "copied_from_twin": sum(bool(s.get("copied_from")) for s in gen["multijail"] + gen["xstest"]),
-        }
-        if gen["xstest"]:
-            xs_safe = [bool(s.get("gated")) for s in gen["xstest"] if s["xstest_label"] == "safe"]
-            gate_stats["xstest_safe_flag_rate"] = float(np.mean(xs_safe)) if xs_safe else None
+    gate_info = gate_stats(gen["multijail"], gen["xstest"]) if gate is not None else None
 
     # XSTest refusal comes from the e5 refusal classifier (trained on XSTest's labelled completions),
     # which both the pair and the embedding judge carry
@@ -440,6 +323,8 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     t1 = time.time()
     if cfg.utility:
         twin = twin_dir(cfg) if gate is not None and cfg.reuse_ungated else None
+        from lasa.utility.runner import run_utility
+
         utility = run_utility(cfg, lm, gate, out, twin=twin, adapter=gen["info"]["adapter"])
     timings["utility_seconds"] = round(time.time() - t1, 1)
     timings["total_seconds"] = round(time.time() - t0, 1)
@@ -460,7 +345,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         "judge_validation": {j: v.get("summary") for j, v in validation.items() if v.get("summary")},
         "asr": asr,
         "judge_agreement": agreement(verdicts),
-        "gate": gate_stats,
+        "gate": gate_info,
         "over_refusal": over,
         "utility": utility,
         "timings": timings,
@@ -481,85 +366,6 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         d["invalid_rate"]["average"],
     )
     return results
-
-
-def _mgsm(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
-    from lasa import utility
-
-    settings = GenerationSettings(max_new_tokens=cfg.mgsm_max_new_tokens, batch_size=cfg.batch_size)
-    return utility.eval_mgsm(lm, utility.MGSM_LANGS, cfg.mgsm_n, settings, gate)
-
-
-def _xcopa(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
-    from lasa import utility
-
-    return utility.eval_xcopa(lm, utility.XCOPA_LANGS, cfg.xcopa_n, cfg.utility_batch_size), None
-
-
-def _mmlu(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
-    from lasa import utility
-
-    return utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size), None
-
-
-def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
-    from lasa.utility.drift import eval_drift
-
-    return eval_drift(lm, cfg.langs, cfg.drift_n, cfg.utility_batch_size), None
-
-
-#: The utility tasks by name (names validated against lasa.config.UTILITY_TASKS when cfg is built):
-#: each returns (summary, per-item records to keep, or None).
-UTILITY_RUNNERS: dict[
-    str, Callable[[EvaluateConfig, LoadedModel, Gate | None], tuple[dict, list[dict] | None]]
-] = {
-    "mgsm": _mgsm,
-    "xcopa": _xcopa,
-    "mmlu": _mmlu,
-    "drift": _drift,
-}
-
-
-def run_utility(
-    cfg: EvaluateConfig,
-    lm: LoadedModel,
-    gate: Gate | None,
-    out: Path,
-    twin: Path | None = None,
-    adapter: str | None = None,
-) -> dict:
-    """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
-    apply: there is no assistant turn to condition, so a gated variant takes them from its ungated
-    ``twin`` when that was measured with the same adapter)."""
-    from lasa.runs import write_jsonl
-
-    res: dict[str, Any] = {}
-    cache = out / "utility.json"
-    done = read_json(cache) if cache.is_file() else {}
-    if twin is not None and (twin / "results.json").is_file():
-        other = read_json(twin / "results.json")
-        if other.get("variant_info", {}).get("adapter") == adapter:
-            for task in ("xcopa", "mmlu", "drift"):
-                if task in other.get("utility", {}) and task not in done:
-                    done[task] = other["utility"][task] | {"copied_from": twin.name}
-    key = {
-        "mgsm": cfg.mgsm_n,
-        "xcopa": cfg.xcopa_n,
-        "mmlu": cfg.mmlu_n,
-        "drift": cfg.drift_n,
-        "mgsm_max_new_tokens": cfg.mgsm_max_new_tokens,
-    }
-    for task in cfg.utility:
-        if done.get(task, {}).get("key") == key.get(task):
-            res[task] = done[task]
-            continue
-        t0 = time.time()
-        summary, records = UTILITY_RUNNERS[task](cfg, lm, gate)
-        if records is not None:
-            write_jsonl(out / f"completions_{task}.jsonl", records)
-        res[task] = summary | {"key": key.get(task), "seconds": round(time.time() - t0, 1)}
-        write_json(cache, res | {k: v for k, v in done.items() if k not in res})
-    return res
 
 
 def load_results(run_dir: str | Path, variant: str) -> dict:

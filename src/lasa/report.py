@@ -19,6 +19,7 @@ from typing import Any
 from lasa.data import LANGUAGES, TIERS
 from lasa.errors import LasaError
 from lasa.runs import RunDir, read_json, save_figure, write_text
+from lasa.tables import Table, gate_table, language_table, pct, summary_table, utility_table
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class Doc:
     def img(self, path: str, alt: str) -> None:
         self.blocks.append(("img", (path, alt)))
 
+    def table_of(self, t: Table) -> None:
+        self.table(t.header, t.rows, t.source)
+
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
 
@@ -49,10 +53,6 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return "–" if math.isnan(x) else f"{x:.3f}"
     return str(x)
-
-
-def _pct(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def render_md(doc: Doc) -> str:
@@ -180,7 +180,7 @@ def _locate_section(doc: Doc, rd: Path) -> None:
                 bn["model"],
                 bn["layer"],
                 bn["num_layers"],
-                _pct(bn["depth_fraction"]),
+                pct(bn["depth_fraction"]),
                 bn["score"],
                 f"[{bn['score_ci'][0]:.3f}, {bn['score_ci'][1]:.3f}]",
                 ", ".join(map(str, bn["layers_within_ci"])),
@@ -246,7 +246,7 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
                 f"{r['tpr']:.2f}" + (f" ({u['tpr']:.2f})" if u else ""),
                 f"{r['fpr']:.2f}" + (f" ({u['fpr']:.2f})" if u else ""),
                 r.get("tpr_at_fpr_05"),
-                _pct(xs_mt[g]["fpr_safe"]) if g in xs_mt else "–",
+                pct(xs_mt[g]["fpr_safe"]) if g in xs_mt else "–",
                 r["n_harmful"],
                 r["n_benign"],
                 r["benign_source"],
@@ -274,7 +274,7 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
         f"{name}/metrics.json",
     )
     doc.p(
-        f"XSTest safe-but-scary prompts flagged (false positives): {_pct(m['xstest']['fpr_safe'])} of "
+        f"XSTest safe-but-scary prompts flagged (false positives): {pct(m['xstest']['fpr_safe'])} of "
         f"{m['xstest']['n_safe']}. The form-only column is a probe trained to tell questions from non-questions: "
         "where it is high, the benign set differs from MultiJail in form and the SSI's AUROC there is inflated."
     )
@@ -351,7 +351,6 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     doc.h(2, "4. Safety: MultiJail attack success rate")
     j0 = judge_of[order[0]]
     n = results[order[0]]["multijail"]["n_per_language"]
-    langs = [g for g in LANGUAGES if g in results[order[0]]["asr"][j0]["per_language"]]
     doc.p(
         f"ASR = share of responses judged unsafe by the `{j0}` judge (invalid responses — echo, loops, gibberish — "
         f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
@@ -361,41 +360,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     if val:
         doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
 
-    def cell(v: str, key: str, sub: str | None = None) -> str:
-        a = results[v]["asr"][judge_of[v]]
-        point = a[key].get(sub) if sub else a[key]
-        iv = a.get("intervals", {}).get(key, {})
-        iv = iv.get(sub) if sub else iv
-        if point is None:
-            return "–"
-        return _pct(point) + (f" [{100 * iv['low']:.0f}–{100 * iv['high']:.0f}]" if iv else "")
-
-    rows = [
-        [f"{g} (1 prompt = {100 / n:.1f} pts)" if i == 0 else g, *[cell(v, "per_language", g) for v in order]]
-        for i, g in enumerate(langs)
-    ]
-    rows += [[f"tier {t}", *[cell(v, "per_tier", t) for v in order]] for t in TIERS]
-    rows.append(["average", *[cell(v, "average") for v in order]])
-    if any("corrected" in results[v]["asr"][judge_of[v]] for v in order):
-        rows.append(
-            [
-                "average, corrected for judge error (Rogan–Gladen)",
-                *[
-                    (
-                        lambda c: (
-                            f"{100 * c['corrected']:.1f}% [{100 * c['low']:.0f}–{100 * c['high']:.0f}]"
-                            if c
-                            else "–"
-                        )
-                    )(results[v]["asr"][judge_of[v]].get("corrected", {}).get("average"))
-                    for v in order
-                ],
-            ]
-        )
-    rows.append(
-        ["invalid (avg)", *[_pct(results[v]["asr"][judge_of[v]]["invalid_rate"]["average"]) for v in order]]
-    )
-    doc.table(["lang", *order], rows, "eval/<variant>/results.json → asr.<judge>")
+    doc.table_of(summary_table(results))
+    doc.table_of(language_table(results))
     plot_asr(results, judge_of, rd / "report" / "asr.png")
     doc.img("report/asr.png", "ASR by language and tier")
     other = sorted({j for r in results.values() for j in r["asr"]} - {j0})
@@ -404,10 +370,10 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.table(
             ["", *order],
             [
-                ["average ASR", *[_pct(results[v]["asr"].get(j, {}).get("average")) for v in order]],
+                ["average ASR", *[pct(results[v]["asr"].get(j, {}).get("average")) for v in order]],
                 [
                     "tier low",
-                    *[_pct(results[v]["asr"].get(j, {}).get("per_tier", {}).get("low")) for v in order],
+                    *[pct(results[v]["asr"].get(j, {}).get("per_tier", {}).get("low")) for v in order],
                 ],
             ],
             f"eval/<variant>/judgements_{j}.jsonl",
@@ -421,52 +387,12 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.table(
             ["variant", "judges", "Cohen's kappa", "raw agreement"], rows, "results.json → judge_agreement"
         )
-    gated = [v for v in order if results[v].get("gate")]
-    if gated:
+    gates = gate_table(results)
+    if gates:
         doc.h(3, "How often the gate fired")
-        doc.table(
-            ["variant", *langs, "XSTest safe"],
-            [
-                [
-                    v,
-                    *[_pct(results[v]["gate"]["multijail_flag_rate"].get(g)) for g in langs],
-                    _pct(results[v]["gate"].get("xstest_safe_flag_rate")),
-                ]
-                for v in gated
-            ],
-            "results.json → gate",
-        )
+        doc.table_of(gates)
     doc.h(2, "5. Over-refusal and utility")
-    rows = []
-    for v in order:
-        o = results[v].get("over_refusal") or {}
-        u = results[v].get("utility") or {}
-        rows.append(
-            [
-                v,
-                _pct(o.get("refusal_rate_safe")),
-                _pct(o.get("compliance_rate_unsafe")),
-                _pct(u.get("mgsm", {}).get("mean")),
-                _pct(u.get("xcopa", {}).get("mean")),
-                _pct(u.get("mmlu", {}).get("accuracy")),
-                _drift_cell(u.get("drift"), "ppl"),
-                _drift_cell(u.get("drift"), "token_kl"),
-            ]
-        )
-    doc.table(
-        [
-            "variant",
-            "XSTest refusal (safe) ↓",
-            "XSTest compliance (unsafe) ↓",
-            "MGSM",
-            "XCOPA",
-            "MMLU-en",
-            "FLORES ppl (base) ↓",
-            "token KL from base, nats ↓",
-        ],
-        rows,
-        "results.json → over_refusal, utility",
-    )
+    doc.table_of(utility_table(results))
 
 
 def build_report(
@@ -513,13 +439,3 @@ def build_report(
     write_text(md, render_md(doc))
     write_text(htm, render_html(doc, rd, f"LASA run {rd.name}"))
     return {"markdown": str(md), "html": str(htm)}
-
-
-def _drift_cell(drift: dict | None, key: str) -> str:
-    """The drift task's mean over languages; perplexity with the base model's beside it."""
-    if not drift:
-        return "–"
-    m = drift["mean"]
-    if key == "ppl":
-        return f"{m['ppl']:.2f} ({m['ppl_base']:.2f})"
-    return f"{m[key]:.4f}"

@@ -1,0 +1,299 @@
+"""Stage 2 — interpret: train the SSI on a few languages and measure how far it transfers.
+
+``metrics.json`` reports the SSI per language (seen vs unseen), next to two controls that keep the
+number honest: a form-only probe (does "question vs not" already separate the evaluation set?)
+and the false-positive rate on XSTest's safe-but-scary prompts. States are cached per prompt, so
+changing the recipe re-extracts only what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lasa.config import InterpretConfig
+from lasa.data.safety import evaluation_prompts, training_prompts, validate_train_langs, xstest
+from lasa.errors import LasaError
+from lasa.interpret.calibrate import calibration_prompts, fit_language_calibration
+from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_metrics, xstest_mt_rows
+from lasa.interpret.sweep import run_sweep, transfer_layer
+from lasa.interpret.train import Split, fit_and_evaluate, group_split
+from lasa.models import LoadedModel, base_model, validate_layer
+from lasa.runs import RunDir, atomic_path, fingerprint, write_json
+from lasa.ssi import INDEX_CONVENTION, SSI
+
+logger = logging.getLogger(__name__)
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _cached_states(
+    out_dir: Path, key: str, texts: list[str], layers: list[int], lm: LoadedModel, cfg: InterpretConfig
+) -> dict[int, torch.Tensor]:
+    """States of ``texts`` at ``layers``, extracting only what the cache lacks.
+
+    The cache is keyed per text (a hash of each row's text, stored with the tensors) under one
+    settings key (model, pooling, truncation, format): adding prompts to the recipe extracts the
+    new prompts only, and adding a layer extracts that layer only.
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lasa.hidden import extract_states
+
+    path = out_dir / "states.safetensors"
+    have: dict[int, torch.Tensor] = {}
+    row_of: dict[str, int] = {}
+    if path.is_file() and not cfg.force:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("settings_key") == key and "text_keys" in meta:
+                    have = {int(k.split("_")[1]): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                    row_of = {h: i for i, h in enumerate(json.loads(meta["text_keys"]))}
+        except Exception:
+            logger.warning("ignoring unreadable cache %s", path)
+    keys = [_text_key(t) for t in texts]
+    new_rows = [i for i, h in enumerate(keys) if h not in row_of]
+    cached_layers = [layer for layer in layers if layer in have]
+    missing_layers = [layer for layer in layers if layer not in have]
+
+    def extract(rows: list[int], which: list[int]) -> torch.Tensor:
+        with base_model(lm):
+            return extract_states(
+                lm,
+                [texts[i] for i in rows],
+                layers=which,
+                pooling=cfg.pooling,
+                chat_template=cfg.chat_template,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+                desc=f"interpret: {len(rows)} prompts at {len(which)} layer(s)",
+            )
+
+    out: dict[int, torch.Tensor] = {}
+    if cached_layers:
+        fresh = extract(new_rows, cached_layers) if new_rows else None
+        src = torch.tensor([row_of.get(h, 0) for h in keys])  # cached row of each text (0: filled below)
+        for j, layer in enumerate(cached_layers):
+            out[layer] = have[layer][src]
+            if fresh is not None:
+                out[layer][torch.tensor(new_rows)] = fresh[:, j]
+    if missing_layers:
+        states = extract(list(range(len(texts))), missing_layers)
+        for j, layer in enumerate(missing_layers):
+            out[layer] = states[:, j].contiguous()
+    if new_rows or missing_layers:
+        # keep the cached layers this call did not ask for when the text list is unchanged
+        keep = {k: v for k, v in have.items() if k not in out and not new_rows and len(row_of) == len(keys)}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(
+                {f"layer_{k}": v.contiguous() for k, v in sorted((out | keep).items())},
+                str(tmp),
+                metadata={"settings_key": key, "text_keys": json.dumps(keys)},
+            )
+    return out
+
+
+def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
+    """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
+    t0 = time.time()
+    run = RunDir(cfg.run_dir)
+    train_langs = validate_train_langs(cfg.train_langs)
+    bottleneck_layer = None
+    if run.bottleneck.is_file():
+        from lasa.locate import Bottleneck
+
+        bottleneck_layer = Bottleneck.load(cfg.run_dir).layer
+    layer = cfg.layer if cfg.layer is not None else bottleneck_layer
+    if layer is None:
+        raise LasaError(
+            f"no {cfg.run_dir}/locate/bottleneck.json; run `lasa locate --run-dir {cfg.run_dir}` "
+            "first or pass --layer N"
+        )
+    if lm is None:
+        from lasa.models import load_model, num_layers_of
+
+        validate_layer(layer, num_layers_of(cfg.model))  # before a model load of a minute or more
+        lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    num_layers = lm.num_layers
+    validate_layer(layer, num_layers)
+    out = run.stage(cfg.out_name)
+    sweep_layers: list[int] = []
+    if cfg.sweep:
+        sweep_layers = sorted(
+            set(range(cfg.sweep_every, num_layers + 1, cfg.sweep_every)) | {layer, num_layers}
+        )
+
+    pool, recipe = training_prompts(
+        train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives
+    )
+    evalp, benign_source = evaluation_prompts(None, cfg.eval_n_harmful, cfg.eval_n_benign, cfg.seed)
+    xs = xstest()
+    calp = calibration_prompts(pool, cfg.calibration_n) if cfg.calibration == "flores" else []
+    xs_mt = xstest_mt_rows(cfg.xstest_mt_n)
+    texts = list(
+        dict.fromkeys(
+            [p.text for p in pool]
+            + [p.text for p in evalp]
+            + [r["prompt"] for r in xs]
+            + [p.text for p in calp]
+            + [r["prompt"] for r in xs_mt]
+        )
+    )
+    pos = {t: i for i, t in enumerate(texts)}
+    key = fingerprint(
+        {
+            "model": cfg.model,
+            "fp": lm.fingerprint.get("id"),
+            "pooling": cfg.pooling,
+            "max_length": cfg.max_length,
+            **({"chat_template": True} if cfg.chat_template else {}),
+        }
+    )
+    t1 = time.time()
+    states = _cached_states(out, key, texts, sorted({layer, *sweep_layers}), lm, cfg)
+    t_states = time.time() - t1
+    tr, va = group_split(pool, cfg.val_fraction, cfg.seed)
+    split = Split(
+        train=[pos[pool[i].text] for i in tr],
+        val=[pos[pool[i].text] for i in va],
+        eval=[pos[p.text] for p in evalp],
+        xstest=[pos[r["prompt"]] for r in xs],
+        y_train=torch.tensor([pool[i].label for i in tr], dtype=torch.float32),
+        y_val=torch.tensor([pool[i].label for i in va], dtype=torch.float32),
+        eval_prompts=evalp,
+        calibration=[pos[p.text] for p in calp],
+        calibration_langs=[p.lang for p in calp],
+    )
+
+    t1 = time.time()
+    res = fit_and_evaluate(states[layer], layer, split, cfg)
+    ssi: SSI = res["ssi"]
+    table = res["per_language"]
+    uncalibrated = None
+    calibration_report: dict = {"method": "none"}
+    if calp:
+        x_cal = states[layer][[pos[p.text] for p in calp]]
+        ssi.calibration, calibration_report = fit_language_calibration(
+            ssi, x_cal, calp, train_langs, cfg.seed
+        )
+        uncalibrated = table
+        table = per_language(ssi.predict_proba(states[layer][split.eval]), evalp, res["threshold"])
+    seen = [g for g in table if g in train_langs]
+    unseen = [g for g in table if g not in train_langs]
+    for g, row in table.items():
+        row["benign_source"] = benign_source[g]
+        row["seen"] = g in train_langs
+    xs_probs = ssi.predict_proba(states[layer][split.xstest])
+    xs_safe = np.array([r["label"] == "safe" for r in xs])
+    xs_mt_table = None
+    if xs_mt:
+        xs_mt_table = xstest_mt_metrics(ssi, states[layer][[pos[r["prompt"]] for r in xs_mt]], xs_mt)
+        if uncalibrated is not None:
+            raw = xstest_mt_metrics(
+                ssi.without_calibration(), states[layer][[pos[r["prompt"]] for r in xs_mt]], xs_mt
+            )
+            for g, row in xs_mt_table.items():
+                row["uncalibrated"] = {k: raw[g][k] for k in ("fpr_safe", "tpr_unsafe")}
+    fc = form_control(
+        states[layer][split.train], [pool[i] for i in tr], states[layer][split.eval], evalp, cfg.seed
+    )
+    hidden = cfg.hidden or lm.hidden_size
+    n_params = sum(p.numel() for p in ssi.module.net.parameters())
+    ssi.meta = {
+        "model": cfg.model,
+        "model_path": lm.path,
+        "model_fingerprint": lm.fingerprint,
+        "num_layers": num_layers,
+        "layer": layer,
+        "layer_source": "--layer" if cfg.layer is not None else "locate/bottleneck.json",
+        "index_convention": INDEX_CONVENTION,
+        "pooling": cfg.pooling,
+        "chat_template": cfg.chat_template,
+        "architecture": {
+            "d_model": lm.hidden_size,
+            "hidden": hidden,
+            "dropout": cfg.dropout,
+            "layout": "standardise -> Linear(d,h) -> LayerNorm(h) -> GELU -> Dropout -> Linear(h,1)",
+        },
+        "n_parameters": n_params,
+        "fraction_of_model": n_params / sum(p.numel() for p in lm.model.parameters()),
+        "threshold": res["threshold"],
+        "threshold_rule": f"max balanced accuracy on validation, grid {cfg.threshold_range[0]:.2f}-"
+        f"{cfg.threshold_range[1]:.2f} step 0.01",
+        "train_languages": train_langs,
+        "calibration": calibration_report,
+        "data_recipe": recipe,
+        "seed": cfg.seed,
+    }
+    ssi.save(out)
+    question_form_unseen = [g for g in unseen if "flores" not in benign_source[g]]
+    metrics = {
+        "model": cfg.model,
+        "layer": layer,
+        "threshold": res["threshold"],
+        "train_languages": train_langs,
+        "seen_languages": seen,
+        "unseen_languages": unseen,
+        "per_language": table,
+        "macro_seen": macro(table, seen),
+        "macro_unseen": macro(table, unseen),
+        "macro_unseen_question_form": macro(table, question_form_unseen),
+        "xstest": {
+            "fpr_safe": float((xs_probs[xs_safe] > res["threshold"]).mean()),
+            "tpr_unsafe": float((xs_probs[~xs_safe] > res["threshold"]).mean()),
+            "n_safe": int(xs_safe.sum()),
+            "n_unsafe": int((~xs_safe).sum()),
+        },
+        "calibration": calibration_report,
+        "per_language_uncalibrated": uncalibrated,
+        "macro_unseen_uncalibrated": macro(uncalibrated, unseen) if uncalibrated else None,
+        "xstest_multilingual": xs_mt_table,
+        "form_control": fc,
+        "validation": {"n": len(va), "balanced_accuracy": res["val_balanced_accuracy"]},
+        "training": {"n_train": len(tr), "n_val": len(va), "epochs": res["log"], "recipe": recipe},
+        "evaluation_data": {
+            "harmful": "MultiJail "
+            + (f"(first {cfg.eval_n_harmful} ids)" if cfg.eval_n_harmful else "(all 315 ids)"),
+            "benign_source": benign_source,
+            "n_benign_cap": cfg.eval_n_benign,
+        },
+        "timings": {"states_seconds": round(t_states, 1), "train_eval_seconds": round(time.time() - t1, 1)},
+    }
+    if cfg.sweep:
+        t1 = time.time()
+        metrics["layer_sweep"] = run_sweep(
+            states, sweep_layers, split, cfg, train_langs, layer, out, question_form=question_form_unseen
+        )
+        metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
+        metrics["transfer_layer"] = transfer_layer(metrics["layer_sweep"])
+    metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
+    write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
+    stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
+    run.record(stage, cfg, {"timings": metrics["timings"]})
+    logger.info(
+        "interpret: layer %d, threshold %.2f; AUROC seen %.3f, unseen %.3f (worst %.3f); XSTest FPR %.3f",
+        layer,
+        res["threshold"],
+        metrics["macro_seen"].get("auroc", float("nan")),
+        metrics["macro_unseen"].get("auroc", float("nan")),
+        metrics["macro_unseen"].get("worst_auroc", float("nan")),
+        metrics["xstest"]["fpr_safe"],
+    )
+    return metrics
+
+
+def load_metrics(run_dir: str | Path, out_name: str = "ssi") -> dict:
+    """``RUN/<out_name>/metrics.json`` (``--out-name`` of ``lasa interpret``; default ``ssi``)."""
+    rd = RunDir(run_dir)
+    return rd.load(rd.ssi_metrics(out_name), f"lasa interpret --out-name {out_name}")

@@ -1,0 +1,93 @@
+"""The utility task table: each configurable ``--utility`` name and the function that measures it
+for one evaluated variant, with a per-task cache in ``utility.json`` and reuse from the ungated twin."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lasa.config import EvaluateConfig
+from lasa.generate import Gate, GenerationSettings
+from lasa.models import LoadedModel
+from lasa.runs import read_json, write_json
+
+
+def _mgsm(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    settings = GenerationSettings(max_new_tokens=cfg.mgsm_max_new_tokens, batch_size=cfg.batch_size)
+    return utility.eval_mgsm(lm, utility.MGSM_LANGS, cfg.mgsm_n, settings, gate)
+
+
+def _xcopa(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    return utility.eval_xcopa(lm, utility.XCOPA_LANGS, cfg.xcopa_n, cfg.utility_batch_size), None
+
+
+def _mmlu(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa import utility
+
+    return utility.eval_mmlu(lm, cfg.mmlu_n, cfg.utility_batch_size), None
+
+
+def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
+    from lasa.utility.drift import eval_drift
+
+    return eval_drift(lm, cfg.langs, cfg.drift_n, cfg.utility_batch_size), None
+
+
+#: The utility tasks by name (names validated against lasa.config.UTILITY_TASKS when cfg is built):
+#: each returns (summary, per-item records to keep, or None).
+UTILITY_RUNNERS: dict[
+    str, Callable[[EvaluateConfig, LoadedModel, Gate | None], tuple[dict, list[dict] | None]]
+] = {
+    "mgsm": _mgsm,
+    "xcopa": _xcopa,
+    "mmlu": _mmlu,
+    "drift": _drift,
+}
+
+
+def run_utility(
+    cfg: EvaluateConfig,
+    lm: LoadedModel,
+    gate: Gate | None,
+    out: Path,
+    twin: Path | None = None,
+    adapter: str | None = None,
+) -> dict:
+    """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
+    apply: there is no assistant turn to condition, so a gated variant takes them from its ungated
+    ``twin`` when that was measured with the same adapter)."""
+    from lasa.runs import write_jsonl
+
+    res: dict[str, Any] = {}
+    cache = out / "utility.json"
+    done = read_json(cache) if cache.is_file() else {}
+    if twin is not None and (twin / "results.json").is_file():
+        other = read_json(twin / "results.json")
+        if other.get("variant_info", {}).get("adapter") == adapter:
+            for task in ("xcopa", "mmlu", "drift"):
+                if task in other.get("utility", {}) and task not in done:
+                    done[task] = other["utility"][task] | {"copied_from": twin.name}
+    key = {
+        "mgsm": cfg.mgsm_n,
+        "xcopa": cfg.xcopa_n,
+        "mmlu": cfg.mmlu_n,
+        "drift": cfg.drift_n,
+        "mgsm_max_new_tokens": cfg.mgsm_max_new_tokens,
+    }
+    for task in cfg.utility:
+        if done.get(task, {}).get("key") == key.get(task):
+            res[task] = done[task]
+            continue
+        t0 = time.time()
+        summary, records = UTILITY_RUNNERS[task](cfg, lm, gate)
+        if records is not None:
+            write_jsonl(out / f"completions_{task}.jsonl", records)
+        res[task] = summary | {"key": key.get(task), "seconds": round(time.time() - t0, 1)}
+        write_json(cache, res | {k: v for k, v in done.items() if k not in res})
+    return res
