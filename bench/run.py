@@ -199,7 +199,7 @@ def bench_kto_step(args: argparse.Namespace) -> dict:
                 bottleneck_layer=args.bottleneck,
                 device=args.device,
             )
-            s = run_align(cfg)
+            s = run_align(cfg).summary
             times = [r["time"] for r in read_jsonl(f"{tmp}/align/lasa/train_log.jsonl") if "loss" in r]
             steps = [b - a for a, b in itertools.pairwise(times)]
             out["seconds_per_step"][placement] = statistics.median(steps)

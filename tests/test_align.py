@@ -210,7 +210,7 @@ def trained(tmp_path_factory, tiny_qwen):
         bottleneck_layer=2,
         device="cpu",
     )
-    return run, run_align(cfg)
+    return run, run_align(cfg).summary
 
 
 def test_a_few_kto_steps_lower_the_loss(trained):
@@ -264,9 +264,10 @@ def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):
         save_adapter_at=[1],
         device="cpu",
     )
-    s = run_align(cfg)
+    res = run_align(cfg)
     out = tmp_path / "align" / "sft"
-    assert s["training"]["steps"] == 2 and (out / "adapter" / "adapter_config.json").is_file()
+    assert res.steps == 2 and res.summary["training"]["steps"] == 2 and res.adapter == out / "adapter"
+    assert (out / "adapter" / "adapter_config.json").is_file()
     # the dose-response checkpoint after step 1 is a loadable adapter that differs from the final one
     from safetensors.torch import load_file
 
@@ -368,15 +369,15 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
         dry_run=True,
         device="cpu",
     )
-    first = run_align(cfg)
+    first = run_align(cfg).summary
     out = tmp_path / "align" / "lasa"
     assert (out / "on_policy.json").is_file() and (out / "on_policy_rows.jsonl").is_file()
     assert first["recipe"]["on_policy"]["prompts"] == 3
     monkeypatch.setattr(lasa.align, "on_policy_rows", lambda *a, **k: pytest.fail("regenerated"))
-    assert run_align(cfg)["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
+    assert run_align(cfg).summary["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
     from dataclasses import replace
 
-    kto = run_align(replace(cfg, method="kto"))  # the baseline trains on the same own answers
+    kto = run_align(replace(cfg, method="kto")).summary  # the baseline trains on the same own answers
     assert kto["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
     assert (tmp_path / "align" / "kto" / "on_policy_rows.jsonl").read_text() == (
         out / "on_policy_rows.jsonl"

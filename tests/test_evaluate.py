@@ -577,3 +577,30 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     s = summary_table({"base": res})
     assert s.rows[0][0] == "base" and s.rows[0][4] == t.rows[t.rows.index(["average", s.rows[0][4]])][1]
     assert render_text(s).splitlines()[0].startswith("variant")
+
+
+def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen, tmp_path):
+    import lasa
+    from lasa.config import EvaluateConfig
+    from lasa.runs import read_json
+
+    cfg = EvaluateConfig(
+        model=str(tiny_qwen),
+        run_dir=str(tmp_path / "run"),
+        device="cpu",
+        langs=["en", "sw"],
+        n="2",
+        max_new_tokens=4,
+        xstest=False,
+        judges=["lexicon"],
+        default_judge="lexicon",
+        utility=[],
+    )
+    res = lasa.run_evaluate(cfg)
+    assert isinstance(res, lasa.EvaluateResult) and res.variant == "base"
+    assert res.path == tmp_path / "run" / "eval" / "base"
+    on_disk = read_json(res.path / "results.json")
+    assert res.results == on_disk and res.default_judge == "lexicon"
+    assert res.asr == on_disk["asr"]["lexicon"]["average"]
+    low, high = res.asr_interval
+    assert 0 <= low <= res.asr <= high <= 1 and high > low  # 4 responses: a wide interval

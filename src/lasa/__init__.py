@@ -56,6 +56,11 @@ _LAZY: dict[str, str] = {
     "DEFAULT_JUDGE": "lasa.judges:DEFAULT_JUDGE",
     "CONDITIONING_TEXT": "lasa.conditioning:CONDITIONING_TEXT",
     "wilson": "lasa.stats:wilson",
+    # what the stage functions return
+    "InterpretResult": "lasa.results:InterpretResult",
+    "AlignResult": "lasa.results:AlignResult",
+    "GenerateResult": "lasa.results:GenerateResult",
+    "EvaluateResult": "lasa.results:EvaluateResult",
 }
 
 __all__ = ["LasaError", "__version__", *_LAZY]

@@ -37,6 +37,7 @@ from lasa.conditioning import CONDITIONING_SEPARATOR, chat_prefix
 from lasa.config import AlignConfig
 from lasa.data.rows import build_rows, condition_rows, fill_last_batch, kl_pairs, load_user_rows, order_for_kl
 from lasa.errors import LasaError
+from lasa.results import AlignResult
 from lasa.runs import RunDir, fingerprint, read_json, read_jsonl, save_figure, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ def plot_log(log: list[dict], path: Path, title: str) -> Path | None:
     return save_figure(fig, path)
 
 
-def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
+def run_align(cfg: AlignConfig, lm: Any = None) -> AlignResult:
     """Build (or load) the rows, condition and order them, train, and write RUN/align/<method>/."""
     t0 = time.time()
     run = RunDir(cfg.run_dir)
@@ -363,7 +364,7 @@ def run_align(cfg: AlignConfig, lm: Any = None) -> dict:
         return _align(cfg, lm, run, out, t0)
 
 
-def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict:
+def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> AlignResult:
     bottleneck = cfg.bottleneck_layer
     if bottleneck is None and run.bottleneck.is_file():
         from lasa.locate import Bottleneck
@@ -426,10 +427,12 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
         write_json(
             out / "summary.json", {"method": cfg.method, "recipe": recipe, "rows": stats, "dry_run": True}
         )
-        return {"method": cfg.method, "rows": stats, "recipe": recipe}
+        return AlignResult(
+            run.align(cfg.method), cfg.method, {"method": cfg.method, "rows": stats, "recipe": recipe}
+        )
     training = train(cfg, rows, out, lm=lm, bottleneck=bottleneck)
     if not distributed.is_main():  # rank 0 writes the adapter and the summary
-        return {"method": cfg.method, "rank": distributed.rank(), "training": training}
+        return AlignResult(run.align(cfg.method), cfg.method, {"training": training}, rank=distributed.rank())
     stats["device_batches"] = training.pop("device_batches")
     log = read_jsonl(out / "train_log.jsonl")
     plot_log(
@@ -468,7 +471,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> dict
         training["seconds_per_step"],
         training["train_loss"],
     )
-    return summary
+    return AlignResult(run.align(cfg.method), cfg.method, summary)
 
 
 def _first_last(log: list[dict], k: int = 5) -> dict:

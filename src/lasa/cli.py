@@ -100,7 +100,7 @@ def _interpret(argv: list[str]) -> int:
         description="Stage 2: train the Safety Semantic Interpreter on the bottleneck state "
         "and measure its cross-lingual transfer.",
     )
-    m = run_interpret(cfg)
+    m = run_interpret(cfg).metrics
     rows = []
     for lang, r in m["per_language"].items():
         rows.append(
@@ -150,7 +150,7 @@ def _align(argv: list[str]) -> int:
         prog="lasa align",
         description="Stage 3: semantic-conditioned KTO (or the kto / sft baselines) with TRL + PEFT.",
     )
-    s = run_align(cfg)
+    s = run_align(cfg).summary
     if not distributed.is_main():
         return 0
     print(
@@ -182,12 +182,12 @@ def _generate(argv: list[str]) -> int:
     res = run_generate(cfg)
     if not distributed.is_main():
         return 0
-    gated = sum(bool(r.get("gated")) for r in res["multijail"])
+    gated = sum(bool(r.get("gated")) for r in res.multijail)
     print(
-        f"{res['variant']}: {len(res['multijail'])} MultiJail + {len(res['xstest'])} XSTest completions "
-        f"({gated} MultiJail prompts gated) in {res['seconds']:.0f} s"
+        f"{res.variant}: {len(res.multijail)} MultiJail + {len(res.xstest)} XSTest completions "
+        f"({gated} MultiJail prompts gated) in {res.seconds:.0f} s"
     )
-    print(f"artefacts: {os.path.join(cfg.run_dir, 'eval', res['variant'])}/")
+    print(f"artefacts: {res.path}/")
     return 0
 
 
@@ -237,8 +237,8 @@ def _evaluate(argv: list[str]) -> int:
     res = run_evaluate(cfg)
     if not distributed.is_main():
         return 0
-    print_results(res)
-    print(f"artefacts: {os.path.join(cfg.run_dir, 'eval', res['variant'])}/ (results.json)")
+    print_results(res.results)
+    print(f"artefacts: {res.path}/ (results.json)")
     return 0
 
 

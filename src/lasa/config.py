@@ -272,9 +272,10 @@ class InterpretConfig(StageConfig):
     calibration: Literal["flores", "none"] = field(
         default="flores",
         metadata={
-            "help": "Per-language calibration without harm labels: 'flores' shifts each language's SSI logit by "
-            "its median offset on parallel FLORES sentences, weighted by a language-ID head on the same state "
-            "(no language label needed at inference); 'none' = one scale for all languages."
+            "help": "Per-language calibration without harm labels: 'flores' raises each unseen language's "
+            "threshold to the 95th percentile of the SSI's logit on its own FLORES sentences (never lowers it), "
+            "weighted by a language-ID head on the same state (no language label needed at inference); "
+            "'none' = one threshold for all languages."
         },
     )
     calibration_n: int = field(

@@ -26,6 +26,7 @@ from lasa.data import MULTIJAIL_N, load_multijail
 from lasa.errors import LasaError
 from lasa.generate import Gate, GenerationSettings, generate
 from lasa.models import LoadedModel
+from lasa.results import EvaluateResult, GenerateResult
 from lasa.runs import RunDir, SampleWriter, package_versions, write_json
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def generate_samples(
     return [w.finish(order=[s["uid"] for s in samples]) for (samples, _), w in zip(tasks, writers)]
 
 
-def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
+def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> GenerateResult:
     """``lasa generate``: completions for MultiJail (and XSTest) of one variant."""
     t0 = time.time()
     name = variant_name(cfg)
@@ -260,21 +261,22 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> dict:
     )
     if distributed.is_main():
         RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
-    return {
-        "variant": name,
-        "lm": lm,
-        "gate": gate,
-        "info": info,
-        "multijail": done[0],
-        "xstest": done[1] if cfg.xstest else [],
-        "seconds": time.time() - t0,
-    }
+    return GenerateResult(
+        variant=name,
+        path=out,
+        info=info,
+        multijail=done[0],
+        xstest=done[1] if cfg.xstest else [],
+        seconds=time.time() - t0,
+        lm=lm,
+        gate=gate,
+    )
 
 
 # -- stage -----------------------------------------------------------------------------------
 
 
-def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
+def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> EvaluateResult:
     """``lasa evaluate``: generate what is missing, judge, measure utility, write results.json."""
     from lasa.judges import get_judge, judge_samples
 
@@ -282,11 +284,11 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
     # judge and utility names (and the llm judge's endpoint) are validated when cfg is built,
     # before anything is generated
     gen = run_generate(cfg, lm)
-    name, lm, gate = gen["variant"], gen["lm"], gen["gate"]
-    if not distributed.is_main():  # the other ranks generated their slice; rank 0 judges the whole
-        return {"variant": name, "rank": distributed.rank(), "seconds": gen["seconds"]}
+    name, lm, gate = gen.variant, gen.lm, gen.gate
     out = RunDir(cfg.run_dir).eval(name)
-    timings = {"generate_seconds": round(gen["seconds"], 1)}
+    if not distributed.is_main():  # the other ranks generated their slice; rank 0 judges the whole
+        return EvaluateResult(name, out, {}, rank=distributed.rank())
+    timings = {"generate_seconds": round(gen.seconds, 1)}
 
     t1 = time.time()
     verdicts: dict[str, list[dict]] = {}
@@ -299,24 +301,24 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         )
         judge_info[jname] = getattr(judge, "description", jname)
         validation[jname] = getattr(judge, "validation", None) or {}
-        verdicts[jname] = judge_samples(judge, gen["multijail"], out / f"judgements_{jname}.jsonl")
-        if gen["xstest"] and jname != "llm":
-            xs_verdicts[jname] = judge_samples(judge, gen["xstest"], out / f"judgements_xstest_{jname}.jsonl")
+        verdicts[jname] = judge_samples(judge, gen.multijail, out / f"judgements_{jname}.jsonl")
+        if gen.xstest and jname != "llm":
+            xs_verdicts[jname] = judge_samples(judge, gen.xstest, out / f"judgements_xstest_{jname}.jsonl")
     timings["judge_seconds"] = round(time.time() - t1, 1)
     asr = {
-        j: asr_metrics(gen["multijail"], v, cfg.langs, validation=validation[j].get("unsafe_counts"))
+        j: asr_metrics(gen.multijail, v, cfg.langs, validation=validation[j].get("unsafe_counts"))
         for j, v in verdicts.items()
     }
-    gate_info = gate_stats(gen["multijail"], gen["xstest"]) if gate is not None else None
+    gate_info = gate_stats(gen.multijail, gen.xstest) if gate is not None else None
 
     # XSTest refusal comes from the e5 refusal classifier (trained on XSTest's labelled completions),
     # which both the pair and the embedding judge carry
     refusal_judge = next((j for j in (cfg.default_judge, "pair", "embedding") if j in xs_verdicts), None)
     refusal_judge = refusal_judge or next(iter(xs_verdicts), None)
     over = None
-    if gen["xstest"] and refusal_judge:
+    if gen.xstest and refusal_judge:
         over = over_refusal(
-            gen["xstest"], [bool(v["refusal"]) for v in xs_verdicts[refusal_judge]], refusal_judge
+            gen.xstest, [bool(v["refusal"]) for v in xs_verdicts[refusal_judge]], refusal_judge
         )
 
     utility: dict[str, Any] = {}
@@ -325,7 +327,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         twin = twin_dir(cfg) if gate is not None and cfg.reuse_ungated else None
         from lasa.utility.runner import run_utility
 
-        utility = run_utility(cfg, lm, gate, out, twin=twin, adapter=gen["info"]["adapter"])
+        utility = run_utility(cfg, lm, gate, out, twin=twin, adapter=gen.info["adapter"])
     timings["utility_seconds"] = round(time.time() - t1, 1)
     timings["total_seconds"] = round(time.time() - t0, 1)
     results = {
@@ -334,7 +336,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         "config": cfg.to_dict(),
         "versions": package_versions(),
         "seed": cfg.seed,
-        "variant_info": gen["info"],
+        "variant_info": gen.info,
         "multijail": {
             "n_per_language": cfg.n_prompts or MULTIJAIL_N,
             "ids": "first N MultiJail ids, the same in every language",
@@ -365,7 +367,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> dict:
         d["per_tier"].get("low", float("nan")),
         d["invalid_rate"]["average"],
     )
-    return results
+    return EvaluateResult(name, out, results)
 
 
 def load_results(run_dir: str | Path, variant: str) -> dict:

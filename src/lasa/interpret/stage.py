@@ -24,6 +24,7 @@ from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_
 from lasa.interpret.sweep import run_sweep, transfer_layer
 from lasa.interpret.train import Split, fit_and_evaluate, group_split
 from lasa.models import LoadedModel, base_model, validate_layer
+from lasa.results import InterpretResult
 from lasa.runs import RunDir, atomic_path, fingerprint, write_json
 from lasa.ssi import INDEX_CONVENTION, SSI
 
@@ -104,7 +105,7 @@ def _cached_states(
     return out
 
 
-def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
+def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> InterpretResult:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
     t0 = time.time()
     run = RunDir(cfg.run_dir)
@@ -290,7 +291,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> dict:
         metrics["macro_unseen"].get("worst_auroc", float("nan")),
         metrics["xstest"]["fpr_safe"],
     )
-    return metrics
+    return InterpretResult(out, metrics)
 
 
 def load_metrics(run_dir: str | Path, out_name: str = "ssi") -> dict:
