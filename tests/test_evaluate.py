@@ -592,6 +592,7 @@ def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen
         n="2",
         max_new_tokens=4,
         xstest=False,
+        xstest_mt_n=2,
         judges=["lexicon"],
         default_judge="lexicon",
         utility=[],
@@ -604,3 +605,14 @@ def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen
     assert res.asr == on_disk["asr"]["lexicon"]["average"]
     low, high = res.asr_interval
     assert 0 <= low <= res.asr <= high <= 1 and high > low  # 4 responses: a wide interval
+    # the translated XSTest: 2 safe + 2 unsafe Swahili prompts (none for English: that is XSTest itself)
+    mt = [json.loads(x) for x in (res.path / "completions_xstest_mt.jsonl").read_text().splitlines()]
+    assert sorted((r["lang"], r["xstest_label"]) for r in mt) == [("sw", "safe")] * 2 + [("sw", "unsafe")] * 2
+    over = res.results["over_refusal_multilingual"]
+    assert list(over["per_language"]) == ["sw"] and over["per_language"]["sw"]["n_safe"] == 2
+    judged = [
+        json.loads(x) for x in (res.path / "judgements_xstest_mt_lexicon.jsonl").read_text().splitlines()
+    ]
+    safe = {r["uid"] for r in mt if r["xstest_label"] == "safe"}
+    refused = sum(bool(v["refusal"]) for v in judged if v["uid"] in safe)
+    assert over["per_language"]["sw"]["refusal_rate_safe"] == refused / 2

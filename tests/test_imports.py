@@ -56,7 +56,15 @@ LAYERS = [
     ["lasa.runs", "lasa.tables"],
     ["lasa.default_model", "lasa.models", "lasa.hidden", "lasa.ssi", "lasa.generate"],
     ["lasa.judges", "lasa.judge_check", "lasa.asr"],
-    ["lasa.locate", "lasa.interpret", "lasa.align", "lasa.utility", "lasa.evaluate", "lasa.report", "lasa.results"],
+    [
+        "lasa.locate",
+        "lasa.interpret",
+        "lasa.align",
+        "lasa.utility",
+        "lasa.evaluate",
+        "lasa.report",
+        "lasa.results",
+    ],
     ["lasa.pipeline", "lasa.cli", "lasa"],
 ]
 

@@ -115,9 +115,10 @@ def over_refusal(samples: Sequence[dict], refusals: Sequence[bool], judge: str) 
     }
 
 
-def gate_stats(multijail: Sequence[dict], xstest: Sequence[dict]) -> dict:
+def gate_stats(multijail: Sequence[dict], xstest: Sequence[dict], xstest_mt: Sequence[dict] = ()) -> dict:
     """Share of prompts the gate flagged per MultiJail language (and on XSTest's safe prompts), and
-    how many unflagged rows were copied from the ungated twin rather than regenerated."""
+    how many unflagged rows were copied from the ungated twin rather than regenerated; with the
+    translated XSTest, the flag rate on its safe prompts per language."""
     flagged: dict[str, list[bool]] = {}
     for s in multijail:
         flagged.setdefault(s["lang"], []).append(bool(s.get("gated")))
@@ -128,4 +129,31 @@ def gate_stats(multijail: Sequence[dict], xstest: Sequence[dict]) -> dict:
     if xstest:
         safe = [bool(s.get("gated")) for s in xstest if s["xstest_label"] == "safe"]
         out["xstest_safe_flag_rate"] = float(np.mean(safe)) if safe else None
+    if xstest_mt:  # the gate's false alarms on safe prompts in every translated language
+        by_lang: dict[str, list[bool]] = {}
+        for s in xstest_mt:
+            if s["xstest_label"] == "safe":
+                by_lang.setdefault(s["lang"], []).append(bool(s.get("gated")))
+        out["xstest_mt_safe_flag_rate"] = {g: float(np.mean(v)) for g, v in by_lang.items()}
     return out
+
+
+def over_refusal_by_language(samples: Sequence[dict], refusals: Sequence[bool], judge: str) -> dict:
+    """:func:`over_refusal` per language (the translated XSTest), with a Wilson interval on the
+    refusal rate of the safe prompts and its mean over languages."""
+    from lasa.stats import wilson
+
+    per = {}
+    for lang in dict.fromkeys(s["lang"] for s in samples):
+        idx = [i for i, s in enumerate(samples) if s["lang"] == lang]
+        row = over_refusal([samples[i] for i in idx], [refusals[i] for i in idx], judge)
+        k = sum(refusals[i] for i in idx if samples[i]["xstest_label"] == "safe")
+        row["refusal_safe_interval"] = wilson(k, row["n_safe"]).to_dict() if row["n_safe"] else None
+        per[lang] = row
+    rates = [r["refusal_rate_safe"] for r in per.values() if r["n_safe"]]
+    return {
+        "judge": judge,
+        "data": "lasa's machine translation of XSTest (not human-verified)",
+        "per_language": per,
+        "mean_refusal_rate_safe": float(np.mean(rates)) if rates else float("nan"),
+    }

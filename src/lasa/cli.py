@@ -193,7 +193,7 @@ def _generate(argv: list[str]) -> int:
 
 def print_results(res: dict) -> None:
     """One evaluated variant in the terminal, from the same tables as the report (:mod:`lasa.tables`)."""
-    from lasa.tables import language_table, pct, render_text
+    from lasa.tables import language_table, multilingual_over_refusal_table, pct, render_text
 
     dj = res["default_judge"]
     v = res["variant"]
@@ -212,6 +212,8 @@ def print_results(res: dict) -> None:
             f"XSTest ({o['judge']} refusal detector): refusal on {o['n_safe']} safe prompts {o['refusal_rate_safe']:.3f}, "
             f"compliance on {o['n_unsafe']} unsafe prompts {o['compliance_rate_unsafe']:.3f}"
         )
+    if res.get("over_refusal_multilingual"):
+        print(render_text(multilingual_over_refusal_table({v: res})))
     for task, u in (res.get("utility") or {}).items():
         if task == "drift":
             m = u["mean"]

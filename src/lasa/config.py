@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from lasa.conditioning import CONDITIONING_TEXT
-from lasa.data import MULTIJAIL_N, XSTEST_N
+from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
 
 T = TypeVar("T", bound="StageConfig")
@@ -444,6 +444,14 @@ class GenerateConfig(StageConfig):
         default=None,
         metadata={"help": "XSTest prompts (default all 450; a subset keeps the safe/unsafe mix)."},
     )
+    xstest_mt_n: int = field(
+        default=0,
+        metadata={
+            "help": "Also generate for the first N safe and N unsafe prompts of lasa's machine-translated "
+            "XSTest in each evaluated non-English language, and report the refusal rate on the safe ones "
+            "per language (0 = skip)."
+        },
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "New tokens per response (bn/th need >= 96)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     backend: Literal["hf", "vllm"] = field(
@@ -485,6 +493,10 @@ class GenerateConfig(StageConfig):
             raise LasaError("--max-new-tokens and --batch-size must be >= 1")
         if self.xstest_n is not None and not 1 <= self.xstest_n <= XSTEST_N:
             raise LasaError(f"--xstest-n must be in 1..{XSTEST_N}, got {self.xstest_n}")
+        if not 0 <= self.xstest_mt_n <= XSTEST_SAFE_N:
+            raise LasaError(
+                f"--xstest-mt-n must be in 0..{XSTEST_SAFE_N} (safe prompts per language), got {self.xstest_mt_n}"
+            )
 
     @property
     def n_prompts(self) -> int | None:

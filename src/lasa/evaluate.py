@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lasa import distributed
-from lasa.asr import agreement, asr_metrics, gate_stats, over_refusal
+from lasa.asr import agreement, asr_metrics, gate_stats, over_refusal, over_refusal_by_language
 from lasa.config import EvaluateConfig, GenerateConfig
 from lasa.data import MULTIJAIL_N, load_multijail
 from lasa.errors import LasaError
@@ -134,6 +134,31 @@ def xstest_samples(n: int | None) -> list[dict]:
     ]
 
 
+def xstest_mt_samples(langs: Sequence[str], n: int) -> list[dict]:
+    """The first ``n`` safe and ``n`` unsafe XSTest prompts in each non-English language of
+    ``langs``, from lasa's machine translation (not human-verified; ``data/xstest_mt/SOURCE.md``)."""
+    from lasa.data.safety import xstest_multilingual
+
+    out = []
+    for lang in [g for g in langs if g != "en"] if n > 0 else []:
+        rows = xstest_multilingual(lang)
+        for r in [r for r in rows if r["label"] == "safe"][:n] + [r for r in rows if r["label"] != "safe"][
+            :n
+        ]:
+            out.append(
+                {
+                    "uid": f"xstest_mt:{lang}:{r['id']}",
+                    "task": "xstest_mt",
+                    "id": r["id"],
+                    "lang": lang,
+                    "prompt": r["prompt"],
+                    "xstest_label": r["label"],
+                    "xstest_type": r["type"],
+                }
+            )
+    return out
+
+
 def generation_info(settings: GenerationSettings, gated: bool, backend: str, adapter: Path | None) -> dict:
     """What a completion depends on besides its prompt; stored with every row."""
     return settings.to_dict() | {
@@ -159,7 +184,7 @@ def reuse_ungated(
     """
     want = {k: v for k, v in gen_info.items() if k != "gated"}
     donors: dict[str, dict] = {}
-    for name in ("completions.jsonl", "completions_xstest.jsonl"):
+    for name in ("completions.jsonl", "completions_xstest.jsonl", "completions_xstest_mt.jsonl"):
         for uid, row in SampleWriter(twin / name).load().items():
             info = row.get("generation") or {}
             if {k: v for k, v in info.items() if k != "gated"} == want and not info.get("gated"):
@@ -248,6 +273,9 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
     tasks = [(multijail_samples(cfg.langs, cfg.n_prompts), out / "completions.jsonl")]
     if cfg.xstest:
         tasks.append((xstest_samples(cfg.xstest_n), out / "completions_xstest.jsonl"))
+    mt = xstest_mt_samples(cfg.langs, cfg.xstest_mt_n)
+    if mt:
+        tasks.append((mt, out / "completions_xstest_mt.jsonl"))
     twin = twin_dir(cfg) if cfg.gate and cfg.reuse_ungated and cfg.backend == "hf" else None
     done = generate_samples(
         lm,
@@ -267,6 +295,7 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
         info=info,
         multijail=done[0],
         xstest=done[1] if cfg.xstest else [],
+        xstest_mt=done[-1] if mt else [],
         seconds=time.time() - t0,
         lm=lm,
         gate=gate,
@@ -293,6 +322,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
     t1 = time.time()
     verdicts: dict[str, list[dict]] = {}
     xs_verdicts: dict[str, list[dict]] = {}
+    mt_verdicts: dict[str, list[dict]] = {}
     judge_info: dict[str, str] = {}
     validation: dict[str, dict] = {}
     for jname in cfg.judges:
@@ -304,12 +334,16 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
         verdicts[jname] = judge_samples(judge, gen.multijail, out / f"judgements_{jname}.jsonl")
         if gen.xstest and jname != "llm":
             xs_verdicts[jname] = judge_samples(judge, gen.xstest, out / f"judgements_xstest_{jname}.jsonl")
+        if gen.xstest_mt and jname != "llm":
+            mt_verdicts[jname] = judge_samples(
+                judge, gen.xstest_mt, out / f"judgements_xstest_mt_{jname}.jsonl"
+            )
     timings["judge_seconds"] = round(time.time() - t1, 1)
     asr = {
         j: asr_metrics(gen.multijail, v, cfg.langs, validation=validation[j].get("unsafe_counts"))
         for j, v in verdicts.items()
     }
-    gate_info = gate_stats(gen.multijail, gen.xstest) if gate is not None else None
+    gate_info = gate_stats(gen.multijail, gen.xstest, gen.xstest_mt) if gate is not None else None
 
     # XSTest refusal comes from the e5 refusal classifier (trained on XSTest's labelled completions),
     # which both the pair and the embedding judge carry
@@ -319,6 +353,13 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
     if gen.xstest and refusal_judge:
         over = over_refusal(
             gen.xstest, [bool(v["refusal"]) for v in xs_verdicts[refusal_judge]], refusal_judge
+        )
+
+    over_mt = None
+    mt_judge = next((j for j in (cfg.default_judge, "pair", "embedding") if j in mt_verdicts), None)
+    if gen.xstest_mt and (mt_judge := mt_judge or next(iter(mt_verdicts), None)):
+        over_mt = over_refusal_by_language(
+            gen.xstest_mt, [bool(v["refusal"]) for v in mt_verdicts[mt_judge]], mt_judge
         )
 
     utility: dict[str, Any] = {}
@@ -349,6 +390,7 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
         "judge_agreement": agreement(verdicts),
         "gate": gate_info,
         "over_refusal": over,
+        "over_refusal_multilingual": over_mt,
         "utility": utility,
         "timings": timings,
     }

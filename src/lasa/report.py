@@ -19,7 +19,15 @@ from typing import Any
 from lasa.data import LANGUAGES, TIERS
 from lasa.errors import LasaError
 from lasa.runs import RunDir, read_json, save_figure, write_text
-from lasa.tables import Table, gate_table, language_table, pct, summary_table, utility_table
+from lasa.tables import (
+    Table,
+    gate_table,
+    language_table,
+    multilingual_over_refusal_table,
+    pct,
+    summary_table,
+    utility_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +401,13 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.table_of(gates)
     doc.h(2, "5. Over-refusal and utility")
     doc.table_of(utility_table(results))
+    mt = multilingual_over_refusal_table(results)
+    if mt:
+        doc.p(
+            "Over-refusal beyond English: the same XSTest safe prompts, machine-translated for lasa "
+            "(not human-verified), refused per language."
+        )
+        doc.table_of(mt)
 
 
 def build_report(

@@ -69,6 +69,7 @@ class GenerateResult:
     multijail: list[dict]
     xstest: list[dict]
     seconds: float
+    xstest_mt: list[dict] = field(default_factory=list)
     lm: Any = field(default=None, repr=False)
     gate: Any = field(default=None, repr=False)
 

@@ -163,6 +163,32 @@ def utility_table(results: Mapping[str, Mapping]) -> Table:
     )
 
 
+def multilingual_over_refusal_table(results: Mapping[str, Mapping]) -> Table | None:
+    """Refusal rate on the translated safe XSTest prompts, per language, for each variant that
+    measured it (and, for gated variants, how often the gate fired on them)."""
+    have = {v: r for v, r in results.items() if r.get("over_refusal_multilingual")}
+    if not have:
+        return None
+    langs = list(
+        dict.fromkeys(g for r in have.values() for g in r["over_refusal_multilingual"]["per_language"])
+    )
+    rows = []
+    for v, r in have.items():
+        per = r["over_refusal_multilingual"]["per_language"]
+        rows.append(
+            [f"{v}: refused", *[with_interval(per.get(g, {}).get("refusal_safe_interval")) for g in langs]]
+        )
+        flags = (r.get("gate") or {}).get("xstest_mt_safe_flag_rate")
+        if flags:
+            rows.append([f"{v}: gate fired", *[pct(flags.get(g)) for g in langs]])
+    n = next(iter(have.values()))["over_refusal_multilingual"]["per_language"][langs[0]]["n_safe"]
+    return Table(
+        [f"translated safe XSTest, % [95% interval] ({n} per language)", *langs],
+        rows,
+        "results.json → over_refusal_multilingual, gate.xstest_mt_safe_flag_rate",
+    )
+
+
 def gate_table(results: Mapping[str, Mapping]) -> Table | None:
     """How often the gate fired, per language and on XSTest's safe prompts (gated variants only)."""
     gated = {v: r for v, r in results.items() if r.get("gate")}

@@ -42,6 +42,8 @@ _ALIASES = {"jw": "jv"}  # MultiJail and some HF datasets spell Javanese "jw"
 #: MultiJail's parallel prompts per language, and XSTest's prompts (250 safe + 200 unsafe).
 MULTIJAIL_N = 315
 XSTEST_N = 450
+#: of which safe-but-scary (the rest are unsafe contrasts)
+XSTEST_SAFE_N = 250
 
 _SIB_CODES = {
     "en": "eng_Latn",
