@@ -1,0 +1,249 @@
+"""The configs of generate, evaluate and judge-check (with the judge settings they share)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from lasa.conditioning import CONDITIONING_TEXT
+from lasa.config.base import StageConfig
+from lasa.config.registry import DEFAULT_JUDGE, JUDGES, UTILITY_TASKS, VARIANTS
+from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
+from lasa.errors import LasaError
+
+
+@dataclass
+class GenerateConfig(StageConfig):
+    """``lasa generate``: chat completions of one variant (base / adapter, with or without the SSI gate)."""
+
+    stage: ClassVar[str] = "generate"
+
+    variant: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of RUN/eval/<variant>/ (default: base, base+gate, <adapter>, <adapter>+gate)."
+        },
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "PEFT adapter: a directory, or a method trained in this run (lasa, kto, sft → "
+            "RUN/align/<method>/adapter)."
+        },
+    )
+    gate: bool = field(
+        default=False,
+        metadata={
+            "help": "Gate with the SSI: flagged prompts get the conditioning "
+            "text at the start of the assistant turn."
+        },
+    )
+    gate_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Override the SSI's validation-calibrated threshold (p(harmful) above it gates)."},
+    )
+    ssi: str | None = field(default=None, metadata={"help": "Where the SSI is (default: RUN/ssi)."})
+    conditioning_text: str = field(
+        default=CONDITIONING_TEXT,
+        metadata={"help": "Text placed at the start of the assistant turn for flagged prompts."},
+    )
+    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "MultiJail languages."})
+    n: str = field(
+        default="100",
+        metadata={
+            "help": "MultiJail prompts per language: the first N ids, the same in "
+            "every language ('all' = 315)."
+        },
+    )
+    xstest: bool = field(default=True, metadata={"help": "Also generate for XSTest (over-refusal)."})
+    reuse_ungated: bool = field(
+        default=True,
+        metadata={
+            "help": "Gated variants: copy the ungated variant's completion (RUN/eval/<variant without "
+            "+gate>, same settings and adapter) for every prompt the SSI does not flag, and its "
+            "log-likelihood utility scores; the gate leaves those untouched, so only flagged rows "
+            "are generated."
+        },
+    )
+    xstest_n: int | None = field(
+        default=None,
+        metadata={"help": "XSTest prompts (default all 450; a subset keeps the safe/unsafe mix)."},
+    )
+    xstest_mt_n: int = field(
+        default=0,
+        metadata={
+            "help": "Also generate for the first N safe and N unsafe prompts of lasa's machine-translated "
+            "XSTest in each evaluated non-English language, and report the refusal rate on the safe ones "
+            "per language (0 = skip)."
+        },
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "New tokens per response (bn/th need >= 96)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    backend: Literal["hf", "vllm"] = field(
+        default="hf",
+        metadata={
+            "help": "hf = batched transformers generation (CPU/GPU); vllm = vLLM engine with the adapter as "
+            "a LoRA (GPU; pip install 'lasa[vllm]'), SSI scores from a truncated HF pass."
+        },
+    )
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do-sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (with --do-sample)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data import normalize_languages
+
+        # a known variant name sets what makes it, unless the flags already say otherwise
+        known = VARIANTS.get(self.variant or "")
+        if known is not None:
+            if self.adapter is None:
+                self.adapter = known.get("adapter")
+            self.gate = self.gate or bool(known.get("gate"))
+            method_clash = self.adapter in ("lasa", "kto", "sft") and self.adapter != known.get("adapter")
+            if (
+                bool(known.get("gate")) != self.gate
+                or method_clash
+                or (self.adapter and not known.get("adapter"))
+            ):
+                raise LasaError(
+                    f"--variant {self.variant} means {known or 'no adapter and no gate'}; it conflicts with "
+                    f"--adapter {self.adapter} / --gate {self.gate} (give a custom variant another name)"
+                )
+        self.langs = normalize_languages(self.langs)
+        self.n = str(self.n).strip().lower()
+        if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= MULTIJAIL_N):
+            raise LasaError(f"--n must be 1..{MULTIJAIL_N} or 'all', got {self.n!r}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise LasaError("--max-new-tokens and --batch-size must be >= 1")
+        if self.xstest_n is not None and not 1 <= self.xstest_n <= XSTEST_N:
+            raise LasaError(f"--xstest-n must be in 1..{XSTEST_N}, got {self.xstest_n}")
+        if not 0 <= self.xstest_mt_n <= XSTEST_SAFE_N:
+            raise LasaError(
+                f"--xstest-mt-n must be in 0..{XSTEST_SAFE_N} (safe prompts per language), got {self.xstest_mt_n}"
+            )
+
+    @property
+    def n_prompts(self) -> int | None:
+        return None if self.n == "all" else int(self.n)
+
+
+@dataclass
+class JudgeConfig:
+    """Which judges count and how the ``llm`` judge is reached: one definition for ``lasa evaluate``
+    and ``lasa judge-check``, validated when the config is built (before anything is generated)."""
+
+    judges: list[str] = field(
+        default_factory=lambda: ["pair", "lexicon"],
+        metadata={"help": "Judges to run (pair, lexicon, embedding, llm); each is cached per sample."},
+    )
+    default_judge: str = field(
+        default=DEFAULT_JUDGE,
+        metadata={
+            "help": "The judge whose ASR is the headline "
+            "(chosen by `lasa judge-check` agreement with human labels)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "llm judge: a local model (HF id, path or embedded name)."}
+    )
+    judge_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "llm judge: an OpenAI-compatible base URL "
+            "(or $LASA_JUDGE_URL); the key comes from $LASA_JUDGE_API_KEY."
+        },
+    )
+    judge_api_model: str | None = field(
+        default=None, metadata={"help": "llm judge: the endpoint's model name (or $LASA_JUDGE_MODEL)."}
+    )
+
+    def __post_init__(self) -> None:
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
+        import os
+
+        bad = [j for j in [*self.judges, self.default_judge] if j not in JUDGES]
+        if bad:
+            raise LasaError(
+                f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGES)}"
+            )
+        if "llm" in self.judges:
+            url = self.judge_url or os.environ.get("LASA_JUDGE_URL")
+            if not url and not self.judge_model:
+                raise LasaError(
+                    "the llm judge needs --judge-model (HF id, path or embedded name) or --judge-url / "
+                    "$LASA_JUDGE_URL (an OpenAI-compatible endpoint)"
+                )
+            if url and not (self.judge_api_model or os.environ.get("LASA_JUDGE_MODEL")):
+                raise LasaError(
+                    "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
+                )
+
+
+@dataclass
+class EvaluateConfig(JudgeConfig, GenerateConfig):
+    """``lasa evaluate``: generate what is missing, judge it, and measure over-refusal and utility."""
+
+    stage: ClassVar[str] = "evaluate"
+
+    utility: list[str] = field(
+        default_factory=lambda: ["mgsm", "xcopa", "mmlu"],
+        metadata={"help": "Utility tasks (mgsm, xcopa, mmlu); pass 'none' to skip."},
+    )
+    mgsm_n: int = field(default=50, metadata={"help": "MGSM problems per language (en zh th bn sw)."})
+    mgsm_max_new_tokens: int = field(
+        default=384, metadata={"help": "New tokens for MGSM step-by-step answers."}
+    )
+    xcopa_n: int = field(default=100, metadata={"help": "XCOPA items per language (it sw th vi zh)."})
+    mmlu_n: int = field(default=200, metadata={"help": "MMLU (English) questions, mixed over subjects."})
+    drift_n: int = field(
+        default=50,
+        metadata={
+            "help": "drift: FLORES sentences and benign chat prompts per language for the adapter's perplexity "
+            "and KL from its base."
+        },
+    )
+    utility_batch_size: int = field(default=8, metadata={"help": "Batch size for log-likelihood scoring."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        if self.utility in (["none"], ["None"], []):
+            self.utility = []
+        bad = [t for t in self.utility if t not in UTILITY_TASKS]
+        if bad:
+            raise LasaError(
+                f"unknown utility task(s) {', '.join(bad)}; choose from {', '.join(UTILITY_TASKS)} (or 'none')"
+            )
+        if self.default_judge not in self.judges:
+            raise LasaError(
+                f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
+            )
+
+
+@dataclass
+class JudgeCheckConfig(JudgeConfig):
+    """``lasa judge-check``: judges against human labels (the judge fields are evaluate's)."""
+
+    stage: ClassVar[str] = "judge_check"
+
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "Labelled JSONL file (prompt, response, language, label in safe/unsafe/invalid)."},
+    )
+    judges: list[str] = field(
+        default_factory=lambda: [DEFAULT_JUDGE],
+        metadata={
+            "help": f"Judges to check (default: the default judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGES)}."
+        },
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "Write the full report (with per-sample predictions) to this JSON file."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.labels:
+            raise LasaError("--labels FILE.jsonl is required (prompt, response, language, label per line)")

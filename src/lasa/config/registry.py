@@ -1,0 +1,39 @@
+"""The named things a config may refer to, validated when the config is built: the variants lasa
+evaluates, the judges and the utility tasks (their implementations register under the same names
+in :mod:`lasa.judges` and :mod:`lasa.utility.runner`; tests keep the two in step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The variants lasa evaluates, as the generate / evaluate settings that make each one. ``lasa run``
+#: trains the adapters they need; ``lasa generate/evaluate --variant NAME`` expands a name here.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "base+gate": {"gate": True},
+    "kto": {"adapter": "kto"},
+    "kto+gate": {"adapter": "kto", "gate": True},
+    "sft": {"adapter": "sft"},
+    "sft+gate": {"adapter": "sft", "gate": True},
+    "lasa": {"adapter": "lasa"},
+    "lasa+gate": {"adapter": "lasa", "gate": True},
+}
+
+
+#: Judges by name -> "module:Class", built lazily by ``lasa.judges.get_judge`` (the e5 judges load a
+#: model). The table lives here so that configs validate judge names without importing the judges.
+JUDGES: dict[str, str] = {
+    "pair": "lasa.judges.pair:PairJudge",
+    "lexicon": "lasa.judges.lexicon:LexiconJudge",
+    "embedding": "lasa.judges.embedding:EmbeddingJudge",
+    "llm": "lasa.judges.llm:LLMJudge",
+}
+
+
+#: The judge every ASR is counted with unless told otherwise; chosen by grouped-split validation on
+#: lasa's labelled corpus (docs/judge_validation.md).
+DEFAULT_JUDGE = "pair"
+
+
+#: Utility tasks ``lasa evaluate`` knows (lasa.utility implements them).
+UTILITY_TASKS = ("mgsm", "xcopa", "mmlu", "drift")

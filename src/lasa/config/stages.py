@@ -1,0 +1,407 @@
+"""The configs of locate, interpret, align, run and report (generation and evaluation: :mod:`.evaluation`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from lasa.conditioning import CONDITIONING_TEXT
+from lasa.config.base import StageConfig
+from lasa.config.registry import JUDGES, VARIANTS
+from lasa.data import MULTIJAIL_N
+from lasa.errors import LasaError
+
+
+@dataclass
+class LocateConfig(StageConfig):
+    """``lasa locate``: find the semantic bottleneck layer."""
+
+    stage: ClassVar[str] = "locate"
+
+    langs: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={
+            "help": "Languages of the parallel prompts (ISO codes from: en zh it vi ar ko th bn sw jv; or 'all')."
+        },
+    )
+    n_queries: int = field(
+        default=100,
+        metadata={
+            "help": "Parallel queries (meanings); each appears once per language. With source=mixed, "
+            "half come from MultiJail and half from SIB-200."
+        },
+    )
+    source: Literal["mixed", "multijail", "sib200"] = field(
+        default="mixed",
+        metadata={
+            "help": "Parallel data: MultiJail (harmful requests), SIB-200/FLORES (neutral statements), or both."
+        },
+    )
+    pooling: Literal["last", "mean"] = field(
+        default="last",
+        metadata={
+            "help": "Prompt representation: last non-padding token, or mean over real tokens "
+            "excluding the first (attention-sink) token."
+        },
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Wrap each prompt in the model's chat template (user turn + generation prompt) "
+            "instead of reading the raw text."
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass."})
+    max_length: int = field(default=256, metadata={"help": "Truncate prompts to this many tokens."})
+    n_bootstrap: int = field(
+        default=1000,
+        metadata={"help": "Bootstrap resamples over queries for the 95 percent interval of the score."},
+    )
+    tsne_layers: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Layers drawn in tsne.png (default: an early layer, the bottleneck and the last layer)."
+        },
+    )
+    plots: bool = field(default=True, metadata={"help": "Draw layer_scores.png and tsne.png."})
+    force: bool = field(
+        default=False,
+        metadata={"help": "Re-extract hidden states even if RUN/locate/states.safetensors matches."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data import normalize_languages
+
+        self.langs = normalize_languages(self.langs)
+        if len(self.langs) < 2:
+            raise LasaError("--langs needs at least two languages to separate meaning from language")
+        if self.n_queries < 4:
+            raise LasaError(f"--n-queries must be >= 4, got {self.n_queries}")
+        if self.source not in ("mixed", "multijail", "sib200"):
+            raise LasaError(f"--source must be mixed, multijail or sib200, got {self.source!r}")
+        if self.pooling not in ("last", "mean"):
+            raise LasaError(f"--pooling must be last or mean, got {self.pooling!r}")
+        if self.batch_size < 1 or self.max_length < 2 or self.n_bootstrap < 0:
+            raise LasaError("--batch-size >= 1, --max-length >= 2 and --n-bootstrap >= 0 are required")
+
+
+@dataclass
+class InterpretConfig(StageConfig):
+    """``lasa interpret``: train and evaluate the Safety Semantic Interpreter (SSI)."""
+
+    stage: ClassVar[str] = "interpret"
+
+    layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Layer the SSI reads (hidden_states index, 1..L). Default: RUN/locate/bottleneck.json."
+        },
+    )
+    train_langs: list[str] = field(
+        default_factory=lambda: ["en", "zh"],
+        metadata={
+            "help": "Training languages (harmful data exists outside MultiJail for: en zh ar bn). "
+            "Every other language is unseen."
+        },
+    )
+    hard_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "Add lasa's safe-but-scary prompts (en, zh; data/hard_negatives) to the benign training rows, "
+            "so that scary words alone do not read as harm. XSTest stays the test."
+        },
+    )
+    calibration: Literal["flores", "none"] = field(
+        default="flores",
+        metadata={
+            "help": "Per-language calibration without harm labels: 'flores' raises each unseen language's "
+            "threshold to the 95th percentile of the SSI's logit on its own FLORES sentences (never lowers it), "
+            "weighted by a language-ID head on the same state (no language label needed at inference); "
+            "'none' = one threshold for all languages."
+        },
+    )
+    calibration_n: int = field(
+        default=100,
+        metadata={"help": "FLORES sentences per language for --calibration flores (never trained on)."},
+    )
+    xstest_mt_n: int = field(
+        default=0,
+        metadata={
+            "help": "Also report the SSI's FPR / TPR on the first N safe and N unsafe prompts of lasa's machine-"
+            "translated XSTest in every non-English language (0 = skip)."
+        },
+    )
+    cap: int = field(
+        default=400,
+        metadata={
+            "help": "At most this many training prompts per (language, label, form) cell, so that neither "
+            "class owns a surface form (question / instruction / statement)."
+        },
+    )
+    val_fraction: float = field(
+        default=0.15,
+        metadata={
+            "help": "Share of training items held out for "
+            "early stopping and threshold calibration (translations stay together)."
+        },
+    )
+    hidden: int | None = field(default=None, metadata={"help": "SSI hidden width (default: d_model)."})
+    dropout: float = field(default=0.1, metadata={"help": "SSI dropout."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    train_batch_size: int = field(default=64, metadata={"help": "SSI training batch size."})
+    epochs: int = field(default=20, metadata={"help": "Maximum training epochs."})
+    patience: int = field(
+        default=3, metadata={"help": "Early stopping: epochs without a lower validation loss."}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    threshold_range: list[float] = field(
+        default_factory=lambda: [0.30, 0.70],
+        metadata={"help": "Grid (step 0.01) searched on validation for the decision threshold."},
+    )
+    eval_n_harmful: int | None = field(
+        default=None,
+        metadata={"help": "MultiJail prompts per language for evaluation (first N ids; default all 315)."},
+    )
+    eval_n_benign: int = field(
+        default=300, metadata={"help": "Benign evaluation prompts per language (at most)."}
+    )
+    sweep: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train the same SSI at every k-th layer "
+            "(layer_sweep.json/.png): does the bottleneck transfer best?"
+        },
+    )
+    sweep_every: int = field(default=2, metadata={"help": "k for --sweep."})
+    sweep_seeds: int = field(
+        default=3,
+        metadata={
+            "help": "Train the sweep's SSI with this many seeds per layer and report mean and spread: "
+            "one seed's early stopping moves a layer's AUROC by a few points."
+        },
+    )
+    pooling: Literal["last", "mean"] = field(
+        default="last", metadata={"help": "Token pooling (last = the paper's)."}
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the chat-templated prompt (its last token is the assistant header) instead of the raw "
+            "prompt (the paper's). A chat-format SSI is read off the generation prefill at no extra cost; a raw "
+            "one costs the gate a pass over layers 1..L*."
+        },
+    )
+    out_name: str = field(
+        default="ssi",
+        metadata={"help": "Output folder RUN/<out_name>/ (e.g. ssi_chat to keep both formats side by side)."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass when extracting states."})
+    max_length: int = field(
+        default=256, metadata={"help": "Truncate prompts to this many tokens (keeping the end)."}
+    )
+    force: bool = field(
+        default=False, metadata={"help": "Re-extract states even if RUN/ssi/states.safetensors matches."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data.safety import validate_train_langs
+
+        self.train_langs = validate_train_langs(self.train_langs)
+        if not 0 < self.val_fraction < 0.5:
+            raise LasaError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if len(self.threshold_range) != 2 or not 0 < self.threshold_range[0] <= self.threshold_range[1] < 1:
+            raise LasaError("--threshold-range needs two numbers 0 < lo <= hi < 1")
+        if self.calibration == "flores" and self.calibration_n < 10:
+            raise LasaError(
+                f"--calibration-n must be >= 10 (FLORES sentences per language), got {self.calibration_n}"
+            )
+        if self.xstest_mt_n < 0:
+            raise LasaError(f"--xstest-mt-n must be >= 0, got {self.xstest_mt_n}")
+        if min(self.sweep_every, self.sweep_seeds, self.epochs, self.cap, self.eval_n_benign) < 1:
+            raise LasaError("--sweep-every, --sweep-seeds, --epochs, --cap and --eval-n-benign must be >= 1")
+        if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= MULTIJAIL_N:
+            raise LasaError(f"--eval-n-harmful must be in 1..{MULTIJAIL_N}, got {self.eval_n_harmful}")
+        if self.layer is not None and self.layer < 1:
+            raise LasaError(
+                f"--layer {self.layer} is out of range; layers are 1..num_layers (0 is the embeddings)"
+            )
+
+
+@dataclass
+class AlignConfig(StageConfig):
+    """``lasa align``: semantic-conditioned KTO (``lasa``) or the ``kto`` / ``sft`` baselines, with PEFT LoRA."""
+
+    stage: ClassVar[str] = "align"
+
+    method: Literal["lasa", "kto", "sft"] = field(
+        default="lasa",
+        metadata={
+            "help": "lasa = KTO with the conditioning transform; kto = the same rows, never "
+            "conditioned; sft = supervised fine-tuning on the desirable completions."
+        },
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your own rows (JSONL/JSON): paired prompt, chosen, "
+            "rejected, source, or unpaired prompt, completion, label. Default: lasa's recipe."
+        },
+    )
+    train_langs: list[str] = field(
+        default_factory=lambda: ["en", "zh"],
+        metadata={"help": "Languages of the safety rows (never MultiJail)."},
+    )
+    rows: Literal["template", "on_policy"] = field(
+        default="template",
+        metadata={
+            "help": "Completions of the built-in recipe: 'template' (a stock refusal / compliant opening per "
+            "language) or 'on_policy' (the model's own answers: its refusal under the conditioning text is "
+            "desirable, its compliance without it undesirable; on benign prompts its own answer is desirable and "
+            "a needless refusal undesirable; the judge decides which is which, templates fill the gaps)."
+        },
+    )
+    on_policy_max_new_tokens: int = field(
+        default=96, metadata={"help": "--rows on_policy: new tokens per generated completion."}
+    )
+    on_policy_judge: str = field(
+        default="pair", metadata={"help": "--rows on_policy: the judge that sorts refusals from compliance."}
+    )
+    n_safety: int = field(
+        default=64, metadata={"help": "Harmful prompts; each gives a desirable and an undesirable row."}
+    )
+    n_general: int = field(
+        default=32, metadata={"help": "Benign prompts; each gives a desirable and an undesirable row."}
+    )
+    rho_safety: float = field(default=0.5, metadata={"help": "P(conditioned) for safety rows (lasa only)."})
+    rho_general: float = field(
+        default=0.05, metadata={"help": "P(conditioned) for general rows (lasa only)."}
+    )
+    conditioning_text: str = field(
+        default=CONDITIONING_TEXT,
+        metadata={"help": "Text placed at the start of the assistant turn of conditioned rows."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "KTO beta."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO desirable weight."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO undesirable weight."})
+    learning_rate: float = field(
+        default=2e-4, metadata={"help": "Learning rate (LoRA; the paper's full fine-tuning used 1e-6)."}
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Epochs over the rows."})
+    max_steps: int = field(default=0, metadata={"help": "Stop after this many optimizer steps (0 = epochs)."})
+    save_adapter_at: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Also save the adapter after these optimizer steps, to RUN/align/<method>/checkpoints/"
+            "<method>-step<N>/ (a dose-response in one training run; evaluate each with --adapter DIR)."
+        },
+    )
+    batch_size: int = field(
+        default=4, metadata={"help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
+    warmup_steps: int = field(default=2, metadata={"help": "Warm-up steps."})
+    max_length: int = field(default=384, metadata={"help": "Max tokens of prompt + completion."})
+    lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "LoRA target modules ('all-linear' or names)."},
+    )
+    lora_layers: Literal["above_bottleneck", "all"] = field(
+        default="above_bottleneck",
+        metadata={
+            "help": "Adapt only the blocks above the bottleneck (keeps the "
+            "SSI's input unchanged, so the gate reads the adapted model's own "
+            "prefill) or all blocks."
+        },
+    )
+    bottleneck_layer: int | None = field(
+        default=None, metadata={"help": "Override RUN/locate/bottleneck.json."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "TRL: reference log-probs once before training."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory (off on CPU when memory allows)."}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 on GPU (ignored on CPU, where fp32 is faster)."})
+    dry_run: bool = field(default=False, metadata={"help": "Write rows.jsonl and stop before training."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lasa.data.safety import validate_train_langs
+
+        self.train_langs = validate_train_langs(self.train_langs)
+        if self.method not in ("lasa", "kto", "sft"):
+            raise LasaError(f"--method must be lasa, kto or sft, got {self.method!r}")
+        if self.batch_size < 2 and self.method != "sft":
+            raise LasaError("--batch-size must be >= 2 for KTO (its KL pairs are built within a batch)")
+        for name in ("rho_safety", "rho_general"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
+        if self.n_safety < 1 or self.n_general < 0:
+            raise LasaError("--n-safety must be >= 1 and --n-general >= 0")
+        if any(n < 1 for n in self.save_adapter_at):
+            raise LasaError("--save-adapter-at takes optimizer steps >= 1")
+        if self.rows == "on_policy":
+            if self.data:
+                raise LasaError(
+                    "--rows on_policy builds rows from the recipe; it does not apply to --data FILE"
+                )
+            if self.on_policy_judge not in JUDGES or self.on_policy_judge == "llm":
+                raise LasaError(
+                    f"--on-policy-judge must be one of {', '.join(j for j in JUDGES if j != 'llm')}, "
+                    f"got {self.on_policy_judge!r}"
+                )
+
+
+@dataclass
+class RunConfig(StageConfig):
+    """``lasa run``: every stage on one run directory (stage settings come from --config sections)."""
+
+    stage: ClassVar[str] = "run"
+
+    variants: list[str] = field(
+        default_factory=lambda: ["base", "base+gate", "kto", "lasa+gate"],
+        metadata={"help": "Variants to evaluate: base, base+gate, kto, kto+gate, sft, lasa, lasa+gate."},
+    )
+    force: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Stages to redo from scratch (locate, interpret, align, align:lasa, evaluate, "
+            "evaluate:base, ..., all); other stages are skipped when up to date."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise LasaError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise LasaError("--variants lists a variant twice")
+
+
+@dataclass
+class ReportConfig:
+    """``lasa report``: rebuild RUN/report.{md,html} from the artefacts on disk."""
+
+    stage: ClassVar[str] = "report"
+
+    run_dir: str | None = field(default=None, metadata={"help": "Run directory (required)."})
+    variants: list[str] | None = field(
+        default=None, metadata={"help": "Variant order in the tables (default: all found)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise LasaError("--run-dir is required (the run directory to report on)")
+        if not Path(self.run_dir).is_dir():
+            raise LasaError(f"run directory not found: {self.run_dir}")
