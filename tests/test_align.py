@@ -290,11 +290,11 @@ def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
 
 def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_qwen, monkeypatch):
     import lasa.judges
-    from lasa.align import on_policy_rows
     from lasa.config import AlignConfig
     from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
     from lasa.judges import Judgement
     from lasa.models import load_model
+    from lasa.on_policy import on_policy_rows
 
     lm = load_model(str(tiny_qwen), device="cpu")
     cfg = AlignConfig(model=str(tiny_qwen), n_safety=3, n_general=2, on_policy_max_new_tokens=5, device="cpu")
@@ -348,8 +348,8 @@ def test_on_policy_rows_refuse_a_user_file(tmp_path):
 
 
 def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypatch):
-    import lasa.align
     import lasa.judges
+    import lasa.on_policy
     from lasa.align import run_align
     from lasa.config import AlignConfig
     from lasa.judges import Judgement
@@ -373,7 +373,7 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
     out = tmp_path / "align" / "lasa"
     assert (out / "on_policy.json").is_file() and (out / "on_policy_rows.jsonl").is_file()
     assert first["recipe"]["on_policy"]["prompts"] == 3
-    monkeypatch.setattr(lasa.align, "on_policy_rows", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(lasa.on_policy, "on_policy_rows", lambda *a, **k: pytest.fail("regenerated"))
     assert run_align(cfg).summary["recipe"]["on_policy"]["key"] == first["recipe"]["on_policy"]["key"]
     from dataclasses import replace
 

@@ -64,6 +64,7 @@ LAYERS = [
         "lasa.evaluate",
         "lasa.report",
         "lasa.results",
+        "lasa.on_policy",
     ],
     ["lasa.pipeline", "lasa.cli", "lasa"],
 ]

@@ -37,8 +37,9 @@ from lasa.conditioning import CONDITIONING_SEPARATOR, chat_prefix
 from lasa.config import AlignConfig
 from lasa.data.rows import build_rows, condition_rows, fill_last_batch, kl_pairs, load_user_rows, order_for_kl
 from lasa.errors import LasaError
+from lasa.on_policy import cached_on_policy_rows
 from lasa.results import AlignResult
-from lasa.runs import RunDir, fingerprint, read_json, read_jsonl, save_figure, write_json, write_jsonl
+from lasa.runs import RunDir, read_jsonl, save_figure, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -55,73 +56,6 @@ def to_trl_rows(rows: list[dict], tokenizer: Any) -> list[dict]:
             prompt += r["conditioning_text"] + CONDITIONING_SEPARATOR
         out.append({"prompt": prompt, "completion": r["completion"], "label": bool(r["label"])})
     return out
-
-
-# -- on-policy completions ---------------------------------------------------------------------
-
-
-def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[dict], dict]:
-    """Replace the recipe's template completions with the model's own, where the judge agrees.
-
-    Per prompt the model answers twice, greedily: under the conditioning text (placed by the same
-    mechanism as the SSI gate at inference) and without it. Safety prompts: the conditioned answer
-    is the desirable completion when the judge calls it safe (a refusal in the model's own voice
-    and language), the plain answer the undesirable one when the judge calls it unsafe. General
-    prompts: the plain answer is desirable when the judge sees no refusal, the conditioned answer
-    undesirable when it is a refusal (a needless one). Where the model gives no such answer (it
-    already refuses without the text, or complies with it) the template completion stays, and
-    ``origin`` says which is which; ``on_policy.json`` counts them.
-    """
-    from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
-    from lasa.judges import JudgeItem, get_judge
-
-    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
-    lang = {r["prompt"]: r["language"] for r in rows}
-    settings = GenerationSettings(max_new_tokens=cfg.on_policy_max_new_tokens, batch_size=cfg.batch_size * 4)
-    gate = Gate(ConstantSSI(), conditioning_text=cfg.conditioning_text)
-    logger.info("on-policy rows: %d prompts, answered with and without the conditioning text", len(prompts))
-    conditioned = [r["response"] for r in generate_all(lm, prompts, settings, gate)]
-    plain = [r["response"] for r in generate_all(lm, prompts, settings)]
-    judge = get_judge(cfg.on_policy_judge)
-    verdicts = judge.judge(
-        [JudgeItem(p, resp, lang[p]) for p, resp in zip(prompts + prompts, conditioned + plain)]
-    )
-    n = len(prompts)
-    own = {
-        p: {"conditioned": (conditioned[i], verdicts[i]), "plain": (plain[i], verdicts[n + i])}
-        for i, p in enumerate(prompts)
-    }
-    counts: dict[str, int] = {}
-    out = []
-    for r in rows:
-        (c_text, c_v), (p_text, p_v) = own[r["prompt"]]["conditioned"], own[r["prompt"]]["plain"]
-        if r["source"] == "safety":
-            text, ok, kind = (
-                (c_text, c_v.label == "safe" and bool(c_v.refusal), "own refusal under the conditioning text")
-                if r["label"]
-                else (p_text, p_v.label == "unsafe", "own compliant answer without it")
-            )
-        else:
-            text, ok, kind = (
-                (p_text, p_v.label != "invalid" and not p_v.refusal, "own answer")
-                if r["label"]
-                else (c_text, bool(c_v.refusal), "own needless refusal under the conditioning text")
-            )
-        key = f"{r['source']}:{'desirable' if r['label'] else 'undesirable'}:{'own' if ok and text else 'template'}"
-        counts[key] = counts.get(key, 0) + 1
-        out.append(r | {"completion": text, "origin": kind} if ok and text else r)
-    stats = {
-        "judge": cfg.on_policy_judge,
-        "max_new_tokens": cfg.on_policy_max_new_tokens,
-        "prompts": n,
-        "rows": counts,
-        "safety_prompts_refused_without_text": sum(
-            bool(own[p]["plain"][1].refusal)
-            for p in prompts
-            if any(r["prompt"] == p and r["source"] == "safety" for r in rows)
-        ),
-    }
-    return out, stats
 
 
 # -- training --------------------------------------------------------------------------------
@@ -378,35 +312,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             from lasa.models import load_model
 
             lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
-            cache, meta = out / "on_policy_rows.jsonl", out / "on_policy.json"
-            key = fingerprint(
-                {
-                    "model": lm.fingerprint.get("id"),
-                    "prompts": [r["prompt"] for r in rows],
-                    "judge": cfg.on_policy_judge,
-                    "tokens": cfg.on_policy_max_new_tokens,
-                    "text": cfg.conditioning_text,
-                }
-            )
-            # kto / sft / lasa share the recipe and the generation: reuse another method's rows
-            for m in dict.fromkeys([cfg.method, "lasa", "kto", "sft"]):
-                other = run.align(m)
-                if (other / "on_policy.json").is_file() and read_json(other / "on_policy.json").get(
-                    "key"
-                ) == key:
-                    cache, meta = other / "on_policy_rows.jsonl", other / "on_policy.json"
-                    break
-            if cache.is_file() and meta.is_file() and read_json(meta).get("key") == key:
-                rows, recipe["on_policy"] = read_jsonl(cache), read_json(meta)  # generation is the slow part
-                if cache.parent != out and distributed.is_main():
-                    write_jsonl(out / "on_policy_rows.jsonl", rows)
-                    write_json(out / "on_policy.json", recipe["on_policy"])
-            else:
-                rows, recipe["on_policy"] = on_policy_rows(rows, lm, cfg)
-                recipe["on_policy"]["key"] = key
-                if distributed.is_main():
-                    write_jsonl(cache, rows)
-                    write_json(out / "on_policy.json", recipe["on_policy"])
+            rows, recipe["on_policy"] = cached_on_policy_rows(rows, lm, cfg, run, out)
     rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
     rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
     if distributed.world_size() > 1:
