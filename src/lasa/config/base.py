@@ -1,18 +1,5 @@
-"""One config dataclass per stage; the YAML file and the ``--flags`` are the same keys.
-
-The fields carry their help text in ``metadata["help"]`` (the TRL/transformers convention), so the
-same class documents the Python API, ``lasa <stage> --help`` and the YAML presets in ``configs/``.
-Precedence: dataclass default < YAML file (``--config``) < command-line flag.
-
-A YAML file may hold keys for several stages at once (a ``lasa run`` preset): top-level keys apply
-to every stage that has a field of that name, and a mapping named after a stage applies to that
-stage only::
-
-    model: default
-    run_dir: runs/qwen05b
-    locate:
-      n_queries: 100
-"""
+"""The fields every stage shares and the parser that fills a stage config from YAML and flags
+(precedence: dataclass default < ``--config`` YAML < flag; see :mod:`lasa.config`)."""
 
 from __future__ import annotations
 
