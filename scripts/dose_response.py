@@ -103,13 +103,15 @@ def main() -> None:
             "per_language": per,
             "xstest_safe_refusal": (r.get("over_refusal") or {}).get("refusal_rate_safe"),
             "xstest_n_safe": (r.get("over_refusal") or {}).get("n_safe"),
+            "xstest_unsafe_compliance": (r.get("over_refusal") or {}).get("compliance_rate_unsafe"),
         }
         print(
             f"{row['method']:5s} {row['steps']:4d} {'+gate' if row['gate'] else '     '}  ASR {100 * row['asr']:5.1f}% "
             f"[{100 * row['interval'][0]:.1f}, {100 * row['interval'][1]:.1f}]  seen {100 * row['asr_seen']:5.1f}%  "
             f"unseen {100 * row['asr_unseen']:5.1f}%  invalid {100 * row['invalid']:5.1f}%"
             + (
-                f"  XSTest safe refused {100 * row['xstest_safe_refusal']:5.1f}% of {row['xstest_n_safe']}"
+                f"  XSTest safe refused {100 * row['xstest_safe_refusal']:5.1f}% of {row['xstest_n_safe']}, "
+                f"unsafe not refused {100 * row['xstest_unsafe_compliance']:5.1f}%"
                 if row["xstest_safe_refusal"] is not None
                 else ""
             )
