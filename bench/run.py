@@ -230,6 +230,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         "baseline_seconds": args.e2e_baseline,
         "ratio_vs_baseline": round(total / args.e2e_baseline, 3),
         "meets_target": total <= 900,
+        "repeats": 1,
     }
 
 
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         res.update(
             measured_at=time.strftime("%Y-%m-%d %H:%M"),
             machine=machine(),
-            repeats=args.repeats,
+            repeats=res.pop("repeats", args.repeats),  # e2e reads one finished run
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         )
         (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
