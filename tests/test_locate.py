@@ -87,7 +87,7 @@ def test_an_interrupted_rerun_leaves_the_previous_artefacts_together(tiny_qwen, 
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loc, "plot_tsne", killed)  # after layer_scores.json/.png were (re)written
+    monkeypatch.setattr(loc.stage, "plot_tsne", killed)  # after layer_scores.json/.png were (re)written
     with pytest.raises(KeyboardInterrupt):
         loc.run_locate(_locate_cfg(tiny_qwen, tmp_path, n_bootstrap=7, seed=1))
     for f, blob in before.items():
@@ -97,6 +97,7 @@ def test_an_interrupted_rerun_leaves_the_previous_artefacts_together(tiny_qwen, 
 
 def test_a_failed_locate_leaves_no_stage_directory(tiny_qwen, tmp_path, monkeypatch):
     import lasa.locate as loc
+    import lasa.locate.stage
     import lasa.models
 
     def broken(*a, **k):

@@ -1,0 +1,62 @@
+"""The locate stage's artefacts: ``bottleneck.json`` as a typed :class:`Bottleneck`, and the
+loaders of ``layer_scores.json`` and the cached points."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lasa.errors import LasaError
+from lasa.runs import (
+    RunDir,
+    read_json,
+    read_jsonl,
+)
+
+logger = logging.getLogger(__name__)
+
+
+#: Where the authors found the bottleneck, as a fraction of depth, on seven 8B-32B models.
+PAPER_BAND = (0.43, 0.68)
+
+
+RULE = "argmax_l [silhouette_cos(query) - silhouette_cos(language)]"
+
+
+@dataclass
+class Bottleneck:
+    """``RUN/locate/bottleneck.json``: the chosen layer and how it was chosen."""
+
+    layer: int
+    num_layers: int
+    depth_fraction: float
+    score: float
+    score_ci: list[float]
+    rule: str
+    data: dict
+    pooling: str
+    chat_template: bool
+    n: dict
+    model: str
+    index_convention: str
+    layers_within_ci: list[int]
+    in_paper_band: bool
+    paper_band: list[float]
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Bottleneck:
+        rd = RunDir(run_dir)
+        doc = rd.load(rd.bottleneck, "lasa locate")
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+def load_layer_scores(run_dir: str | Path) -> list[dict]:
+    path = RunDir(run_dir).locate / "layer_scores.json"
+    if not path.is_file():
+        raise LasaError(f"{path} not found; run `lasa locate --run-dir {run_dir}` first")
+    return read_json(path)
+
+
+def load_points(run_dir: str | Path) -> list[dict]:
+    return read_jsonl(RunDir(run_dir).locate / "points.jsonl")
