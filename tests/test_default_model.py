@@ -195,3 +195,17 @@ def test_a_truncated_checkpoint_is_caught_on_load_listed_and_rebuilt_by_prepare(
     assert main(["models", "prepare", "fake-model"]) == 0 and len(calls) == 2  # rebuilt, not trusted
     assert dm.checkpoint_damage(path) is None
     load_model("fake-model", device="cpu")
+
+
+def test_models_subcommand_goes_through_the_config_path(capsys):
+    from lasa.cli import main
+    from lasa.config import ModelsConfig, parse_stage_args
+
+    cfg = parse_stage_args(ModelsConfig, ["--action", "prepare", "--name", "x", "--force"], prog="p")
+    assert (cfg.action, cfg.name, cfg.force) == ("prepare", "x", True)
+    with pytest.raises(SystemExit) as e:
+        main(["models", "--help"])
+    assert e.value.code == 0 and "--action" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["models", "frobnicate"])
+    assert e.value.code == 2 and "invalid choice: 'frobnicate'" in capsys.readouterr().err

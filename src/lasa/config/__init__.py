@@ -17,7 +17,14 @@ stage only::
 from lasa.config.base import StageConfig, config_fields, load_yaml_for, parse_stage_args
 from lasa.config.evaluation import EvaluateConfig, GenerateConfig, JudgeCheckConfig, JudgeConfig
 from lasa.config.registry import DEFAULT_JUDGE, JUDGES, UTILITY_TASKS, VARIANTS
-from lasa.config.stages import AlignConfig, InterpretConfig, LocateConfig, ReportConfig, RunConfig
+from lasa.config.stages import (
+    AlignConfig,
+    InterpretConfig,
+    LocateConfig,
+    ModelsConfig,
+    ReportConfig,
+    RunConfig,
+)
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "locate": LocateConfig,
@@ -47,6 +54,7 @@ __all__ = [
     "JudgeCheckConfig",
     "JudgeConfig",
     "LocateConfig",
+    "ModelsConfig",
     "ReportConfig",
     "RunConfig",
     "StageConfig",

