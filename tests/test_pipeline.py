@@ -114,6 +114,15 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     ran = [s["stage"] for s in state["_last_run"]["stages"] if s["status"] == "ran"]
     assert ran == ["evaluate:kto"]
 
+    # a copied (or moved) run directory resumes: the inputs keys do not depend on where it lives
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(rd, moved)
+    assert run(preset, tiny_qwen, moved) == 0
+    state = json.loads((moved / "pipeline.json").read_text())
+    assert {s["status"] for s in state["_last_run"]["stages"]} == {"skipped"}
+
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):
     rd = tmp_path / "run"

@@ -124,6 +124,20 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     return stages
 
 
+def _portable(config: Any, run_dir: str) -> dict[str, Any]:
+    """A stage config as its inputs key sees it: without the run directory, and with paths inside
+    it written relative to it, so a run directory that is moved or copied still resumes."""
+    root = str(Path(run_dir)).rstrip("/") + "/"
+    out: dict[str, Any] = {}
+    for k, v in dataclasses.asdict(config).items():
+        if k == "run_dir":
+            continue
+        if isinstance(v, str) and v.startswith(root):
+            v = "RUN/" + v[len(root) :]
+        out[k] = v
+    return out
+
+
 def _matches(pattern: str, name: str) -> bool:
     return pattern in ("all", name) or name.startswith(pattern + ":")
 
@@ -144,14 +158,18 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
                 f"--force {f}: no such stage; stages are {', '.join(s.name for s in stages)}, report, all"
             )
     keys: dict[str, str] = {}
+    legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     summary = []
     for st in stages:
         keys[st.name] = fingerprint(
-            {"config": dataclasses.asdict(st.config), "needs": [keys[n] for n in st.needs]}
+            {"config": _portable(st.config, run.run_dir), "needs": [keys[n] for n in st.needs]}
+        )
+        legacy[st.name] = fingerprint(
+            {"config": dataclasses.asdict(st.config), "needs": [legacy[n] for n in st.needs]}
         )
         forced = any(_matches(f, st.name) for f in run.force)
         prev = state.get(st.name, {})
-        if not forced and prev.get("key") == keys[st.name] and st.artefact.is_file():
+        if not forced and prev.get("key") in (keys[st.name], legacy[st.name]) and st.artefact.is_file():
             logger.info("run: %s is up to date (skipped)", st.name)
             summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
             continue
