@@ -32,9 +32,8 @@ def main() -> None:
     from safetensors import safe_open
 
     from lasa.data import LANGUAGES
-    from lasa.data.safety import evaluation_prompts, training_prompts
+    from lasa.data.safety import evaluation_prompts, training_prompts, xstest_translated
     from lasa.interpret.calibrate import calibration_prompts
-    from lasa.interpret.metrics import xstest_mt_rows
     from lasa.interpret.stage import _text_key
     from lasa.runs import read_json, write_json
     from lasa.ssi import SSI
@@ -62,7 +61,7 @@ def main() -> None:
     evalp, _ = evaluation_prompts(None, n_h, cfg["evaluation_data"]["n_benign_cap"], meta_cfg["seed"])
     calp = calibration_prompts(pool, 100)
     n_mt = min((v["n_safe"] for v in (cfg.get("xstest_multilingual") or {}).values()), default=0)
-    xs = xstest_mt_rows(n_mt)
+    xs = xstest_translated(None, n_mt)
 
     def logits(texts: list[str]) -> np.ndarray:
         missing = [t for t in texts if _text_key(t) not in row]

@@ -135,28 +135,21 @@ def xstest_samples(n: int | None) -> list[dict]:
 
 
 def xstest_mt_samples(langs: Sequence[str], n: int) -> list[dict]:
-    """The first ``n`` safe and ``n`` unsafe XSTest prompts in each non-English language of
-    ``langs``, from lasa's machine translation (not human-verified; ``data/xstest_mt/SOURCE.md``)."""
-    from lasa.data.safety import xstest_multilingual
+    """The translated XSTest (:func:`lasa.data.safety.xstest_translated`) as generation samples."""
+    from lasa.data.safety import xstest_translated
 
-    out = []
-    for lang in [g for g in langs if g != "en"] if n > 0 else []:
-        rows = xstest_multilingual(lang)
-        for r in [r for r in rows if r["label"] == "safe"][:n] + [r for r in rows if r["label"] != "safe"][
-            :n
-        ]:
-            out.append(
-                {
-                    "uid": f"xstest_mt:{lang}:{r['id']}",
-                    "task": "xstest_mt",
-                    "id": r["id"],
-                    "lang": lang,
-                    "prompt": r["prompt"],
-                    "xstest_label": r["label"],
-                    "xstest_type": r["type"],
-                }
-            )
-    return out
+    return [
+        {
+            "uid": f"xstest_mt:{r['lang']}:{r['id']}",
+            "task": "xstest_mt",
+            "id": r["id"],
+            "lang": r["lang"],
+            "prompt": r["prompt"],
+            "xstest_label": r["label"],
+            "xstest_type": r["type"],
+        }
+        for r in xstest_translated(langs, n)
+    ]
 
 
 def generation_info(settings: GenerationSettings, gated: bool, backend: str, adapter: Path | None) -> dict:
@@ -305,6 +298,13 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
 # -- stage -----------------------------------------------------------------------------------
 
 
+def _refusal_judge(cfg: EvaluateConfig, verdicts: dict[str, list[dict]]) -> str | None:
+    """The judge whose refusal flag counts: the default, else pair / embedding, else any."""
+    return next(
+        (j for j in (cfg.default_judge, "pair", "embedding") if j in verdicts), next(iter(verdicts), None)
+    )
+
+
 def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> EvaluateResult:
     """``lasa evaluate``: generate what is missing, judge, measure utility, write results.json."""
     from lasa.judges import get_judge, judge_samples
@@ -347,20 +347,11 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
 
     # XSTest refusal comes from the e5 refusal classifier (trained on XSTest's labelled completions),
     # which both the pair and the embedding judge carry
-    refusal_judge = next((j for j in (cfg.default_judge, "pair", "embedding") if j in xs_verdicts), None)
-    refusal_judge = refusal_judge or next(iter(xs_verdicts), None)
-    over = None
-    if gen.xstest and refusal_judge:
-        over = over_refusal(
-            gen.xstest, [bool(v["refusal"]) for v in xs_verdicts[refusal_judge]], refusal_judge
-        )
-
-    over_mt = None
-    mt_judge = next((j for j in (cfg.default_judge, "pair", "embedding") if j in mt_verdicts), None)
-    if gen.xstest_mt and (mt_judge := mt_judge or next(iter(mt_verdicts), None)):
-        over_mt = over_refusal_by_language(
-            gen.xstest_mt, [bool(v["refusal"]) for v in mt_verdicts[mt_judge]], mt_judge
-        )
+    over = over_mt = None
+    if gen.xstest and (j := _refusal_judge(cfg, xs_verdicts)):
+        over = over_refusal(gen.xstest, [bool(v["refusal"]) for v in xs_verdicts[j]], j)
+    if gen.xstest_mt and (j := _refusal_judge(cfg, mt_verdicts)):
+        over_mt = over_refusal_by_language(gen.xstest_mt, [bool(v["refusal"]) for v in mt_verdicts[j]], j)
 
     utility: dict[str, Any] = {}
     t1 = time.time()

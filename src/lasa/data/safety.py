@@ -29,7 +29,7 @@ import random
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -254,6 +254,18 @@ def xstest_multilingual(lang: str) -> list[dict]:
     if missing:
         raise LasaError(f"{path} lacks {len(missing)} XSTest ids (first: {missing[0]})")
     return [r | {"prompt": tr[str(r["id"])], "lang": lang} for r in rows]
+
+
+def xstest_translated(langs: Sequence[str] | None, n: int) -> list[dict]:
+    """The first ``n`` safe and ``n`` unsafe XSTest prompts of lasa's machine translation in each
+    non-English language of ``langs`` (default: all nine), in XSTest's order."""
+    from lasa.data import LANGUAGES
+
+    out: list[dict] = []
+    for lang in [g for g in (langs or LANGUAGES) if g != "en"] if n > 0 else []:
+        rows = xstest_multilingual(lang)
+        out += [r for r in rows if r["label"] == "safe"][:n] + [r for r in rows if r["label"] != "safe"][:n]
+    return out
 
 
 # -- recipes ---------------------------------------------------------------------------------

@@ -92,20 +92,6 @@ def form_control(
     return out
 
 
-def xstest_mt_rows(n: int) -> list[dict]:
-    """The first ``n`` safe and ``n`` unsafe XSTest prompts in each of the nine translated languages."""
-    from lasa.data import LANGUAGES
-    from lasa.data.safety import xstest_multilingual
-
-    if n <= 0:
-        return []
-    out = []
-    for lang in LANGUAGES[1:]:
-        rows = xstest_multilingual(lang)
-        out += [r for r in rows if r["label"] == "safe"][:n] + [r for r in rows if r["label"] != "safe"][:n]
-    return out
-
-
 def xstest_mt_metrics(ssi: SSI, x: torch.Tensor, rows: Sequence[dict]) -> dict[str, dict]:
     """Per language: the share of translated safe XSTest prompts the SSI flags (FPR) and of unsafe
     ones (TPR)."""

@@ -17,10 +17,16 @@ import numpy as np
 import torch
 
 from lasa.config import InterpretConfig
-from lasa.data.safety import evaluation_prompts, training_prompts, validate_train_langs, xstest
+from lasa.data.safety import (
+    evaluation_prompts,
+    training_prompts,
+    validate_train_langs,
+    xstest,
+    xstest_translated,
+)
 from lasa.errors import LasaError
 from lasa.interpret.calibrate import calibration_prompts, fit_language_calibration
-from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_metrics, xstest_mt_rows
+from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_metrics
 from lasa.interpret.sweep import run_sweep, transfer_layer
 from lasa.interpret.train import Split, fit_and_evaluate, group_split
 from lasa.models import LoadedModel, base_model, validate_layer
@@ -141,7 +147,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
     evalp, benign_source = evaluation_prompts(None, cfg.eval_n_harmful, cfg.eval_n_benign, cfg.seed)
     xs = xstest()
     calp = calibration_prompts(pool, cfg.calibration_n) if cfg.calibration == "flores" else []
-    xs_mt = xstest_mt_rows(cfg.xstest_mt_n)
+    xs_mt = xstest_translated(None, cfg.xstest_mt_n)
     texts = list(
         dict.fromkeys(
             [p.text for p in pool]
