@@ -46,13 +46,20 @@ def main() -> None:
         default="40",
         help="XSTest prompts per checkpoint (0: none); their safe half measures over-refusal",
     )
+    ap.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="Re-run evaluate on every checkpoint even if it has results (completions are reused, so "
+        "only judging is redone), e.g. after the judge changed",
+    )
     args = ap.parse_args()
     rd = RunDir(args.run_dir)
+    done = (lambda variant: False) if args.rejudge else (lambda variant: rd.results(variant).is_file())
     top = max(args.steps)
     common = ["--model", args.model, "--run-dir", args.run_dir]
     ev = [*common, "--n", args.n, "--max-new-tokens", args.tokens, "--utility", "none"]
     ev += ["--xstest-n", args.xstest_n] if int(args.xstest_n) > 0 else ["--no-xstest"]
-    if not rd.results("base").is_file():
+    if not done("base"):
         lasa("evaluate", *ev, "--variant", "base")
     table = [{"method": "base", "steps": 0, "gate": False, "variant": "base"}]
     for method in args.methods:
@@ -80,12 +87,12 @@ def main() -> None:
         for steps in args.steps:
             adapter = rd.align(method) / "checkpoints" / f"{method}-step{steps}"
             variant = adapter.name
-            if not rd.results(variant).is_file():
+            if not done(variant):
                 lasa("evaluate", *ev, "--adapter", str(adapter))
             table.append({"method": method, "steps": steps, "gate": False, "variant": variant})
         if method == "lasa" and (rd.path / "ssi" / "ssi.json").is_file():
             variant = f"lasa-step{top}+gate"
-            if not rd.results(variant).is_file():
+            if not done(variant):
                 adapter = rd.align(method) / "checkpoints" / f"lasa-step{top}"
                 lasa("evaluate", *ev, "--adapter", str(adapter), "--gate")
             table.append({"method": "lasa", "steps": top, "gate": True, "variant": variant})

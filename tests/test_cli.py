@@ -216,6 +216,7 @@ def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, 
             "--default-judge lexicon must be one of",
         ),
         (["interpret", "--layer", "999"], "--layer 999 is out of range"),
+        (["interpret", "--pooling", "user_last"], "--pooling user_last reads the user's turn"),
     ],
 )
 def test_bad_stage_input_fails_before_any_model_is_loaded(

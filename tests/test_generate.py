@@ -28,14 +28,14 @@ class StubSSI:
     """Flags the prompts whose chat-format state at ``layer`` is close to one of ``targets``;
     records every state it is shown so tests can count scoring calls."""
 
-    def __init__(self, lm, layer, flag_prompts, chat_template=True):
+    def __init__(self, lm, layer, flag_prompts, chat_template=True, pooling="last"):
         self.layer = layer
-        self.meta = {"chat_template": chat_template}
+        self.meta = {"chat_template": chat_template, "pooling": pooling}
         self.threshold = 0.5
         self.targets = (
-            extract_states(lm, flag_prompts, layers=[layer], chat_template=chat_template, progress=False)[
-                :, 0
-            ]
+            extract_states(
+                lm, flag_prompts, layers=[layer], chat_template=chat_template, pooling=pooling, progress=False
+            )[:, 0]
             if flag_prompts
             else torch.zeros(0, lm.hidden_size)
         )
@@ -57,7 +57,12 @@ class StubSSI:
 
     def score(self, lm, prompts, batch_size=16, progress=True):
         states = extract_states(
-            lm, list(prompts), layers=[self.layer], chat_template=self.meta["chat_template"], progress=False
+            lm,
+            list(prompts),
+            layers=[self.layer],
+            chat_template=self.meta["chat_template"],
+            pooling=self.meta["pooling"],
+            progress=False,
         )[:, 0]
         return self.predict_proba(states)
 
@@ -112,6 +117,27 @@ def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):
     # the same number of token positions went through the model: the prompt was read once
     assert sum(counted) == plain_tokens
     assert len(ssi.seen) == 1 and ssi.seen[0].shape == (5, lm.hidden_size)
+
+
+def test_user_last_ssi_is_read_off_the_prefill_at_the_users_last_token(lm):
+    counted = []
+    handle = lm.model.get_input_embeddings().register_forward_hook(
+        lambda m, a, o: counted.append(a[0].numel())
+    )
+    flag = [PROMPTS[1], PROMPTS[4]]
+    try:
+        generate_all(lm, PROMPTS, SETTINGS, Gate(StubSSI(lm, layer=2, flag_prompts=flag)), progress=False)
+        prefill_tokens = sum(counted)  # a chat-format SSI read off the prefill, same rows flagged
+        counted.clear()
+        ssi = StubSSI(lm, layer=2, flag_prompts=flag, pooling="user_last")
+        gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
+    finally:
+        handle.remove()
+    # the stub flags exact state matches: the prefill's state at the user's last token is the one
+    # the SSI was trained on (an off-by-one position would flag nothing)
+    assert [r["gated"] for r in gated] == [False, True, False, False, True]
+    # no extra pass over the prompt: exactly the token positions of the prefill-reading gate
+    assert sum(counted) == prefill_tokens and len(ssi.seen) == 1
 
 
 def test_raw_format_ssi_gets_its_own_truncated_pass(lm):

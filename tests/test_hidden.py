@@ -102,3 +102,22 @@ def test_length_batches_longest_first_and_every_index_once():
     assert length_batches(lengths, 2, items=[0, 2, 4]) == [[4, 0], [2]]  # only the items asked for
     with pytest.raises(LasaError, match="batch size must be at least 1"):
         length_batches(lengths, 0)
+
+
+def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
+    from lasa.hidden import chat_suffix_length, format_prompts
+
+    k = chat_suffix_length(lm.tokenizer)
+    seqs = format_prompts(lm.tokenizer, TEXTS[:3], chat_template=True)
+    # the suffix is the end of turn + assistant header: the same tokens after every user text
+    assert k >= 1 and len({tuple(s[-k:]) for s in seqs}) == 1
+    # the state at the user's last token is the state of the chat prefix that ends there
+    user = extract_states(lm, TEXTS[:3], layers=[2], pooling="user_last", chat_template=True, progress=False)
+    for i, s in enumerate(seqs):
+        with torch.no_grad():
+            out = lm.model(input_ids=torch.tensor([s[:-k]]), output_hidden_states=True)
+        assert _close(user[i, 0], out.hidden_states[2][0, -1])
+    last = extract_states(lm, TEXTS[:3], layers=[2], chat_template=True, progress=False)
+    assert not _close(user, last)
+    with pytest.raises(LasaError, match="add --chat-template"):
+        extract_states(lm, TEXTS[:3], layers=[2], pooling="user_last", progress=False)

@@ -31,7 +31,7 @@ import torch
 
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
-from lasa.hidden import format_prompts, length_batches, pad_batch, position_ids_from_mask
+from lasa.hidden import chat_suffix_length, format_prompts, length_batches, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel, base_model
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class Gate:
         """True when the SSI was trained on chat-templated prompts: its state is read off the prefill."""
         return bool(self.ssi.meta.get("chat_template"))
 
+    @property
+    def pooling(self) -> str:
+        return str(self.ssi.meta.get("pooling", "last"))
+
 
 class ConstantSSI:
     """Stands in for an SSI that flags every prompt (``flag=True``) or none.
@@ -162,17 +166,25 @@ def _generate_batch(
 
     # 1. SSI scores: from this prefill (chat-format SSI, no adapter below L*) or a truncated base pass
     captured: dict[str, torch.Tensor] = {}
-    read_prefill = gate.from_prefill and not _gate_needs_base_pass(lm, gate)
+    read_prefill = gate.from_prefill and gate.pooling != "mean" and not _gate_needs_base_pass(lm, gate)
     if not read_prefill:
         from lasa.hidden import extract_states
 
         with base_model(lm):
             states = extract_states(
-                lm, raw, layers=[gate.layer], chat_template=gate.from_prefill, batch_size=n, progress=False
+                lm,
+                raw,
+                layers=[gate.layer],
+                pooling=gate.pooling,  # type: ignore[arg-type]
+                chat_template=gate.from_prefill,
+                batch_size=n,
+                progress=False,
             )[:, 0]
+    # the prefill is left-padded: the state the SSI reads sits `back` tokens before the end
+    back = 1 + (chat_suffix_length(tok) if gate.pooling == "user_last" else 0)
 
     def hook(_m, _a, output):
-        captured["state"] = (output[0] if isinstance(output, tuple) else output)[:, -1].float().cpu()
+        captured["state"] = (output[0] if isinstance(output, tuple) else output)[:, -back].float().cpu()
 
     handle = lm.layers[gate.layer - 1].register_forward_hook(hook) if read_prefill else None
     cache = DynamicCache(config=model.config)

@@ -28,7 +28,7 @@ from lasa.models import LoadedModel, validate_layer
 
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["last", "mean"]
+Pooling = Literal["last", "mean", "user_last"]
 
 
 class _StopForward(Exception):
@@ -51,6 +51,26 @@ def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) ->
             ids = ids["input_ids"]
         out.append(list(ids))
     return out
+
+
+def chat_suffix_length(tokenizer: Any) -> int:
+    """Tokens the chat template puts after the user's text (end of turn + assistant header).
+
+    The ``user_last`` pooling reads the last token of the user's own message inside the chat
+    prefill: the state generation computes anyway, so a gate reading it costs no extra pass, yet
+    (unlike the assistant header's last token) it is still a token of the prompt. The suffix is the
+    common tail of two templated one-turn chats whose texts end differently.
+    """
+    cached = getattr(tokenizer, "_lasa_chat_suffix", None)
+    if cached is not None:
+        return int(cached)
+    a, b = format_prompts(tokenizer, ["Hello there A", "Hello there B"], chat_template=True)
+    k = 0
+    while k < min(len(a), len(b)) and a[-1 - k] == b[-1 - k]:
+        k += 1
+    with contextlib.suppress(AttributeError):  # slots-only tokenizers just recompute
+        tokenizer._lasa_chat_suffix = k
+    return k
 
 
 def length_batches(
@@ -88,13 +108,15 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """(B, T, d) → (B, d): last real token, or the mean over real tokens after the first one."""
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int = 0) -> torch.Tensor:
+    """(B, T, d) → (B, d): last real token (``offset`` tokens before it for ``user_last``), or the
+    mean over real tokens after the first one."""
     mask = mask.to(hidden.device)
-    if pooling == "last":
+    if pooling in ("last", "user_last"):
         # index of the last real token, whichever side the padding is on
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values
+        last = (last - (offset if pooling == "user_last" else 0)).clamp(min=0)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pooling == "mean":
         # drop the first real token: Qwen-style models park huge "attention sink" activations there
@@ -106,7 +128,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
             keep[empty] = mask[empty].float()
         keep = keep.to(hidden.dtype).unsqueeze(-1)
         return (hidden * keep).sum(1) / keep.sum(1)
-    raise LasaError(f"unknown pooling {pooling!r}; use last or mean")
+    raise LasaError(f"unknown pooling {pooling!r}; use last, user_last or mean")
 
 
 def _block_output(output: Any) -> torch.Tensor:
@@ -142,6 +164,11 @@ def extract_states(
     if not texts:
         return torch.zeros((0, len(layers), lm.hidden_size))
     tok = lm.tokenizer
+    if pooling == "user_last" and not chat_template:
+        raise LasaError(
+            "pooling user_last reads the user's turn inside the chat template; add --chat-template"
+        )
+    offset = chat_suffix_length(tok) if pooling == "user_last" else 0
     seqs = [s[-max_length:] for s in format_prompts(tok, texts, chat_template)]
     if any(len(s) == 0 for s in seqs):
         bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
@@ -155,7 +182,7 @@ def extract_states(
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            captured[layer] = pool(_block_output(output), current["mask"], pooling).float().cpu()
+            captured[layer] = pool(_block_output(output), current["mask"], pooling, offset).float().cpu()
             if layer == top:
                 raise _StopForward
 

@@ -183,8 +183,13 @@ class InterpretConfig(StageConfig):
             "one seed's early stopping moves a layer's AUROC by a few points."
         },
     )
-    pooling: Literal["last", "mean"] = field(
-        default="last", metadata={"help": "Token pooling (last = the paper's)."}
+    pooling: Literal["last", "mean", "user_last"] = field(
+        default="last",
+        metadata={
+            "help": "Token pooling (last = the paper's). user_last (with --chat-template): the last token of the "
+            "user's message inside the chat prefill, which generation computes anyway, so the gate needs no "
+            "extra pass."
+        },
     )
     chat_template: bool = field(
         default=False,
@@ -228,6 +233,12 @@ class InterpretConfig(StageConfig):
         if self.layer is not None and self.layer < 1:
             raise LasaError(
                 f"--layer {self.layer} is out of range; layers are 1..num_layers (0 is the embeddings)"
+            )
+        if self.pooling not in ("last", "mean", "user_last"):
+            raise LasaError(f"--pooling must be last, mean or user_last, got {self.pooling!r}")
+        if self.pooling == "user_last" and not self.chat_template:
+            raise LasaError(
+                "--pooling user_last reads the user's turn inside the chat template; add --chat-template"
             )
 
 

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lasa.judges.base import JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.lexicon import REFUSAL_RULE, refusal_flag
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,11 @@ class EmbeddingJudge:
             three_way = ResponseClassifier.cached(self.encoder, self.classifier)
         self.three_way = three_way or None
 
+    @property
+    def version(self) -> str:
+        """Cached verdicts from another refusal rule are redone."""
+        return f"embedding-{REFUSAL_RULE}"
+
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))
 
@@ -346,7 +352,9 @@ class EmbeddingJudge:
                     Judgement(
                         label,
                         float(probs["unsafe"][i]) if "unsafe" in probs else 0.0,
-                        refusal=bool(p_ref[i] >= self.threshold),
+                        refusal=refusal_flag(
+                            float(p_ref[i]), responses[i], items[i].lang, items[i].prompt, self.threshold
+                        ),
                         reason=detail,
                     )
                 )

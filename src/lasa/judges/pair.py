@@ -31,6 +31,7 @@ from lasa.judges.base import LABELS, JudgeItem, Judgement, strip_control_tokens
 from lasa.judges.corpus import corpus_rows, labels_key
 from lasa.judges.embedding import Encoder, RefusalClassifier
 from lasa.judges.features import content, content_segments, pair_text, scalar_matrix
+from lasa.judges.lexicon import REFUSAL_RULE, refusal_flag
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class PairJudge:
     @property
     def version(self) -> str:
         """Which weights judged: cached verdicts of other weights are not reused."""
-        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}"
+        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}"
 
     @property
     def validation(self) -> dict[str, Any]:
@@ -346,7 +347,8 @@ class PairJudge:
         for i in range(len(items)):
             k = int(probs[i].argmax())
             detail = " ".join(f"p_{lab}={probs[i, j]:.2f}" for j, lab in enumerate(LABELS))
-            out.append(Judgement(LABELS[k], float(probs[i, 1]), refusal=bool(p_ref[i] >= 0.5), reason=detail))
+            refused = refusal_flag(float(p_ref[i]), items[i].response, items[i].lang, items[i].prompt)
+            out.append(Judgement(LABELS[k], float(probs[i, 1]), refusal=refused, reason=detail))
         return out
 
 
