@@ -158,14 +158,19 @@ def bench_generation(args: argparse.Namespace) -> dict:
             flagged.append(sum(r["gated"] for r in rows))
 
         t_gated = timed(gated, args.repeats)
-        tag = "chat" if ssi.meta.get("chat_template") else "raw"
+        tag = (
+            ("user" if ssi.meta.get("pooling") == "user_last" else "chat")
+            if ssi.meta.get("chat_template")
+            else "raw"
+        )
         out["seconds"][f"gated_{tag}_ssi"] = t_gated
         out[f"gated_{tag}_ssi_ratio_vs_plain"] = statistics.median(t_gated) / statistics.median(t_batched)
         out[f"gated_{tag}_ssi_flagged"] = f"{flagged[-1]}/{len(prompts)}"
         out[f"gated_{tag}_ssi_source"] = (
-            "state read off the prefill"
-            if tag == "chat"
-            else "extra pass over the raw prompt, layers 1..L* only"
+            {
+                "chat": "state read off the prefill (assistant header)",
+                "user": "state read off the prefill (the user's last token)",
+            }.get(tag, "extra pass over the raw prompt, layers 1..L* only")
         )
     return out
 

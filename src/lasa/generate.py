@@ -19,6 +19,7 @@ attention mask and mask-derived position ids, so batched and batch-1 outputs agr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -148,6 +149,17 @@ def _gate_needs_base_pass(lm: LoadedModel, gate: Gate) -> bool:
 # -- generation ------------------------------------------------------------------------------
 
 
+@functools.cache
+def _generate_cache_kw() -> str:
+    """``generate``'s name for a prefilled KV cache: ``cache`` from transformers 5.24 on (where
+    ``past_key_values`` warns and is to go in 6.0; it arrives through ``**kwargs``, so the signature
+    cannot tell), ``past_key_values`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
+
+
 @torch.inference_mode()
 def _generate_batch(
     lm: LoadedModel, seqs: list[list[int]], raw: list[str], settings: GenerationSettings, gate: Gate | None
@@ -235,7 +247,7 @@ def _generate_batch(
         if settings.min_new_tokens:
             hf["min_new_tokens"] = min(settings.min_new_tokens, budget)
         gen = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=budget, **hf
+            input_ids=ids, attention_mask=mask, max_new_tokens=budget, **{_generate_cache_kw(): cache}, **hf
         )
         new = gen[:, ids.shape[1] :]
     else:
