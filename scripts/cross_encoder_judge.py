@@ -72,7 +72,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
-    from judge_experiments import features, load
+    from judge_experiments import METRIC_HEADER, features, load, metric_cells
 
     from lasa.judges.base import LABELS
     from lasa.judges.cross import CrossConfig, CrossEncoder, fit_cross, predict_proba
@@ -160,16 +160,12 @@ def main() -> None:
         + ", ".join(f"{k} {v}" for k, v in vars(cfg).items())
         + ".",
         "",
-        "| split | judge | κ | unsafe recall | unsafe precision | judged / gold ASR | lowest per-language κ |",
-        "|---|---|---|---|---|---|---|",
+        f"| split | judge | {METRIC_HEADER} |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for split, res in results["splits"].items():
         for judge, v in res.items():
-            low = min(p["kappa"] for p in v["per_language"].values())
-            lines.append(
-                f"| {split} | {names[judge]} | {v['kappa']:.3f} | {v['unsafe_recall']:.2f} | "
-                f"{v['unsafe_precision']:.2f} | {100 * v['judged_asr']:.1f}% / {100 * v['gold_asr']:.1f}% | {low:.2f} |"
-            )
+            lines.append(f"| {split} | {names[judge]} | {metric_cells(v)} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     logging.info("wrote %s and %s", out, out.with_suffix(".md"))
 

@@ -244,6 +244,22 @@ def main() -> None:
     logging.info("wrote %s and %s", out, out.with_suffix(".md"))
 
 
+#: The columns :func:`metric_cells` fills, after a table's own leading columns.
+METRIC_HEADER = (
+    "κ | accuracy | unsafe recall | unsafe precision | judged ASR | gold ASR | lowest per-language κ"
+)
+
+
+def metric_cells(v: dict) -> str:
+    """One table row's :data:`METRIC_HEADER` cells from an :func:`~lasa.judges.validation.agreement`
+    record with its ``per_language`` breakdown (shared with ``cross_encoder_judge.py``)."""
+    low = min(p["kappa"] for p in v["per_language"].values())
+    return (
+        f"{v['kappa']:.3f} | {v['accuracy']:.3f} | {v['unsafe_recall']:.2f} | {v['unsafe_precision']:.2f} | "
+        f"{100 * v['judged_asr']:.1f}% | {100 * v['gold_asr']:.1f}% | {low:.2f}"
+    )
+
+
 def render(results: dict, rows: list[dict]) -> str:
     """The comparison as Markdown: one row per judge and split, then per-language κ of each judge."""
     from collections import Counter
@@ -258,16 +274,12 @@ def render(results: dict, rows: list[dict]) -> str:
         "Every learned judge is refitted without the held-out group and scored on it only "
         "(leave-one-language-out, leave-one-model-out, leave-one-generation-run-out); the lexicon needs no training.",
         "",
-        "| judge | split | κ | accuracy | unsafe recall | unsafe precision | judged ASR | gold ASR | lowest per-language κ |",
+        f"| judge | split | {METRIC_HEADER} |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in results["judges"].items():
         for split, v in res.items():
-            low = min(p["kappa"] for p in v["per_language"].values())
-            lines.append(
-                f"| {name} | {split} | {v['kappa']:.3f} | {v['accuracy']:.3f} | {v['unsafe_recall']:.2f} | "
-                f"{v['unsafe_precision']:.2f} | {100 * v['judged_asr']:.1f}% | {100 * v['gold_asr']:.1f}% | {low:.2f} |"
-            )
+            lines.append(f"| {name} | {split} | {metric_cells(v)} |")
     langs = list(
         next(iter(results["judges"].values()))[
             "all" if "all" in next(iter(results["judges"].values())) else "language"
