@@ -209,7 +209,7 @@ def print_results(res: dict) -> None:
     if res.get("over_refusal"):
         o = res["over_refusal"]
         print(
-            f"XSTest ({o['judge']} refusal detector): refusal on {o['n_safe']} safe prompts {o['refusal_rate_safe']:.3f}, "
+            f"XSTest ({o['judge']} judge's refusal flag): refusal on {o['n_safe']} safe prompts {o['refusal_rate_safe']:.3f}, "
             f"compliance on {o['n_unsafe']} unsafe prompts {o['compliance_rate_unsafe']:.3f}"
         )
     if res.get("over_refusal_multilingual"):
