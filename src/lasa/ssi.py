@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 INDEX_CONVENTION = (
     "layer l = output of decoder block l = transformers hidden_states[l] (1..L; 0 = embeddings); "
     "last non-padding token of the prompt (raw text, or the chat template's user turn plus the assistant "
-    "header when chat_template is true)"
+    "header when chat_template is true; with pooling user_last, the last token of the user's own text "
+    "inside that template)"
 )
 
 
