@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lasa.hidden import length_batches
 from lasa.judges.base import LABELS, strip_control_tokens
 from lasa.judges.e5torch import E5Tokenizer, load_e5_model, read_e5
 
@@ -106,12 +107,9 @@ class CrossEncoder(nn.Module):
 
     def upper(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits from cached lower states (padded here): the trainable part of the network."""
-        width = max(len(s) for s in states)
-        hs = torch.zeros(len(states), width, states[0].shape[-1])
-        attn = torch.zeros(len(states), width, dtype=torch.long)
-        for i, s in enumerate(states):
-            hs[i, : len(s)] = s
-            attn[i, : len(s)] = 1
+        hs = nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+        lengths = torch.tensor([len(s) for s in states])
+        attn = (torch.arange(hs.shape[1])[None, :] < lengths[:, None]).long()
         mask = self._mask(hs, attn)
         for layer in self._bert.encoder.layer[self.cfg.frozen_layers :]:
             hs = layer(hs, mask)
@@ -121,8 +119,7 @@ class CrossEncoder(nn.Module):
 
 def _batches(lengths: Sequence[int], size: int, rng: random.Random | None) -> list[list[int]]:
     """Length-bucketed batches (little padding on CPU); shuffled bucket order when training."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out = [order[i : i + size] for i in range(0, len(order), size)]
+    out = length_batches(lengths, size)
     if rng is not None:
         rng.shuffle(out)
     return out

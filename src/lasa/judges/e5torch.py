@@ -175,12 +175,10 @@ class E5Tokenizer:
         return [self.bos, *a, self.eos, self.eos, *b, self.eos]
 
     def batch(self, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(list(s))
-            mask[i, : len(s)] = 1
+        """Right-padded ``input_ids`` / ``attention_mask`` (an encoder: padding side is free)."""
+        from lasa.hidden import pad_batch
+
+        ids, mask = pad_batch(seqs, self.pad, "right")
         return {"input_ids": ids, "attention_mask": mask}
 
 
