@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -238,7 +239,10 @@ def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(train
     weights = load_file(str(path / "adapter_model.safetensors"))
     layers = sorted({int(k.split(".layers.")[1].split(".")[0]) for k in weights})
     assert layers == [2, 3]  # 0-based blocks above bottleneck layer 2 (1-based)
-    a = load_adapter(load_model(str(tiny_qwen), device="cpu"), path)
+    base_lm = load_model(str(tiny_qwen), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no library deprecation noise on load
+        a = load_adapter(base_lm, path)
     assert adapter_layers(a.model) == [3, 4]
     b = PeftModel.from_pretrained(load_model(str(tiny_qwen), device="cpu").model, str(path))
     ids = torch.tensor([[5, 17, 42, 99, 7]])

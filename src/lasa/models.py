@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,7 +333,11 @@ def load_adapter(lm: LoadedModel, path: str | Path) -> LoadedModel:
     """Wrap ``lm`` with a trained PEFT adapter (inference mode); the base fingerprint is kept."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(lm.model, str(path), is_trainable=False)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning from
+        # transformers >= 5.24 that says nothing about the user's run); only that one is muted.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model = PeftModel.from_pretrained(lm.model, str(path), is_trainable=False)
     model.eval()
     layers_path, layers = find_decoder_layers(model)
     return LoadedModel(
