@@ -579,6 +579,26 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     assert render_text(s).splitlines()[0].startswith("variant")
 
 
+def test_paired_table_compares_variants_prompt_by_prompt_and_splits_seen_languages():
+    from lasa.stats import paired_difference
+    from lasa.tables import paired_table
+
+    uids = [f"multijail:{g}:{i}" for g in ("en", "sw") for i in range(10)]
+    base = {u: i % 2 == 0 for i, u in enumerate(uids)}  # 5 unsafe per language
+    # the variant fixes 4 English prompts and breaks 1 Swahili one
+    fixed = {"multijail:en:0", "multijail:en:2", "multijail:en:4", "multijail:en:6"}
+    var = {u: (base[u] and u not in fixed) or u == "multijail:sw:1" for u in uids}
+    t = paired_table({"base": base, "var": var, "partial": {uids[0]: False}}, seen=("en",))
+    row = dict(zip(t.header, t.rows[0]))
+    d = paired_difference([var[u] for u in uids], [base[u] for u in uids])
+    assert row["variant"] == "var" and row["ΔASR vs base [95% CI]"] == d.fmt()
+    assert d.diff == pytest.approx(-3 / 20)
+    assert row["Δ seen (en)"].startswith("-40.0") and row["Δ unseen"].startswith("+10.0")
+    assert row["unsafe → not / not → unsafe (vs base)"] == "4 / 1" and row["prompts"] == "20"
+    assert t.rows[1][0] == "partial" and t.rows[1][-1] == "1"  # only the prompts both answered
+    assert paired_table({"var": var}) is None  # nothing to compare against
+
+
 def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen, tmp_path):
     import lasa
     from lasa.config import EvaluateConfig

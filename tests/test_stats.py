@@ -46,3 +46,49 @@ def test_corrected_rate_interval_covers_the_point_and_widens_with_fewer_validati
         assert r.corrected == pytest.approx(rogan_gladen(0.3, 0.8, 0.9))
     assert (wide.high - wide.low) > (narrow.high - narrow.low)
     assert corrected_rate(30, 100, tp=8, pos=10, tn=45, neg=50) == wide  # seeded: reproducible
+
+
+def test_paired_difference_worked_example():
+    from lasa.stats import paired_difference
+
+    # Newcombe's paired example (36 both, 12 A only, 2 B only, 0 neither), computed by hand from
+    # method 10: Wilson 48/50 = [0.8654, 0.9890], 38/50 = [0.6254, 0.8570], phi = -24 / sqrt(43776)
+    a = [True] * 36 + [True] * 12 + [False] * 2
+    b = [True] * 36 + [False] * 12 + [True] * 2
+    d = paired_difference(a, b)
+    assert (d.both, d.a_only, d.b_only, d.n) == (36, 12, 2, 50)
+    assert d.diff == pytest.approx(0.20)
+    assert (d.low, d.high) == (pytest.approx(0.0569, abs=5e-4), pytest.approx(0.3404, abs=5e-4))
+    assert d.p_value == pytest.approx(2 * 106 / 2**14)  # McNemar exact: 2 * P(Bin(14, 1/2) <= 2)
+    assert d.fmt() == "+20.0 [+5.7, +34.0]"
+    flipped = paired_difference(b, a)  # swapping the arms mirrors the interval
+    assert (flipped.low, flipped.high) == (pytest.approx(-d.high), pytest.approx(-d.low))
+
+
+def test_paired_difference_no_change_and_bad_input():
+    from lasa.stats import paired_difference
+
+    same = [True, False, True, False]
+    d = paired_difference(same, same)
+    assert d.diff == 0 and d.low < 0 < d.high and d.p_value == 1.0
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([True], [True, False])
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_most_verdicts_agree_and_covers():
+    import numpy as np
+
+    from lasa.stats import paired_difference
+
+    rng = np.random.default_rng(0)
+    true, hits, widths = 0.85 * 0.25 + 0.15 * 0.15 - 0.25, 0, []
+    for _ in range(500):  # a variant that re-draws 15% of the base model's verdicts
+        base = rng.random(100) < 0.25
+        var = np.where(rng.random(100) < 0.15, rng.random(100) < 0.15, base)
+        d = paired_difference(list(var), list(base))
+        hits += d.low <= true <= d.high
+        widths.append(d.high - d.low)
+        wa, wb = wilson(int(var.sum()), 100), wilson(int(base.sum()), 100)
+        assert d.high - d.low < (wa.high - wa.low) + (wb.high - wb.low)
+    assert 0.93 <= hits / 500 <= 1.0
+    assert np.median(widths) < 0.15

@@ -18,12 +18,13 @@ from typing import Any
 
 from lasa.data import LANGUAGES, TIERS
 from lasa.errors import LasaError
-from lasa.runs import RunDir, read_json, save_figure, write_text
+from lasa.runs import RunDir, read_json, read_jsonl, save_figure, write_text
 from lasa.tables import (
     Table,
     gate_table,
     language_table,
     multilingual_over_refusal_table,
+    paired_table,
     pct,
     summary_table,
     utility_table,
@@ -349,6 +350,23 @@ def _align_section(doc: Doc, rd: Path) -> None:
             doc.img(f"align/{mth}/loss.png", f"{mth} training curves")
 
 
+def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[str, bool]]:
+    """Per variant, MultiJail sample uid -> judged unsafe by the variant's default judge."""
+    out = {}
+    for v, r in results.items():
+        p = RunDir(rd).eval(v) / f"judgements_{r['default_judge']}.jsonl"
+        if p.is_file():
+            out[v] = {j["uid"]: j["label"] == "unsafe" for j in read_jsonl(p)}
+    return out
+
+
+def _seen_languages(rd: Path) -> tuple[str, ...]:
+    """The SSI's training languages (what the gate and the adapter's rows were made from)."""
+    p = RunDir(rd).path / "ssi" / "ssi.json"
+    langs = read_json(p).get("train_languages") if p.is_file() else None
+    return tuple(langs or ("en", "zh"))
+
+
 def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     found = RunDir(rd).evaluated_variants()
     order = [v for v in (variants or []) if v in found] + [v for v in found if v not in (variants or [])]
@@ -369,6 +387,14 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
 
     doc.table_of(summary_table(results))
+    paired = paired_table(_unsafe_by_prompt(rd, results), seen=_seen_languages(rd))
+    if paired:
+        doc.p(
+            "Paired by prompt (every variant answered the same prompts): the ASR difference from "
+            "`base` with Newcombe's paired 95% interval and McNemar's exact p, in points; 'seen' are "
+            "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap."
+        )
+        doc.table_of(paired)
     doc.table_of(language_table(results))
     plot_asr(results, judge_of, rd / "report" / "asr.png")
     doc.img("report/asr.png", "ASR by language and tier")

@@ -118,6 +118,63 @@ def summary_table(results: Mapping[str, Mapping]) -> Table:
     )
 
 
+def paired_table(
+    unsafe: Mapping[str, Mapping[str, bool]], reference: str = "base", seen: Sequence[str] = ("en", "zh")
+) -> Table | None:
+    """Each variant against ``reference`` on the prompts both answered: the ASR difference with
+    Newcombe's paired 95% interval and McNemar's p, overall and split into the SSI's training
+    (seen) languages and the rest, and how many prompts flipped each way.
+
+    ``unsafe`` maps variant -> {sample uid ("multijail:<lang>:<id>") -> judged unsafe}. Variants
+    share their prompts, so this is the comparison to read: two overlapping Wilson intervals hide
+    a consistent shift of a few prompts. ``None`` when the reference is missing."""
+    from lasa.stats import paired_difference
+
+    if reference not in unsafe:
+        return None
+    ref = unsafe[reference]
+    rows = []
+    for v, mine in unsafe.items():
+        if v == reference:
+            continue
+        uids = [u for u in mine if u in ref]
+
+        def diff(keep: Any, uids: list[str] = uids, mine: Mapping[str, bool] = mine) -> Any:
+            us = [u for u in uids if keep(u.split(":")[1] if u.count(":") >= 2 else "")]
+            return paired_difference([mine[u] for u in us], [ref[u] for u in us]) if us else None
+
+        d = diff(lambda g: True)
+        if d is None:
+            continue
+        ds, du = diff(lambda g: g in seen), diff(lambda g: g not in seen)
+        rows.append(
+            [
+                v,
+                d.fmt(),
+                f"{d.p_value:.2g}",
+                ds.fmt() if ds else "–",
+                du.fmt() if du else "–",
+                f"{d.b_only} / {d.a_only}",
+                str(d.n),
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        [
+            "variant",
+            f"ΔASR vs {reference} [95% CI]",
+            "McNemar p",
+            f"Δ seen ({', '.join(seen)})",
+            "Δ unseen",
+            f"unsafe → not / not → unsafe (vs {reference})",
+            "prompts",
+        ],
+        rows,
+        "eval/<variant>/judgements_<default judge>.jsonl (paired by prompt)",
+    )
+
+
 def _drift_cell(drift: Mapping | None, key: str) -> str:
     if not drift:
         return "–"
