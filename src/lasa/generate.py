@@ -150,10 +150,10 @@ def _gate_needs_base_pass(lm: LoadedModel, gate: Gate) -> bool:
 
 
 @functools.cache
-def _generate_cache_kw() -> str:
-    """``generate``'s name for a prefilled KV cache: ``cache`` from transformers 5.24 on (where
-    ``past_key_values`` warns and is to go in 6.0; it arrives through ``**kwargs``, so the signature
-    cannot tell), ``past_key_values`` before."""
+def _cache_kw() -> str:
+    """The keyword for a KV cache in ``generate`` and in a model's ``forward``: ``cache`` from
+    transformers 5.24 on (where ``past_key_values`` warns and is to go in 5.40; in ``generate`` it
+    arrives through ``**kwargs``, so the signature cannot tell), ``past_key_values`` before."""
     import transformers
     from packaging.version import Version
 
@@ -205,8 +205,8 @@ def _generate_batch(
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_kw(): cache},
             logits_to_keep=1,
         )
     finally:
@@ -232,8 +232,8 @@ def _generate_batch(
             input_ids=chunk,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask)[:, -k:],
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_kw(): cache},
             logits_to_keep=1,
         )
         ids = torch.cat([ids, chunk], 1)
@@ -247,7 +247,7 @@ def _generate_batch(
         if settings.min_new_tokens:
             hf["min_new_tokens"] = min(settings.min_new_tokens, budget)
         gen = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=budget, **{_generate_cache_kw(): cache}, **hf
+            input_ids=ids, attention_mask=mask, max_new_tokens=budget, **{_cache_kw(): cache}, **hf
         )
         new = gen[:, ids.shape[1] :]
     else:
