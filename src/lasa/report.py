@@ -387,7 +387,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
 
     doc.table_of(summary_table(results))
-    paired = paired_table(_unsafe_by_prompt(rd, results), seen=_seen_languages(rd))
+    unsafe, seen = _unsafe_by_prompt(rd, results), _seen_languages(rd)
+    paired = paired_table(unsafe, seen=seen)
     if paired:
         doc.p(
             "Paired by prompt (every variant answered the same prompts): the ASR difference from "
@@ -395,6 +396,10 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
             "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap."
         )
         doc.table_of(paired)
+    gated = {v: u for v, u in unsafe.items() if v.endswith("+gate")}
+    if "base+gate" in gated and len(gated) > 1:
+        doc.p("What training adds beyond the gate: each gated adapter against the gated base model.")
+        doc.table_of(paired_table(gated, reference="base+gate", seen=seen))  # type: ignore[arg-type]
     doc.table_of(language_table(results))
     plot_asr(results, judge_of, rd / "report" / "asr.png")
     doc.img("report/asr.png", "ASR by language and tier")
