@@ -396,6 +396,10 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
             "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap."
         )
         doc.table_of(paired)
+    adapters = {v: u for v, u in unsafe.items() if v != "base" and not v.endswith("+gate")}
+    if "kto" in adapters and len(adapters) > 1:
+        doc.p("The adapters without the gate, against the KTO baseline trained on the same rows.")
+        doc.table_of(paired_table(adapters, reference="kto", seen=seen))  # type: ignore[arg-type]
     gated = {v: u for v, u in unsafe.items() if v.endswith("+gate")}
     if "base+gate" in gated and len(gated) > 1:
         doc.p("What training adds beyond the gate: each gated adapter against the gated base model.")
