@@ -87,6 +87,19 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     assert (
         "1 prompt = 50.0 points" in report
     )  # 2 prompts per language: the table says what one prompt is worth
+    # variants compared prompt by prompt: each against base, and the gated adapter against base+gate
+    lines = report.splitlines()
+    vs_base = lines.index(next(line for line in lines if "| ΔASR vs base [95% CI] |" in line))
+    assert [line.split("|")[1].strip() for line in lines[vs_base + 2 : vs_base + 5]] == [
+        "base+gate",
+        "kto",
+        "lasa+gate",
+    ]
+    assert all(
+        line.rstrip().endswith("| 6 |") for line in lines[vs_base + 2 : vs_base + 5]
+    )  # 2 prompts x 3 langs
+    vs_gate = lines.index(next(line for line in lines if "| ΔASR vs base+gate [95% CI] |" in line))
+    assert lines[vs_gate + 2].startswith("| lasa+gate |")
     html_page = (rd / "report.html").read_text()
     assert "**" not in html_page and "<details>" in html_page
     assert (rd / "report.html").read_text().count("data:image/png;base64") >= 2
