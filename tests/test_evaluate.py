@@ -583,11 +583,11 @@ def test_paired_table_compares_variants_prompt_by_prompt_and_splits_seen_languag
     from lasa.stats import paired_difference
     from lasa.tables import paired_table
 
-    uids = [f"multijail:{g}:{i}" for g in ("en", "sw") for i in range(10)]
+    uids = [(g, f"multijail:{g}:{i}") for g in ("en", "sw") for i in range(10)]
     base = {u: i % 2 == 0 for i, u in enumerate(uids)}  # 5 unsafe per language
     # the variant fixes 4 English prompts and breaks 1 Swahili one
-    fixed = {"multijail:en:0", "multijail:en:2", "multijail:en:4", "multijail:en:6"}
-    var = {u: (base[u] and u not in fixed) or u == "multijail:sw:1" for u in uids}
+    fixed = {("en", f"multijail:en:{i}") for i in (0, 2, 4, 6)}
+    var = {u: (base[u] and u not in fixed) or u == ("sw", "multijail:sw:1") for u in uids}
     t = paired_table({"base": base, "var": var, "partial": {uids[0]: False}}, seen=("en",))
     row = dict(zip(t.header, t.rows[0]))
     d = paired_difference([var[u] for u in uids], [base[u] for u in uids])

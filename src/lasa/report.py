@@ -350,19 +350,19 @@ def _align_section(doc: Doc, rd: Path) -> None:
             doc.img(f"align/{mth}/loss.png", f"{mth} training curves")
 
 
-def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[str, bool]]:
-    """Per variant, MultiJail sample uid -> judged unsafe by the variant's default judge."""
+def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[tuple[str, str], bool]]:
+    """Per variant, (language, MultiJail sample uid) -> judged unsafe by the variant's default judge."""
     out = {}
     for v, r in results.items():
         p = RunDir(rd).eval(v) / f"judgements_{r['default_judge']}.jsonl"
         if p.is_file():
-            out[v] = {j["uid"]: j["label"] == "unsafe" for j in read_jsonl(p)}
+            out[v] = {(j["lang"], j["uid"]): j["label"] == "unsafe" for j in read_jsonl(p)}
     return out
 
 
 def _seen_languages(rd: Path) -> tuple[str, ...]:
     """The SSI's training languages (what the gate and the adapter's rows were made from)."""
-    p = RunDir(rd).path / "ssi" / "ssi.json"
+    p = RunDir(rd).ssi() / "ssi.json"
     langs = read_json(p).get("train_languages") if p.is_file() else None
     return tuple(langs or ("en", "zh"))
 
@@ -388,22 +388,31 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
 
     doc.table_of(summary_table(results))
     unsafe, seen = _unsafe_by_prompt(rd, results), _seen_languages(rd)
-    paired = paired_table(unsafe, seen=seen)
-    if paired:
-        doc.p(
+    adapters = {v: u for v, u in unsafe.items() if v != "base" and not v.endswith("+gate")}
+    gated = {v: u for v, u in unsafe.items() if v.endswith("+gate")}
+    for subset, reference, caption in (
+        (
+            unsafe,
+            "base",
             "Paired by prompt (every variant answered the same prompts): the ASR difference from "
             "`base` with Newcombe's paired 95% interval and McNemar's exact p, in points; 'seen' are "
-            "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap."
-        )
-        doc.table_of(paired)
-    adapters = {v: u for v, u in unsafe.items() if v != "base" and not v.endswith("+gate")}
-    if "kto" in adapters and len(adapters) > 1:
-        doc.p("The adapters without the gate, against the KTO baseline trained on the same rows.")
-        doc.table_of(paired_table(adapters, reference="kto", seen=seen))  # type: ignore[arg-type]
-    gated = {v: u for v, u in unsafe.items() if v.endswith("+gate")}
-    if "base+gate" in gated and len(gated) > 1:
-        doc.p("What training adds beyond the gate: each gated adapter against the gated base model.")
-        doc.table_of(paired_table(gated, reference="base+gate", seen=seen))  # type: ignore[arg-type]
+            "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap.",
+        ),
+        (
+            adapters,
+            "kto",
+            "The adapters without the gate, against the KTO baseline trained on the same rows.",
+        ),
+        (
+            gated,
+            "base+gate",
+            "What training adds beyond the gate: each gated adapter against the gated base model.",
+        ),
+    ):
+        paired = paired_table(subset, reference=reference, seen=seen)
+        if paired:
+            doc.p(caption)
+            doc.table_of(paired)
     doc.table_of(language_table(results))
     plot_asr(results, judge_of, rd / "report" / "asr.png")
     doc.img("report/asr.png", "ASR by language and tier")

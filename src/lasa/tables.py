@@ -118,35 +118,33 @@ def summary_table(results: Mapping[str, Mapping]) -> Table:
     )
 
 
+def _paired(mine: Mapping[Any, bool], ref: Mapping[Any, bool], keys: Sequence[Any]) -> Any:
+    from lasa.stats import paired_difference
+
+    return paired_difference([mine[k] for k in keys], [ref[k] for k in keys]) if keys else None
+
+
 def paired_table(
-    unsafe: Mapping[str, Mapping[str, bool]], reference: str = "base", seen: Sequence[str] = ("en", "zh")
+    unsafe: Mapping[str, Mapping[tuple[str, str], bool]],
+    reference: str = "base",
+    seen: Sequence[str] = ("en", "zh"),
 ) -> Table | None:
     """Each variant against ``reference`` on the prompts both answered: the ASR difference with
     Newcombe's paired 95% interval and McNemar's p, overall and split into the SSI's training
     (seen) languages and the rest, and how many prompts flipped each way.
 
-    ``unsafe`` maps variant -> {sample uid ("multijail:<lang>:<id>") -> judged unsafe}. Variants
-    share their prompts, so this is the comparison to read: two overlapping Wilson intervals hide
-    a consistent shift of a few prompts. ``None`` when the reference is missing."""
-    from lasa.stats import paired_difference
-
-    if reference not in unsafe:
-        return None
-    ref = unsafe[reference]
+    ``unsafe`` maps variant -> {(language, sample uid) -> judged unsafe}. Variants share their
+    prompts, so this is the comparison to read: two overlapping Wilson intervals hide a consistent
+    shift of a few prompts. ``None`` when there is nothing to compare with ``reference``."""
+    ref = unsafe.get(reference)
     rows = []
     for v, mine in unsafe.items():
-        if v == reference:
+        shared = [k for k in mine if k in ref] if ref is not None and v != reference else []
+        if not shared:
             continue
-        uids = [u for u in mine if u in ref]
-
-        def diff(keep: Any, uids: list[str] = uids, mine: Mapping[str, bool] = mine) -> Any:
-            us = [u for u in uids if keep(u.split(":")[1] if u.count(":") >= 2 else "")]
-            return paired_difference([mine[u] for u in us], [ref[u] for u in us]) if us else None
-
-        d = diff(lambda g: True)
-        if d is None:
-            continue
-        ds, du = diff(lambda g: g in seen), diff(lambda g: g not in seen)
+        d = _paired(mine, ref, shared)
+        ds = _paired(mine, ref, [k for k in shared if k[0] in seen])
+        du = _paired(mine, ref, [k for k in shared if k[0] not in seen])
         rows.append(
             [
                 v,
