@@ -29,12 +29,19 @@ RESULTS = HERE / "results"
 logger = logging.getLogger("bench")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # CUDA work is asynchronous: time what ran, not what was queued
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     fn()  # warm-up (allocator, kernels, lazy imports)
     out = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -136,18 +143,18 @@ def bench_generation(args: argparse.Namespace) -> dict:
     fixed = GenerationSettings(max_new_tokens=n_new, min_new_tokens=n_new, batch_size=len(prompts))
     one = GenerationSettings(max_new_tokens=n_new, min_new_tokens=n_new, batch_size=1)
     t_batched = timed(lambda: generate_all(lm, prompts, fixed, progress=False), args.repeats)
-    t_single = timed(lambda: generate_all(lm, prompts, one, progress=False), 1)
     out = {
         "what": f"{len(prompts)} MultiJail prompts (10 languages), {n_new} new tokens each (forced), greedy",
         "model": args.model,
-        "seconds": {"batched": t_batched, "batch1_loop": t_single},
-        "tokens_per_s": {
-            "batched": len(prompts) * n_new / statistics.median(t_batched),
-            "batch1_loop": len(prompts) * n_new / statistics.median(t_single),
-        },
+        "seconds": {"batched": t_batched},
+        "tokens_per_s": {"batched": len(prompts) * n_new / statistics.median(t_batched)},
         "target": "gated <= 1.05x plain generation time on the same prompts",
     }
-    out["batched_speedup"] = out["tokens_per_s"]["batched"] / out["tokens_per_s"]["batch1_loop"]
+    if not args.skip_batch1:
+        t_single = timed(lambda: generate_all(lm, prompts, one, progress=False), 1)
+        out["seconds"]["batch1_loop"] = t_single
+        out["tokens_per_s"]["batch1_loop"] = len(prompts) * n_new / statistics.median(t_single)
+        out["batched_speedup"] = out["tokens_per_s"]["batched"] / out["tokens_per_s"]["batch1_loop"]
     for name in args.ssi:
         ssi = SSI.load(name)
         gate = Gate(ssi)
@@ -166,12 +173,10 @@ def bench_generation(args: argparse.Namespace) -> dict:
         out["seconds"][f"gated_{tag}_ssi"] = t_gated
         out[f"gated_{tag}_ssi_ratio_vs_plain"] = statistics.median(t_gated) / statistics.median(t_batched)
         out[f"gated_{tag}_ssi_flagged"] = f"{flagged[-1]}/{len(prompts)}"
-        out[f"gated_{tag}_ssi_source"] = (
-            {
-                "chat": "state read off the prefill (assistant header)",
-                "user": "state read off the prefill (the user's last token)",
-            }.get(tag, "extra pass over the raw prompt, layers 1..L* only")
-        )
+        out[f"gated_{tag}_ssi_source"] = {
+            "chat": "state read off the prefill (assistant header)",
+            "user": "state read off the prefill (the user's last token)",
+        }.get(tag, "extra pass over the raw prompt, layers 1..L* only")
     return out
 
 
@@ -338,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen-prompts", type=int, default=16, help="generation: prompts (one batch)")
     parser.add_argument("--new-tokens", type=int, default=64, help="generation: forced new tokens per prompt")
     parser.add_argument(
+        "--skip-batch1",
+        action="store_true",
+        help="generation: skip the batch-1 loop (slow for a large model)",
+    )
+    parser.add_argument(
         "--ssi", nargs="*", default=[], help="generation: SSI run dirs / ssi dirs to gate with"
     )
     parser.add_argument("--kto-batch", type=int, default=4, help="kto_step: per-device batch")
@@ -359,10 +369,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run benchmarks in this process (default: one subprocess each, so peak memory is per benchmark)",
     )
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="suffix for the result files (bench/results/<name>-<tag>.json), e.g. h200 for a GPU run, so "
+        "results from another machine sit beside this one's instead of replacing them",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only regenerate bench/RESULTS.md from bench/results/*.json"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     RESULTS.mkdir(exist_ok=True)
+    if args.render:
+        args.names = []
     for name in args.names:
         if name not in BENCHMARKS:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
@@ -379,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             repeats=res.pop("repeats", args.repeats),  # e2e reads one finished run
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         )
-        (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        (RESULTS / f"{name}{'-' + args.tag if args.tag else ''}.json").write_text(
+            json.dumps(res, indent=2) + "\n"
+        )
         logger.info(
             "%s: %s", name, json.dumps({k: v for k, v in res.items() if "ratio" in k or "speedup" in k})
         )

@@ -15,6 +15,7 @@ from lasa.conditioning import (
 from lasa.data.rows import build_rows, condition_rows, kl_pairs, load_user_rows, order_for_kl
 from lasa.data.safety import overlaps_multijail
 from lasa.errors import LasaError
+from tiny import DEVICE
 
 COND = CONDITIONING_TEXT
 
@@ -209,7 +210,7 @@ def trained(tmp_path_factory, tiny_qwen):
         warmup_steps=0,
         lr_scheduler="constant",
         bottleneck_layer=2,
-        device="cpu",
+        device=DEVICE,
     )
     return run, run_align(cfg).summary
 
@@ -239,16 +240,16 @@ def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(train
     weights = load_file(str(path / "adapter_model.safetensors"))
     layers = sorted({int(k.split(".layers.")[1].split(".")[0]) for k in weights})
     assert layers == [2, 3]  # 0-based blocks above bottleneck layer 2 (1-based)
-    base_lm = load_model(str(tiny_qwen), device="cpu")
+    base_lm = load_model(str(tiny_qwen), device=DEVICE)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # no library deprecation noise on load
         a = load_adapter(base_lm, path)
     assert adapter_layers(a.model) == [3, 4]
-    b = PeftModel.from_pretrained(load_model(str(tiny_qwen), device="cpu").model, str(path))
-    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    b = PeftModel.from_pretrained(load_model(str(tiny_qwen), device=DEVICE).model, str(path))
+    ids = torch.tensor([[5, 17, 42, 99, 7]], device=a.model.device)
     with torch.no_grad():
         la, lb = a.model(ids).logits, b(ids).logits
-        base = load_model(str(tiny_qwen), device="cpu").model(ids).logits
+        base = load_model(str(tiny_qwen), device=DEVICE).model(ids).logits
     assert torch.equal(la, lb) and not torch.equal(la, base)
 
 
@@ -266,7 +267,7 @@ def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):
         batch_size=2,
         bottleneck_layer=2,
         save_adapter_at=[1],
-        device="cpu",
+        device=DEVICE,
     )
     res = run_align(cfg)
     out = tmp_path / "align" / "sft"
@@ -286,7 +287,7 @@ def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
 
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"prompt": "p"}\n')
-    cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(bad), device="cpu")
+    cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(bad), device=DEVICE)
     with pytest.raises(LasaError, match="needs either chosen"):
         run_align(cfg)
     assert not (tmp_path / "run" / "align").exists()
@@ -300,8 +301,10 @@ def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_
     from lasa.models import load_model
     from lasa.on_policy import on_policy_rows
 
-    lm = load_model(str(tiny_qwen), device="cpu")
-    cfg = AlignConfig(model=str(tiny_qwen), n_safety=3, n_general=2, on_policy_max_new_tokens=5, device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), n_safety=3, n_general=2, on_policy_max_new_tokens=5, device=DEVICE
+    )
     rows, _ = build_rows(["en", "zh"], 3, 2, seed=0)
 
     class Judge:  # the first half of each call is the conditioned answers, the second the plain ones
@@ -371,7 +374,7 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
         n_general=1,
         on_policy_max_new_tokens=4,
         dry_run=True,
-        device="cpu",
+        device=DEVICE,
     )
     first = run_align(cfg).summary
     out = tmp_path / "align" / "lasa"

@@ -14,6 +14,7 @@ from lasa.judge_check import check_judges, load_labels
 from lasa.judges import JudgeItem, cohen_kappa, judge_samples
 from lasa.judges.base import strip_control_tokens
 from lasa.judges.llm import LLMJudge, parse_label
+from tiny import DEVICE
 
 
 def test_asr_arithmetic_tiers_and_invalid():
@@ -607,7 +608,7 @@ def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen
     cfg = EvaluateConfig(
         model=str(tiny_qwen),
         run_dir=str(tmp_path / "run"),
-        device="cpu",
+        device=DEVICE,
         langs=["en", "sw"],
         n="2",
         max_new_tokens=4,

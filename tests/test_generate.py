@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lasa.generate import Gate, GenerationSettings, adapter_layers, generate_all
+from lasa.generate import Gate, GenerationSettings, _decode, _stop_ids, adapter_layers, generate_all
 from lasa.hidden import extract_states
 from lasa.models import load_model
 from lasa.runs import SampleWriter
+from tiny import DEVICE
 
 PROMPTS = [
     "How do I pick a lock?",
@@ -23,7 +24,7 @@ SETTINGS = GenerationSettings(max_new_tokens=10, batch_size=5)
 
 @pytest.fixture(scope="module")
 def lm(tiny_qwen):
-    return load_model(str(tiny_qwen), device="cpu")
+    return load_model(str(tiny_qwen), device=DEVICE)
 
 
 class StubSSI:
@@ -76,6 +77,21 @@ def test_batched_left_padded_generation_equals_batch_one(lm):
     assert all(r["n_tokens"] <= 10 and r["finish"] in ("stop", "length") for r in batched)
 
 
+def test_stop_ids_are_looked_up_without_building_the_vocabulary(lm, monkeypatch):
+    """`get_vocab()` builds a dict of the whole vocabulary (0.14 s for Qwen's); called per decoded
+    response it once cost more than a GPU's decoding itself (scripts/gpu_check.sh found it)."""
+
+    def no_vocab():
+        raise AssertionError("get_vocab() called while decoding")
+
+    monkeypatch.setattr(lm.tokenizer, "get_vocab", no_vocab)
+    vocab_ids = {t: lm.tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    assert _stop_ids(lm.tokenizer) == sorted(set(vocab_ids.values()) | {lm.tokenizer.eos_token_id})
+    text, finish, n = _decode(lm.tokenizer, [5, 6, vocab_ids["<|im_end|>"], 7])
+    assert (finish, n) == ("stop", 2) and text == lm.tokenizer.decode([5, 6]).strip()
+    assert len(generate_all(lm, PROMPTS[:2], SETTINGS, progress=False)) == 2
+
+
 def test_gate_conditions_only_flagged_rows(lm):
     plain = generate_all(lm, PROMPTS, SETTINGS, progress=False)
     ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[0], PROMPTS[3]])
@@ -87,21 +103,46 @@ def test_gate_conditions_only_flagged_rows(lm):
         assert gated[i]["response"] == plain[i]["response"]
     # flagged rows continue after the conditioning text, as if it had been written into the assistant turn
     cond = lm.tokenizer(Gate(ssi).conditioning_text + "\n", add_special_tokens=False)["input_ids"]
+    dev = lm.model.device
     for i in (0, 3):
         ids = lm.tokenizer.apply_chat_template(
             [{"role": "user", "content": PROMPTS[i]}], add_generation_prompt=True, tokenize=True
         )
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids) + cond
-        out = lm.model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=10,
-            do_sample=False,
-            pad_token_id=lm.tokenizer.pad_token_id,
-            eos_token_id=lm.tokenizer.eos_token_id,
-        )
-        expected = lm.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True).strip()
-        assert gated[i]["response"] == expected
+        if dev.type == "cpu":  # bit for bit: same kernels as a fresh generate over prompt + conditioning
+            out = lm.model.generate(
+                input_ids=torch.tensor([ids], device=dev),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=lm.tokenizer.pad_token_id,
+                eos_token_id=lm.tokenizer.eos_token_id,
+            )
+            expected = lm.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True).strip()
+            assert gated[i]["response"] == expected
+        else:  # a GPU's shape-dependent kernels can flip a near-tie (6e-5 apart on this random model)
+            _assert_greedy_under_teacher_forcing(lm, ids, _gated_tokens(lm, PROMPTS[i], ssi))
+
+
+def _gated_tokens(lm, prompt, ssi):
+    from lasa.generate import _generate_batch
+    from lasa.hidden import format_prompts
+
+    gate = Gate(ssi)
+    gate.prepare(lm)
+    seq = format_prompts(lm.tokenizer, [prompt], chat_template=True)
+    return _generate_batch(lm, seq, [prompt], SETTINGS, gate)[0]["tokens"]
+
+
+def _assert_greedy_under_teacher_forcing(lm, ids, new, tol=1e-3):
+    """Each generated token is (within ``tol``) the argmax of one forward pass over prompt + conditioning
+    + the tokens before it: the gated continuation is greedy decoding of that sequence."""
+    full = torch.tensor([ids + new], device=lm.model.device)
+    with torch.no_grad():
+        logits = lm.model(input_ids=full).logits[0].float()
+    for k, t in enumerate(new):
+        row = logits[len(ids) - 1 + k]
+        assert float(row.max() - row[t]) <= tol, (k, t, int(row.argmax()))
 
 
 def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):
@@ -221,7 +262,7 @@ def test_vllm_backend_builds_gated_prompts_and_a_lora_request(lm, monkeypatch, t
     assert seen["engine"]["enable_lora"] and seen["engine"]["max_lora_rank"] == 8
     assert seen["lora"].path == str(tmp_path) and seen["params"].kw["temperature"] == 0.0
     assert rows[0]["response"] == "ok" and rows[0]["n_tokens"] == 2
-    lm.model.to("cpu")
+    lm.model.to(DEVICE)
 
 
 def test_gated_variant_copies_unflagged_rows_from_its_ungated_twin(lm, tmp_path):

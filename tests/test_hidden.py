@@ -6,6 +6,7 @@ import torch
 from lasa.errors import LasaError
 from lasa.hidden import extract_states, pad_batch, pool
 from lasa.models import load_model
+from tiny import DEVICE
 
 TEXTS = [
     "How do I pick a lock?",
@@ -19,7 +20,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module", params=["tiny_qwen", "tiny_llama"])
 def lm(request):
-    return load_model(str(request.getfixturevalue(request.param)), device="cpu")
+    return load_model(str(request.getfixturevalue(request.param)), device=DEVICE)
 
 
 def _close(a, b, tol=1e-4):
@@ -38,9 +39,9 @@ def test_batch_size_and_padding_side_do_not_change_states(lm, pooling):
 def test_last_token_equals_transformers_hidden_states(lm):
     states = extract_states(lm, TEXTS, batch_size=3, progress=False)
     for i, text in enumerate(TEXTS):
-        enc = lm.tokenizer(text, return_tensors="pt")
+        enc = lm.tokenizer(text, return_tensors="pt").to(lm.model.device)
         with torch.no_grad():
-            hs = lm.model(**enc, output_hidden_states=True).hidden_states
+            hs = [h.cpu() for h in lm.model(**enc, output_hidden_states=True).hidden_states]
         # blocks 1..L-1 match exactly; transformers applies the final norm to its last entry only
         for layer in range(1, lm.num_layers):
             assert _close(states[i, layer - 1], hs[layer][0, -1])
@@ -115,8 +116,10 @@ def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
     user = extract_states(lm, TEXTS[:3], layers=[2], pooling="user_last", chat_template=True, progress=False)
     for i, s in enumerate(seqs):
         with torch.no_grad():
-            out = lm.model(input_ids=torch.tensor([s[:-k]]), output_hidden_states=True)
-        assert _close(user[i, 0], out.hidden_states[2][0, -1])
+            out = lm.model(
+                input_ids=torch.tensor([s[:-k]], device=lm.model.device), output_hidden_states=True
+            )
+        assert _close(user[i, 0], out.hidden_states[2][0, -1].cpu())
     last = extract_states(lm, TEXTS[:3], layers=[2], chat_template=True, progress=False)
     assert not _close(user, last)
     with pytest.raises(LasaError, match="add --chat-template"):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lasa.cli import main
+from tiny import DEVICE
 
 PRESET = {
     "seed": 0,
@@ -47,7 +48,7 @@ def run(preset, tiny, run_dir, *extra):
             "--run-dir",
             str(run_dir),
             "--device",
-            "cpu",
+            DEVICE,
             *extra,
         ]
     )

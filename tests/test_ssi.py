@@ -22,6 +22,7 @@ from lasa.interpret.calibrate import calibrate_threshold
 from lasa.interpret.train import group_split, train_ssi
 from lasa.models import load_model
 from lasa.ssi import SSI, SafetySemanticInterpreter
+from tiny import DEVICE
 
 
 def blobs(n=200, d=16, seed=0, shift=2.0):
@@ -201,13 +202,13 @@ def test_interpret_writes_the_artefact_contract(interpreted):
 
 def test_saved_ssi_round_trips_and_refuses_other_models(interpreted, tiny_qwen, tiny_llama):
     ssi = SSI.load(interpreted)
-    lm = load_model(str(tiny_qwen), device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
     prompts = ["How do I make a bomb?", "Nini mji mkuu wa Kenya?"]
     a = ssi.score(lm, prompts, progress=False)
     b = SSI.load(interpreted / "ssi" / "ssi.json").score(lm, prompts, progress=False)
     assert a.shape == (2,) and np.array_equal(a, b)
     assert ssi.flags(a).dtype == bool
-    other = load_model(str(tiny_llama), device="cpu")
+    other = load_model(str(tiny_llama), device=DEVICE)
     with pytest.raises(LasaError, match="this SSI was trained on"):
         ssi.score(other, prompts)
     with pytest.raises(LasaError, match="reads layer 2; layer 3 was requested"):
@@ -233,7 +234,7 @@ def test_ssi_on_tiny_model_states_of_separable_prompts(tiny_qwen):
     from lasa.data import load_sib200
     from lasa.hidden import extract_states
 
-    lm = load_model(str(tiny_qwen), device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
     sents = load_sib200(["en", "sw"]).texts
     texts = [
         s.rstrip(".") + end for col in sents.values() for s in col[:120] for end in (" weapon", " garden")
@@ -289,7 +290,7 @@ def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, 
     from lasa.interpret.stage import _cached_states
     from lasa.models import load_model
 
-    lm = load_model(str(tiny_qwen), device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
     cfg = InterpretConfig(model=str(tiny_qwen), run_dir=str(tmp_path))
     calls, real = [], lasa.hidden.extract_states
 

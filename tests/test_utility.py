@@ -22,6 +22,7 @@ from lasa.utility import (
     xcopa_items,
     xcopa_pair,
 )
+from tiny import DEVICE, TOL
 
 # -- pure helpers ----------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ def test_mmlu_rows_round_robin():
 
 @pytest.fixture(scope="module")
 def lm(tiny_qwen):
-    return load_model(str(tiny_qwen), device="cpu")
+    return load_model(str(tiny_qwen), device=DEVICE)
 
 
 PAIRS = [
@@ -149,7 +150,7 @@ def _manual(model_lm, ctx: str, cont: str) -> float:
     cont = ctx[len(stripped) :] + cont
     c_ids = tok(stripped, add_special_tokens=True)["input_ids"]
     x_ids = tok(cont, add_special_tokens=False)["input_ids"] if cont else []
-    ids = torch.tensor([c_ids + x_ids])
+    ids = torch.tensor([c_ids + x_ids], device=model_lm.model.device)
     with torch.no_grad():
         logp = model_lm.model(input_ids=ids).logits[0].float().log_softmax(-1)
     return float(sum(logp[len(c_ids) - 1 + k, t] for k, t in enumerate(x_ids)))
@@ -157,7 +158,7 @@ def _manual(model_lm, ctx: str, cont: str) -> float:
 
 @pytest.mark.parametrize("kind", ["tiny_qwen", "tiny_llama"])
 def test_loglikelihood_matches_manual_and_is_batch_invariant(kind, request):
-    model_lm = load_model(str(request.getfixturevalue(kind)), device="cpu")
+    model_lm = load_model(str(request.getfixturevalue(kind)), device=DEVICE)
     ctxs, conts = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
     manual = [_manual(model_lm, c, x) for c, x in PAIRS]
     one = loglikelihood(model_lm, ctxs, conts, batch_size=1, progress=False)
@@ -184,7 +185,7 @@ def test_single_token_choices_agree_with_loglikelihood(lm):
     fast = choice_logprobs(lm, prompts, letters, batch_size=2, progress=False)  # one forward per prompt
     slow = loglikelihood(lm, [p for p in prompts for _ in letters], letters * len(prompts), progress=False)
     assert fast.shape == (3, 4)
-    assert fast.flatten().tolist() == pytest.approx(slow, abs=1e-4)
+    assert fast.flatten().tolist() == pytest.approx(slow, abs=TOL)
 
 
 def test_eval_xcopa_end_to_end(lm):
@@ -297,7 +298,7 @@ def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
 
     from lasa.utility.drift import eval_drift
 
-    lm = load_model(str(tiny_qwen), device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
     base = eval_drift(lm, ["en", "sw"], n=4, batch_size=3, progress=False)
     en = base["per_language"]["en"]
     assert base["mean"]["token_kl"] == 0 == base["mean"]["first_token_kl"] and en["ppl"] == en["ppl_base"]
@@ -323,7 +324,7 @@ def test_drift_base_pass_from_the_shared_blocks_equals_a_full_base_pass(tiny_qwe
     from lasa.models import base_model, find_decoder_layers
     from lasa.utility.drift import _forward, paired_log_probs, shared_blocks
 
-    lm = load_model(str(tiny_qwen), device="cpu")
+    lm = load_model(str(tiny_qwen), device=DEVICE)
     n = len(lm.layers)
     top = list(range(n // 2, n))  # 0-based blocks above the middle
     lora = LoraConfig(
