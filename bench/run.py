@@ -274,10 +274,43 @@ def bench_judge(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_generation_adapter(args: argparse.Namespace) -> dict:
+    """A LoRA adapter's generation, unmerged (a low-rank detour in every adapted module at every
+    step) vs merged into the weights for the duration, as lasa.generate does for fp32 weights."""
+    import lasa.generate
+    from lasa.generate import GenerationSettings, generate_all
+    from lasa.models import load_adapter, load_model, merged_adapter
+
+    if not Path(args.adapter, "adapter_config.json").is_file():
+        raise SystemExit(
+            f"generation_adapter: no adapter at {args.adapter}; run `make run` or pass --adapter"
+        )
+    lm = load_adapter(load_model(args.model, device=args.device), args.adapter)
+    prompts = _bench_prompts(args.gen_prompts)
+    n_new = args.new_tokens
+    fixed = GenerationSettings(max_new_tokens=n_new, min_new_tokens=n_new, batch_size=len(prompts))
+    t_merged = timed(lambda: generate_all(lm, prompts, fixed, progress=False), args.repeats)
+    real = lasa.generate.merged_adapter
+    lasa.generate.merged_adapter = lambda lm_, enabled=True: merged_adapter(lm_, False)
+    try:
+        t_unmerged = timed(lambda: generate_all(lm, prompts, fixed, progress=False), args.repeats)
+    finally:
+        lasa.generate.merged_adapter = real
+    return {
+        "what": f"{len(prompts)} MultiJail prompts, {n_new} new tokens each (forced), greedy, adapter "
+        f"{args.adapter}",
+        "model": args.model,
+        "seconds": {"unmerged": t_unmerged, "merged": t_merged},
+        "speedup_merged": statistics.median(t_unmerged) / statistics.median(t_merged),
+        "target": "adapter variants generate at the base model's speed",
+    }
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "judge": bench_judge,
     "extraction": bench_extraction,
     "generation": bench_generation,
+    "generation_adapter": bench_generation_adapter,
     "kto_step": bench_kto_step,
     "e2e": bench_e2e,
 }
@@ -342,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-prompts", type=int, default=320, help="extraction: prompts")
     parser.add_argument("--gen-prompts", type=int, default=16, help="generation: prompts (one batch)")
     parser.add_argument("--new-tokens", type=int, default=64, help="generation: forced new tokens per prompt")
+    parser.add_argument(
+        "--adapter",
+        default="runs/quick/align/lasa/adapter",
+        help="generation_adapter: a PEFT adapter directory (default: the one `make run` trains)",
+    )
     parser.add_argument(
         "--skip-batch1",
         action="store_true",

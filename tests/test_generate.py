@@ -296,3 +296,81 @@ def test_gated_variant_copies_unflagged_rows_from_its_ungated_twin(lm, tmp_path)
     fresh = generate_samples(lm, [(samples, tmp_path / "d.jsonl")], other, Gate(ssi), "g", twin=twin)[0]
     assert not any(r.get("copied_from") for r in fresh)
     assert not any(r["response"].startswith("TWIN") for r in fresh)
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_qwen, tmp_path_factory):
+    """The tiny model with a random (non-zero) LoRA on blocks 3-4 (1-based), loaded as lasa loads one."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.models import load_adapter
+
+    base = load_model(str(tiny_qwen), device=DEVICE)
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], layers_to_transform=[2, 3])
+    cfg.init_lora_weights = False  # random B as well as A: the adapter changes the outputs
+    path = tmp_path_factory.mktemp("adapter")
+    get_peft_model(copy.deepcopy(base.model), cfg).save_pretrained(str(path))
+    return base, load_adapter(load_model(str(tiny_qwen), device=DEVICE), path)
+
+
+def _lora_modules(model):
+    return [m for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+
+
+def test_an_adapter_is_merged_while_generating_and_unmerged_after(adapted, monkeypatch):
+    import lasa.generate
+    from lasa.models import base_model, merged_adapter
+
+    base, lm = adapted
+    ids = torch.tensor([[5, 17, 42, 99, 7]], device=lm.model.device)
+    with torch.no_grad():
+        before, plain = lm.model(ids).logits, base.model(ids).logits
+    assert not torch.allclose(before, plain, atol=1e-3)  # the adapter does something
+    seen = []
+    hook = lm.layers[2].register_forward_hook(
+        lambda *_: seen.append(all(m.merged for m in _lora_modules(lm.model)))
+    )
+    try:
+        merged_rows = generate_all(lm, PROMPTS, SETTINGS, progress=False)
+        monkeypatch.setattr(
+            lasa.generate, "merged_adapter", lambda lm_, enabled=True: merged_adapter(lm_, False)
+        )
+        unmerged_rows = generate_all(lm, PROMPTS, SETTINGS, progress=False)
+    finally:
+        hook.remove()
+    n = len(seen) // 2
+    assert DEVICE != "cpu" or (all(seen[:n]) and not any(seen[n:]))  # fp32: merged, then (patched) not
+    assert [r["response"] for r in merged_rows] == [r["response"] for r in unmerged_rows]
+    assert not any(m.merged for m in _lora_modules(lm.model))
+    with torch.no_grad():
+        after = lm.model(ids).logits
+        with base_model(lm):
+            off = lm.model(ids).logits
+    assert torch.allclose(after, before, atol=1e-5) and torch.allclose(off, plain, atol=1e-5)
+
+
+def test_an_adapter_stays_unmerged_where_the_gate_needs_it_off_or_the_weights_are_half(adapted, monkeypatch):
+    import lasa.generate
+    from lasa.models import merged_adapter
+
+    _, lm = adapted
+    asked = []
+
+    def spy(lm_, enabled=True):
+        asked.append(enabled)
+        return merged_adapter(lm_, enabled)
+
+    monkeypatch.setattr(lasa.generate, "merged_adapter", spy)
+    below = StubSSI(lm, layer=3, flag_prompts=[PROMPTS[0]], chat_template=False)  # adapter on block 3
+    above = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[0]], chat_template=False)
+    generate_all(lm, PROMPTS[:2], SETTINGS, Gate(below), progress=False)
+    generate_all(lm, PROMPTS[:2], SETTINGS, Gate(above), progress=False)
+    assert asked == [False, True]
+    half = type(lm)(**{**lm.__dict__, "model": lm.model.to(torch.bfloat16)})
+    try:
+        assert not merged_adapter(half).active and merged_adapter(lm, enabled=False).active is False
+    finally:
+        lm.model.to(torch.float32)
