@@ -137,6 +137,17 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     state = json.loads((moved / "pipeline.json").read_text())
     assert {s["status"] for s in state["_last_run"]["stages"]} == {"skipped"}
 
+    # with kto behind the gate too, the report pairs the gated LASA adapter against it (kto's files
+    # stand in for kto+gate here: the table's plumbing, not its numbers, is under test)
+    shutil.copytree(moved / "eval" / "kto", moved / "eval" / "kto+gate")
+    res = json.loads((moved / "eval" / "kto+gate" / "results.json").read_text())
+    res["variant"] = "kto+gate"
+    (moved / "eval" / "kto+gate" / "results.json").write_text(json.dumps(res))
+    assert main(["report", "--run-dir", str(moved)]) == 0
+    lines = (moved / "report.md").read_text().splitlines()
+    vs_kto_gate = lines.index(next(line for line in lines if "| ΔASR vs kto+gate [95% CI] |" in line))
+    assert lines[vs_kto_gate + 2].startswith("| lasa+gate |") and lines[vs_kto_gate + 3] == ""
+
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):
     rd = tmp_path / "run"

@@ -408,6 +408,12 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
             "base+gate",
             "What training adds beyond the gate: each gated adapter against the gated base model.",
         ),
+        (
+            {v: u for v, u in gated.items() if v != "base+gate"},
+            "kto+gate",
+            "The gated adapters against KTO's adapter behind the same gate (KTO never saw the "
+            "conditioning text): what LASA's conditioned training adds over plain KTO, gated.",
+        ),
     ):
         paired = paired_table(subset, reference=reference, seen=seen)
         if paired:
