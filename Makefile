@@ -9,13 +9,14 @@ RUN_DIR ?= runs/quick
 PRESET ?= configs/quick.yaml
 BIN := $(VENV)/bin
 
-.PHONY: help setup setup-model run test test-slow lint bench clean
+.PHONY: help setup setup-model run test test-slow gpu-check lint bench clean
 
 help:
 	@echo "make run        set up, prepare the embedded default model, run the whole experiment ($(PRESET): $(MODEL) -> $(RUN_DIR))"
 	@echo "make test       set up and run the unit tests (+ ruff); no model download"
 	@echo "make test-slow  real-model checks (prepares the default model)"
 	@echo "make bench      benchmarks -> bench/RESULTS.md"
+	@echo "make gpu-check  on a CUDA machine (TORCH_SPEC=torch): the model tests on the GPU + 7B-shaped timing -> gpu_out/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,9 @@ test: setup
 
 test-slow: setup-model
 	$(BIN)/python -m pytest -q -m slow
+
+gpu-check: setup-model
+	TOKENIZER=$${TOKENIZER:-$$($(BIN)/python -c "from lasa.models import resolve_model_path; print(resolve_model_path('default'))")} PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gpu_check.sh gpu_out
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts

