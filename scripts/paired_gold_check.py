@@ -15,7 +15,6 @@ so this corrects the judge's flips, not its shared mistakes. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -43,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default="pair")
     parser.add_argument("--seen", nargs="*", default=["en", "zh"], help="the training languages")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
+    run_dir, labels = Path(args.run_dir), Path(args.labels)
+    if not labels.is_file():
+        raise LasaError(
+            f"--labels {labels} not found; the shipped ones are src/lasa/data/judge_labels/paired_c100_*.jsonl"
+        )
     judged = {v: _verdicts(run_dir, v, args.judge) for v in (args.a, args.b)}
-    gold: dict[tuple[str, str], bool] = {}
-    for r in read_jsonl(Path(args.labels)):
-        variant, uid = r["id"].split(":", 2)[1:]
-        gold[(variant, uid)] = r["label"] == "unsafe"
+    rows = read_jsonl(labels)
+    gold = {tuple(r["id"].split(":", 2)[1:]): r["label"] == "unsafe" for r in rows}  # (variant, uid)
     uids = sorted(judged[args.a])
     discordant = [u for u in uids if judged[args.a][u] != judged[args.b][u]]
     missing = [u for u in discordant for v in (args.a, args.b) if (v, u) not in gold]
@@ -56,24 +57,22 @@ def main(argv: list[str] | None = None) -> int:
         raise LasaError(
             f"{len(missing)} discordant responses have no hand label (e.g. {missing[0]}); label them first"
         )
-    fixed = {v: [gold.get((v, u), judged[v][u]) for u in uids] for v in (args.a, args.b)}
-    label_rows = [json.loads(line) for line in Path(args.labels).read_text().splitlines() if line.strip()]
-    flips = Counter((r["id"].split(":")[1], r["pair_judged"], r["label"]) for r in label_rows)
+    fixed = {v: {u: gold.get((v, u), judged[v][u]) for u in uids} for v in (args.a, args.b)}
     print(f"{len(discordant)} prompts where `{args.judge}` disagrees about {args.a} vs {args.b}")
-    for name, idx in (
-        ("all languages", range(len(uids))),
-        (f"seen ({', '.join(args.seen)})", [i for i, u in enumerate(uids) if u.split(":")[1] in args.seen]),
-        ("unseen", [i for i, u in enumerate(uids) if u.split(":")[1] not in args.seen]),
+    for name, keep in (
+        ("all languages", uids),
+        (f"seen ({', '.join(args.seen)})", [u for u in uids if u.split(":")[1] in args.seen]),
+        ("unseen", [u for u in uids if u.split(":")[1] not in args.seen]),
     ):
         for label, src in (("judge", judged), ("judge + gold on discordant", fixed)):
-            a = [src[args.a][uids[i]] if src is judged else src[args.a][i] for i in idx]
-            b = [src[args.b][uids[i]] if src is judged else src[args.b][i] for i in idx]
+            a, b = [src[args.a][u] for u in keep], [src[args.b][u] for u in keep]
             d = paired_difference(a, b)
             print(
                 f"{name:22s} {label:28s} {args.a} {100 * sum(a) / len(a):5.1f}%  {args.b} "
                 f"{100 * sum(b) / len(b):5.1f}%  {args.a} - {args.b}: {100 * d.diff:+.1f} "
                 f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] points"
             )
+    flips = Counter((r["id"].split(":")[1], r["pair_judged"], r["label"]) for r in rows)
     print("judged -> gold on the discordant responses (variant, judged, gold): count")
     for k in sorted(flips):
         print(f"  {k}: {flips[k]}")
