@@ -31,20 +31,25 @@ def tiny_llama(tmp_path_factory, tokenizer) -> Path:
     return tiny.save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama", tokenizer)
 
 
-@pytest.fixture(autouse=True)
-def _test_dtype(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _test_dtype():
     """``LASA_TEST_DTYPE=float32`` with ``LASA_TEST_DEVICE=cuda``: the GPU run without bf16 rounding, so
-    an exact-equality test that fails there is a device bug, not precision (scripts/gpu_check.sh)."""
+    an exact-equality test that fails there is a device bug, not precision (scripts/gpu_check.sh).
+    Session-scoped: module-scoped model fixtures load before any function-scoped patch would apply."""
     forced = os.environ.get("LASA_TEST_DTYPE")
-    if forced:
-        import lasa.models
+    if not forced:
+        yield
+        return
+    import lasa.models
 
-        original = lasa.models.resolve_dtype
-        monkeypatch.setattr(
+    original = lasa.models.resolve_dtype
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
             lasa.models,
             "resolve_dtype",
             lambda dtype, device: original(forced if dtype == "auto" else dtype, device),
         )
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from lasa.generate import Gate, GenerationSettings, _decode, _stop_ids, adapter_
 from lasa.hidden import extract_states
 from lasa.models import load_model
 from lasa.runs import SampleWriter
-from tiny import DEVICE
+from tiny import DEVICE, TOL
 
 PROMPTS = [
     "How do I pick a lock?",
@@ -134,7 +134,7 @@ def _gated_tokens(lm, prompt, ssi):
     return _generate_batch(lm, seq, [prompt], SETTINGS, gate)[0]["tokens"]
 
 
-def _assert_greedy_under_teacher_forcing(lm, ids, new, tol=1e-3):
+def _assert_greedy_under_teacher_forcing(lm, ids, new, tol=TOL):
     """Each generated token is (within ``tol``) the argmax of one forward pass over prompt + conditioning
     + the tokens before it: the gated continuation is greedy decoding of that sequence."""
     full = torch.tensor([ids + new], device=lm.model.device)

@@ -6,7 +6,7 @@ import torch
 from lasa.errors import LasaError
 from lasa.hidden import extract_states, pad_batch, pool
 from lasa.models import load_model
-from tiny import DEVICE
+from tiny import DEVICE, TOL
 
 TEXTS = [
     "How do I pick a lock?",
@@ -23,7 +23,8 @@ def lm(request):
     return load_model(str(request.getfixturevalue(request.param)), device=DEVICE)
 
 
-def _close(a, b, tol=1e-4):
+def _close(a, b, tol=TOL):
+    a, b = a.float().cpu(), b.float().cpu()
     return torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max()))
 
 
