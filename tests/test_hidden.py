@@ -106,6 +106,41 @@ def test_length_batches_longest_first_and_every_index_once():
         length_batches(lengths, 0)
 
 
+def _padded(batches, lengths, call_cost):
+    return sum(len(b) * max(lengths[i] for i in b) + call_cost for b in batches)
+
+
+def test_forward_batches_pad_least_and_keep_the_length_batches_contract():
+    import itertools
+
+    from lasa.hidden import forward_batches, length_batches
+
+    # the drift utility's Bengali prompts (chat-templated token counts of the 0.5B's tokenizer)
+    bn = [542, 137, 363, 254, 266, 161, 201, 222, 193, 134]
+    got = forward_batches(bn, 8, call_cost=64)
+    assert sorted(i for b in got for i in b) == list(range(10))  # every index once
+    assert all(1 <= len(b) <= 8 for b in got)
+    flat = [bn[i] for b in got for i in b]
+    assert flat == sorted(bn, reverse=True)  # longest first, contiguous in length order
+    assert got[0] == [0]  # the 542-token prompt alone rather than padding seven rows to it
+    # exact: no contiguous split of the sorted order costs less (checked by brute force)
+    order = sorted(range(10), key=lambda i: -bn[i])
+    best = min(
+        _padded([order[a:b] for a, b in zip((0, *cuts), (*cuts, 10))], bn, 64)
+        for k in range(0, 9)
+        for cuts in itertools.combinations(range(1, 10), k)
+        if all(b - a <= 8 for a, b in zip((0, *cuts), (*cuts, 10)))
+    )
+    assert _padded(got, bn, 64) == best < _padded(length_batches(bn, 8), bn, 64)
+    # equal lengths: full batches, as length_batches; a huge call cost makes the fewest calls
+    # (ceil(10 / 4) = 3), the long prompts in the short batch
+    assert forward_batches([5] * 5, 2) == length_batches([5] * 5, 2)
+    assert [len(b) for b in forward_batches(bn, 4, call_cost=10**9)] == [2, 4, 4]
+    assert forward_batches(bn, 3, items=[3, 4]) == [[4, 3]]  # only the items asked for
+    with pytest.raises(LasaError, match="batch size must be at least 1"):
+        forward_batches(bn, 0)
+
+
 def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
     from lasa.hidden import chat_suffix_length, format_prompts
 

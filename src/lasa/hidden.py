@@ -85,6 +85,43 @@ def length_batches(
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+#: What one forward call costs beyond its tokens, in token-equivalents: on 2 CPU cores reading the
+#: 0.5B model's weights once takes about as long as pushing ~64 tokens through it.
+CALL_COST = 64
+
+
+def forward_batches(
+    lengths: Sequence[int], batch_size: int, items: Sequence[int] | None = None, call_cost: int = CALL_COST
+) -> list[list[int]]:
+    """Like :func:`length_batches` (longest first, at most ``batch_size`` per batch) for passes with
+    no decoding loop (hidden states, log-likelihoods, drift), split to minimise padded tokens plus
+    ``call_cost`` per call: an exact dynamic programme over the length-sorted order.
+
+    Why: multilingual prompts differ in token count by 10x (a Bengali prompt the 0.5B's tokenizer
+    reads as 542 tokens beside an English one of 40), and a fixed-count batch pads every row to its
+    longest — on the drift utility's prompts, 20,680 padded tokens for 13,401 real ones; this split
+    pads 14,708. Generation keeps :func:`length_batches`: there every extra batch repeats the whole
+    decoding loop, which costs far more than padding the prefill."""
+    if batch_size < 1:
+        raise LasaError(f"batch size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)) if items is None else items, key=lambda i: -lengths[i])
+    n = len(order)
+    # best[j]: the least cost of batching order[:j]; a batch order[s:j] costs (j - s) * its first
+    # (longest) length + call_cost
+    best = [0.0] + [float("inf")] * n
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for s in range(max(0, j - batch_size), j):
+            cost = best[s] + (j - s) * lengths[order[s]] + call_cost
+            if cost <= best[j]:  # on a tie the later start: full batches first, the short one last
+                best[j], start[j] = cost, s
+    batches, j = [], n
+    while j > 0:
+        batches.append(order[start[j] : j])
+        j = start[j]
+    return batches[::-1]
+
+
 def pad_batch(
     seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +228,7 @@ def extract_states(
     handles = [lm.layers[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
     device = lm.device
     try:
-        batches = length_batches([len(q) for q in seqs], batch_size)
+        batches = forward_batches([len(q) for q in seqs], batch_size)
         for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id, padding_side)
             current["mask"] = mask

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lasa.data import LANGUAGES
-from lasa.hidden import format_prompts, length_batches, pad_batch, position_ids_from_mask
+from lasa.hidden import format_prompts, forward_batches, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel, base_model
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def token_drift(
     seqs = [list(tok(t, add_special_tokens=True)["input_ids"])[:256] for t in texts]
     seqs = [s for s in seqs if len(s) >= 2]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batches = length_batches([len(q) for q in seqs], batch_size)
+    batches = forward_batches([len(q) for q in seqs], batch_size)
     adapter = _has_adapter(lm)
     nll, nll_base, kl, n = 0.0, 0.0, 0.0, 0
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
@@ -159,7 +159,7 @@ def first_token_kl(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 8)
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     total = 0.0
-    for idx in length_batches([len(s) for s in seqs], batch_size):  # little padding on long prompts
+    for idx in forward_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id, "left")
         lp, lb = (x[:, -1] for x in paired_log_probs(lm, ids, mask, keep=1))
         total += float((lp.exp() * (lp - lb)).sum(-1).sum())

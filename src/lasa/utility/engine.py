@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lasa.errors import LasaError
-from lasa.hidden import format_prompts, length_batches, pad_batch, position_ids_from_mask
+from lasa.hidden import format_prompts, forward_batches, pad_batch, position_ids_from_mask
 from lasa.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def loglikelihood(
     pairs = _encode_pairs(lm.tokenizer, contexts, continuations)
     out = [0.0] * len(pairs)
     todo = [i for i, (_, cont) in enumerate(pairs) if cont]
-    batches = length_batches([len(c) + len(x) for c, x in pairs], batch_size, items=todo)
+    batches = forward_batches([len(c) + len(x) for c, x in pairs], batch_size, items=todo)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     device = lm.device
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
@@ -129,7 +129,7 @@ def _next_token_logprobs(
 
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=False)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    batches = length_batches([len(q) for q in seqs], batch_size)
+    batches = forward_batches([len(q) for q in seqs], batch_size)
     out = torch.zeros((len(seqs), len(token_ids)))
     wanted = torch.as_tensor(list(token_ids))
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
