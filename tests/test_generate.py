@@ -92,12 +92,24 @@ def test_stop_ids_are_looked_up_without_building_the_vocabulary(lm, monkeypatch)
     assert len(generate_all(lm, PROMPTS[:2], SETTINGS, progress=False)) == 2
 
 
-def test_gate_conditions_only_flagged_rows(lm):
+def test_gate_conditions_only_flagged_rows(lm, monkeypatch):
+    import lasa.generate
+
     plain = generate_all(lm, PROMPTS, SETTINGS, progress=False)
     ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[0], PROMPTS[3]])
+    sliced, original = [], lasa.generate._forward_flagged_rows
+
+    def spy(model, cache, flagged, chunk, mask):
+        done = original(model, cache, flagged, chunk, mask)
+        sliced.append((done, int(flagged.sum()), len(flagged)))
+        return done
+
+    monkeypatch.setattr(lasa.generate, "_forward_flagged_rows", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # the KV cache goes in under its current name
         gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
+    # the conditioning chunk went through the cache for the flagged rows only (2 of the 5)
+    assert sliced == [(True, 2, 5)]
     assert [r["gated"] for r in gated] == [True, False, False, True, False]
     for i in (1, 2, 4):  # unflagged rows are untouched, bit for bit
         assert gated[i]["response"] == plain[i]["response"]

@@ -175,6 +175,44 @@ def _cache_kw() -> str:
     return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
+def _forward_flagged_rows(
+    model: Any, cache: Any, flagged: torch.Tensor, chunk: torch.Tensor, mask: torch.Tensor
+) -> bool:
+    """Push the conditioning chunk through the KV cache for the flagged rows only.
+
+    The unflagged rows of the batch get zero keys and values at the chunk's positions, which their
+    attention mask hides (as the masked holes of a full-batch chunk would be): the gate then costs
+    the conditioning tokens of the rows it flags, not of every row. Returns False, leaving the cache
+    untouched, where this is not possible (no flagged-free rows, or a cache whose layers are not
+    plain :class:`~transformers.DynamicCache` layers, e.g. sliding-window ones that keep only the
+    last window): the caller then forwards the chunk for the whole batch."""
+    from transformers import DynamicCache
+
+    rows = flagged.nonzero()[:, 0]
+    layers = getattr(cache, "layers", None)
+    if len(rows) == len(flagged) or not layers or any(type(x).__name__ != "DynamicLayer" for x in layers):
+        return False
+    k = chunk.shape[1]
+    sub = DynamicCache(config=model.config)
+    for i, layer in enumerate(layers):
+        sub.update(layer.keys[rows], layer.values[rows], i)
+    sub_mask = mask[rows]
+    model(
+        input_ids=chunk[rows],
+        attention_mask=sub_mask,
+        position_ids=position_ids_from_mask(sub_mask)[:, -k:],
+        use_cache=True,
+        **{_cache_kw(): sub},
+        logits_to_keep=1,
+    )
+    for i, (layer, part) in enumerate(zip(layers, sub.layers)):
+        keys = layer.keys.new_zeros((*layer.keys.shape[:2], k, layer.keys.shape[3]))
+        values = layer.values.new_zeros((*layer.values.shape[:2], k, layer.values.shape[3]))
+        keys[rows], values[rows] = part.keys[:, :, -k:], part.values[:, :, -k:]
+        cache.update(keys, values, i)
+    return True
+
+
 @torch.inference_mode()
 def _generate_batch(
     lm: LoadedModel, seqs: list[list[int]], raw: list[str], settings: GenerationSettings, gate: Gate | None
@@ -245,14 +283,15 @@ def _generate_batch(
         chunk[flagged] = cond[:-1]
         chunk_mask = flagged[:, None].long().expand(n, k)
         mask = torch.cat([mask, chunk_mask], 1)
-        model(
-            input_ids=chunk,
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask)[:, -k:],
-            use_cache=True,
-            **{_cache_kw(): cache},
-            logits_to_keep=1,
-        )
+        if not _forward_flagged_rows(model, cache, flagged, chunk, mask):
+            model(
+                input_ids=chunk,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask)[:, -k:],
+                use_cache=True,
+                **{_cache_kw(): cache},
+                logits_to_keep=1,
+            )
         ids = torch.cat([ids, chunk], 1)
     # 3. the next input token: the conditioning's last token, or the model's own first token
     nxt = torch.where(flagged, cond[-1], first) if bool(flagged.any()) else first
