@@ -182,10 +182,11 @@ def _forward_flagged_rows(
 
     The unflagged rows of the batch get zero keys and values at the chunk's positions, which their
     attention mask hides (as the masked holes of a full-batch chunk would be): the gate then costs
-    the conditioning tokens of the rows it flags, not of every row. Returns False, leaving the cache
-    untouched, where this is not possible (no flagged-free rows, or a cache whose layers are not
-    plain :class:`~transformers.DynamicCache` layers, e.g. sliding-window ones that keep only the
-    last window): the caller then forwards the chunk for the whole batch."""
+    the conditioning tokens of the rows it flags, not of every row (the flagged rows' cache is copied
+    once, which costs memory in proportion to them). Returns False, leaving the cache untouched,
+    where there is nothing to save (every row flagged) or the cache's layers are not plain
+    :class:`~transformers.DynamicCache` layers (e.g. sliding-window ones that keep only the last
+    window): the caller then forwards the chunk for the whole batch."""
     from transformers import DynamicCache
 
     rows = flagged.nonzero()[:, 0]
