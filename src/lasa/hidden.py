@@ -73,15 +73,19 @@ def chat_suffix_length(tokenizer: Any) -> int:
     return k
 
 
+def _longest_first(lengths: Sequence[int], batch_size: int, items: Sequence[int] | None) -> list[int]:
+    if batch_size < 1:
+        raise LasaError(f"batch size must be at least 1, got {batch_size}")
+    return sorted(range(len(lengths)) if items is None else items, key=lambda i: -lengths[i])
+
+
 def length_batches(
     lengths: Sequence[int], batch_size: int, items: Sequence[int] | None = None
 ) -> list[list[int]]:
-    """Indices grouped into batches of ``batch_size``, longest first: every batched forward pass in
-    lasa (states, generation, log-likelihoods) pads within a batch of similar lengths, and the
-    longest batch runs first, so an out-of-memory error shows at once rather than at the end."""
-    if batch_size < 1:
-        raise LasaError(f"batch size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)) if items is None else items, key=lambda i: -lengths[i])
+    """Indices grouped into batches of ``batch_size``, longest first: batched generation pads
+    within a batch of similar lengths, and the longest batch runs first, so an out-of-memory error
+    shows at once rather than at the end. Forward-only passes use :func:`forward_batches`."""
+    order = _longest_first(lengths, batch_size, items)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -102,9 +106,7 @@ def forward_batches(
     longest — on the drift utility's prompts, 20,680 padded tokens for 13,401 real ones; this split
     pads 14,708. Generation keeps :func:`length_batches`: there every extra batch repeats the whole
     decoding loop, which costs far more than padding the prefill."""
-    if batch_size < 1:
-        raise LasaError(f"batch size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)) if items is None else items, key=lambda i: -lengths[i])
+    order = _longest_first(lengths, batch_size, items)
     n = len(order)
     # best[j]: the least cost of batching order[:j]; a batch order[s:j] costs (j - s) * its first
     # (longest) length + call_cost
