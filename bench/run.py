@@ -195,28 +195,47 @@ def bench_kto_step(args: argparse.Namespace) -> dict:
         "model": args.model,
         "seconds_per_step": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        for placement in ("all", "above_bottleneck"):
-            cfg = AlignConfig(
-                model=args.model,
-                run_dir=tmp,
-                method="lasa",
-                n_safety=args.kto_batch * args.kto_steps,
-                n_general=0,
-                max_steps=args.kto_steps,
-                batch_size=args.kto_batch,
-                lora_layers=placement,
-                bottleneck_layer=args.bottleneck,
-                device=args.device,
-            )
-            s = run_align(cfg).summary
-            times = [r["time"] for r in read_jsonl(f"{tmp}/align/lasa/train_log.jsonl") if "loss" in r]
-            steps = [b - a for a, b in itertools.pairwise(times)]
-            out["seconds_per_step"][placement] = statistics.median(steps)
-            out[f"trainable_parameters_{placement}"] = s["training"]["trainable_parameters"]
+    import lasa.align as align
+
+    shared_prefix = align._shared_prefix
+    losses: dict[str, list[float]] = {}
+    # "above_bottleneck_recompute": the same placement with the reference passes recomputing the
+    # frozen blocks below the adapter (align.SharedFrozenPrefix off): what the sharing saves
+    for name, placement, share in (
+        ("all", "all", True),
+        ("above_bottleneck_recompute", "above_bottleneck", False),
+        ("above_bottleneck", "above_bottleneck", True),
+    ):
+        align._shared_prefix = shared_prefix if share else (lambda *a: None)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = AlignConfig(
+                    model=args.model,
+                    run_dir=tmp,
+                    method="lasa",
+                    n_safety=args.kto_batch * args.kto_steps,
+                    n_general=0,
+                    max_steps=args.kto_steps,
+                    batch_size=args.kto_batch,
+                    lora_layers=placement,
+                    bottleneck_layer=args.bottleneck,
+                    device=args.device,
+                )
+                s = run_align(cfg).summary
+                log = [r for r in read_jsonl(f"{tmp}/align/lasa/train_log.jsonl") if "loss" in r]
+        finally:
+            align._shared_prefix = shared_prefix
+        steps = [b["time"] - a["time"] for a, b in itertools.pairwise(log)]
+        out["seconds_per_step"][name] = statistics.median(steps)
+        out[f"trainable_parameters_{placement}"] = s["training"]["trainable_parameters"]
+        losses[name] = [r["loss"] for r in log]
     out["speedup_above_bottleneck"] = (
         out["seconds_per_step"]["all"] / out["seconds_per_step"]["above_bottleneck"]
     )
+    out["speedup_shared_frozen_prefix"] = (
+        out["seconds_per_step"]["above_bottleneck_recompute"] / out["seconds_per_step"]["above_bottleneck"]
+    )
+    out["same_losses_with_shared_prefix"] = losses["above_bottleneck"] == losses["above_bottleneck_recompute"]
     out["bottleneck_layer"] = args.bottleneck
     return out
 

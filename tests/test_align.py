@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from lasa.align import to_trl_rows
@@ -15,7 +16,7 @@ from lasa.conditioning import (
 from lasa.data.rows import build_rows, condition_rows, kl_pairs, load_user_rows, order_for_kl
 from lasa.data.safety import overlaps_multijail
 from lasa.errors import LasaError
-from tiny import DEVICE
+from tiny import DEVICE, TOL
 
 COND = CONDITIONING_TEXT
 
@@ -251,6 +252,73 @@ def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(train
         la, lb = a.model(ids).logits, b(ids).logits
         base = load_model(str(tiny_qwen), device=DEVICE).model(ids).logits
     assert torch.equal(la, lb) and not torch.equal(la, base)
+
+
+def test_reference_passes_replay_the_frozen_blocks_and_train_the_same(tmp_path, tiny_qwen, monkeypatch):
+    """KTO's reference (and KL) passes reuse the state below the adapter: same losses, same
+    adapter as computing every block, and the replay really happened."""
+    import torch
+    from safetensors.torch import load_file
+
+    import lasa.align as align
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    def run(name: str) -> tuple[dict, list[float], dict]:
+        cfg = AlignConfig(
+            model=str(tiny_qwen),
+            run_dir=str(tmp_path / name),
+            method="kto",
+            n_safety=4,
+            n_general=2,
+            max_steps=3,
+            batch_size=4,
+            bottleneck_layer=2,
+            device=DEVICE,
+        )
+        summary = run_align(cfg).summary
+        out = tmp_path / name / "align" / "kto"
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return (
+            summary,
+            [r["loss"] for r in log if "loss" in r],
+            load_file(str(out / "adapter" / "adapter_model.safetensors")),
+        )
+
+    shared, losses, weights = run("shared")
+    prefix = shared["training"]["shared_frozen_prefix"]
+    # per step: policy KL + policy main computed, reference KL + reference main replayed
+    assert prefix == {"blocks": 2, "replayed_passes": 6, "computed_passes": 6}
+    monkeypatch.setattr(align, "_shared_prefix", lambda *a: None)
+    plain, plain_losses, plain_weights = run("plain")
+    assert plain["training"]["shared_frozen_prefix"] is None
+    assert len(losses) == 3 and np.allclose(losses, plain_losses, rtol=0, atol=TOL if DEVICE != "cpu" else 0)
+    for k, w in weights.items():
+        assert torch.allclose(w, plain_weights[k], rtol=0, atol=TOL if DEVICE != "cpu" else 0), k
+
+
+def test_the_frozen_prefix_never_replays_a_different_input_or_a_trainable_block(tiny_qwen):
+    import torch
+
+    from lasa.align import SharedFrozenPrefix
+    from lasa.models import load_model
+
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    lm.model.requires_grad_(False)
+    a = torch.tensor([[5, 17, 42, 99, 7]], device=lm.model.device)
+    b = torch.tensor([[5, 17, 42, 99, 8]], device=lm.model.device)
+    with torch.no_grad():
+        want_a, want_b = lm.model(a).logits, lm.model(b).logits
+        with SharedFrozenPrefix(lm.layers, 3) as prefix:
+            got = [lm.model(x).logits for x in (a, b, a, b)]
+            # the same tokens behind another attention mask: computed, not replayed
+            lm.model(a, attention_mask=torch.tensor([[0, 1, 1, 1, 1]], device=a.device))
+    assert (prefix.misses, prefix.hits) == (3, 2)
+    assert all(torch.equal(g, w) for g, w in zip(got, [want_a, want_b, want_a, want_b], strict=True))
+    assert "forward" not in lm.layers[0].__dict__  # restored on exit
+    lm.layers[1].requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen"):
+        SharedFrozenPrefix(lm.layers, 3)
 
 
 def test_sft_baseline_trains_through_the_same_path(tmp_path, tiny_qwen):

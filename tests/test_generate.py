@@ -176,7 +176,8 @@ def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):
     assert len(ssi.seen) == 1 and ssi.seen[0].shape == (5, lm.hidden_size)
 
 
-def test_user_last_ssi_is_read_off_the_prefill_at_the_users_last_token(lm):
+@pytest.mark.parametrize("pooling", ["user_last", "user_mean"])
+def test_user_pooled_ssi_is_read_off_the_prefill_at_the_users_tokens(lm, pooling):
     counted = []
     handle = lm.model.get_input_embeddings().register_forward_hook(
         lambda m, a, o: counted.append(a[0].numel())
@@ -186,7 +187,7 @@ def test_user_last_ssi_is_read_off_the_prefill_at_the_users_last_token(lm):
         generate_all(lm, PROMPTS, SETTINGS, Gate(StubSSI(lm, layer=2, flag_prompts=flag)), progress=False)
         prefill_tokens = sum(counted)  # a chat-format SSI read off the prefill, same rows flagged
         counted.clear()
-        ssi = StubSSI(lm, layer=2, flag_prompts=flag, pooling="user_last")
+        ssi = StubSSI(lm, layer=2, flag_prompts=flag, pooling=pooling)
         gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
     finally:
         handle.remove()

@@ -141,6 +141,24 @@ def test_forward_batches_pad_least_and_keep_the_length_batches_contract():
         forward_batches(bn, 0)
 
 
+def test_user_mean_averages_exactly_the_users_own_tokens_inside_the_chat_template(lm):
+    from lasa.hidden import chat_prefix_length, chat_suffix_length, format_prompts
+
+    head, k = chat_prefix_length(lm.tokenizer), chat_suffix_length(lm.tokenizer)
+    seqs = format_prompts(lm.tokenizer, TEXTS[:3], chat_template=True)
+    for text, s in zip(TEXTS[:3], seqs, strict=True):  # the span between them is the user's text
+        assert lm.tokenizer.decode(s[head : len(s) - k]) == text
+    # left-padded batch of unequal lengths: the mask, not the position, finds each span
+    got = extract_states(lm, TEXTS[:3], layers=[2], pooling="user_mean", chat_template=True, progress=False)
+    for i, s in enumerate(seqs):
+        with torch.no_grad():
+            out = lm.model(input_ids=torch.tensor([s], device=lm.model.device), output_hidden_states=True)
+        want = out.hidden_states[2][0, head : len(s) - k].mean(0).cpu()
+        assert _close(got[i, 0], want)
+    with pytest.raises(LasaError, match="add --chat-template"):
+        extract_states(lm, TEXTS[:3], layers=[2], pooling="user_mean", progress=False)
+
+
 def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
     from lasa.hidden import chat_suffix_length, format_prompts
 

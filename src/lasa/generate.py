@@ -33,7 +33,15 @@ import torch
 
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
-from lasa.hidden import chat_suffix_length, format_prompts, length_batches, pad_batch, position_ids_from_mask
+from lasa.hidden import (
+    chat_prefix_length,
+    chat_suffix_length,
+    format_prompts,
+    length_batches,
+    pad_batch,
+    pool,
+    position_ids_from_mask,
+)
 from lasa.models import LoadedModel, base_model, merged_adapter
 
 logger = logging.getLogger(__name__)
@@ -248,11 +256,14 @@ def _generate_batch(
                 batch_size=n,
                 progress=False,
             )[:, 0]
-    # the prefill is left-padded: the state the SSI reads sits `back` tokens before the end
-    back = 1 + (chat_suffix_length(tok) if gate.pooling == "user_last" else 0)
+    # the prefill is left-padded; `pool` finds the user's tokens (user_last / user_mean) from the mask
+    user = gate.pooling in ("user_last", "user_mean")
+    offset = chat_suffix_length(tok) if user else 0
+    head = chat_prefix_length(tok) if gate.pooling == "user_mean" else 0
 
     def hook(_m, _a, output):
-        captured["state"] = (output[0] if isinstance(output, tuple) else output)[:, -back].float().cpu()
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured["state"] = pool(hidden, mask, gate.pooling, offset, head).float().cpu()  # type: ignore[arg-type]
 
     handle = lm.layers[gate.layer - 1].register_forward_hook(hook) if read_prefill else None
     cache = DynamicCache(config=model.config)

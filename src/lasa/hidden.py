@@ -28,7 +28,7 @@ from lasa.models import LoadedModel, validate_layer
 
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["last", "mean", "user_last"]
+Pooling = Literal["last", "mean", "user_last", "user_mean"]
 
 
 class _StopForward(Exception):
@@ -142,15 +142,41 @@ def pad_batch(
     return ids, mask
 
 
+def chat_prefix_length(tokenizer: Any) -> int:
+    """Tokens the chat template puts before the user's text (system turn + user header): the
+    common head of two templated one-turn chats whose texts start differently."""
+    cached = getattr(tokenizer, "_lasa_chat_prefix", None)
+    if cached is not None:
+        return int(cached)
+    a, b = format_prompts(tokenizer, ["A hello there", "B hello there"], chat_template=True)
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    with contextlib.suppress(AttributeError):
+        tokenizer._lasa_chat_prefix = k
+    return k
+
+
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over real tokens only, so a left-padded prompt sees the same positions as alone."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int = 0) -> torch.Tensor:
-    """(B, T, d) → (B, d): last real token (``offset`` tokens before it for ``user_last``), or the
-    mean over real tokens after the first one."""
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int = 0, head: int = 0
+) -> torch.Tensor:
+    """(B, T, d) → (B, d): last real token (``offset`` tokens before it for ``user_last``), the
+    mean over real tokens after the first one, or (``user_mean``) the mean over the user's own
+    tokens inside a chat prefill (``head`` template tokens before them, ``offset`` after)."""
     mask = mask.to(hidden.device)
+    if pooling == "user_mean":
+        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        first = mask.long().argmax(dim=1, keepdim=True)
+        last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1, keepdim=True).values
+        lo, hi = first + head, last - offset
+        hi = torch.maximum(hi, lo)  # an empty message: its one position
+        keep = ((pos >= lo) & (pos <= hi)).to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(1) / keep.sum(1)
     if pooling in ("last", "user_last"):
         # index of the last real token, whichever side the padding is on
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
@@ -167,7 +193,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int
             keep[empty] = mask[empty].float()
         keep = keep.to(hidden.dtype).unsqueeze(-1)
         return (hidden * keep).sum(1) / keep.sum(1)
-    raise LasaError(f"unknown pooling {pooling!r}; use last, user_last or mean")
+    raise LasaError(f"unknown pooling {pooling!r}; use last, mean, user_last or user_mean")
 
 
 def _block_output(output: Any) -> torch.Tensor:
@@ -203,11 +229,12 @@ def extract_states(
     if not texts:
         return torch.zeros((0, len(layers), lm.hidden_size))
     tok = lm.tokenizer
-    if pooling == "user_last" and not chat_template:
+    if pooling in ("user_last", "user_mean") and not chat_template:
         raise LasaError(
-            "pooling user_last reads the user's turn inside the chat template; add --chat-template"
+            f"pooling {pooling} reads the user's turn inside the chat template; add --chat-template"
         )
-    offset = chat_suffix_length(tok) if pooling == "user_last" else 0
+    offset = chat_suffix_length(tok) if pooling in ("user_last", "user_mean") else 0
+    head = chat_prefix_length(tok) if pooling == "user_mean" else 0
     seqs = [s[-max_length:] for s in format_prompts(tok, texts, chat_template)]
     if any(len(s) == 0 for s in seqs):
         bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
@@ -221,7 +248,9 @@ def extract_states(
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            captured[layer] = pool(_block_output(output), current["mask"], pooling, offset).float().cpu()
+            captured[layer] = (
+                pool(_block_output(output), current["mask"], pooling, offset, head).float().cpu()
+            )
             if layer == top:
                 raise _StopForward
 

@@ -183,12 +183,12 @@ class InterpretConfig(StageConfig):
             "one seed's early stopping moves a layer's AUROC by a few points."
         },
     )
-    pooling: Literal["last", "mean", "user_last"] = field(
+    pooling: Literal["last", "mean", "user_last", "user_mean"] = field(
         default="last",
         metadata={
             "help": "Token pooling (last = the paper's). user_last (with --chat-template): the last token of the "
             "user's message inside the chat prefill, which generation computes anyway, so the gate needs no "
-            "extra pass."
+            "extra pass; user_mean: the mean over the user's own tokens there, likewise free."
         },
     )
     chat_template: bool = field(
@@ -234,11 +234,11 @@ class InterpretConfig(StageConfig):
             raise LasaError(
                 f"--layer {self.layer} is out of range; layers are 1..num_layers (0 is the embeddings)"
             )
-        if self.pooling not in ("last", "mean", "user_last"):
-            raise LasaError(f"--pooling must be last, mean or user_last, got {self.pooling!r}")
-        if self.pooling == "user_last" and not self.chat_template:
+        if self.pooling not in ("last", "mean", "user_last", "user_mean"):
+            raise LasaError(f"--pooling must be last, mean, user_last or user_mean, got {self.pooling!r}")
+        if self.pooling in ("user_last", "user_mean") and not self.chat_template:
             raise LasaError(
-                "--pooling user_last reads the user's turn inside the chat template; add --chat-template"
+                f"--pooling {self.pooling} reads the user's turn inside the chat template; add --chat-template"
             )
 
 
