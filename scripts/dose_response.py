@@ -9,7 +9,8 @@ then evaluates every checkpoint on MultiJail without the gate (does training alo
 behaviour, and does it transfer to the unseen languages?), and ``lasa`` at the last dose with the
 gate. Step 0 is the base model (``RUN/eval/base``). Writes ``RUN/dose_response.json`` and prints a
 table of average ASR (with its 95% interval), seen-language (en, zh) and unseen-language ASR.
-Needs ``RUN/locate/bottleneck.json`` (LoRA above the bottleneck) and, for the gated row, ``RUN/ssi``.
+Needs ``RUN/locate/bottleneck.json`` (LoRA above the bottleneck; ``--lora-layers all`` puts it on every
+block) and, for the gated row, ``RUN/ssi``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def main() -> None:
     ap.add_argument("--n-general", default="6")
     ap.add_argument("--batch-size", default="4")
     ap.add_argument("--learning-rate", default="2e-4")
+    ap.add_argument(
+        "--lora-layers",
+        default="above_bottleneck",
+        choices=["above_bottleneck", "all"],
+        help="LoRA placement (all: every block; the gate then scores with the adapter disabled)",
+    )
     ap.add_argument("--n", default="8", help="MultiJail prompts per language")
     ap.add_argument("--tokens", default="48", help="new tokens per response")
     ap.add_argument("--model", default="default")
@@ -79,6 +86,8 @@ def main() -> None:
                 args.batch_size,
                 "--learning-rate",
                 args.learning_rate,
+                "--lora-layers",
+                args.lora_layers,
                 "--max-steps",
                 str(top),
                 "--save-adapter-at",
