@@ -33,15 +33,7 @@ import torch
 
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
 from lasa.errors import LasaError
-from lasa.hidden import (
-    chat_prefix_length,
-    chat_suffix_length,
-    format_prompts,
-    length_batches,
-    pad_batch,
-    pool,
-    position_ids_from_mask,
-)
+from lasa.hidden import format_prompts, length_batches, pad_batch, pool, position_ids_from_mask, user_span
 from lasa.models import LoadedModel, base_model, merged_adapter
 
 logger = logging.getLogger(__name__)
@@ -257,9 +249,7 @@ def _generate_batch(
                 progress=False,
             )[:, 0]
     # the prefill is left-padded; `pool` finds the user's tokens (user_last / user_mean) from the mask
-    user = gate.pooling in ("user_last", "user_mean")
-    offset = chat_suffix_length(tok) if user else 0
-    head = chat_prefix_length(tok) if gate.pooling == "user_mean" else 0
+    offset, head = user_span(tok, gate.pooling, gate.from_prefill)
 
     def hook(_m, _a, output):
         hidden = output[0] if isinstance(output, tuple) else output

@@ -53,24 +53,48 @@ def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) ->
     return out
 
 
+def _chat_edges(tokenizer: Any) -> tuple[int, int]:
+    """(head, tail): tokens the chat template puts before the user's text (system turn + user
+    header) and after it (end of turn + assistant header), read as the common head and tail of two
+    templated one-turn chats whose texts differ at both ends. Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_lasa_chat_edges", None)
+    if cached is not None:
+        return cached
+    a, b = format_prompts(tokenizer, ["A hello there A", "B hello there B"], chat_template=True)
+    n = min(len(a), len(b))
+    head = next((k for k in range(n) if a[k] != b[k]), n)
+    tail = next((k for k in range(n) if a[-1 - k] != b[-1 - k]), n)
+    with contextlib.suppress(AttributeError):  # slots-only tokenizers just recompute
+        tokenizer._lasa_chat_edges = (head, tail)
+    return head, tail
+
+
 def chat_suffix_length(tokenizer: Any) -> int:
     """Tokens the chat template puts after the user's text (end of turn + assistant header).
 
     The ``user_last`` pooling reads the last token of the user's own message inside the chat
     prefill: the state generation computes anyway, so a gate reading it costs no extra pass, yet
-    (unlike the assistant header's last token) it is still a token of the prompt. The suffix is the
-    common tail of two templated one-turn chats whose texts end differently.
+    (unlike the assistant header's last token) it is still a token of the prompt.
     """
-    cached = getattr(tokenizer, "_lasa_chat_suffix", None)
-    if cached is not None:
-        return int(cached)
-    a, b = format_prompts(tokenizer, ["Hello there A", "Hello there B"], chat_template=True)
-    k = 0
-    while k < min(len(a), len(b)) and a[-1 - k] == b[-1 - k]:
-        k += 1
-    with contextlib.suppress(AttributeError):  # slots-only tokenizers just recompute
-        tokenizer._lasa_chat_suffix = k
-    return k
+    return _chat_edges(tokenizer)[1]
+
+
+def chat_prefix_length(tokenizer: Any) -> int:
+    """Tokens the chat template puts before the user's text (system turn + user header)."""
+    return _chat_edges(tokenizer)[0]
+
+
+def user_span(tokenizer: Any, pooling: str, chat_template: bool) -> tuple[int, int]:
+    """(offset, head) for :func:`pool`: the template tokens after and before the user's text for
+    the ``user_*`` poolings, (0, 0) otherwise; those poolings need the chat template."""
+    if pooling not in ("user_last", "user_mean"):
+        return 0, 0
+    if not chat_template:
+        raise LasaError(
+            f"pooling {pooling} reads the user's turn inside the chat template; add --chat-template"
+        )
+    head, tail = _chat_edges(tokenizer)
+    return tail, head if pooling == "user_mean" else 0
 
 
 def _longest_first(lengths: Sequence[int], batch_size: int, items: Sequence[int] | None) -> list[int]:
@@ -142,21 +166,6 @@ def pad_batch(
     return ids, mask
 
 
-def chat_prefix_length(tokenizer: Any) -> int:
-    """Tokens the chat template puts before the user's text (system turn + user header): the
-    common head of two templated one-turn chats whose texts start differently."""
-    cached = getattr(tokenizer, "_lasa_chat_prefix", None)
-    if cached is not None:
-        return int(cached)
-    a, b = format_prompts(tokenizer, ["A hello there", "B hello there"], chat_template=True)
-    k = 0
-    while k < min(len(a), len(b)) and a[k] == b[k]:
-        k += 1
-    with contextlib.suppress(AttributeError):
-        tokenizer._lasa_chat_prefix = k
-    return k
-
-
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over real tokens only, so a left-padded prompt sees the same positions as alone."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -169,18 +178,15 @@ def pool(
     mean over real tokens after the first one, or (``user_mean``) the mean over the user's own
     tokens inside a chat prefill (``head`` template tokens before them, ``offset`` after)."""
     mask = mask.to(hidden.device)
-    if pooling == "user_mean":
-        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        first = mask.long().argmax(dim=1, keepdim=True)
-        last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1, keepdim=True).values
-        lo, hi = first + head, last - offset
-        hi = torch.maximum(hi, lo)  # an empty message: its one position
-        keep = ((pos >= lo) & (pos <= hi)).to(hidden.dtype).unsqueeze(-1)
-        return (hidden * keep).sum(1) / keep.sum(1)
-    if pooling in ("last", "user_last"):
-        # index of the last real token, whichever side the padding is on
+    if pooling in ("last", "user_last", "user_mean"):
+        # first and last real token, whichever side the padding is on
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values
+        if pooling == "user_mean":
+            lo = mask.long().argmax(dim=1) + head
+            hi = torch.maximum(last - offset, lo)  # an empty message: its one position
+            keep = ((pos >= lo[:, None]) & (pos <= hi[:, None])).to(hidden.dtype).unsqueeze(-1)
+            return (hidden * keep).sum(1) / keep.sum(1)
         last = (last - (offset if pooling == "user_last" else 0)).clamp(min=0)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pooling == "mean":
@@ -229,12 +235,7 @@ def extract_states(
     if not texts:
         return torch.zeros((0, len(layers), lm.hidden_size))
     tok = lm.tokenizer
-    if pooling in ("user_last", "user_mean") and not chat_template:
-        raise LasaError(
-            f"pooling {pooling} reads the user's turn inside the chat template; add --chat-template"
-        )
-    offset = chat_suffix_length(tok) if pooling in ("user_last", "user_mean") else 0
-    head = chat_prefix_length(tok) if pooling == "user_mean" else 0
+    offset, head = user_span(tok, pooling, chat_template)
     seqs = [s[-max_length:] for s in format_prompts(tok, texts, chat_template)]
     if any(len(s) == 0 for s in seqs):
         bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
