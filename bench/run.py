@@ -237,6 +237,7 @@ def bench_kto_step(args: argparse.Namespace) -> dict:
     )
     out["same_losses_with_shared_prefix"] = losses["above_bottleneck"] == losses["above_bottleneck_recompute"]
     out["bottleneck_layer"] = args.bottleneck
+    out["repeats"] = 1  # one training run per placement; the median is over its steps
     return out
 
 
