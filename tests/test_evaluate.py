@@ -637,3 +637,36 @@ def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen
     safe = {r["uid"] for r in mt if r["xstest_label"] == "safe"}
     refused = sum(bool(v["refusal"]) for v in judged if v["uid"] in safe)
     assert over["per_language"]["sw"]["refusal_rate_safe"] == refused / 2
+
+
+def test_paired_comparison_counts_only_the_verdicts_on_current_responses(tmp_path):
+    """The judgements file caches verdicts on responses a variant no longer has (a rerun with fewer
+    prompts, a regenerated row); the report's paired table must not count them."""
+    from lasa.judges import response_hash
+    from lasa.report import _unsafe_by_prompt
+    from lasa.runs import write_jsonl
+
+    d = tmp_path / "eval" / "kto"
+    d.mkdir(parents=True)
+    write_jsonl(
+        d / "completions.jsonl",
+        [
+            {"uid": "multijail:en:0", "lang": "en", "response": "Sure: step 1"},
+            {"uid": "multijail:sw:0", "lang": "sw", "response": "new"},
+        ],
+    )
+
+    def verdict(uid, lang, response, label):
+        return {"uid": uid, "lang": lang, "label": label, "response_sha": response_hash(response)}
+
+    write_jsonl(
+        d / "judgements_pair.jsonl",
+        [
+            verdict("multijail:en:0", "en", "Sure: step 1", "unsafe"),
+            verdict("multijail:sw:0", "sw", "old response, since regenerated", "unsafe"),
+            verdict("multijail:en:1", "en", "a prompt the rerun no longer asks", "unsafe"),
+        ],
+    )
+    assert _unsafe_by_prompt(tmp_path, {"kto": {"default_judge": "pair"}}) == {
+        "kto": {("en", "multijail:en:0"): True}
+    }

@@ -43,6 +43,7 @@ class StubSSI:
             else torch.zeros(0, lm.hidden_size)
         )
         self.seen: list[torch.Tensor] = []
+        self.digest = f"stub-{layer}-{len(flag_prompts)}"
 
     def check_model(self, lm, layer=None):
         pass
@@ -155,6 +156,30 @@ def _assert_greedy_under_teacher_forcing(lm, ids, new, tol=TOL):
     for k, t in enumerate(new):
         row = logits[len(ids) - 1 + k]
         assert float(row.max() - row[t]) <= tol, (k, t, int(row.argmax()))
+
+
+def test_gated_first_token_follows_the_same_sampling_rule_as_the_rest(lm, monkeypatch):
+    """The gate picks an unflagged row's first token from the prefill itself; with top-p so small
+    that only the top token survives, sampling must give the greedy answer there too, as it does
+    in ``generate`` (a full-softmax draw would not: the tiny model's distribution is near uniform)."""
+    from lasa.generate import first_token
+
+    nucleus = GenerationSettings(max_new_tokens=6, batch_size=5, do_sample=True, top_p=1e-6)
+    greedy = GenerationSettings(max_new_tokens=6, batch_size=5)
+    ssi = StubSSI(lm, layer=2, flag_prompts=[])
+    torch.manual_seed(0)
+    sampled = generate_all(lm, PROMPTS, nucleus, Gate(ssi), progress=False)
+    assert [r["response"] for r in sampled] == [
+        r["response"] for r in generate_all(lm, PROMPTS, greedy, progress=False)
+    ]
+    # and the warpers are the ones generate uses: temperature divides, top-p keeps the nucleus
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    torch.manual_seed(0)
+    draws = {int(first_token(logits, GenerationSettings(do_sample=True, top_p=0.7))) for _ in range(200)}
+    assert draws == {0, 1}  # p = 0.64, 0.24, 0.09, 0.03: the top two make 0.7
+    # a checkpoint's repetition penalty / top-k are switched off for generate too
+    kw = nucleus.hf_kwargs(lm.tokenizer)
+    assert kw["repetition_penalty"] == 1.0 and kw["top_k"] == 0 and kw["top_p"] == 1e-6
 
 
 def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):
@@ -309,6 +334,73 @@ def test_gated_variant_copies_unflagged_rows_from_its_ungated_twin(lm, tmp_path)
     fresh = generate_samples(lm, [(samples, tmp_path / "d.jsonl")], other, Gate(ssi), "g", twin=twin)[0]
     assert not any(r.get("copied_from") for r in fresh)
     assert not any(r["response"].startswith("TWIN") for r in fresh)
+
+
+def test_completions_made_with_other_settings_are_regenerated_and_old_records_reused(lm, tmp_path, caplog):
+    """A resumed evaluation reuses a stored completion only if it was generated the way this one
+    would be: the pipeline reruns a stage whose config changed, and the per-sample cache must not
+    hand it the old responses."""
+    from lasa.evaluate import generate_samples
+    from lasa.runs import read_jsonl, write_jsonl
+
+    samples = [{"uid": f"u{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    path = tmp_path / "completions.jsonl"
+    first = generate_samples(lm, [(samples, path)], SETTINGS, None, "v")[0]
+    assert {r["generation"]["model"] for r in first} == {lm.path} and first[0]["generation"]["dtype"]
+    # same settings: every row is reused (marked rows come back unchanged)
+    write_jsonl(path, [r | {"response": "KEPT"} for r in read_jsonl(path)])
+    again = generate_samples(lm, [(samples, path)], SETTINGS, None, "v")[0]
+    assert [r["response"] for r in again] == ["KEPT"] * 5 and "regenerating" not in caplog.text
+    # other settings: every row is regenerated, and the record says how
+    other = GenerationSettings(max_new_tokens=3, batch_size=5)
+    redone = generate_samples(lm, [(samples, path)], other, None, "v")[0]
+    assert all(r["response"] != "KEPT" and r["n_tokens"] <= 3 for r in redone)
+    assert {r["generation"]["max_new_tokens"] for r in read_jsonl(path)} == {3}
+    assert "5 completions were generated with a different max_new_tokens; regenerating them" in caplog.text
+    # a gate with another SSI counts as different too
+    gated = generate_samples(lm, [(samples, path)], other, Gate(StubSSI(lm, 2, [PROMPTS[1]], False)), "v")[0]
+    assert [r["gated"] for r in gated] == [False, True, False, False, False] and "gate_digest" in caplog.text
+    # rows from a lasa that did not record the model / adapter / SSI are reused, with a warning
+    legacy_keys = ("model", "dtype", "adapter_digest", "gate_digest")
+    rows = read_jsonl(path)
+    write_jsonl(
+        path,
+        [
+            r
+            | {
+                "response": "OLD",
+                "generation": {k: v for k, v in r["generation"].items() if k not in legacy_keys},
+            }
+            for r in rows
+        ],
+    )
+    caplog.clear()
+    old = generate_samples(lm, [(samples, path)], other, Gate(StubSSI(lm, 2, [PROMPTS[1]], False)), "v")[0]
+    assert [r["response"] for r in old] == ["OLD"] * 5 and "5 completions predate" in caplog.text
+
+
+def test_generation_record_tells_adapters_and_ssis_apart(tmp_path):
+    from lasa.evaluate import generation_info
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, byte in ((a, b"1"), (b, b"2")):
+        d.mkdir()
+        (d / "adapter_config.json").write_text("{}")
+        (d / "adapter_model.safetensors").write_bytes(byte * 64)
+    info = {d: generation_info(SETTINGS, None, "hf", d) for d in (a, b)}
+    assert info[a]["adapter_digest"] != info[b]["adapter_digest"]
+    (b / "adapter_model.safetensors").write_bytes(b"1" * 64)  # retrained to the same weights
+    assert generation_info(SETTINGS, None, "hf", b)["adapter_digest"] == info[a]["adapter_digest"]
+
+    torch.manual_seed(0)
+    ssi = SSI(SafetySemanticInterpreter(8, 4, 0.0), {"layer": 2, "threshold": 0.5})
+    same = SSI(ssi.module, dict(ssi.meta))
+    digests = {
+        generation_info(SETTINGS, Gate(s, conditioning_text=t), "hf", None)["gate_digest"]
+        for s, t in ((ssi, "x"), (same, "x"), (ssi.with_threshold(0.7), "x"), (ssi, "y"))
+    }
+    assert len(digests) == 3  # the same SSI twice; a new threshold; a new conditioning text
 
 
 @pytest.fixture(scope="module")

@@ -92,3 +92,13 @@ def test_paired_interval_is_narrower_than_unpaired_when_most_verdicts_agree_and_
         assert d.high - d.low < (wa.high - wa.low) + (wb.high - wb.low)
     assert 0.93 <= hits / 500 <= 1.0
     assert np.median(widths) < 0.15
+
+
+def test_corrected_rate_keeps_its_uncertainty_at_zero_and_all_judged_unsafe():
+    """0 of 8 judged unsafe is not a certain 0%: the interval is about as wide as Wilson's."""
+    w = wilson(0, 8)
+    zero = corrected_rate(0, 8, tp=30, pos=40, tn=90, neg=100)
+    assert zero.corrected == 0.0 and zero.low == 0.0
+    assert 0.5 * w.high < zero.high < 1.0
+    full = corrected_rate(8, 8, tp=30, pos=40, tn=90, neg=100)
+    assert full.high == 1.0 and full.low < 0.9

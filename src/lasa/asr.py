@@ -124,7 +124,7 @@ def gate_stats(multijail: Sequence[dict], xstest: Sequence[dict], xstest_mt: Seq
         flagged.setdefault(s["lang"], []).append(bool(s.get("gated")))
     out: dict = {
         "multijail_flag_rate": {g: float(np.mean(v)) for g, v in flagged.items()},
-        "copied_from_twin": sum(bool(s.get("copied_from")) for s in [*multijail, *xstest]),
+        "copied_from_twin": sum(bool(s.get("copied_from")) for s in [*multijail, *xstest, *xstest_mt]),
     }
     if xstest:
         safe = [bool(s.get("gated")) for s in xstest if s["xstest_label"] == "safe"]

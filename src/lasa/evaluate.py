@@ -27,7 +27,7 @@ from lasa.errors import LasaError
 from lasa.generate import Gate, GenerationSettings, generate
 from lasa.models import LoadedModel
 from lasa.results import EvaluateResult, GenerateResult
-from lasa.runs import RunDir, SampleWriter, package_versions, write_json
+from lasa.runs import RunDir, SampleWriter, files_digest, fingerprint, package_versions, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +152,66 @@ def xstest_mt_samples(langs: Sequence[str], n: int) -> list[dict]:
     ]
 
 
-def generation_info(settings: GenerationSettings, gated: bool, backend: str, adapter: Path | None) -> dict:
-    """What a completion depends on besides its prompt; stored with every row."""
-    return settings.to_dict() | {
-        "gated": gated,
+def generation_info(
+    settings: GenerationSettings,
+    gate: Gate | None,
+    backend: str,
+    adapter: Path | None,
+    lm: LoadedModel | None = None,
+) -> dict:
+    """What a completion depends on besides its prompt; stored with every row.
+
+    Besides the decoding settings it records the identity of what generated the row: the model
+    (its resolved path and dtype), the adapter's weights (a hash, so a retrained adapter at the
+    same path counts as new) and the gate's SSI (:attr:`lasa.ssi.SSI.digest`, with the
+    conditioning text). :func:`generate_samples` regenerates a stored row whose record differs."""
+    info = settings.to_dict() | {
+        "gated": gate is not None,
         "backend": backend,
         "adapter": str(adapter) if adapter else None,
+        "adapter_digest": _adapter_digest(adapter),
+        "gate_digest": (
+            fingerprint({"ssi": gate.ssi.digest, "conditioning_text": gate.conditioning_text})
+            if gate is not None
+            else None
+        ),
     }
+    if lm is not None:
+        info |= {"model": lm.path, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch.")}
+    return info
+
+
+#: generation-record keys that only a gated row has (an ungated twin's row can still be copied)
+_GATE_KEYS = ("gated", "gate_digest")
+
+
+def _adapter_digest(adapter: Path | None) -> str | None:
+    if adapter is None:
+        return None
+    files = [
+        p
+        for p in Path(adapter).iterdir()
+        if p.suffix in {".safetensors", ".bin"} or p.name == "adapter_config.json"
+    ]
+    return files_digest(files)
+
+
+def stale_rows(done: dict[str, dict], want: dict) -> tuple[set[str], set[str], int]:
+    """Rows of ``done`` whose stored generation record differs from ``want`` (to regenerate), the
+    keys they differ in, and how many rows lack a key that ``want`` has: rows written by an older
+    lasa, which did not record the model / adapter / SSI identity, are compared on what they did
+    record and reused."""
+    stale: set[str] = set()
+    keys: set[str] = set()
+    legacy = 0
+    for uid, row in done.items():
+        info = row.get("generation") or {}
+        diff = {k for k, v in want.items() if k in info and info[k] != v}
+        legacy += any(k not in info for k in want)
+        if diff:
+            stale.add(uid)
+            keys |= diff
+    return stale, keys, legacy
 
 
 def reuse_ungated(
@@ -173,14 +226,16 @@ def reuse_ungated(
 
     The gate leaves an unflagged row untouched (``_generate_batch`` generates it exactly as the
     ungated model would), so regenerating it only re-measures the same thing. Only rows the twin
-    generated with the same settings and adapter are copied; scoring is a pass over layers 1..L*.
+    generated with the same settings, model and adapter are copied; scoring is a pass over layers
+    1..L*.
     """
-    want = {k: v for k, v in gen_info.items() if k != "gated"}
+    want = {k: v for k, v in gen_info.items() if k not in _GATE_KEYS}
     donors: dict[str, dict] = {}
     for name in ("completions.jsonl", "completions_xstest.jsonl", "completions_xstest_mt.jsonl"):
         for uid, row in SampleWriter(twin / name).load().items():
             info = row.get("generation") or {}
-            if {k: v for k, v in info.items() if k != "gated"} == want and not info.get("gated"):
+            # as in stale_rows, a key an older lasa did not record is not compared
+            if all(info[k] == v for k, v in want.items() if k in info) and not info.get("gated"):
                 donors[uid] = row
     candidates = [(w, s) for w, s in todo if s["uid"] in donors]
     if not candidates:
@@ -219,15 +274,32 @@ def generate_samples(
     every sample with its response. All tasks share one vLLM engine when ``backend == 'vllm'``.
     With a gate and the directory of the ungated ``twin`` variant, unflagged rows are copied."""
     writers = [SampleWriter(path) for _, path in tasks]
+    gen_info = generation_info(settings, gate, backend, adapter, lm)
     todo = []
-    for (samples, _), w in zip(tasks, writers):
+    for (samples, path), w in zip(tasks, writers):
         done = w.load()
-        todo += [(w, s) for s in samples if s["uid"] not in done]
+        stale, keys, legacy = stale_rows(
+            {s["uid"]: done[s["uid"]] for s in samples if s["uid"] in done}, gen_info
+        )
+        if stale:
+            logger.warning(
+                "%s: %d completions were generated with a different %s; regenerating them",
+                path,
+                len(stale),
+                ", ".join(sorted(keys)),
+            )
+        if legacy:
+            logger.warning(
+                "%s: %d completions predate lasa's record of the model / adapter / SSI they came from and "
+                "are reused as they are; delete the file to regenerate them",
+                path,
+                legacy,
+            )
+        todo += [(w, s) for s in samples if s["uid"] not in done or s["uid"] in stale]
     if distributed.world_size() > 1:  # each process takes a slice; rank 0 merges the files below
         distributed.barrier()  # every rank has read the files before any rank appends to them
         todo = distributed.shard(todo)
         desc = f"{desc} [rank {distributed.rank()}/{distributed.world_size()}]"
-    gen_info = generation_info(settings, gate is not None, backend, adapter)
     if todo and gate is not None and twin is not None and twin.is_dir():
         todo = reuse_ungated(lm, todo, gate, twin, gen_info, settings.batch_size)
     if todo:

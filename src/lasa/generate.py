@@ -49,13 +49,20 @@ class GenerationSettings:
     min_new_tokens: int = 0  # benchmarks force equal lengths with this
 
     def hf_kwargs(self, tokenizer: Any) -> dict:
+        """``generate`` keywords that decode exactly these settings. A checkpoint's generation
+        config may add a repetition penalty or a top-k (Qwen2.5 instruct models ship both); they
+        are switched off, so every model is decoded the same way and the gate's first token, which
+        lasa picks from the prefill itself (:func:`first_token`), follows the same rule as the rest
+        of the answer."""
         kw: dict[str, Any] = {
             "do_sample": self.do_sample,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": _stop_ids(tokenizer),
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
         }
         if self.do_sample:
-            kw.update(temperature=self.temperature, top_p=self.top_p)
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
         else:  # silence "generation flags are not valid" warnings from checkpoints that ship sampling defaults
             kw.update(temperature=None, top_p=None, top_k=None)
         if self.min_new_tokens:
@@ -69,6 +76,21 @@ class GenerationSettings:
             "temperature": self.temperature if self.do_sample else 0.0,
             "top_p": self.top_p if self.do_sample else 1.0,
         }
+
+
+def first_token(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """The next token from last-position ``logits`` (batch × vocab) by ``settings``' rule: argmax,
+    or a draw after the same temperature and top-p warpers ``generate`` applies."""
+    if not settings.do_sample:
+        return logits.argmax(-1)
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    scores = logits.float()
+    if settings.temperature != 1.0:
+        scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
+    if settings.top_p < 1.0:
+        scores = TopPLogitsWarper(settings.top_p)(None, scores)
+    return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
 
 
 def _stop_ids(tokenizer: Any) -> list[int]:
@@ -133,6 +155,10 @@ class ConstantSSI:
     def __init__(self, flag: bool = True):
         self.flag = flag
         self.meta = {"chat_template": True, "layer": 1, "threshold": 0.5}
+
+    @property
+    def digest(self) -> str:
+        return f"constant-{self.flag}"
 
     def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
         """Any model: there is nothing trained to mismatch."""
@@ -271,11 +297,7 @@ def _generate_batch(
             handle.remove()
     scores = gate.ssi.predict_proba(captured["state"] if read_prefill else states)
     flagged = torch.as_tensor(gate.ssi.flags(scores), device=dev)
-    first = (
-        out.logits[:, -1].argmax(-1)
-        if not settings.do_sample
-        else torch.multinomial(torch.softmax(out.logits[:, -1].float() / settings.temperature, -1), 1)[:, 0]
-    )
+    first = first_token(out.logits[:, -1], settings)
 
     # 2. conditioning tokens for flagged rows, masked holes for the others (all but the last token)
     cond = torch.as_tensor(gate.conditioning_ids, device=dev)

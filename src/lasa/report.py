@@ -351,12 +351,24 @@ def _align_section(doc: Doc, rd: Path) -> None:
 
 
 def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[tuple[str, str], bool]]:
-    """Per variant, (language, MultiJail sample uid) -> judged unsafe by the variant's default judge."""
+    """Per variant, (language, MultiJail sample uid) -> judged unsafe by the variant's default judge.
+
+    The judgements file is a cache that keeps verdicts on responses the variant no longer has (a
+    rerun with fewer prompts, a regenerated response): only the verdicts on the responses in its
+    ``completions.jsonl`` count, as in its results.json."""
+    from lasa.judges import response_hash
+
     out = {}
     for v, r in results.items():
         p = RunDir(rd).eval(v) / f"judgements_{r['default_judge']}.jsonl"
-        if p.is_file():
-            out[v] = {(j["lang"], j["uid"]): j["label"] == "unsafe" for j in read_jsonl(p)}
+        c = RunDir(rd).eval(v) / "completions.jsonl"
+        if p.is_file() and c.is_file():
+            current = {(s["uid"], response_hash(s["response"])) for s in read_jsonl(c)}
+            out[v] = {
+                (j["lang"], j["uid"]): j["label"] == "unsafe"
+                for j in read_jsonl(p)
+                if (j["uid"], j.get("response_sha")) in current
+            }
     return out
 
 

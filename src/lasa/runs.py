@@ -156,6 +156,17 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def files_digest(paths: Iterator[Path] | list[Path]) -> str:
+    """Stable short hash of files' bytes (read in chunks): the identity of weights a cache depends on."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 class RunDir:
     """A run directory: ``RUN/config.yaml`` plus one sub-directory per stage.
 

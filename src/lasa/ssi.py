@@ -13,6 +13,7 @@ carry a few channels hundreds of times larger than the rest, which otherwise dom
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +126,24 @@ class SSI:
             self.meta | {"threshold": float(threshold), "calibrated_threshold": calibrated},
             self.calibration,
         )
+
+    @property
+    def digest(self) -> str:
+        """Identity of what the gate decides with: the weights, the language calibration and the
+        settings that turn a state into a flag (layer, pooling, prompt format, threshold). Stored
+        with every gated completion, so a retrained SSI or a new threshold regenerates them."""
+        import hashlib
+
+        h = hashlib.sha256()
+        tensors = dict(self.module.state_dict())
+        if self.calibration is not None:
+            tensors |= {f"calibration.{k}": v for k, v in self.calibration.tensors().items()}
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+        settings = {k: self.meta.get(k) for k in ("layer", "pooling", "chat_template", "threshold")}
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()[:16]
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:

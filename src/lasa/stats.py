@@ -89,14 +89,17 @@ def corrected_rate(
 
     ``tp`` of ``pos`` gold-unsafe validation responses were judged unsafe (sensitivity) and ``tn``
     of ``neg`` other responses were not (specificity). The interval is the 2.5–97.5 percentile of
-    the estimator over bootstrap draws of the observed rate, se and sp.
+    the estimator over draws of the observed rate, se and sp, each from its Beta posterior under a
+    uniform prior: a plug-in binomial draw of the rate would collapse the interval to a point at
+    0 of 8 or 8 of 8 judged unsafe (every draw equal to the observed rate), claiming certainty a
+    Wilson interval of the same count does not.
     """
     if n <= 0 or pos <= 0 or neg <= 0:
         return CorrectedRate(k / n if n else float("nan"), float("nan"), 0.0, 1.0, float("nan"), float("nan"))
     se, sp = tp / pos, tn / neg
     point = rogan_gladen(k / n, se, sp)
     rng = np.random.default_rng(seed)
-    q = rng.binomial(n, k / n, n_boot) / n
+    q = rng.beta(k + 1, n - k + 1, n_boot)
     se_b = rng.beta(tp + 1, pos - tp + 1, n_boot)
     sp_b = rng.beta(tn + 1, neg - tn + 1, n_boot)
     youden = se_b + sp_b - 1

@@ -44,7 +44,8 @@ def get_judge(name: str, **kwargs: Any) -> Judge:
     return factory()
 
 
-def _response_hash(text: str) -> str:
+def response_hash(text: str) -> str:
+    """The short hash a cached verdict keeps of the response it judged."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -61,7 +62,7 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
         hit = cache.get(s["uid"])
         if (
             hit is not None
-            and hit.get("response_sha") == _response_hash(s["response"])
+            and hit.get("response_sha") == response_hash(s["response"])
             and hit.get("judge_version", "") == version
         ):
             out.append(hit)
@@ -80,7 +81,7 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
                 "reason": v.reason,
                 "judge": judge.name,
                 "judge_version": version,
-                "response_sha": _response_hash(s["response"]),
+                "response_sha": response_hash(s["response"]),
             }
             for s, v in zip(todo, verdicts)
         }
@@ -102,5 +103,6 @@ __all__ = [
     "cohen_kappa",
     "get_judge",
     "judge_samples",
+    "response_hash",
     "strip_control_tokens",
 ]
