@@ -364,7 +364,7 @@ def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
 def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_qwen, monkeypatch):
     import lasa.judges
     from lasa.config import AlignConfig
-    from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
+    from lasa.generate import ConstantSSI, Gate, GenerationSettings
     from lasa.judges import Judgement
     from lasa.models import load_model
     from lasa.on_policy import on_policy_rows
@@ -385,15 +385,25 @@ def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_
                 return [Judgement("invalid", 0.0, refusal=False)] * len(items)
             return [Judgement("safe", 0.0, refusal=True)] * n + [Judgement("unsafe", 1.0, refusal=False)] * n
 
+    import lasa.generate
+
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    real = lasa.generate.generate_all
+
+    def finished_first(
+        lm, ps, settings, gate=None, **kw
+    ):  # 5 tokens cut every answer: say the first one ended
+        out = real(lm, ps, settings, gate, **kw)
+        return [r | {"finish": "stop"} if p == prompts[0] else r for p, r in zip(ps, out)]
+
+    monkeypatch.setattr(lasa.generate, "generate_all", finished_first)
     monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge(True))
     own, stats = on_policy_rows(rows, lm, cfg)
-    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     settings = GenerationSettings(max_new_tokens=5, batch_size=16)
-    cond = dict(
-        zip(prompts, (r["response"] for r in generate_all(lm, prompts, settings, Gate(ConstantSSI()))))
-    )
-    plain = dict(zip(prompts, (r["response"] for r in generate_all(lm, prompts, settings))))
+    cond = dict(zip(prompts, (r["response"] for r in real(lm, prompts, settings, Gate(ConstantSSI())))))
+    plain = dict(zip(prompts, (r["response"] for r in real(lm, prompts, settings))))
     assert any(cond[p] != plain[p] for p in prompts)  # the conditioning text changes the continuation
+    cut = 0
     for r, o in zip(rows, own):
         assert (o["prompt"], o["label"], o["source"], o["pid"]) == (
             r["prompt"],
@@ -401,12 +411,16 @@ def test_on_policy_rows_take_the_models_own_answers_where_the_judge_agrees(tiny_
             r["source"],
             r["pid"],
         )
-        if not o["completion"]:  # an empty answer keeps the template
+        if (
+            r["label"] and r["prompt"] != prompts[0]
+        ):  # a desirable answer cut by the budget keeps the template
             assert o == r
+            cut += 1
         elif (o["source"] == "safety") == bool(o["label"]):  # safety refusal, general needless refusal
             assert o["completion"] == cond[o["prompt"]] and o["origin"].startswith("own")
         else:
             assert o["completion"] == plain[o["prompt"]] and o["origin"].startswith("own")
+    assert cut and stats["desirable_own_answers_cut_off"] == cut
     assert sum(stats["rows"].values()) == len(rows) and stats["prompts"] == len(prompts)
     monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge(False))
     templ, stats = on_policy_rows(rows, lm, cfg)

@@ -128,6 +128,15 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     ran = [s["stage"] for s in state["_last_run"]["stages"] if s["status"] == "ran"]
     assert ran == ["evaluate:kto"]
 
+    # a stage redone by hand with other settings changes its output: it and what reads it run again
+    # (here the KTO adapter's summary stands in for `lasa align --method kto ...` run by hand)
+    summary = json.loads((rd / "align" / "kto" / "summary.json").read_text())
+    (rd / "align" / "kto" / "summary.json").write_text(json.dumps(summary | {"by_hand": True}))
+    assert run(preset, tiny_qwen, rd) == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    ran = [s["stage"] for s in state["_last_run"]["stages"] if s["status"] == "ran"]
+    assert ran == ["align:kto", "evaluate:kto"]
+
     # a copied (or moved) run directory resumes: the inputs keys do not depend on where it lives
     import shutil
 

@@ -307,6 +307,14 @@ def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, 
     assert calls[-1] == (3, (3,)) and torch.equal(c[2], b[2])  # only the new layer was run
     _cached_states(tmp_path, "k", ["two prompts", "a third", "one prompt"], [2, 3], lm, cfg)
     assert len(calls) == 3  # everything cached
+    # the same prompts in another order, a new layer: the kept layers follow the new order too
+    d = _cached_states(tmp_path, "k", ["one prompt", "a third", "two prompts"], [4], lm, cfg)
+    assert calls[-1] == (3, (4,))
+    n = len(calls)
+    e = _cached_states(tmp_path, "k", ["one prompt", "a third", "two prompts"], [2, 3, 4], lm, cfg)
+    assert len(calls) == n and torch.equal(e[4], d[4])  # nothing new was run
+    for layer in (2, 3):
+        assert torch.equal(e[layer], c[layer][torch.tensor([2, 1, 0])])
     _cached_states(tmp_path, "other settings", ["one prompt"], [2], lm, cfg)
     assert calls[-1] == (1, (2,))  # other model / pooling / format: nothing reused
 

@@ -261,6 +261,7 @@ def _generate_batch(
     read_prefill = gate.from_prefill and gate.pooling != "mean" and not _gate_needs_base_pass(lm, gate)
     if not read_prefill:
         from lasa.hidden import extract_states
+        from lasa.ssi import state_max_length
 
         # the adapter off only where it changes the state at L* (an adapter above L* cannot): this
         # keeps a merged adapter merged (entering base_model would unmerge it, see merged_adapter)
@@ -272,6 +273,7 @@ def _generate_batch(
                 pooling=gate.pooling,  # type: ignore[arg-type]
                 chat_template=gate.from_prefill,
                 batch_size=n,
+                max_length=state_max_length(gate.ssi.meta),
                 progress=False,
             )[:, 0]
     # the prefill is left-padded; `pool` finds the user's tokens (user_last / user_mean) from the mask

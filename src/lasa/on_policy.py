@@ -30,7 +30,9 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
     prompts: the plain answer is desirable when the judge sees no refusal, the conditioned answer
     undesirable when it is a refusal (a needless one). Where the model gives no such answer (it
     already refuses without the text, or complies with it) the template completion stays, and
-    ``origin`` says which is which; ``on_policy.json`` counts them.
+    ``origin`` says which is which; ``on_policy.json`` counts them. A desirable answer the token
+    budget cut off stays a template too: TRL ends every completion with EOS, so a cut answer
+    would teach the model to stop mid-sentence.
     """
     from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
     from lasa.judges import JudgeItem, get_judge
@@ -40,8 +42,15 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
     settings = GenerationSettings(max_new_tokens=cfg.on_policy_max_new_tokens, batch_size=cfg.batch_size * 4)
     gate = Gate(ConstantSSI(), conditioning_text=cfg.conditioning_text)
     logger.info("on-policy rows: %d prompts, answered with and without the conditioning text", len(prompts))
-    conditioned = [r["response"] for r in generate_all(lm, prompts, settings, gate)]
-    plain = [r["response"] for r in generate_all(lm, prompts, settings)]
+    conditioned_rows = generate_all(lm, prompts, settings, gate)
+    plain_rows = generate_all(lm, prompts, settings)
+    conditioned = [r["response"] for r in conditioned_rows]
+    plain = [r["response"] for r in plain_rows]
+    complete = {
+        (p, side): row["finish"] == "stop"
+        for side, gen in (("conditioned", conditioned_rows), ("plain", plain_rows))
+        for p, row in zip(prompts, gen)
+    }
     judge = get_judge(cfg.on_policy_judge)
     verdicts = judge.judge(
         [JudgeItem(p, resp, lang[p]) for p, resp in zip(prompts + prompts, conditioned + plain)]
@@ -52,6 +61,7 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
         for i, p in enumerate(prompts)
     }
     counts: dict[str, int] = {}
+    cut = 0
     out = []
     for r in rows:
         (c_text, c_v), (p_text, p_v) = own[r["prompt"]]["conditioned"], own[r["prompt"]]["plain"]
@@ -67,6 +77,10 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
                 if r["label"]
                 else (c_text, bool(c_v.refusal), "own needless refusal under the conditioning text")
             )
+        if ok and r["label"]:
+            side = "conditioned" if r["source"] == "safety" else "plain"
+            if not complete[(r["prompt"], side)]:
+                ok, cut = False, cut + 1
         key = f"{r['source']}:{'desirable' if r['label'] else 'undesirable'}:{'own' if ok and text else 'template'}"
         counts[key] = counts.get(key, 0) + 1
         out.append(r | {"completion": text, "origin": kind} if ok and text else r)
@@ -75,6 +89,7 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
         "max_new_tokens": cfg.on_policy_max_new_tokens,
         "prompts": n,
         "rows": counts,
+        "desirable_own_answers_cut_off": cut,
         "safety_prompts_refused_without_text": sum(
             bool(own[p]["plain"][1].refusal)
             for p in prompts
@@ -91,7 +106,10 @@ def cached_on_policy_rows(
     cache, meta = out / "on_policy_rows.jsonl", out / "on_policy.json"
     key = fingerprint(
         {
-            "model": lm.fingerprint.get("id"),
+            # the model's identity: its path and a sample of its weights (the fingerprint's id
+            # hashes only the architecture, which two checkpoints of one model share)
+            "model": [lm.path, lm.fingerprint.get("id"), lm.fingerprint.get("weight_sample")],
+            "complete_desirable": True,  # rows before this rule kept cut-off desirable answers
             "prompts": [r["prompt"] for r in rows],
             "judge": cfg.on_policy_judge,
             "tokens": cfg.on_policy_max_new_tokens,

@@ -3,10 +3,12 @@
 locate → interpret → align (lasa and the kto baseline) → evaluate four variants (base; base +
 SSI gate, no training; the KTO baseline; LASA = adapter + gate) → report.
 
-Each stage is skipped when its final artefact exists and its *inputs key* (its resolved config
-plus the keys of the stages it reads) matches the one recorded in ``RUN/pipeline.json``; change a
-setting and exactly the stages downstream of it run again. ``--force STAGE`` redoes one stage
-(and, through the keys, what depends on it). An interrupted run resumes: finished stages are
+Each stage is skipped when its final artefact exists, its *inputs key* (its resolved config
+plus the keys of the stages it reads) matches the one recorded in ``RUN/pipeline.json``, and the
+marker files it read and wrote are the ones recorded when it ran (a hash of each); change a
+setting and exactly the stages downstream of it run again. ``--force STAGE`` redoes one stage,
+and what reads it runs again when its output changed; a stage rerun by hand (``lasa interpret
+--layer 10``) counts as changed output too. An interrupted run resumes: finished stages are
 skipped and generation resumes per sample.
 """
 
@@ -30,7 +32,7 @@ from lasa.config import (
     StageConfig,
 )
 from lasa.errors import LasaError
-from lasa.runs import RunDir, fingerprint, read_json, write_json
+from lasa.runs import RunDir, files_digest, fingerprint, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,10 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
     return out
 
 
+def _digest(path: Path) -> str | None:
+    return files_digest([path]) if path.is_file() else None
+
+
 def _matches(pattern: str, name: str) -> bool:
     return pattern in ("all", name) or name.startswith(pattern + ":")
 
@@ -152,6 +158,7 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
     state: dict[str, Any] = read_json(state_path) if state_path.is_file() else {}
     stages = build_stages(run, config_path)
     names = {s.name for s in stages}
+    artefacts = {s.name: s.artefact for s in stages}
     for f in run.force:
         if f != "report" and not any(_matches(f, n) for n in names):
             raise LasaError(
@@ -169,10 +176,19 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
         )
         forced = any(_matches(f, st.name) for f in run.force)
         prev = state.get(st.name, {})
-        if not forced and prev.get("key") in (keys[st.name], legacy[st.name]) and st.artefact.is_file():
+        inputs = {n: _digest(artefacts[n]) for n in st.needs}
+        current = prev.get("key") in (keys[st.name], legacy[st.name]) and st.artefact.is_file()
+        # what it read, and what it wrote, as they were when it ran (older runs did not record them)
+        old = prev.get("inputs") or {}
+        moved = [n for n in st.needs if n in old and old[n] != inputs[n]]
+        if "output" in prev and prev["output"] != _digest(st.artefact):
+            moved.append(f"{st.name} itself")
+        if current and not forced and not moved:
             logger.info("run: %s is up to date (skipped)", st.name)
             summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
             continue
+        if current and not forced:
+            logger.info("run: %s: the output of %s changed since it ran", st.name, ", ".join(moved))
         if forced:  # a real redo: nothing of the previous attempt is reused
             from lasa.runs import remove_tree
 
@@ -185,6 +201,8 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
             "key": keys[st.name],
             "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "inputs": inputs,
+            "output": _digest(st.artefact),
         }
         write_json(state_path, state)  # after every stage: an interruption loses at most the stage in flight
         summary.append({"stage": st.name, "status": "ran", "seconds": seconds})

@@ -63,6 +63,13 @@ class SafetySemanticInterpreter(nn.Module):
         self.std.copy_(x.std(0).clamp(min=1e-4))
 
 
+def state_max_length(meta: dict) -> int:
+    """The prompt truncation (last tokens kept) the SSI's states were extracted with: scoring must
+    use the same, or a long prompt's state differs from the ones the threshold was calibrated on.
+    SSIs saved before it was recorded were all extracted at interpret's default, 256."""
+    return int(meta.get("max_length", 256))
+
+
 class LanguageCalibration:
     """Per-language score offsets, fitted without a harm label in any language.
 
@@ -142,6 +149,7 @@ class SSI:
             h.update(name.encode())
             h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
         settings = {k: self.meta.get(k) for k in ("layer", "pooling", "chat_template", "threshold")}
+        settings["max_length"] = state_max_length(self.meta)
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
@@ -238,6 +246,7 @@ class SSI:
                 pooling=self.meta.get("pooling", "last"),
                 chat_template=bool(self.meta.get("chat_template")),
                 batch_size=batch_size,
+                max_length=state_max_length(self.meta),
                 progress=progress,
                 desc="ssi: scoring",
             )

@@ -101,7 +101,11 @@ def _cached_states(
             out[layer] = states[:, j].contiguous()
     if new_rows or missing_layers:
         # keep the cached layers this call did not ask for when the text list is unchanged
-        keep = {k: v for k, v in have.items() if k not in out and not new_rows and len(row_of) == len(keys)}
+        # (the cache's rows are in its own text order: put them in this call's)
+        keep = {}
+        if not new_rows and len(row_of) == len(keys):
+            order = torch.tensor([row_of[h] for h in keys])
+            keep = {k: v[order] for k, v in have.items() if k not in out}
         with atomic_path(path, suffix=".safetensors") as tmp:
             save_file(
                 {f"layer_{k}": v.contiguous() for k, v in sorted((out | keep).items())},
@@ -227,6 +231,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
         "index_convention": INDEX_CONVENTION,
         "pooling": cfg.pooling,
         "chat_template": cfg.chat_template,
+        "max_length": cfg.max_length,
         "architecture": {
             "d_model": lm.hidden_size,
             "hidden": hidden,
