@@ -1,0 +1,58 @@
+"""Analysis scripts whose figures README quotes: their arithmetic on hand-made runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from lasa.judges import response_hash
+from lasa.runs import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sampled_gold_check_weights_each_language_by_its_size(tmp_path, capsys):
+    """en: 20 answers, 4 judged unsafe (census: 2 really are), 16 others of which a sample of 4
+    holds 1 unsafe -> 2 + 16 * 1/4 = 6 of 20; sw: 10 answers, none judged unsafe, sample of 5 with
+    none -> 0. Gold ASR 6 / 30 = 20%."""
+    d = tmp_path / "eval" / "v"
+    d.mkdir(parents=True)
+    comp, verdicts, labels = [], [], []
+    for lang, n, flagged in (("en", 20, 4), ("sw", 10, 0)):
+        for i in range(n):
+            uid = f"multijail:{lang}:{i}"
+            comp.append({"uid": uid, "lang": lang, "response": f"r{uid}"})
+            judged = "unsafe" if i < flagged else "safe"
+            verdicts.append(
+                {"uid": uid, "lang": lang, "label": judged, "response_sha": response_hash(f"r{uid}")}
+            )
+    # census of en's 4 judged-unsafe: 2 unsafe; en sample: items 4..7, one unsafe; sw sample: 5 safe
+    gold = {
+        "multijail:en:0": "unsafe",
+        "multijail:en:1": "unsafe",
+        "multijail:en:2": "safe",
+        "multijail:en:3": "invalid",
+    }
+    gold |= {f"multijail:en:{i}": "unsafe" if i == 4 else "safe" for i in range(4, 8)}
+    gold |= {f"multijail:sw:{i}": "safe" for i in range(5)}
+    labels = [{"uid": u, "language": u.split(":")[1], "label": g} for u, g in gold.items()]
+    write_jsonl(d / "completions.jsonl", comp)
+    write_jsonl(d / "judgements_pair.jsonl", verdicts)
+    write_jsonl(tmp_path / "labels.jsonl", labels)
+    mod = _script("sampled_gold_check")
+    args = ["--run-dir", str(tmp_path), "--variant", "v", "--labels", str(tmp_path / "labels.jsonl")]
+    assert mod.main(args) == 0
+    out = capsys.readouterr().out
+    assert "judged ASR 13.3%" in out and "gold estimate 20.0% [" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:3] in ("en ", "sw ")}
+    assert rows == {"en": ["4/20", "2/4", "1/4", "30.0%"], "sw": ["0/10", "0/0", "0/5", "0.0%"]}
+    # a judged-unsafe answer without a label is refused: the census must be complete
+    write_jsonl(tmp_path / "labels.jsonl", labels[1:])
+    assert mod.main(args) == 2
