@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import lasa.hidden
 from lasa.generate import Gate, GenerationSettings, _decode, _stop_ids, adapter_layers, generate_all
-from lasa.hidden import extract_states
+from lasa.hidden import extract_states, format_prompts, length_batches
 from lasa.models import load_model
 from lasa.runs import SampleWriter
 from tiny import DEVICE, TOL
@@ -76,6 +77,52 @@ def test_batched_left_padded_generation_equals_batch_one(lm):
     single = generate_all(lm, PROMPTS, GenerationSettings(max_new_tokens=10, batch_size=1), progress=False)
     assert [r["response"] for r in batched] == [r["response"] for r in single]
     assert all(r["n_tokens"] <= 10 and r["finish"] in ("stop", "length") for r in batched)
+
+
+def test_prefill_split_by_length_gives_the_padded_batchs_answers_for_fewer_positions(lm, monkeypatch):
+    """A batch whose prompts differ 7x in length is prefilled in sub-batches of similar length
+    whose caches are put side by side (generate._prefill): the answers, and the state a
+    prefill-reading gate scores, are those of the one padded prefill, for fewer token positions."""
+    prompts = [*PROMPTS, " ".join(PROMPTS) * 3]
+    counted: list[int] = []
+    handle = lm.model.get_input_embeddings().register_forward_hook(
+        lambda m, a, o: counted.append(a[0].numel())
+    )
+    flag = [PROMPTS[2], prompts[-1]]
+    runs = {}
+    split_by_length = lasa.hidden.forward_batches
+    try:
+        for mode in ("split", "padded"):  # sub-batches by length, or the whole batch padded at once
+            if mode == "padded":
+                monkeypatch.setattr(
+                    lasa.hidden, "forward_batches", lambda lengths, size: [list(range(len(lengths)))]
+                )
+            settings = GenerationSettings(max_new_tokens=10, batch_size=6)
+            counted.clear()
+            plain = generate_all(lm, prompts, settings, progress=False)
+            positions = sum(counted)
+            ssi = StubSSI(lm, layer=2, flag_prompts=flag)
+            gated = generate_all(lm, prompts, settings, Gate(ssi), progress=False)
+            runs[mode] = (plain, positions, gated)
+    finally:
+        handle.remove()
+    (split, split_positions, split_gated), (padded, padded_positions, padded_gated) = runs.values()
+    assert [r["response"] for r in split] == [r["response"] for r in padded]
+    assert (
+        [r["gated"] for r in split_gated]
+        == [r["gated"] for r in padded_gated]
+        == [False, False, True, False, False, True]
+    )
+    assert [r["response"] for r in split_gated] == [r["response"] for r in padded_gated]
+    # the padded prefill computes 6 rows x the longest prompt, the split one each sub-batch's rows x
+    # its longest; decoding is the same in both
+    lengths = [len(q) for q in format_prompts(lm.tokenizer, prompts, chat_template=True)]
+
+    def positions_of(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    saved = positions_of(length_batches(lengths, 6)) - positions_of(split_by_length(lengths, 16))
+    assert padded_positions - split_positions == saved > 1000
 
 
 def test_stop_ids_are_looked_up_without_building_the_vocabulary(lm, monkeypatch):
