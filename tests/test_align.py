@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -295,6 +296,57 @@ def test_reference_passes_replay_the_frozen_blocks_and_train_the_same(tmp_path, 
     assert len(losses) == 3 and np.allclose(losses, plain_losses, rtol=0, atol=TOL if DEVICE != "cpu" else 0)
     for k, w in weights.items():
         assert torch.allclose(w, plain_weights[k], rtol=0, atol=TOL if DEVICE != "cpu" else 0), k
+
+
+def test_the_lm_head_scores_completion_positions_only_and_trains_the_same(tmp_path, tiny_qwen, monkeypatch):
+    """On the CPU TRL's fused LM head projects every position unless told otherwise
+    (align._completion_positions_only): with it, only labelled positions go through the head, and
+    the losses and the adapter are those of scoring every position."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from safetensors.torch import load_file
+
+    import lasa.align as align
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    real = trl_utils._ChunkedLogProbFunction
+    rows_scored: list[int] = []
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            rows_scored.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+
+    def run(name: str) -> tuple[int, list[float], dict]:
+        rows_scored.clear()
+        cfg = AlignConfig(
+            model=str(tiny_qwen),
+            run_dir=str(tmp_path / name),
+            method="kto",
+            n_safety=4,
+            n_general=2,
+            max_steps=2,
+            batch_size=4,
+            bottleneck_layer=2,
+            device=DEVICE,
+        )
+        run_align(cfg)
+        out = tmp_path / name / "align" / "kto"
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+        return sum(rows_scored), [r["loss"] for r in log if "loss" in r], weights
+
+    compact, losses, weights = run("compact")
+    monkeypatch.setattr(align, "_completion_positions_only", contextlib.nullcontext)
+    every, every_losses, every_weights = run("every")
+    assert 0 < compact < every / 2  # the rows are mostly prompt
+    assert len(losses) == 2 and np.allclose(losses, every_losses, rtol=0, atol=1e-6)
+    for k, w in weights.items():
+        assert torch.allclose(w, every_weights[k], rtol=0, atol=1e-5), k
 
 
 def test_the_frozen_prefix_never_replays_a_different_input_or_a_trainable_block(tiny_qwen):
