@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,29 @@ def test_a_failed_locate_leaves_no_stage_directory(tiny_qwen, tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         loc.run_locate(_locate_cfg(tiny_qwen, tmp_path / "run"))
     assert not (tmp_path / "run" / "locate").exists()
+
+
+def test_the_states_cache_is_missed_when_the_weights_under_the_same_path_change(
+    tiny_qwen, tmp_path, monkeypatch
+):
+    """The cache key holds the checkpoint's weight files (names, sizes, times), not just --model:
+    re-converting or replacing a model in place must not reuse states of the old weights."""
+    import shutil
+
+    import lasa.hidden
+    import lasa.locate as loc
+    from tiny import build_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_qwen, model_dir)
+    calls = []
+    real = lasa.hidden.extract_states
+    monkeypatch.setattr(lasa.hidden, "extract_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = _locate_cfg(model_dir, tmp_path / "run")
+    loc.run_locate(cfg)
+    loc.run_locate(cfg)
+    assert len(calls) == 1  # the second run reused the states
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    build_model("qwen2", vocab, seed=7).save_pretrained(model_dir)  # other weights, same path
+    loc.run_locate(cfg)
+    assert len(calls) == 2

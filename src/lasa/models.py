@@ -265,6 +265,29 @@ def model_fingerprint(model: nn.Module, tokenizer: Any) -> dict:
     }
 
 
+#: The files of a checkpoint whose change changes what the model computes.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json")
+
+
+def weights_signature(spec: str) -> str:
+    """A cheap identity of the weights behind ``spec``, for cache keys checked before any model load.
+
+    For a local checkpoint (directory or file, the embedded models included): the names, sizes and
+    modification times of its weight and config files, so replacing or re-converting the weights
+    under the same path invalidates caches keyed on it, without reading gigabytes to hash them. A
+    hub id is its own identity (a cached snapshot does not change in place)."""
+    from lasa.runs import fingerprint
+
+    embedded = default_model.embedded_name(spec)
+    path = Path(resolve_model_path(spec)) if embedded else Path(spec).expanduser()
+    if not path.exists():  # a hub id: no network call here (the cache may be all an offline run has)
+        return fingerprint({"id": spec})
+    files = sorted(
+        f for f in ([path] if path.is_file() else path.iterdir()) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES
+    )
+    return fingerprint([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
 def fingerprints_match(a: dict, b: dict, rtol: float = 1e-2) -> bool:
     if a.get("id") != b.get("id"):
         return False

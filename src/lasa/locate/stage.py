@@ -82,10 +82,12 @@ def _locate(
     cfg: LocateConfig, lm: Any, run: RunDir, out: Path, table: ParallelTable, points: list[dict], t0: float
 ) -> Bottleneck:
     from lasa.hidden import extract_states
+    from lasa.models import weights_signature
 
     key = fingerprint(
         {
             "model": cfg.model,
+            "weights": weights_signature(cfg.model),  # the same name over other weights is a miss
             "texts": [p["text"] for p in points],
             "pooling": cfg.pooling,
             "chat_template": cfg.chat_template,
