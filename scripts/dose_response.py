@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--rows", default="on_policy", choices=["on_policy", "template"])
     ap.add_argument("--n-safety", default="20")
     ap.add_argument("--n-general", default="6")
+    ap.add_argument(
+        "--n-hard-negative", default="0", help="safe-but-scary rows (lasa align --n-hard-negative)"
+    )
     ap.add_argument("--batch-size", default="4")
     ap.add_argument("--learning-rate", default="2e-4")
     ap.add_argument(
@@ -88,6 +91,8 @@ def main() -> None:
                 args.n_safety,
                 "--n-general",
                 args.n_general,
+                "--n-hard-negative",
+                args.n_hard_negative,
                 "--batch-size",
                 args.batch_size,
                 "--learning-rate",

@@ -523,3 +523,57 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
     assert (tmp_path / "align" / "kto" / "on_policy_rows.jsonl").read_text() == (
         out / "on_policy_rows.jsonl"
     ).read_text()
+
+
+def test_hard_negative_rows_make_a_refusal_of_a_safe_scary_prompt_undesirable():
+    from lasa.data.rows import OWN_ANSWER_PLACEHOLDER, REFUSALS
+
+    rows, recipe = build_rows(["en", "zh"], 2, 0, seed=0, n_hard_negative=4)
+    scary = [r for r in rows if r["pid"].startswith("hardneg:")]
+    assert len(scary) == 4 and sorted(r["language"] for r in scary) == ["en", "en", "zh", "zh"]
+    assert all(not r["label"] and r["source"] == "general" for r in scary)
+    assert all(r["completion"] in REFUSALS[r["language"]] for r in scary)
+    assert recipe["hard_negatives"]["prompts"] == 4
+    with_own, _ = build_rows(["en", "zh"], 2, 0, seed=0, n_hard_negative=4, own_answers=True)
+    placeholders = [r for r in with_own if r["origin"] == OWN_ANSWER_PLACEHOLDER]
+    assert len(placeholders) == 4 and all(r["label"] for r in placeholders)
+    assert {r["prompt"] for r in placeholders} == {r["prompt"] for r in scary}
+
+
+def test_on_policy_fills_a_hard_negatives_desirable_row_with_an_own_answer_or_drops_it(
+    tiny_qwen, monkeypatch
+):
+    import lasa.generate
+    import lasa.judges
+    from lasa.config import AlignConfig
+    from lasa.data.rows import OWN_ANSWER_PLACEHOLDER
+    from lasa.judges import Judgement
+    from lasa.models import load_model
+    from lasa.on_policy import on_policy_rows
+
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), n_safety=1, n_general=0, on_policy_max_new_tokens=5, device=DEVICE
+    )
+    rows, _ = build_rows(["en", "zh"], 1, 0, seed=0, n_hard_negative=4, own_answers=True)
+    scary = [r["prompt"] for r in rows if r["origin"] == OWN_ANSWER_PLACEHOLDER]
+    refused = set(scary[:2])  # the model refuses two of the four safe prompts without the text
+
+    class Judge:
+        def judge(self, items):
+            n = len(items) // 2  # conditioned answers first, then the plain ones
+            return [Judgement("safe", 0.0, refusal=True)] * n + [
+                Judgement("safe", 0.0, refusal=it.prompt in refused) for it in items[n:]
+            ]
+
+    real = lasa.generate.generate_all
+    monkeypatch.setattr(
+        lasa.generate, "generate_all", lambda *a, **k: [r | {"finish": "stop"} for r in real(*a, **k)]
+    )
+    monkeypatch.setattr(lasa.judges, "get_judge", lambda name, **kw: Judge())
+    own, stats = on_policy_rows(rows, lm, cfg)
+    desirable = {r["prompt"]: r for r in own if r["label"] and r["prompt"] in scary}
+    assert set(desirable) == set(scary) - refused  # the refused ones have no desirable row left
+    assert all(r["completion"] and r["origin"] == "own answer" for r in desirable.values())
+    assert stats["rows"]["general:desirable:dropped (no own answer, no reference)"] == 2
+    assert len(own) == len(rows) - 2 and not any(r["origin"] == OWN_ANSWER_PLACEHOLDER for r in own)

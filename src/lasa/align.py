@@ -425,7 +425,14 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     if cfg.data:
         rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
     else:
-        rows, recipe = build_rows(cfg.train_langs, cfg.n_safety, cfg.n_general, cfg.seed)
+        rows, recipe = build_rows(
+            cfg.train_langs,
+            cfg.n_safety,
+            cfg.n_general,
+            cfg.seed,
+            n_hard_negative=cfg.n_hard_negative,
+            own_answers=cfg.rows == "on_policy",
+        )
         if cfg.rows == "on_policy":
             from lasa.models import load_model
 

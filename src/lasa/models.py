@@ -283,7 +283,9 @@ def weights_signature(spec: str) -> str:
     if not path.exists():  # a hub id: no network call here (the cache may be all an offline run has)
         return fingerprint({"id": spec})
     files = sorted(
-        f for f in ([path] if path.is_file() else path.iterdir()) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES
+        f
+        for f in ([path] if path.is_file() else path.iterdir())
+        if f.is_file() and f.suffix in _WEIGHT_SUFFIXES
     )
     return fingerprint([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 

@@ -32,8 +32,10 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
     already refuses without the text, or complies with it) the template completion stays, and
     ``origin`` says which is which; ``on_policy.json`` counts them. A desirable answer the token
     budget cut off stays a template too: TRL ends every completion with EOS, so a cut answer
-    would teach the model to stop mid-sentence.
+    would teach the model to stop mid-sentence. A desirable row with no template (a hard negative's,
+    ``rows.OWN_ANSWER_PLACEHOLDER``) is dropped where the model gives no such answer.
     """
+    from lasa.data.rows import OWN_ANSWER_PLACEHOLDER
     from lasa.generate import ConstantSSI, Gate, GenerationSettings, generate_all
     from lasa.judges import JudgeItem, get_judge
 
@@ -81,6 +83,11 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
             side = "conditioned" if r["source"] == "safety" else "plain"
             if not complete[(r["prompt"], side)]:
                 ok, cut = False, cut + 1
+        if r["origin"] == OWN_ANSWER_PLACEHOLDER and not (ok and text):
+            counts["general:desirable:dropped (no own answer, no reference)"] = (
+                counts.get("general:desirable:dropped (no own answer, no reference)", 0) + 1
+            )
+            continue  # a hard negative the model refuses or answers cut off: no desirable row
         key = f"{r['source']}:{'desirable' if r['label'] else 'undesirable'}:{'own' if ok and text else 'template'}"
         counts[key] = counts.get(key, 0) + 1
         out.append(r | {"completion": text, "origin": kind} if ok and text else r)

@@ -287,6 +287,13 @@ class AlignConfig(StageConfig):
     n_general: int = field(
         default=32, metadata={"help": "Benign prompts; each gives a desirable and an undesirable row."}
     )
+    n_hard_negative: int = field(
+        default=0,
+        metadata={
+            "help": "Safe-but-scary prompts (lasa's hard negatives, training languages): a refusal is an "
+            "undesirable row; with --rows on_policy the model's own non-refusing answer is a desirable one."
+        },
+    )
     rho_safety: float = field(default=0.5, metadata={"help": "P(conditioned) for safety rows (lasa only)."})
     rho_general: float = field(
         default=0.05, metadata={"help": "P(conditioned) for general rows (lasa only)."}
@@ -357,8 +364,8 @@ class AlignConfig(StageConfig):
         for name in ("rho_safety", "rho_general"):
             if not 0 <= getattr(self, name) <= 1:
                 raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
-        if self.n_safety < 1 or self.n_general < 0:
-            raise LasaError("--n-safety must be >= 1 and --n-general >= 0")
+        if self.n_safety < 1 or self.n_general < 0 or self.n_hard_negative < 0:
+            raise LasaError("--n-safety must be >= 1, --n-general and --n-hard-negative >= 0")
         if any(n < 1 for n in self.save_adapter_at):
             raise LasaError("--save-adapter-at takes optimizer steps >= 1")
         if self.rows == "on_policy":

@@ -59,12 +59,32 @@ COMPLIANT_OPENINGS = {
 
 
 def build_rows(
-    train_langs: Sequence[str], n_safety: int, n_general: int, seed: int
+    train_langs: Sequence[str],
+    n_safety: int,
+    n_general: int,
+    seed: int,
+    n_hard_negative: int = 0,
+    own_answers: bool = False,
 ) -> tuple[list[dict], dict]:
     """Safety rows (harmful prompt: refusal desirable, compliance undesirable) and general rows
     (benign prompt: the reference answer desirable, a needless refusal undesirable), from vendored
-    data in the training languages only; MultiJail never contributes (training_prompts drops it)."""
-    from lasa.data.safety import alpaca, english_affirmative_targets, normalize_text, training_prompts
+    data in the training languages only; MultiJail never contributes (training_prompts drops it).
+
+    ``n_hard_negative`` adds general rows on lasa's safe-but-scary prompts (``data/hard_negatives``,
+    the SSI's hard negatives; never XSTest, which stays the test): a refusal of one is a needless
+    refusal, the undesirable row. They have no reference answer, so their desirable row exists only
+    with ``own_answers`` (``--rows on_policy``), as a placeholder the model's own non-refusing answer
+    fills (:func:`lasa.on_policy.on_policy_rows` drops the placeholders it cannot fill). Why: KTO on
+    every block learned to refuse translated safe XSTest prompts (66.7% against the base's 8.9%), and
+    Alpaca's everyday instructions do not look like the prompts it learned to refuse."""
+    from lasa.data.safety import (
+        alpaca,
+        english_affirmative_targets,
+        hard_negatives,
+        normalize_text,
+        overlaps_multijail,
+        training_prompts,
+    )
 
     rng = random.Random(seed)
     pool, _ = training_prompts(train_langs, cap=10_000, seed=seed)
@@ -120,6 +140,26 @@ def build_rows(
                 "needless refusal (lasa template)",
             )
         )
+    scary = [
+        p for p in hard_negatives(train_langs) if p.form != "statement" and not overlaps_multijail(p.text)
+    ]
+    rng.shuffle(scary)
+    scary = _balanced(scary, n_hard_negative, train_langs, rng) if n_hard_negative else []
+    for i, p in enumerate(scary):
+        refusals = REFUSALS.get(p.lang, REFUSALS["en"])
+        if own_answers:
+            rows.append(_row(p.text, "", True, "general", p.lang, p.id, OWN_ANSWER_PLACEHOLDER))
+        rows.append(
+            _row(
+                p.text,
+                refusals[i % len(refusals)],
+                False,
+                "general",
+                p.lang,
+                p.id,
+                "needless refusal (lasa template)",
+            )
+        )
     recipe = {
         "safety": {
             "prompts": len(harmful),
@@ -133,9 +173,25 @@ def build_rows(
             "desirable": "Alpaca reference answer",
             "undesirable": "a needless refusal",
         },
+        **(
+            {
+                "hard_negatives": {
+                    "prompts": len(scary),
+                    "languages": sorted({p.lang for p in scary}),
+                    "desirable": "the model's own non-refusing answer (on-policy rows only; else none)",
+                    "undesirable": "a needless refusal in the prompt's language (lasa templates)",
+                }
+            }
+            if scary
+            else {}
+        ),
         "excluded": "every MultiJail prompt (normalised and near-duplicate matches) in every language",
     }
     return rows, recipe
+
+
+#: The completion of a desirable row that only the model's own answer can fill (see build_rows).
+OWN_ANSWER_PLACEHOLDER = "own answer to fill (no reference answer)"
 
 
 def _balanced(prompts: list, n: int, langs: Sequence[str], rng: random.Random) -> list:
