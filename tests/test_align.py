@@ -91,6 +91,21 @@ def test_order_shuffles_once_and_never_self_pairs_kl(rows):
     assert order_for_kl(cond, 4, 3) == order_for_kl(cond, 4, 3)
 
 
+def test_no_trl_batch_holds_one_prompt_twice_where_the_prompts_allow_it():
+    """TRL cuts the order into consecutive batches; the greedy's short last batches used to merge
+    into one holding both rows of a prompt (42 of 4,420 batches at batch size 4 over 4-29 prompts
+    and 20 seeds)."""
+    for bs in (2, 4, 8):
+        for n_prompts in range(bs, 30):  # fewer prompts than a batch cannot be spread
+            for seed in range(10):
+                rows = [{"pid": f"p{i}", "k": k} for i in range(n_prompts) for k in range(2)]
+                ordered = order_for_kl(rows, bs, seed)
+                assert sorted((r["pid"], r["k"]) for r in ordered) == sorted((r["pid"], r["k"]) for r in rows)
+                for start in range(0, len(ordered), bs):
+                    batch = [r["pid"] for r in ordered[start : start + bs]]
+                    assert len(set(batch)) == len(batch), (bs, n_prompts, seed, batch)
+
+
 def test_kl_pairs_match_trl_rotation():
     rows = [{"pid": str(i)} for i in range(6)]
     assert kl_pairs(rows, 3) == [(0, 2), (1, 0), (2, 1), (3, 5), (4, 3), (5, 4)]
