@@ -592,3 +592,34 @@ def test_on_policy_fills_a_hard_negatives_desirable_row_with_an_own_answer_or_dr
     assert all(r["completion"] and r["origin"] == "own answer" for r in desirable.values())
     assert stats["rows"]["general:desirable:dropped (no own answer, no reference)"] == 2
     assert len(own) == len(rows) - 2 and not any(r["origin"] == OWN_ANSWER_PLACEHOLDER for r in own)
+
+
+def test_rows_whose_prompt_fills_max_length_are_dropped_before_the_batches_are_built(
+    tmp_path, tiny_qwen, caplog
+):
+    """TRL drops them after lasa's ordering, which would shift every later batch; lasa drops them
+    first and says so."""
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"question {i}?", "chosen": "No.", "rejected": "Sure:"} for i in range(5)]
+    rows.append({"prompt": "tell me " * 200, "chosen": "No.", "rejected": "Sure:"})
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = AlignConfig(
+        model=str(tiny_qwen),
+        run_dir=str(tmp_path / "run"),
+        data=str(data),
+        method="kto",
+        max_length=64,
+        dry_run=True,
+        device=DEVICE,
+    )
+    with caplog.at_level("WARNING"):
+        summary = run_align(cfg).summary
+    written = [
+        json.loads(x) for x in (tmp_path / "run" / "align" / "kto" / "rows.jsonl").read_text().splitlines()
+    ]
+    assert len(written) == 10 and not any(r["prompt"].startswith("tell me") for r in written)
+    assert summary["rows"]["dropped_overlong_prompts"] == 2
+    assert "2 of 12 rows dropped" in caplog.text

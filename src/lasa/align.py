@@ -60,6 +60,29 @@ def to_trl_rows(rows: list[dict], tokenizer: Any) -> list[dict]:
     return out
 
 
+def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> tuple[list[dict], int]:
+    """The rows whose prompt side (chat template, plus the conditioning text where it applies) is
+    shorter than ``max_length`` tokens, and how many were dropped.
+
+    TRL's KTOTrainer drops such rows itself (no completion token would survive truncation), but
+    after lasa has ordered the rows into batches: every batch after a dropped row would shift by
+    one and could hold two rows of one prompt. Dropping them first keeps the order lasa built. One
+    token of margin for a tokenizer that adds a BOS."""
+    prompts = [r["prompt"] for r in to_trl_rows(rows, tokenizer)]
+    lengths = (
+        [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    )
+    keep = [r for r, n in zip(rows, lengths) if n < max_length - 1]
+    if len(keep) < len(rows):
+        logger.warning(
+            "%d of %d rows dropped: their prompt fills --max-length %d (raise it to keep them)",
+            len(rows) - len(keep),
+            len(rows),
+            max_length,
+        )
+    return keep, len(rows) - len(keep)
+
+
 # -- training --------------------------------------------------------------------------------
 
 
@@ -439,6 +462,12 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
             rows, recipe["on_policy"] = cached_on_policy_rows(rows, lm, cfg, run, out)
     rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
+    overlong = 0
+    if cfg.method in ("lasa", "kto"):
+        from lasa.models import load_tokenizer, resolve_model_path
+
+        tok = lm.tokenizer if lm is not None else load_tokenizer(resolve_model_path(cfg.model))
+        rows, overlong = drop_overlong_prompts(rows, tok, cfg.max_length)
     rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
     if distributed.world_size() > 1:
         rows = fill_last_batch(rows, cfg.batch_size)
@@ -450,6 +479,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             s: sum(r["conditioned"] for r in rows if r["source"] == s) for s in ("safety", "general")
         },
         "by_source": {s: sum(r["source"] == s for r in rows) for s in ("safety", "general")},
+        "dropped_overlong_prompts": overlong,
         "self_paired_kl": sum(
             rows[i]["pid"] == rows[j]["pid"] for i, j in kl_pairs(rows, cfg.batch_size) if i != j
         ),
