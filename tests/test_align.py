@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,36 +271,44 @@ def test_adapter_sits_above_the_bottleneck_and_reloads_to_identical_logits(train
     assert torch.equal(la, lb) and not torch.equal(la, base)
 
 
+def _train_tiny_kto(tiny_qwen, run_dir, max_steps: int) -> tuple[dict, list[float], dict]:
+    """A few KTO steps on the tiny model (LoRA above block 2): the summary, the logged losses and
+    the adapter's weights."""
+    from safetensors.torch import load_file
+
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    cfg = AlignConfig(
+        model=str(tiny_qwen),
+        run_dir=str(run_dir),
+        method="kto",
+        n_safety=4,
+        n_general=2,
+        max_steps=max_steps,
+        batch_size=4,
+        bottleneck_layer=2,
+        device=DEVICE,
+    )
+    summary = run_align(cfg).summary
+    out = Path(run_dir) / "align" / "kto"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return (
+        summary,
+        [r["loss"] for r in log if "loss" in r],
+        load_file(str(out / "adapter" / "adapter_model.safetensors")),
+    )
+
+
 def test_reference_passes_replay_the_frozen_blocks_and_train_the_same(tmp_path, tiny_qwen, monkeypatch):
     """KTO's reference (and KL) passes reuse the state below the adapter: same losses, same
     adapter as computing every block, and the replay really happened."""
     import torch
-    from safetensors.torch import load_file
 
     import lasa.align as align
-    from lasa.align import run_align
-    from lasa.config import AlignConfig
 
     def run(name: str) -> tuple[dict, list[float], dict]:
-        cfg = AlignConfig(
-            model=str(tiny_qwen),
-            run_dir=str(tmp_path / name),
-            method="kto",
-            n_safety=4,
-            n_general=2,
-            max_steps=3,
-            batch_size=4,
-            bottleneck_layer=2,
-            device=DEVICE,
-        )
-        summary = run_align(cfg).summary
-        out = tmp_path / name / "align" / "kto"
-        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-        return (
-            summary,
-            [r["loss"] for r in log if "loss" in r],
-            load_file(str(out / "adapter" / "adapter_model.safetensors")),
-        )
+        return _train_tiny_kto(tiny_qwen, tmp_path / name, max_steps=3)
 
     shared, losses, weights = run("shared")
     prefix = shared["training"]["shared_frozen_prefix"]
@@ -319,11 +328,8 @@ def test_the_lm_head_scores_completion_positions_only_and_trains_the_same(tmp_pa
     the losses and the adapter are those of scoring every position."""
     import torch
     import trl.trainer.utils as trl_utils
-    from safetensors.torch import load_file
 
     import lasa.align as align
-    from lasa.align import run_align
-    from lasa.config import AlignConfig
 
     real = trl_utils._ChunkedLogProbFunction
     rows_scored: list[int] = []
@@ -338,22 +344,8 @@ def test_the_lm_head_scores_completion_positions_only_and_trains_the_same(tmp_pa
 
     def run(name: str) -> tuple[int, list[float], dict]:
         rows_scored.clear()
-        cfg = AlignConfig(
-            model=str(tiny_qwen),
-            run_dir=str(tmp_path / name),
-            method="kto",
-            n_safety=4,
-            n_general=2,
-            max_steps=2,
-            batch_size=4,
-            bottleneck_layer=2,
-            device=DEVICE,
-        )
-        run_align(cfg)
-        out = tmp_path / name / "align" / "kto"
-        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-        weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-        return sum(rows_scored), [r["loss"] for r in log if "loss" in r], weights
+        _, losses, weights = _train_tiny_kto(tiny_qwen, tmp_path / name, max_steps=2)
+        return sum(rows_scored), losses, weights
 
     compact, losses, weights = run("compact")
     monkeypatch.setattr(align, "_completion_positions_only", contextlib.nullcontext)
