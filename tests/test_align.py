@@ -94,8 +94,7 @@ def test_order_shuffles_once_and_never_self_pairs_kl(rows):
 
 def test_no_trl_batch_holds_one_prompt_twice_where_the_prompts_allow_it():
     """TRL cuts the order into consecutive batches; the greedy's short last batches used to merge
-    into one holding both rows of a prompt (42 of 4,420 batches at batch size 4 over 4-29 prompts
-    and 20 seeds)."""
+    into one holding both rows of a prompt."""
     for bs in (2, 4, 8):
         for n_prompts in range(bs, 30):  # fewer prompts than a batch cannot be spread
             for seed in range(10):

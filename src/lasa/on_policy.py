@@ -84,9 +84,8 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
             if not complete[(r["prompt"], side)]:
                 ok, cut = False, cut + 1
         if r["origin"] == OWN_ANSWER_PLACEHOLDER and not (ok and text):
-            counts["general:desirable:dropped (no own answer, no reference)"] = (
-                counts.get("general:desirable:dropped (no own answer, no reference)", 0) + 1
-            )
+            dropped = "general:desirable:dropped (no own answer, no reference)"
+            counts[dropped] = counts.get(dropped, 0) + 1
             continue  # a hard negative the model refuses or answers cut off: no desirable row
         key = f"{r['source']}:{'desirable' if r['label'] else 'undesirable'}:{'own' if ok and text else 'template'}"
         counts[key] = counts.get(key, 0) + 1

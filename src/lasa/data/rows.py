@@ -307,8 +307,8 @@ def order_for_kl(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
 
     TRL cuts the order into consecutive batches of ``batch_size``, so the greedy's short batches
     (the last prompts' second rows, once no other prompt is left to fill a batch) would merge into
-    a batch holding both rows of one prompt, which KTO's KL estimate then reads (1% of the batches
-    at batch size 4 over 4-29 prompts, the last ones). :func:`_repair_batches` swaps such a
+    a batch holding both rows of one prompt, which KTO's KL estimate then reads (the last batches
+    of some orders). :func:`_repair_batches` swaps such a
     row with a row of another batch where neither prompt appears."""
     rng = random.Random(seed)
     pending = rows[:]
