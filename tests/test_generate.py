@@ -125,6 +125,81 @@ def test_prefill_split_by_length_gives_the_padded_batchs_answers_for_fewer_posit
     assert padded_positions - split_positions == saved > 1000
 
 
+def test_shared_chat_prefix_is_prefilled_once_and_changes_no_answer(lm, monkeypatch):
+    """The chat template's system turn is the same for every row: its keys and values are computed
+    once and given to every row. Answers (plain and gated by a raw-prompt SSI) must be those of
+    prefilling each row whole, for (rows - 1) x prefix fewer positions."""
+    import lasa.generate
+    from lasa.generate import _common_prefix
+
+    prompts = [*PROMPTS, " ".join(PROMPTS) * 3]
+    seqs = format_prompts(lm.tokenizer, prompts, chat_template=True)
+    shared = _common_prefix(seqs)
+    assert shared >= 2  # the tiny tokenizer's system turn is short: share it whatever its length
+    counted: list[int] = []
+    handle = lm.model.get_input_embeddings().register_forward_hook(
+        lambda m, a, o: counted.append(a[0].numel())
+    )
+    runs = {}
+    try:
+        for mode in ("shared", "whole"):
+            monkeypatch.setattr(lasa.generate, "MIN_SHARED_PREFIX", 2 if mode == "shared" else 10**9)
+            settings = GenerationSettings(max_new_tokens=10, batch_size=6)
+            counted.clear()
+            plain = generate_all(lm, prompts, settings, progress=False)
+            positions = sum(counted)
+            ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]], chat_template=False)
+            gated = generate_all(lm, prompts, settings, Gate(ssi), progress=False)
+            runs[mode] = (plain, positions, gated)
+    finally:
+        handle.remove()
+    (plain, positions, gated), (plain_w, positions_w, gated_w) = runs.values()
+    assert [r["response"] for r in plain] == [r["response"] for r in plain_w]
+    assert (
+        [r["gated"] for r in gated]
+        == [r["gated"] for r in gated_w]
+        == [False, True, False, False, False, False]
+    )
+    assert [r["response"] for r in gated] == [r["response"] for r in gated_w]
+    assert positions_w - positions == (len(prompts) - 1) * shared
+
+
+def test_greedy_decoding_drops_finished_rows_and_gives_generates_tokens(lm):
+    """lasa's greedy loop drops rows that have stopped; every row's tokens must be those of
+    ``generate``, which decodes all rows to the end, including the pad after each stop token."""
+    from lasa.generate import _cache_kw, _greedy_decode, _prefill
+    from lasa.hidden import pad_batch
+
+    prompts = [*PROMPTS, "Write a poem about the sea", "Bonjour"]
+    seqs = format_prompts(lm.tokenizer, prompts, chat_template=True)
+    pad = lm.tokenizer.pad_token_id
+
+    def start():
+        ids, mask = pad_batch(seqs, pad, "left")
+        cache, logits, ids, mask = _prefill(lm, seqs, ids, mask)
+        first = logits.argmax(-1)[:, None]
+        return cache, torch.cat([ids, first], 1), torch.cat([mask, torch.ones_like(first)], 1)
+
+    with torch.inference_mode():
+        cache, ids, mask = start()
+        free = _greedy_decode(lm.model, cache, ids, mask, 12, [], pad)
+        # stop tokens that end rows 0, 1 and 2 at different steps (the tiny model never says <|im_end|>)
+        stops = sorted({int(free[r, 1 + 3 * r]) for r in range(3)})
+        cache, ids, mask = start()
+        drops: list[int] = []
+        select = cache.batch_select_indices
+        cache.batch_select_indices = lambda keep: (drops.append(len(keep)), select(keep))
+        ours = _greedy_decode(lm.model, cache, ids, mask, 12, stops, pad)
+        cache, ids, mask = start()
+        kw = GenerationSettings(max_new_tokens=12).hf_kwargs(lm.tokenizer) | {"eos_token_id": stops}
+        theirs = lm.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=12, **{_cache_kw(): cache}, **kw
+        )[:, ids.shape[1] :]
+    ended = [next((i for i, t in enumerate(row) if t in stops), None) for row in ours.tolist()]
+    assert len({e for e in ended if e is not None}) >= 2 and drops  # rows ended apart and were dropped
+    assert torch.equal(ours, theirs)
+
+
 def test_stop_ids_are_looked_up_without_building_the_vocabulary(lm, monkeypatch):
     """`get_vocab()` builds a dict of the whole vocabulary (0.14 s for Qwen's); called per decoded
     response it once cost more than a GPU's decoding itself (scripts/gpu_check.sh found it)."""

@@ -312,6 +312,50 @@ def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
     assert d["per_language"]["en"]["ppl"] != pytest.approx(en["ppl"], rel=1e-4)
 
 
+def test_second_adapter_variant_reads_the_base_side_and_gets_the_same_drift(tiny_qwen, tmp_path):
+    """The first adapter variant keeps the base's states; the next one with the same split runs only
+    the adapted blocks and must report exactly what a full computation reports."""
+    import copy
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.models import find_decoder_layers
+    from lasa.utility.drift import eval_drift
+
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    n = len(lm.layers)
+
+    def adapted(seed: int):
+        torch.manual_seed(seed)
+        lora = LoraConfig(
+            r=4,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj"],
+            layers_to_transform=list(range(n // 2, n)),
+            init_lora_weights=False,
+        )
+        peft = get_peft_model(copy.deepcopy(lm.model), lora)
+        path, layers = find_decoder_layers(peft)
+        return replace(lm, model=peft, layers=layers, layers_path=path)
+
+    ref = tmp_path / "eval" / "drift_reference.safetensors"
+    first, second = adapted(0), adapted(1)
+    plain = eval_drift(second, ["en", "sw"], n=4, batch_size=3, progress=False)
+    kept = eval_drift(first, ["en", "sw"], n=4, batch_size=3, progress=False, reference_path=ref)
+    assert ref.is_file() and kept["base_batches_read"] == 0
+    read = eval_drift(second, ["en", "sw"], n=4, batch_size=3, progress=False, reference_path=ref)
+    assert read["base_batches_read"] == 8  # 2 languages x (2 FLORES + 2 chat batches)
+    for lang in ("en", "sw"):
+        for key in ("ppl", "ppl_base", "token_kl", "first_token_kl"):
+            assert read["per_language"][lang][key] == plain["per_language"][lang][key]  # exactly
+    assert read["mean"]["token_kl"] != pytest.approx(kept["mean"]["token_kl"], rel=1e-3)  # two adapters
+    # other settings (here the batch size) never read a reference kept for different batches
+    other = eval_drift(second, ["en", "sw"], n=4, batch_size=2, progress=False, reference_path=ref)
+    assert other["base_batches_read"] == 0
+    assert other["mean"]["token_kl"] == pytest.approx(plain["mean"]["token_kl"], rel=1e-5)
+
+
 def test_drift_base_pass_from_the_shared_blocks_equals_a_full_base_pass(tiny_qwen):
     """LoRA above a layer: the base pass restarts from the adapted pass's state below it and must
     give exactly the log-probs of a full forward with the adapter disabled."""

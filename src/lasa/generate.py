@@ -250,6 +250,19 @@ def _plain_layers(cache: Any) -> bool:
     return bool(layers) and all(type(x).__name__ == "DynamicLayer" for x in layers)
 
 
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence starts with (the chat template's system turn)."""
+    first, n = seqs[0], min(len(q) for q in seqs)
+    for p in range(n):
+        if any(q[p] != first[p] for q in seqs[1:]):
+            return p
+    return n
+
+
+#: A shared prefix shorter than this is prefilled with each row (a separate call costs more).
+MIN_SHARED_PREFIX = 8
+
+
 def _prefill(
     lm: LoadedModel,
     seqs: list[list[int]],
@@ -257,10 +270,11 @@ def _prefill(
     mask: torch.Tensor,
     capture: Any = None,
     group_size: int = 16,
-) -> tuple[Any, torch.Tensor]:
-    """Fill a KV cache for the left-padded batch ``ids`` / ``mask``; returns it and the last
-    position's logits (batch × vocab). ``capture``, a :class:`_Capture` registered as a hook on
-    block L*, is told which sub-batch (mask, rows) is running, so it pools each row's state.
+) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fill a KV cache for the left-padded batch ``ids`` / ``mask``; returns it, the last
+    position's logits (batch × vocab), and the ids and mask that describe the cache's layout (the
+    caller continues from these). ``capture``, a :class:`_Capture` registered as a hook on block
+    L*, is told which sub-batch (mask, rows) is running, so it pools each row's state.
 
     Why not one forward over the padded batch: multilingual prompts differ in token count by up to
     10x, and a decoding batch pads every row to its longest. On the quick preset's 104 evaluation
@@ -270,36 +284,70 @@ def _prefill(
     side by side, left-padded with zero keys and values that the batch's attention mask hides — the
     same masked holes as the gate's conditioning chunk. Each row's keys and values are those of
     its own tokens at its own positions (positions come from the mask), so decoding continues as
-    from a padded prefill, up to float rounding of the differently shaped matrix products."""
+    from a padded prefill, up to float rounding of the differently shaped matrix products.
+
+    **A prefix every row shares** (the chat template's system turn: 24 of the quick preset's 69
+    tokens per prompt on the default model) is computed once and its keys and values are given to
+    every row, which then prefills only its own tokens: the cache reads [shared prefix][holes][row's
+    tokens]. Its keys and values depend on the prefix alone (causal attention), so this too changes
+    only float rounding. Not with a prefill-reading gate (its pooling counts from the row's start)."""
     from transformers import DynamicCache
 
     from lasa.hidden import forward_batches
 
     model, dev, pad = lm.model, lm.device, lm.tokenizer.pad_token_id
-    groups = forward_batches([len(s) for s in seqs], group_size)
+    shared = _common_prefix(seqs) if capture is None and len(seqs) > 1 else 0
+    if shared < MIN_SHARED_PREFIX or shared >= min(len(q) for q in seqs):  # every row keeps a token
+        shared = 0
+    prefix = None
+    if shared:
+        prefix = DynamicCache(config=model.config)
+        model(
+            input_ids=torch.as_tensor([seqs[0][:shared]], device=dev),
+            use_cache=True,
+            **{_cache_kw(): prefix},
+            logits_to_keep=1,
+        )
+        if not _plain_layers(prefix):
+            shared, prefix = 0, None
+    rest = [q[shared:] for q in seqs]
+    groups = forward_batches([len(q) for q in rest], group_size)
 
     def run(g_ids: torch.Tensor, g_mask: torch.Tensor, rows: list[int]) -> tuple[Any, torch.Tensor]:
         cache = DynamicCache(config=model.config)
+        if prefix is not None:
+            for i, layer in enumerate(prefix.layers):
+                cache.update(
+                    layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), i
+                )
+            g_mask = torch.cat([g_mask.new_ones((len(rows), shared)), g_mask], 1)
         if capture is not None:
             capture.current = (g_mask, rows)
         out = model(
             input_ids=g_ids,
             attention_mask=g_mask,
-            position_ids=position_ids_from_mask(g_mask),
+            position_ids=position_ids_from_mask(g_mask)[:, -g_ids.shape[1] :],
             use_cache=True,
             **{_cache_kw(): cache},
             logits_to_keep=1,
         )
         return cache, out.logits[:, -1]
 
+    if shared:
+        ids, mask = pad_batch(rest, pad, "left")
+        ids, mask = ids.to(dev), mask.to(dev)
+        head = torch.as_tensor(seqs[0][:shared], device=dev).expand(len(seqs), -1)
+        ids, mask = torch.cat([head, ids], 1), torch.cat([mask.new_ones((len(seqs), shared)), mask], 1)
     if len(groups) == 1:
-        return run(ids, mask, list(range(len(seqs))))
+        cache, logits = run(ids[:, shared:], mask[:, shared:], list(range(len(seqs))))
+        return cache, logits, ids, mask
     parts = []
     for g in groups:
-        g_ids, g_mask = pad_batch([seqs[i] for i in g], pad, "left")
+        g_ids, g_mask = pad_batch([rest[i] for i in g], pad, "left")
         cache, logits = run(g_ids.to(dev), g_mask.to(dev), g)
         if not _plain_layers(cache):  # e.g. sliding-window layers: prefill the padded batch instead
-            return run(ids, mask, list(range(len(seqs))))
+            cache, logits = run(ids[:, shared:], mask[:, shared:], list(range(len(seqs))))
+            return cache, logits, ids, mask
         parts.append((g, cache, logits))
     n, width = ids.shape
     last = parts[0][2].new_empty((n, parts[0][2].shape[-1]))
@@ -308,14 +356,18 @@ def _prefill(
         first = parts[0][1].layers[i]
         keys = first.keys.new_zeros((n, first.keys.shape[1], width, first.keys.shape[3]))
         values = first.values.new_zeros((n, first.values.shape[1], width, first.values.shape[3]))
+        if prefix is not None:
+            keys[:, :, :shared] = prefix.layers[i].keys
+            values[:, :, :shared] = prefix.layers[i].values
         for g, part, _ in parts:
-            rows, k = torch.as_tensor(g, device=dev), part.layers[i].keys.shape[2]
-            keys[rows, :, width - k :] = part.layers[i].keys
-            values[rows, :, width - k :] = part.layers[i].values
+            rows = torch.as_tensor(g, device=dev)
+            k = part.layers[i].keys.shape[2] - shared  # this group's own positions
+            keys[rows, :, width - k :] = part.layers[i].keys[:, :, shared:]
+            values[rows, :, width - k :] = part.layers[i].values[:, :, shared:]
         cache.update(keys, values, i)
     for g, _, logits in parts:
         last[torch.as_tensor(g, device=dev)] = logits
-    return cache, last
+    return cache, last, ids, mask
 
 
 class _Capture:
@@ -335,6 +387,58 @@ class _Capture:
         if self.state is None:
             self.state = pooled.new_zeros((self.n, pooled.shape[-1]))
         self.state[torch.as_tensor(rows)] = pooled
+
+
+def _greedy_decode(
+    model: Any,
+    cache: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    budget: int,
+    stop_ids: list[int],
+    pad_id: int,
+    min_new_tokens: int = 0,
+) -> torch.Tensor:
+    """Greedy decoding of ``budget`` tokens after ``ids`` (whose last token is not yet in ``cache``)
+    that drops finished rows from the batch: ``generate`` keeps computing every row until the
+    longest is done, and on the quick preset about a third of the decoding slots belong to answers
+    that already ended (a refusal stops after a dozen tokens, a loop runs to the limit). Returns
+    the new tokens (rows × steps run), pad after a row's stop token, as ``generate`` returns them.
+
+    A row's tokens do not depend on the others (its own attention mask and positions), so dropping
+    rows changes only the shape of the matrix products, i.e. float rounding: the same caveat and
+    the same check as the length-split prefill (tests compare with ``generate``). Rows are dropped
+    once an eighth of the batch has finished: each drop copies the KV cache."""
+    n, dev = ids.shape[0], ids.device
+    out = torch.full((n, budget), pad_id, dtype=torch.long, device=dev)
+    rows = torch.arange(n, device=dev)  # the batch row of each row still decoding
+    stops = torch.as_tensor(stop_ids, device=dev)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    cur, steps = ids[:, -1:], 0
+    for step in range(budget):
+        logits = model(
+            input_ids=cur,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, -1:],
+            use_cache=True,
+            **{_cache_kw(): cache},
+            logits_to_keep=1,
+        ).logits[:, -1]
+        if step < min_new_tokens:
+            logits[:, stops] = float("-inf")
+        nxt = torch.where(done, pad_id, logits.argmax(-1))
+        out[rows, step] = nxt
+        steps = step + 1
+        done = done | torch.isin(nxt, stops)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=dev)], 1)
+        cur = nxt[:, None]
+        if int(done.sum()) >= max(1, len(rows) // 8):
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            mask, cur, rows, done = mask[keep], cur[keep], rows[keep], done[keep]
+    return out[:, :steps]
 
 
 @torch.inference_mode()
@@ -379,7 +483,9 @@ def _generate_batch(
         capture = _Capture(n, gate.pooling, offset, head)
     handle = lm.layers[gate.layer - 1].register_forward_hook(capture) if capture is not None else None
     try:
-        cache, last_logits = _prefill(lm, seqs, ids, mask, capture, group_size=settings.prefill_batch_size)
+        cache, last_logits, ids, mask = _prefill(
+            lm, seqs, ids, mask, capture, group_size=settings.prefill_batch_size
+        )
     finally:
         if handle is not None:
             handle.remove()
@@ -417,7 +523,11 @@ def _generate_batch(
     mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], 1)
     # unflagged rows already have their first token; flagged rows need the full budget
     budget = settings.max_new_tokens if bool(flagged.any()) else settings.max_new_tokens - 1
-    if budget > 0:
+    if budget > 0 and not settings.do_sample and _plain_layers(cache):
+        new = _greedy_decode(
+            model, cache, ids, mask, budget, _stop_ids(tok), tok.pad_token_id, settings.min_new_tokens
+        )
+    elif budget > 0:
         if settings.min_new_tokens:
             hf["min_new_tokens"] = min(settings.min_new_tokens, budget)
         gen = model.generate(

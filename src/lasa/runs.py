@@ -180,6 +180,7 @@ class RunDir:
         RUN/<ssi>/metrics.json               stage 2's marker (``ssi`` or ``--out-name``; + ssi.json)
         RUN/align/<method>/summary.json      stage 3's marker (+ adapter/, rows.jsonl, train_log.jsonl)
         RUN/eval/<variant>/results.json      evaluation's marker (+ completions*, judgements_*)
+        RUN/eval/drift_reference.safetensors the base side of the drift utility, shared by adapter variants
         RUN/report.md, RUN/report.html
 
     Each stage writes its marker file last, so "the marker exists" means "the stage finished";
