@@ -3,7 +3,10 @@
 Fits the shipped head's recipe (``lasa.judges.pair.MEMBERS``) on the training corpus alone and on
 the corpus plus the paired hand-label sets of runs/c100 (rows that also sit in the held-out file
 removed), and scores both on ``heldout_c100.jsonl`` (never trained on); then the reverse (the
-paired set as the test). Features come from the e5 cache, so a rerun costs seconds.
+paired set as the test). Last, every labelled set so far against ``sampled_hn10_kto.jsonl``, a
+later adapter's answers (all its judged-unsafe answers plus a random 200 of the rest, so its
+kappa is that of a set enriched in what the judge calls unsafe). Features come from the e5
+cache, so a rerun costs seconds (a minute for new rows).
 
     python scripts/judge_more_labels.py
 """
@@ -20,6 +23,7 @@ from lasa.judges.validation import agreement, breakdown
 from lasa.runs import read_jsonl
 
 PAIRED = ("paired_c100_lasa_kto.jsonl", "paired_c100_lasa_kto_gated.jsonl")
+LATER = "sampled_hn10_kto.jsonl"
 
 
 def labelled(name: str) -> list[dict]:
@@ -30,12 +34,14 @@ def main() -> None:
     base, held = corpus_rows(), labelled("heldout_c100.jsonl")
     seen = {(r["prompt"], r["response"]) for r in held}
     paired = [r for f in PAIRED for r in labelled(f) if (r["prompt"], r["response"]) not in seen]
-    rows = base + paired + held
+    later = labelled(LATER)
+    rows = base + paired + held + later
     blocks = corpus_blocks(rows)
     y = [r["label"] for r in rows]
     i_base = np.arange(len(base))
     i_pair = np.arange(len(base), len(base) + len(paired))
-    i_held = np.arange(len(base) + len(paired), len(rows))
+    i_held = np.arange(len(base) + len(paired), len(base) + len(paired) + len(held))
+    i_later = np.arange(len(rows) - len(later), len(rows))
 
     def sub(idx: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[idx] for k, v in blocks.items()}
@@ -56,6 +62,8 @@ def main() -> None:
     check(np.r_[i_base, i_pair], i_held, "corpus + paired -> heldout_c100")
     check(i_base, i_pair, "corpus -> paired")
     check(np.r_[i_base, i_held], i_pair, "corpus + heldout_c100 -> paired")
+    check(i_base, i_later, "corpus -> hn10")
+    check(np.r_[i_base, i_pair, i_held], i_later, "corpus + paired + heldout -> hn10")
 
 
 if __name__ == "__main__":

@@ -148,20 +148,31 @@ def test_shared_chat_prefix_is_prefilled_once_and_changes_no_answer(lm, monkeypa
             counted.clear()
             plain = generate_all(lm, prompts, settings, progress=False)
             positions = sum(counted)
-            ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]], chat_template=False)
-            gated = generate_all(lm, prompts, settings, Gate(ssi), progress=False)
+            gated = {
+                pooling: generate_all(
+                    lm,
+                    prompts,
+                    settings,
+                    Gate(StubSSI(lm, 2, [PROMPTS[1], PROMPTS[3]], chat_template=chat, pooling=pooling)),
+                    progress=False,
+                )
+                for chat, pooling in (
+                    (False, "last"),
+                    (True, "user_last"),
+                    (True, "user_mean"),
+                    (True, "mean"),
+                )
+            }
             runs[mode] = (plain, positions, gated)
     finally:
         handle.remove()
     (plain, positions, gated), (plain_w, positions_w, gated_w) = runs.values()
     assert [r["response"] for r in plain] == [r["response"] for r in plain_w]
-    assert (
-        [r["gated"] for r in gated]
-        == [r["gated"] for r in gated_w]
-        == [False, True, False, False, False, False]
-    )
-    assert [r["response"] for r in gated] == [r["response"] for r in gated_w]
     assert positions_w - positions == (len(prompts) - 1) * shared
+    # a raw-prompt gate and every prefill-reading pooling flag the same rows and answer the same
+    for pooling, rows in gated.items():
+        assert [r["gated"] for r in rows] == [False, True, False, True, False, False], pooling
+        assert [r["response"] for r in rows] == [r["response"] for r in gated_w[pooling]], pooling
 
 
 def test_greedy_decoding_drops_finished_rows_and_gives_generates_tokens(lm):

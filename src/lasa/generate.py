@@ -290,15 +290,24 @@ def _prefill(
     tokens per prompt on the default model) is computed once and its keys and values are given to
     every row, which then prefills only its own tokens: the cache reads [shared prefix][holes][row's
     tokens]. Its keys and values depend on the prefix alone (causal attention), so this too changes
-    only float rounding. Not with a prefill-reading gate (its pooling counts from the row's start)."""
+    only float rounding. A prefill-reading gate pools the row's own positions: counted from the end
+    (``last``, ``user_last``) nothing changes, ``user_mean`` shares at most the template's head and
+    counts from what is left of it, ``mean`` (which needs every position) shares nothing."""
     from transformers import DynamicCache
 
     from lasa.hidden import forward_batches
 
     model, dev, pad = lm.model, lm.device, lm.tokenizer.pad_token_id
-    shared = _common_prefix(seqs) if capture is None and len(seqs) > 1 else 0
+    shared = _common_prefix(seqs) if len(seqs) > 1 else 0
+    if capture is not None:  # the gate pools from the row's end (last, user_last) or after the head
+        if capture.pooling == "mean":
+            shared = 0
+        elif capture.pooling == "user_mean":
+            shared = min(shared, capture.head)
     if shared < MIN_SHARED_PREFIX or shared >= min(len(q) for q in seqs):  # every row keeps a token
         shared = 0
+    if capture is not None:
+        capture.shared = shared
     prefix = None
     if shared:
         prefix = DynamicCache(config=model.config)
@@ -315,14 +324,14 @@ def _prefill(
 
     def run(g_ids: torch.Tensor, g_mask: torch.Tensor, rows: list[int]) -> tuple[Any, torch.Tensor]:
         cache = DynamicCache(config=model.config)
+        if capture is not None:  # the states it pools are this call's positions: the row's own tokens
+            capture.current = (g_mask, rows)
         if prefix is not None:
             for i, layer in enumerate(prefix.layers):
                 cache.update(
                     layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), i
                 )
             g_mask = torch.cat([g_mask.new_ones((len(rows), shared)), g_mask], 1)
-        if capture is not None:
-            capture.current = (g_mask, rows)
         out = model(
             input_ids=g_ids,
             attention_mask=g_mask,
@@ -379,11 +388,15 @@ class _Capture:
         self.state: torch.Tensor | None = None
         self.n = n
         self.current: tuple[torch.Tensor, list[int]] | None = None
+        self.shared = 0  # leading template tokens _prefill computed once for all rows, not in `current`
 
     def __call__(self, _m: Any, _a: Any, output: Any) -> None:
+        if self.current is None:  # the shared prefix's own pass: no row's state is read there
+            return
         hidden = output[0] if isinstance(output, tuple) else output
-        mask, rows = self.current  # type: ignore[misc]
-        pooled = pool(hidden, mask, self.pooling, self.offset, self.head).float().cpu()  # type: ignore[arg-type]
+        mask, rows = self.current
+        head = self.head - self.shared if self.pooling == "user_mean" else self.head
+        pooled = pool(hidden, mask, self.pooling, self.offset, head).float().cpu()  # type: ignore[arg-type]
         if self.state is None:
             self.state = pooled.new_zeros((self.n, pooled.shape[-1]))
         self.state[torch.as_tensor(rows)] = pooled
