@@ -425,7 +425,7 @@ def _greedy_decode(
     n, dev = ids.shape[0], ids.device
     out = torch.full((n, budget), pad_id, dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)  # the batch row of each row still decoding
-    stops = torch.as_tensor(stop_ids, device=dev)
+    stops = torch.as_tensor(stop_ids, dtype=torch.long, device=dev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     cur, steps = ids[:, -1:], 0
     for step in range(budget):
