@@ -382,6 +382,12 @@ def test_drift_base_pass_from_the_shared_blocks_equals_a_full_base_pass(tiny_qwe
     path, layers = find_decoder_layers(peft)
     adapted = replace(lm, model=peft, layers=layers, layers_path=path)
     assert shared_blocks(adapted) == n // 2
+    # a family that rescales inputs_embeds (Gemma: by sqrt(d)) would scale the replayed state twice
+    peft.config.model_type = "gemma"
+    try:
+        assert shared_blocks(adapted) == 0
+    finally:
+        peft.config.model_type = "qwen2"
     seqs = [lm.tokenizer(t)["input_ids"] for t in ["Habari ya asubuhi, rafiki yangu", "hi", "你好，世界"]]
     ids, mask = pad_batch(seqs, lm.tokenizer.pad_token_id or 0, "left")
     lp, lb = paired_log_probs(adapted, ids, mask)
