@@ -26,8 +26,6 @@ of 33. The numbers are identical (tests).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,8 +176,9 @@ class BaseReference:
             save_file(self.tensors, str(tmp), metadata={"key": self.key})
 
 
-def reference_key(lm: LoadedModel, k: int, batch_size: int, texts: Sequence[str]) -> str:
-    """What the base states of :class:`BaseReference` depend on."""
+def reference_key(lm: LoadedModel, k: int, batch_size: int, texts: Any) -> str:
+    """What the base states of :class:`BaseReference` depend on (``texts``: any JSON-able record of
+    the texts, in the order they are batched)."""
     from lasa.models import weights_signature
     from lasa.runs import fingerprint
 
@@ -192,7 +191,7 @@ def reference_key(lm: LoadedModel, k: int, batch_size: int, texts: Sequence[str]
             "device": param.device.type,
             "split": k,
             "batch_size": batch_size,
-            "texts": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest(),
+            "texts": texts,
         }
     )
 
@@ -334,7 +333,7 @@ def eval_drift(
     reference = None
     split = shared_blocks(lm) if _has_adapter(lm) else 0
     if reference_path is not None and split > 0:
-        key = reference_key(lm, split, batch_size, [*map(str, langs), json.dumps(texts), json.dumps(chats)])
+        key = reference_key(lm, split, batch_size, {"langs": langs, "flores": texts, "chats": chats})
         reference = BaseReference(Path(reference_path), key)
     per: dict[str, dict] = {}
     for lang in langs:
