@@ -469,6 +469,45 @@ def test_gated_variant_copies_unflagged_rows_from_its_ungated_twin(lm, tmp_path)
     assert not any(r["response"].startswith("TWIN") for r in fresh)
 
 
+def test_gated_variants_of_a_run_share_raw_prompt_scores(lm, tmp_path):
+    """A raw-prompt SSI reads the base model's state, so the gated variants of one run score a prompt
+    alike: the first keeps its scores, a later one flags from them without a scoring pass, and a
+    gate without a memo (the benchmark's) scores every time."""
+    from lasa.evaluate import generate_samples, load_known_scores, save_known_scores
+
+    samples = [{"uid": f"u{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]], chat_template=False)
+    plain = Gate(ssi)
+    generate_all(lm, PROMPTS, SETTINGS, plain, progress=False)
+    calls = len(ssi.seen)
+    generate_all(lm, PROMPTS, SETTINGS, plain, progress=False)
+    assert len(ssi.seen) == 2 * calls > 0 and plain.known_scores is None
+
+    path = tmp_path / "eval" / "ssi_scores.json"
+    first = Gate(ssi)
+    load_known_scores(path, lm, first)
+    assert first.known_scores == {}
+    a = generate_samples(lm, [(samples, tmp_path / "a.jsonl")], SETTINGS, first, "first")[0]
+    assert set(first.known_scores) == set(PROMPTS) and first.known_scores[PROMPTS[1]] == 1.0
+    save_known_scores(path, lm, first)
+    later = Gate(ssi)
+    load_known_scores(path, lm, later)
+    assert later.known_scores == first.known_scores
+    seen = len(ssi.seen)
+    b = generate_samples(lm, [(samples, tmp_path / "b.jsonl")], SETTINGS, later, "later")[0]
+    assert len(ssi.seen) == seen  # no scoring pass at all
+    assert [r["gated"] for r in b] == [r["gated"] for r in a] == [False, True, False, False, False]
+    assert [r["response"] for r in b] == [r["response"] for r in a]
+    # another SSI never reads these scores; a chat-format SSI reads the prefill and keeps none
+    other = StubSSI(lm, layer=1, flag_prompts=[PROMPTS[0]], chat_template=False)
+    g = Gate(other)
+    load_known_scores(path, lm, g)
+    assert g.known_scores == {}
+    chat = Gate(StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]]))
+    load_known_scores(path, lm, chat)
+    assert chat.known_scores is None
+
+
 def test_completions_made_with_other_settings_are_regenerated_and_old_records_reused(lm, tmp_path, caplog):
     """A resumed evaluation reuses a stored completion only if it was generated the way this one
     would be: the pipeline reruns a stage whose config changed, and the per-sample cache must not

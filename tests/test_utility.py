@@ -356,6 +356,60 @@ def test_second_adapter_variant_reads_the_base_side_and_gets_the_same_drift(tiny
     assert other["mean"]["token_kl"] == pytest.approx(plain["mean"]["token_kl"], rel=1e-5)
 
 
+def test_base_variant_keeps_its_flores_pass_for_the_adapter_variants(tiny_qwen, tmp_path):
+    """In a run whose adapters leave the lower half alone, the base variant's own FLORES pass is the
+    base side the first adapter variant reads: its ppl_base is then the base variant's ppl exactly,
+    and every figure matches a computation without any reference."""
+    import copy
+    import json
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.models import find_decoder_layers
+    from lasa.utility.drift import eval_drift, run_adapter_split
+
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    n = len(lm.layers)
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=list(range(n // 2, n)),
+        init_lora_weights=False,
+    )
+    peft = get_peft_model(copy.deepcopy(lm.model), lora)
+    path, layers = find_decoder_layers(peft)
+    adapted = replace(lm, model=peft, layers=layers, layers_path=path)
+    run = tmp_path / "run"
+    assert run_adapter_split(run) == 0  # no adapters yet
+    for name, first in (("kto", n // 2), ("lasa", n // 2)):
+        (run / "align" / name / "adapter").mkdir(parents=True)
+        cfg = {"layers_to_transform": list(range(first, n))}
+        (run / "align" / name / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    assert run_adapter_split(run) == n // 2
+    ref = run / "eval" / "drift_reference.safetensors"
+    langs = ["en", "sw"]
+    base = eval_drift(lm, langs, n=4, batch_size=3, progress=False, reference_path=ref, base_split=n // 2)
+    assert ref.is_file() and base["base_batches_kept"] == 4  # 2 languages x 2 FLORES batches
+    plain = eval_drift(adapted, langs, n=4, batch_size=3, progress=False)
+    read = eval_drift(adapted, langs, n=4, batch_size=3, progress=False, reference_path=ref)
+    assert read["base_batches_read"] == 4 and read["base_batches_kept"] == 4  # the chats: its own
+    for lang in langs:
+        assert read["per_language"][lang]["ppl_base"] == base["per_language"][lang]["ppl"]  # exactly
+        for key in ("ppl", "ppl_base", "token_kl", "first_token_kl"):
+            assert read["per_language"][lang][key] == pytest.approx(
+                plain["per_language"][lang][key], rel=1e-5
+            )
+    again = eval_drift(adapted, langs, n=4, batch_size=3, progress=False, reference_path=ref)
+    assert again["base_batches_read"] == 8 and again["per_language"] == read["per_language"]
+    # adapters that disagree on their first block: nothing is kept for them
+    cfg = {"layers_to_transform": list(range(1, n))}
+    (run / "align" / "lasa" / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    assert run_adapter_split(run) == 0
+
+
 def test_drift_base_pass_from_the_shared_blocks_equals_a_full_base_pass(tiny_qwen):
     """LoRA above a layer: the base pass restarts from the adapted pass's state below it and must
     give exactly the log-probs of a full forward with the adapter disabled."""

@@ -12,12 +12,15 @@ What the verdicts mean (ASR with intervals, agreement, over-refusal, gate rates)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lasa import distributed
 from lasa.asr import agreement, asr_metrics, gate_stats, over_refusal, over_refusal_by_language
@@ -240,7 +243,15 @@ def reuse_ungated(
     candidates = [(w, s) for w, s in todo if s["uid"] in donors]
     if not candidates:
         return todo
-    scores = gate.ssi.score(lm, [s["prompt"] for _, s in candidates], batch_size=batch_size, progress=False)
+    known = gate.known_scores if gate.known_scores is not None else {}
+    fresh = list(dict.fromkeys(s["prompt"] for _, s in candidates if s["prompt"] not in known))
+    if fresh:
+        known = known | dict(
+            zip(fresh, map(float, gate.ssi.score(lm, fresh, batch_size=batch_size, progress=False)))
+        )
+        if gate.known_scores is not None:
+            gate.known_scores.update(known)
+    scores = np.array([known[s["prompt"]] for _, s in candidates])
     flags = gate.ssi.flags(scores)
     reused = 0
     for (w, s), p, flag in zip(candidates, scores, flags):
@@ -258,6 +269,46 @@ def reuse_ungated(
     logger.info("%d unflagged completions copied from %s (identical by construction)", reused, twin)
     copied = {s["uid"] for (_, s), flag in zip(candidates, flags) if not flag}
     return [(w, s) for w, s in todo if s["uid"] not in copied]
+
+
+#: Raw-prompt SSI scores of this run's gated variants (:attr:`lasa.generate.Gate.known_scores`).
+SCORES_FILE = "ssi_scores.json"
+
+
+def _scores_key(lm: LoadedModel, gate: Gate) -> str:
+    """What a raw-prompt score depends on: the SSI and the base model's weights, dtype and device."""
+    from lasa.models import weights_signature
+
+    param = next(lm.model.parameters())
+    return fingerprint(
+        {
+            "ssi": gate.ssi.digest,
+            "weights": weights_signature(lm.spec),
+            "sample": lm.fingerprint.get("weight_sample"),
+            "dtype": str(param.dtype),
+            "device": param.device.type,
+        }
+    )
+
+
+def load_known_scores(path: Path, lm: LoadedModel, gate: Gate) -> None:
+    """Give a raw-prompt gate the scores an earlier gated variant of this run computed."""
+    if gate.from_prefill:
+        return
+    gate.known_scores = {}
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("ignoring unreadable %s", path)
+            return
+        if kept.get("key") == _scores_key(lm, gate):
+            gate.known_scores.update(kept.get("scores", {}))
+
+
+def save_known_scores(path: Path, lm: LoadedModel, gate: Gate) -> None:
+    if gate.known_scores and distributed.is_main():
+        write_json(path, {"key": _scores_key(lm, gate), "scores": gate.known_scores})
 
 
 def generate_samples(
@@ -342,6 +393,9 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
     if mt:
         tasks.append((mt, out / "completions_xstest_mt.jsonl"))
     twin = twin_dir(cfg) if cfg.gate and cfg.reuse_ungated and cfg.backend == "hf" else None
+    scores_path = RunDir(cfg.run_dir).path / "eval" / SCORES_FILE
+    if gate is not None and cfg.backend == "hf":
+        load_known_scores(scores_path, lm, gate)
     done = generate_samples(
         lm,
         tasks,
@@ -352,6 +406,8 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
         adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
         twin=twin,
     )
+    if gate is not None:
+        save_known_scores(scores_path, lm, gate)
     if distributed.is_main():
         RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
     return GenerateResult(

@@ -121,6 +121,12 @@ class Gate:
     ssi: Any  # lasa.ssi.SSI
     conditioning_text: str = CONDITIONING_TEXT
     conditioning_ids: list[int] = field(default_factory=list)
+    #: Opt-in memo of raw-prompt scores by prompt text (None: every batch runs its scoring pass).
+    #: A raw-prompt SSI reads the *base* model's state at L*, so within one run every gated variant
+    #: gets the same score for the same prompt: ``lasa evaluate`` keeps them in
+    #: ``RUN/eval/ssi_scores.json`` and a later gated variant skips the pass (and flags exactly the
+    #: prompts the earlier one flagged). Chat-format SSIs read the prefill and never use it.
+    known_scores: dict[str, float] | None = None
 
     @property
     def layer(self) -> int:
@@ -471,7 +477,9 @@ def _generate_batch(
         and gate.pooling != "mean"
         and not _gate_needs_base_pass(lm, gate)
     )
-    if gate is not None and not read_prefill:
+    memo = gate.known_scores if gate is not None and not read_prefill else None
+    known = np.array([memo[p] for p in raw]) if memo is not None and all(p in memo for p in raw) else None
+    if gate is not None and not read_prefill and known is None:
         from lasa.hidden import extract_states
         from lasa.ssi import state_max_length
 
@@ -509,7 +517,12 @@ def _generate_batch(
         scores = None
         flagged = torch.zeros(n, dtype=torch.bool, device=dev)
     else:
-        scores = gate.ssi.predict_proba(capture.state if capture is not None else states)
+        if known is not None:
+            scores = known
+        else:
+            scores = gate.ssi.predict_proba(capture.state if capture is not None else states)
+            if capture is None and gate.known_scores is not None:
+                gate.known_scores.update(zip(raw, map(float, scores)))
         flagged = torch.as_tensor(gate.ssi.flags(scores), device=dev)
 
     # 2. conditioning tokens for flagged rows, masked holes for the others (all but the last token)

@@ -26,8 +26,9 @@ of 33. The numbers are identical (tests).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,19 @@ def shared_blocks(lm: LoadedModel) -> int:
     touches the first block, or when the blocks differ by type (sliding-window layers are indexed
     by position, so a shortened block list would give them the wrong mask)."""
     from lasa.generate import adapter_layers
-    from lasa.models import text_config
 
     touched = adapter_layers(lm)
-    if not touched:
-        return 0
+    return min(touched) - 1 if touched and can_restart(lm) else 0
+
+
+def can_restart(lm: LoadedModel) -> bool:
+    """Whether a pass can start at a block's output (:class:`_from_block`) on this model."""
+    from lasa.models import text_config
+
     cfg = text_config(lm.model.config)
     if getattr(cfg, "model_type", "") in _SCALED_EMBEDDINGS:
-        return 0
-    kinds = set(getattr(cfg, "layer_types", None) or ["uniform"])
-    return min(touched) - 1 if len(kinds) == 1 else 0
+        return False
+    return len(set(getattr(cfg, "layer_types", None) or ["uniform"])) == 1
 
 
 class _from_block:
@@ -127,8 +131,8 @@ class BaseReference:
     recomputed from the kept states must give exactly the base pass's log-probs — a model that
     post-processes its logits (soft-capping) fails that, and nothing is kept for it."""
 
-    def __init__(self, path: Path | None, key: str):
-        self.path, self.key = path, key
+    def __init__(self, path: Path | None, key: str, split: int = 0):
+        self.path, self.key, self.split = path, key, split
         self.tensors: dict[str, torch.Tensor] = {}
         self.added = 0
         self.enabled = True
@@ -145,10 +149,10 @@ class BaseReference:
             except Exception:  # a damaged file is recomputed, never trusted
                 logger.warning("drift: ignoring unreadable %s", path)
 
-    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def get(self, name: str, count: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
         if f"{name}/k" not in self.tensors:
             return None
-        self.hits += 1
+        self.hits += count
         return self.tensors[f"{name}/k"], self.tensors[f"{name}/final"]
 
     def put(
@@ -220,30 +224,39 @@ def paired_log_probs(
             lp = _forward(lm, ids, mask, keep, embeds=state)
         return lp, _head_log_probs(lm, final)
     grabbed: dict[str, torch.Tensor] = {}
+    with _grabbing(lm, grabbed, block=k):
+        lp = _forward(lm, ids, mask, keep)
+    with _grabbing(lm, grabbed, head_input=True), base_model(lm), _from_block(lm, k):
+        lb = _forward(lm, ids, mask, keep, embeds=grabbed["h"])
+    if reference is not None:
+        reference.put(lm, name, grabbed["h"], grabbed["final"], lb)
+    return lp, lb
+
+
+@contextlib.contextmanager
+def _grabbing(
+    lm: LoadedModel, into: dict[str, torch.Tensor], block: int = 0, head_input: bool = False
+) -> Iterator[None]:
+    """Keep, in ``into``, the output of decoder block ``block`` (1-based; ``"h"``) and / or the LM
+    head's input (``"final"``) of the passes run inside."""
 
     def grab(_mod: Any, _inp: Any, out: Any) -> None:
-        grabbed["h"] = out[0] if isinstance(out, tuple) else out
+        into["h"] = out[0] if isinstance(out, tuple) else out
 
     def grab_final(_mod: Any, args: Any) -> tuple:
         # a fresh copy, laid out as when it is read back: the head then multiplies the same layout
         # (a ``logits_to_keep`` slice is a strided view, which rounds differently)
-        grabbed["final"] = args[0].clone(memory_format=torch.contiguous_format)
-        return (grabbed["final"], *args[1:])
+        into["final"] = args[0].clone(memory_format=torch.contiguous_format)
+        return (into["final"], *args[1:])
 
-    hook = lm.layers[k - 1].register_forward_hook(grab)
+    hooks = [lm.layers[block - 1].register_forward_hook(grab)] if block else []
+    if head_input:
+        hooks.append(lm.model.get_output_embeddings().register_forward_pre_hook(grab_final))
     try:
-        lp = _forward(lm, ids, mask, keep)
+        yield
     finally:
-        hook.remove()
-    head_hook = lm.model.get_output_embeddings().register_forward_pre_hook(grab_final)
-    try:
-        with base_model(lm), _from_block(lm, k):
-            lb = _forward(lm, ids, mask, keep, embeds=grabbed["h"])
-    finally:
-        head_hook.remove()
-    if reference is not None:
-        reference.put(lm, name, grabbed["h"], grabbed["final"], lb)
-    return lp, lb
+        for h in hooks:
+            h.remove()
 
 
 @torch.inference_mode()
@@ -273,6 +286,13 @@ def token_drift(
             lp, lb = (
                 x[:, :-1] for x in paired_log_probs(lm, ids, mask, reference=reference, name=f"{desc}/{b}")
             )
+        elif reference is not None and reference.split and reference.get(f"{desc}/{b}", count=False) is None:
+            # the base variant of a run with adapters: its own pass is the base side they compare with
+            grabbed: dict[str, torch.Tensor] = {}
+            with _grabbing(lm, grabbed, block=reference.split, head_input=True):
+                full = _forward(lm, ids, mask)
+            reference.put(lm, f"{desc}/{b}", grabbed["h"], grabbed["final"], full)
+            lp = full[:, :-1]
         else:
             lp = _forward(lm, ids, mask)[:, :-1]
         target = ids[:, 1:].to(lp.device)
@@ -319,11 +339,15 @@ def eval_drift(
     batch_size: int = 8,
     progress: bool = True,
     reference_path: str | Path | None = None,
+    base_split: int = 0,
 ) -> dict:
     """Per language: FLORES perplexity (adapter and base), token KL and first-token KL; means.
 
     ``reference_path``: where the base side of the comparison is kept for the next adapter variant
-    (:class:`BaseReference`; ``lasa evaluate`` passes ``RUN/eval/drift_reference.safetensors``)."""
+    (:class:`BaseReference`; ``lasa evaluate`` passes ``RUN/eval/drift_reference.safetensors``).
+    ``base_split``: for a model without an adapter, the number of leading blocks they leave alone (:func:`run_adapter_split`):
+    the base variant's own FLORES pass is then kept as the base side the adapter variants read,
+    so the first of them runs the FLORES texts through its adapted blocks only."""
     from lasa.data.safety import evaluation_prompts, flores
 
     langs = list(langs or LANGUAGES)
@@ -331,10 +355,12 @@ def eval_drift(
     texts = {lang: [p.text for p in flores(lang, "eval")][:n] for lang in langs}
     chats = {lang: [p.text for p in benign if p.lang == lang and p.label == 0][:n] for lang in langs}
     reference = None
-    split = shared_blocks(lm) if _has_adapter(lm) else 0
+    # the base variant keeps its pass for the adapter variants that split at ``base_split``
+    base_keeps = base_split > 0 and not _has_adapter(lm) and can_restart(lm)
+    split = shared_blocks(lm) if _has_adapter(lm) else (base_split if base_keeps else 0)
     if reference_path is not None and split > 0:
         key = reference_key(lm, split, batch_size, {"langs": langs, "flores": texts, "chats": chats})
-        reference = BaseReference(Path(reference_path), key)
+        reference = BaseReference(Path(reference_path), key, split)
     per: dict[str, dict] = {}
     for lang in langs:
         row = token_drift(lm, texts[lang], batch_size, progress, desc=f"drift {lang}", reference=reference)
@@ -358,4 +384,23 @@ def eval_drift(
         "adapter": _has_adapter(lm),
         "n_per_language": n,
         "base_batches_read": reference.hits if reference is not None else 0,
+        "base_batches_kept": reference.added if reference is not None else 0,
     }
+
+
+def run_adapter_split(run_dir: str | Path) -> int:
+    """How many leading decoder blocks every LoRA adapter under ``RUN/align/`` leaves alone (0 when
+    there is none, when one adapts the first block, or when they disagree): where the adapter
+    variants' drift will split, so that the base variant can keep its pass for them."""
+    import json
+
+    splits = set()
+    for cfg_path in sorted(Path(run_dir, "align").glob("*/adapter/adapter_config.json")):
+        try:
+            layers = json.loads(cfg_path.read_text()).get("layers_to_transform")
+        except (OSError, ValueError):
+            return 0
+        if isinstance(layers, int):
+            layers = [layers]
+        splits.add(min(layers) if layers else 0)
+    return splits.pop() if len(splits) == 1 else 0

@@ -35,10 +35,18 @@ def _mmlu(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict
 
 def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dict, list[dict] | None]:
     from lasa.runs import RunDir
-    from lasa.utility.drift import REFERENCE_FILE, eval_drift
+    from lasa.utility.drift import REFERENCE_FILE, eval_drift, run_adapter_split
 
     reference = RunDir(cfg.run_dir).path / "eval" / REFERENCE_FILE
-    return eval_drift(lm, cfg.langs, cfg.drift_n, cfg.utility_batch_size, reference_path=reference), None
+    summary = eval_drift(
+        lm,
+        cfg.langs,
+        cfg.drift_n,
+        cfg.utility_batch_size,
+        reference_path=reference,
+        base_split=run_adapter_split(cfg.run_dir),
+    )
+    return summary, None
 
 
 #: The utility tasks by name (names validated against lasa.config.UTILITY_TASKS when cfg is built):
