@@ -234,16 +234,16 @@ def test_gate_conditions_only_flagged_rows(lm, monkeypatch):
     sliced, original = [], lasa.generate._forward_flagged_rows
 
     def spy(model, cache, flagged, chunk, mask):
-        done = original(model, cache, flagged, chunk, mask)
-        sliced.append((done, int(flagged.sum()), len(flagged)))
-        return done
+        logits = original(model, cache, flagged, chunk, mask)
+        sliced.append((logits is not None and len(logits), int(flagged.sum()), len(flagged)))
+        return logits
 
     monkeypatch.setattr(lasa.generate, "_forward_flagged_rows", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # the KV cache goes in under its current name
         gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
     # the conditioning chunk went through the cache for the flagged rows only (2 of the 5)
-    assert sliced == [(True, 2, 5)]
+    assert sliced == [(2, 2, 5)]  # and it gave those rows their first token
     assert [r["gated"] for r in gated] == [True, False, False, True, False]
     for i in (1, 2, 4):  # unflagged rows are untouched, bit for bit
         assert gated[i]["response"] == plain[i]["response"]

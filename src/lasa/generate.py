@@ -9,10 +9,12 @@ the model continues. lasa does this inside one generation call:
    last prompt token's state as it goes by (an SSI trained on chat-templated
    prompts reads exactly this state; one trained on raw prompts gets a truncated pass over the
    raw text instead, layers 1..L* only);
-2. for the flagged rows, the conditioning tokens are pushed through the cache in one chunk;
+2. for the flagged rows, the conditioning tokens are pushed through the cache in one chunk, whose
+   last position gives them their first token (an unflagged row has its own from the prefill);
    unflagged rows receive masked "holes" in that chunk (attention mask 0, no position advance),
    so their continuation is bit-identical to ungated generation;
-3. ``model.generate`` continues all rows from that cache.
+3. greedy decoding (or ``model.generate`` when sampling) continues all rows from that cache, one
+   token already generated in each: a gated batch decodes no more steps than an ungated one.
 
 No second pass over the prompt and no second model load. Left padding is handled by the
 attention mask and mask-derived position ids, so batched and batch-1 outputs agree.
@@ -212,13 +214,14 @@ def _cache_kw() -> str:
 
 def _forward_flagged_rows(
     model: Any, cache: Any, flagged: torch.Tensor, chunk: torch.Tensor, mask: torch.Tensor
-) -> bool:
-    """Push the conditioning chunk through the KV cache for the flagged rows only.
+) -> torch.Tensor | None:
+    """Push the conditioning chunk through the KV cache for the flagged rows only; return their
+    next-token logits after it (one row per flagged row).
 
     The unflagged rows of the batch get zero keys and values at the chunk's positions, which their
     attention mask hides (as the masked holes of a full-batch chunk would be): the gate then costs
     the conditioning tokens of the rows it flags, not of every row (the flagged rows' cache is copied
-    once, which costs memory in proportion to them). Returns False, leaving the cache untouched,
+    once, which costs memory in proportion to them). Returns None, leaving the cache untouched,
     where there is nothing to save (every row flagged) or the cache's layers are not plain
     :class:`~transformers.DynamicCache` layers (e.g. sliding-window ones that keep only the last
     window): the caller then forwards the chunk for the whole batch."""
@@ -227,26 +230,26 @@ def _forward_flagged_rows(
     rows = flagged.nonzero()[:, 0]
     layers = getattr(cache, "layers", None)
     if len(rows) == len(flagged) or not _plain_layers(cache):
-        return False
+        return None
     k = chunk.shape[1]
     sub = DynamicCache(config=model.config)
     for i, layer in enumerate(layers):
         sub.update(layer.keys[rows], layer.values[rows], i)
     sub_mask = mask[rows]
-    model(
+    logits = model(
         input_ids=chunk[rows],
         attention_mask=sub_mask,
         position_ids=position_ids_from_mask(sub_mask)[:, -k:],
         use_cache=True,
         **{_cache_kw(): sub},
         logits_to_keep=1,
-    )
+    ).logits[:, -1]
     for i, (layer, part) in enumerate(zip(layers, sub.layers)):
         keys = layer.keys.new_zeros((*layer.keys.shape[:2], k, layer.keys.shape[3]))
         values = layer.values.new_zeros((*layer.values.shape[:2], k, layer.values.shape[3]))
         keys[rows], values[rows] = part.keys[:, :, -k:], part.values[:, :, -k:]
         cache.update(keys, values, i)
-    return True
+    return logits
 
 
 def _plain_layers(cache: Any) -> bool:
@@ -525,30 +528,34 @@ def _generate_batch(
                 gate.known_scores.update(zip(raw, map(float, scores)))
         flagged = torch.as_tensor(gate.ssi.flags(scores), device=dev)
 
-    # 2. conditioning tokens for flagged rows, masked holes for the others (all but the last token)
+    # 2. conditioning tokens for flagged rows, masked holes for the others; the chunk's last position
+    #    gives a flagged row its first token, so every row enters decoding with one token generated
     cond = torch.as_tensor(gate.conditioning_ids if gate is not None else [], dtype=torch.long, device=dev)
-    if bool(flagged.any()) and len(cond) > 1:
-        k = len(cond) - 1
+    if bool(flagged.any()) and len(cond) > 0:
+        k = len(cond)
         chunk = torch.full((n, k), tok.pad_token_id, dtype=torch.long, device=dev)
-        chunk[flagged] = cond[:-1]
+        chunk[flagged] = cond
         chunk_mask = flagged[:, None].long().expand(n, k)
         mask = torch.cat([mask, chunk_mask], 1)
-        if not _forward_flagged_rows(model, cache, flagged, chunk, mask):
-            model(
+        cond_logits = _forward_flagged_rows(model, cache, flagged, chunk, mask)
+        if cond_logits is None:
+            cond_logits = model(
                 input_ids=chunk,
                 attention_mask=mask,
                 position_ids=position_ids_from_mask(mask)[:, -k:],
                 use_cache=True,
                 **{_cache_kw(): cache},
                 logits_to_keep=1,
-            )
+            ).logits[flagged, -1]
+        if settings.min_new_tokens:
+            cond_logits[:, _stop_ids(tok)] = float("-inf")
+        first = first.clone()
+        first[flagged] = first_token(cond_logits, settings)
         ids = torch.cat([ids, chunk], 1)
-    # 3. the next input token: the conditioning's last token, or the model's own first token
-    nxt = torch.where(flagged, cond[-1], first) if bool(flagged.any()) else first
-    ids = torch.cat([ids, nxt[:, None]], 1)
+    # 3. decoding continues from every row's first token
+    ids = torch.cat([ids, first[:, None]], 1)
     mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], 1)
-    # unflagged rows already have their first token; flagged rows need the full budget
-    budget = settings.max_new_tokens if bool(flagged.any()) else settings.max_new_tokens - 1
+    budget = settings.max_new_tokens - 1
     if budget > 0 and not settings.do_sample and _plain_layers(cache):
         new = _greedy_decode(
             model, cache, ids, mask, budget, _stop_ids(tok), tok.pad_token_id, settings.min_new_tokens
@@ -564,7 +571,7 @@ def _generate_batch(
         new = torch.zeros((n, 0), dtype=torch.long, device=dev)
     rows = []
     for i in range(n):
-        toks = new[i].tolist() if bool(flagged[i]) else [int(first[i]), *new[i].tolist()]
+        toks = [int(first[i]), *new[i].tolist()]
         rows.append(
             {
                 "tokens": toks[: settings.max_new_tokens],
