@@ -117,6 +117,42 @@ def test_judgements_are_cached_per_sample(tmp_path):
     assert calls == [3, 1] and [r["uid"] for r in out] == ["u0", "u1", "u2"]
 
 
+def test_other_variants_verdicts_on_identical_answers_are_taken_not_judged_again(tmp_path):
+    from lasa.evaluate import _judged
+    from lasa.judges import Judgement
+    from lasa.runs import read_jsonl
+
+    judged: list[str] = []
+
+    class Counting:
+        name, version = "counting", "1"
+
+        def judge(self, items):
+            judged.extend(i.response for i in items)
+            return [Judgement("unsafe" if "bomb" in i.response else "safe", 0.5, False, "") for i in items]
+
+    base = [{"uid": f"u{i}", "prompt": "p", "response": f"r{i}", "lang": "en"} for i in range(4)]
+    base[2]["response"] = "a bomb"
+    eval_dir = tmp_path / "eval"
+    for d in ("base", "base+gate", "kto"):
+        (eval_dir / d).mkdir(parents=True)
+    name = "judgements_counting.jsonl"
+    _judged(Counting(), base, eval_dir / "base", name)
+    assert judged == ["r0", "r1", "a bomb", "r3"]
+    gated = [dict(s) for s in base]
+    gated[1]["response"] = "I'm sorry"  # a gated answer differs; the others are the twin's
+    out = _judged(Counting(), gated, eval_dir / "base+gate", name)
+    assert judged[4:] == ["I'm sorry"]  # only the new answer is judged
+    assert [r["label"] for r in out] == ["safe", "safe", "unsafe", "safe"]
+    assert [r["uid"] for r in read_jsonl(eval_dir / "base+gate" / name)] == ["u0", "u2", "u3", "u1"]
+    # another judge version never takes them; a changed answer under the same uid is judged
+    Counting.version = "2"
+    kto = [dict(s) for s in base]
+    kto[3]["response"] = "r3 changed"
+    _judged(Counting(), kto, eval_dir / "kto", name)
+    assert judged[5:] == ["r0", "r1", "a bomb", "r3 changed"]
+
+
 def test_llm_label_parsing():
     assert parse_label("Unsafe.") == "unsafe"
     assert parse_label("The response is safe") == "safe"

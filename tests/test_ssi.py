@@ -215,6 +215,31 @@ def test_saved_ssi_round_trips_and_refuses_other_models(interpreted, tiny_qwen, 
         ssi.check_model(lm, layer=3)
 
 
+def test_interpret_keeps_every_prompt_score_for_a_raw_prompt_gate(interpreted, tiny_qwen):
+    """scores.json holds p(harmful) of every prompt interpret extracted, under the key a gate of the
+    loaded SSI computes: the evaluation's gate takes them (no scoring pass) and they agree with
+    scoring the prompt afresh."""
+    from lasa.data.safety import xstest
+    from lasa.evaluate import load_known_scores
+    from lasa.generate import Gate
+    from lasa.ssi import SCORES_FILE, read_scores, scores_key
+
+    ssi = SSI.load(interpreted)
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    kept = read_scores(interpreted / "ssi" / SCORES_FILE, scores_key(ssi, lm))
+    prompts = [r["prompt"] for r in xstest()[:6]]
+    assert len(kept) > 450 and all(p in kept for p in prompts)
+    fresh = ssi.score(lm, prompts, progress=False)
+    assert np.allclose([kept[p] for p in prompts], fresh, atol=1e-5)
+    gate = Gate(ssi)
+    load_known_scores(interpreted / "eval" / "ssi_scores.json", lm, gate)
+    assert gate.known_scores == kept
+    # another threshold is another gate: it never takes these
+    other = Gate(ssi.with_threshold(0.9))
+    load_known_scores(interpreted / "eval" / "ssi_scores.json", lm, other)
+    assert other.known_scores == {}
+
+
 def test_interpret_bad_inputs_are_one_line(capsys, tiny_qwen, tmp_path):
     rc = main(["interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "9"])
     err = capsys.readouterr().err

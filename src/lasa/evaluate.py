@@ -12,7 +12,6 @@ What the verdicts mean (ASR with intervals, agreement, over-refusal, gate rates)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -271,44 +270,38 @@ def reuse_ungated(
     return [(w, s) for w, s in todo if s["uid"] not in copied]
 
 
-#: Raw-prompt SSI scores of this run's gated variants (:attr:`lasa.generate.Gate.known_scores`).
+#: Raw-prompt SSI scores of this run's gated variants (:attr:`lasa.generate.Gate.known_scores`);
+#: the SSI's own ``scores.json`` (every prompt ``lasa interpret`` extracted) is read first.
 SCORES_FILE = "ssi_scores.json"
 
 
-def _scores_key(lm: LoadedModel, gate: Gate) -> str:
-    """What a raw-prompt score depends on: the SSI and the base model's weights, dtype and device."""
-    from lasa.models import weights_signature
-
-    param = next(lm.model.parameters())
-    return fingerprint(
-        {
-            "ssi": gate.ssi.digest,
-            "weights": weights_signature(lm.spec),
-            "sample": lm.fingerprint.get("weight_sample"),
-            "dtype": str(param.dtype),
-            "device": param.device.type,
-        }
-    )
-
-
 def load_known_scores(path: Path, lm: LoadedModel, gate: Gate) -> None:
-    """Give a raw-prompt gate the scores an earlier gated variant of this run computed."""
+    """Give a raw-prompt gate the scores its SSI's interpret stage and this run's earlier gated
+    variants computed (``Gate.known_scores``); a chat-format gate reads the prefill instead."""
+    from lasa.ssi import SCORES_FILE as SSI_SCORES
+    from lasa.ssi import read_scores, scores_key
+
     if gate.from_prefill:
         return
-    gate.known_scores = {}
-    if path.is_file():
-        try:
-            kept = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning("ignoring unreadable %s", path)
-            return
-        if kept.get("key") == _scores_key(lm, gate):
-            gate.known_scores.update(kept.get("scores", {}))
+    key = scores_key(gate.ssi, lm)
+    source = getattr(gate.ssi, "source", None)
+    gate.known_scores = read_scores(Path(source) / SSI_SCORES, key) if source else {}
+    gate.known_scores.update(read_scores(path, key))
 
 
 def save_known_scores(path: Path, lm: LoadedModel, gate: Gate) -> None:
-    if gate.known_scores and distributed.is_main():
-        write_json(path, {"key": _scores_key(lm, gate), "scores": gate.known_scores})
+    """Keep what this variant scored beyond its SSI's own ``scores.json`` for the next gated variant."""
+    from lasa.ssi import SCORES_FILE as SSI_SCORES
+    from lasa.ssi import read_scores, scores_key, write_scores
+
+    if not gate.known_scores or not distributed.is_main():
+        return
+    key = scores_key(gate.ssi, lm)
+    source = getattr(gate.ssi, "source", None)
+    interpreted = read_scores(Path(source) / SSI_SCORES, key) if source else {}
+    new = {p: v for p, v in gate.known_scores.items() if p not in interpreted}
+    if new:
+        write_scores(path, key, read_scores(path, key) | new)
 
 
 def generate_samples(
@@ -433,9 +426,18 @@ def _refusal_judge(cfg: EvaluateConfig, verdicts: dict[str, list[dict]]) -> str 
     )
 
 
+def _judged(judge: Any, samples: list[dict], out: Path, name: str) -> list[dict]:
+    """``judge_samples`` into ``out/name``, taking the other variants' verdicts on identical answers
+    (same uid, same response: ``RUN/eval/*/name``) instead of judging them again."""
+    from lasa.judges import judge_samples
+
+    others = sorted(d / name for d in out.parent.iterdir() if d.is_dir() and d != out)
+    return judge_samples(judge, samples, out / name, donors=others)
+
+
 def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> EvaluateResult:
     """``lasa evaluate``: generate what is missing, judge, measure utility, write results.json."""
-    from lasa.judges import get_judge, judge_samples
+    from lasa.judges import get_judge
 
     t0 = time.time()
     # judge and utility names (and the llm judge's endpoint) are validated when cfg is built,
@@ -459,13 +461,11 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
         )
         judge_info[jname] = getattr(judge, "description", jname)
         validation[jname] = getattr(judge, "validation", None) or {}
-        verdicts[jname] = judge_samples(judge, gen.multijail, out / f"judgements_{jname}.jsonl")
+        verdicts[jname] = _judged(judge, gen.multijail, out, f"judgements_{jname}.jsonl")
         if gen.xstest and jname != "llm":
-            xs_verdicts[jname] = judge_samples(judge, gen.xstest, out / f"judgements_xstest_{jname}.jsonl")
+            xs_verdicts[jname] = _judged(judge, gen.xstest, out, f"judgements_xstest_{jname}.jsonl")
         if gen.xstest_mt and jname != "llm":
-            mt_verdicts[jname] = judge_samples(
-                judge, gen.xstest_mt, out / f"judgements_xstest_mt_{jname}.jsonl"
-            )
+            mt_verdicts[jname] = _judged(judge, gen.xstest_mt, out, f"judgements_xstest_mt_{jname}.jsonl")
     timings["judge_seconds"] = round(time.time() - t1, 1)
     asr = {
         j: asr_metrics(gen.multijail, v, cfg.langs, validation=validation[j].get("unsafe_counts"))

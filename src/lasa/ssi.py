@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,7 @@ class SSI:
         self.module = module.eval()
         self.meta = meta
         self.calibration = calibration
+        self.source: Path | None = None  # the directory it was loaded from
 
     def without_calibration(self) -> SSI:
         """The same SSI scoring every language on the one validated scale (no per-language offsets)."""
@@ -199,7 +201,9 @@ class SSI:
                 langs = (f.metadata() or {})["languages"].split()
                 t = {k: f.get_tensor(k) for k in ("weight", "bias", "offsets")}
             calibration = LanguageCalibration(langs, t["weight"], t["bias"], t["offsets"])
-        return cls(module, meta, calibration)
+        ssi = cls(module, meta, calibration)
+        ssi.source = path
+        return ssi
 
     # -- inference -----------------------------------------------------------------------
     def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
@@ -254,3 +258,43 @@ class SSI:
 
     def flags(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs) > self.threshold
+
+
+#: Per-prompt p(harmful) kept beside an SSI (``RUN/ssi/scores.json``: ``lasa interpret`` scores every
+#: prompt it extracted) and by a run's gated variants (``RUN/eval/ssi_scores.json``): a raw-prompt
+#: SSI reads the base model's state, so a later gate can take a prompt's score instead of a pass.
+SCORES_FILE = "scores.json"
+
+
+def scores_key(ssi: Any, lm: LoadedModel) -> str:
+    """What a raw-prompt score depends on: the SSI (:attr:`SSI.digest`) and the base model's
+    weights, dtype and device."""
+    from lasa.models import weights_signature
+    from lasa.runs import fingerprint
+
+    param = next(lm.model.parameters())
+    return fingerprint(
+        {
+            "ssi": ssi.digest,
+            "weights": weights_signature(lm.spec),
+            "sample": lm.fingerprint.get("weight_sample"),
+            "dtype": str(param.dtype),
+            "device": param.device.type,
+        }
+    )
+
+
+def read_scores(path: Path, key: str) -> dict[str, float]:
+    """The scores kept in ``path`` under ``key`` (empty when absent, unreadable or another key)."""
+    if not path.is_file():
+        return {}
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning("ignoring unreadable %s", path)
+        return {}
+    return {str(k): float(v) for k, v in kept.get("scores", {}).items()} if kept.get("key") == key else {}
+
+
+def write_scores(path: Path, key: str, scores: dict[str, float]) -> None:
+    write_json(path, {"key": key, "scores": scores})

@@ -32,7 +32,7 @@ from lasa.interpret.train import Split, fit_and_evaluate, group_split
 from lasa.models import LoadedModel, base_model, validate_layer
 from lasa.results import InterpretResult
 from lasa.runs import RunDir, atomic_path, fingerprint, write_json
-from lasa.ssi import INDEX_CONVENTION, SSI
+from lasa.ssi import INDEX_CONVENTION, SCORES_FILE, SSI, scores_key, write_scores
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +249,9 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
         "seed": cfg.seed,
     }
     ssi.save(out)
+    if not cfg.chat_template:  # a raw-prompt gate can take these instead of a pass (Gate.known_scores)
+        probs = ssi.predict_proba(states[layer])
+        write_scores(out / SCORES_FILE, scores_key(ssi, lm), dict(zip(texts, map(float, probs))))
     question_form_unseen = [g for g in unseen if "flores" not in benign_source[g]]
     metrics = {
         "model": cfg.model,

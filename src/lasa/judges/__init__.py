@@ -49,26 +49,41 @@ def response_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = None) -> list[dict]:
-    """Verdicts for ``samples`` (dicts with uid, prompt, response, lang), reusing ``path``'s cache."""
+def judge_samples(
+    judge: Judge, samples: Sequence[dict], path: Path | None = None, donors: Sequence[Path] = ()
+) -> list[dict]:
+    """Verdicts for ``samples`` (dicts with uid, prompt, response, lang), reusing ``path``'s cache.
+
+    ``donors``: other verdict files of the same run and judge (the other variants'): a sample whose
+    uid (so its prompt) and response match one of theirs, judged by this judge version, takes that
+    verdict instead of being judged again — a gated variant shares most answers with its ungated
+    twin, and adapters often leave an answer unchanged. Taken verdicts are written to ``path``."""
     from lasa.runs import read_jsonl, write_jsonl
 
     cache: dict[str, dict] = {}
     if path is not None and path.is_file():
         cache = {r["uid"]: r for r in read_jsonl(path)}
     version = str(getattr(judge, "version", ""))  # new judge weights invalidate old verdicts
-    out, todo = [], []
-    for s in samples:
-        hit = cache.get(s["uid"])
-        if (
+
+    def valid(hit: dict | None, s: dict) -> bool:
+        return (
             hit is not None
             and hit.get("response_sha") == response_hash(s["response"])
             and hit.get("judge_version", "") == version
-        ):
-            out.append(hit)
-        else:
-            out.append(None)
-            todo.append(s)
+        )
+
+    out: list[dict | None] = [cache.get(s["uid"]) if valid(cache.get(s["uid"]), s) else None for s in samples]
+    taken: dict[str, dict] = {}
+    for donor in donors:
+        if all(r is not None for r in out) or not donor.is_file():
+            continue
+        given = {r["uid"]: r for r in read_jsonl(donor)}
+        for i, s in enumerate(samples):
+            if out[i] is None and valid(given.get(s["uid"]), s):
+                out[i] = taken[s["uid"]] = given[s["uid"]]
+    todo = [s for s, r in zip(samples, out) if r is None]
+    if taken and not todo and path is not None:
+        write_jsonl(path, list({**cache, **taken}.values()))
     if todo:
         verdicts = judge.judge([JudgeItem(s["prompt"], s["response"], s["lang"]) for s in todo])
         fresh = {
@@ -87,9 +102,8 @@ def judge_samples(judge: Judge, samples: Sequence[dict], path: Path | None = Non
         }
         out = [r if r is not None else fresh[s["uid"]] for r, s in zip(out, samples)]
         if path is not None:
-            merged = {**cache, **fresh}
-            write_jsonl(path, list(merged.values()))
-    return out
+            write_jsonl(path, list({**cache, **taken, **fresh}.values()))
+    return out  # type: ignore[return-value]
 
 
 __all__ = [
