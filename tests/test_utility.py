@@ -312,35 +312,38 @@ def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
     assert d["per_language"]["en"]["ppl"] != pytest.approx(en["ppl"], rel=1e-4)
 
 
-def test_second_adapter_variant_reads_the_base_side_and_gets_the_same_drift(tiny_qwen, tmp_path):
-    """The first adapter variant keeps the base's states; the next one with the same split runs only
-    the adapted blocks and must report exactly what a full computation reports."""
+def _upper_half_lora(lm, seed: int):
+    """``lm`` with a random LoRA (q, v) on its upper half of blocks: the default placement's shape."""
     import copy
     from dataclasses import replace
 
     from peft import LoraConfig, get_peft_model
 
     from lasa.models import find_decoder_layers
+
+    n = len(lm.layers)
+    torch.manual_seed(seed)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=list(range(n // 2, n)),
+        init_lora_weights=False,
+    )
+    peft = get_peft_model(copy.deepcopy(lm.model), lora)
+    path, layers = find_decoder_layers(peft)
+    return replace(lm, model=peft, layers=layers, layers_path=path)
+
+
+def test_second_adapter_variant_reads_the_base_side_and_gets_the_same_drift(tiny_qwen, tmp_path):
+    """The first adapter variant keeps the base's states; the next one with the same split runs only
+    the adapted blocks and must report exactly what a full computation reports."""
+
     from lasa.utility.drift import eval_drift
 
     lm = load_model(str(tiny_qwen), device=DEVICE)
-    n = len(lm.layers)
-
-    def adapted(seed: int):
-        torch.manual_seed(seed)
-        lora = LoraConfig(
-            r=4,
-            lora_alpha=16,
-            target_modules=["q_proj", "v_proj"],
-            layers_to_transform=list(range(n // 2, n)),
-            init_lora_weights=False,
-        )
-        peft = get_peft_model(copy.deepcopy(lm.model), lora)
-        path, layers = find_decoder_layers(peft)
-        return replace(lm, model=peft, layers=layers, layers_path=path)
-
     ref = tmp_path / "eval" / "drift_reference.safetensors"
-    first, second = adapted(0), adapted(1)
+    first, second = _upper_half_lora(lm, 0), _upper_half_lora(lm, 1)
     plain = eval_drift(second, ["en", "sw"], n=4, batch_size=3, progress=False)
     kept = eval_drift(first, ["en", "sw"], n=4, batch_size=3, progress=False, reference_path=ref)
     assert ref.is_file() and kept["base_batches_read"] == 0
@@ -360,28 +363,13 @@ def test_base_variant_keeps_its_flores_pass_for_the_adapter_variants(tiny_qwen, 
     """In a run whose adapters leave the lower half alone, the base variant's own FLORES pass is the
     base side the first adapter variant reads: its ppl_base is then the base variant's ppl exactly,
     and every figure matches a computation without any reference."""
-    import copy
     import json
-    from dataclasses import replace
 
-    from peft import LoraConfig, get_peft_model
-
-    from lasa.models import find_decoder_layers
     from lasa.utility.drift import eval_drift, run_adapter_split
 
     lm = load_model(str(tiny_qwen), device=DEVICE)
     n = len(lm.layers)
-    torch.manual_seed(0)
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=16,
-        target_modules=["q_proj", "v_proj"],
-        layers_to_transform=list(range(n // 2, n)),
-        init_lora_weights=False,
-    )
-    peft = get_peft_model(copy.deepcopy(lm.model), lora)
-    path, layers = find_decoder_layers(peft)
-    adapted = replace(lm, model=peft, layers=layers, layers_path=path)
+    adapted = _upper_half_lora(lm, 0)
     run = tmp_path / "run"
     assert run_adapter_split(run) == 0  # no adapters yet
     for name, first in (("kto", n // 2), ("lasa", n // 2)):
