@@ -125,9 +125,10 @@ class Gate:
     conditioning_ids: list[int] = field(default_factory=list)
     #: Opt-in memo of raw-prompt scores by prompt text (None: every batch runs its scoring pass).
     #: A raw-prompt SSI reads the *base* model's state at L*, so within one run every gated variant
-    #: gets the same score for the same prompt: ``lasa evaluate`` keeps them in
-    #: ``RUN/eval/ssi_scores.json`` and a later gated variant skips the pass (and flags exactly the
-    #: prompts the earlier one flagged). Chat-format SSIs read the prefill and never use it.
+    #: gets the same score for the same prompt: ``lasa evaluate`` fills it from the SSI's own
+    #: ``scores.json`` (``lasa interpret`` scores every prompt it extracted) and the run's
+    #: ``RUN/eval/ssi_scores.json``, so a gated variant skips the pass for prompts scored before
+    #: (and flags exactly what an earlier one flagged). Chat-format SSIs read the prefill instead.
     known_scores: dict[str, float] | None = None
 
     @property

@@ -17,11 +17,12 @@ gate does not apply (no assistant turn is generated), so a gated variant takes t
 its ungated twin.
 
 **The base side is computed once per run.** Every adapter variant compares itself with the same
-base on the same tokens, so the first one keeps what its base pass computed
-(:class:`BaseReference`: the state below the adapter's first block and the base's final states)
-in ``RUN/eval/drift_reference.safetensors``, and the next adapter variant with the same split runs
-only the adapted blocks: on the 0.5B (LoRA above L* = 15 of 24) 9 block passes per token instead
-of 33. The numbers are identical (tests).
+base on the same tokens, so that base pass is kept (:class:`BaseReference`: the state below the
+adapters' first block and the base's final states) in ``RUN/eval/drift_reference.safetensors``:
+the base variant keeps its own FLORES pass (its perplexity needs it anyway; the split comes from
+the run's adapter configs, :func:`run_adapter_split`), the first adapter variant adds the chats,
+and every adapter variant with the same split runs only the adapted blocks: on the 0.5B (LoRA
+above L* = 15 of 24) 9 block passes per token instead of 33. The numbers are the same (tests).
 """
 
 from __future__ import annotations
@@ -345,9 +346,10 @@ def eval_drift(
 
     ``reference_path``: where the base side of the comparison is kept for the next adapter variant
     (:class:`BaseReference`; ``lasa evaluate`` passes ``RUN/eval/drift_reference.safetensors``).
-    ``base_split``: for a model without an adapter, the number of leading blocks they leave alone (:func:`run_adapter_split`):
-    the base variant's own FLORES pass is then kept as the base side the adapter variants read,
-    so the first of them runs the FLORES texts through its adapted blocks only."""
+    ``base_split``: for a model without an adapter, how many leading blocks the run's adapters
+    leave alone (:func:`run_adapter_split`): the base variant's own FLORES pass is then kept as the
+    base side the adapter variants read, so the first of them runs FLORES through its adapted
+    blocks only."""
     from lasa.data.safety import evaluation_prompts, flores
 
     langs = list(langs or LANGUAGES)
