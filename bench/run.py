@@ -366,10 +366,21 @@ def bench_generation_adapter(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_generation_long(args: argparse.Namespace) -> dict:
+    """``generation`` at ``--long-tokens`` new tokens (the full preset's 256 by default): a raw-prompt
+    gate's extra pass is a fixed cost per prompt, so its ratio depends on the response length."""
+    out = bench_generation(
+        argparse.Namespace(**{**vars(args), "new_tokens": args.long_tokens, "skip_batch1": True})
+    )
+    out["what"] += " (the full preset's response length)"
+    return out
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "judge": bench_judge,
     "extraction": bench_extraction,
     "generation": bench_generation,
+    "generation_long": bench_generation_long,
     "generation_adapter": bench_generation_adapter,
     "kto_step": bench_kto_step,
     "e2e": bench_e2e,
@@ -435,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-prompts", type=int, default=320, help="extraction: prompts")
     parser.add_argument("--gen-prompts", type=int, default=16, help="generation: prompts (one batch)")
     parser.add_argument("--new-tokens", type=int, default=64, help="generation: forced new tokens per prompt")
+    parser.add_argument(
+        "--long-tokens", type=int, default=256, help="generation_long: forced new tokens per prompt"
+    )
     parser.add_argument(
         "--adapter",
         default="runs/quick/align/lasa/adapter",
