@@ -245,9 +245,8 @@ def reuse_ungated(
     known = gate.known_scores if gate.known_scores is not None else {}
     fresh = list(dict.fromkeys(s["prompt"] for _, s in candidates if s["prompt"] not in known))
     if fresh:
-        known = known | dict(
-            zip(fresh, map(float, gate.ssi.score(lm, fresh, batch_size=batch_size, progress=False)))
-        )
+        scored = gate.ssi.score(lm, fresh, batch_size=batch_size, progress=False)
+        known = known | dict(zip(fresh, map(float, scored)))
         if gate.known_scores is not None:
             gate.known_scores.update(known)
     scores = np.array([known[s["prompt"]] for _, s in candidates])

@@ -269,6 +269,18 @@ def model_fingerprint(model: nn.Module, tokenizer: Any) -> dict:
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json")
 
 
+def numerics_identity(lm: LoadedModel) -> dict:
+    """What a loaded model's numbers depend on, for keys of cached states and scores: the weights'
+    files (:func:`weights_signature`), a sample of the loaded weights, dtype and device."""
+    param = next(lm.model.parameters())
+    return {
+        "weights": weights_signature(lm.spec),
+        "sample": lm.fingerprint.get("weight_sample"),
+        "dtype": str(param.dtype),
+        "device": param.device.type,
+    }
+
+
 def weights_signature(spec: str) -> str:
     """A cheap identity of the weights behind ``spec``, for cache keys checked before any model load.
 

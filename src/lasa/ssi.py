@@ -269,19 +269,10 @@ SCORES_FILE = "scores.json"
 def scores_key(ssi: Any, lm: LoadedModel) -> str:
     """What a raw-prompt score depends on: the SSI (:attr:`SSI.digest`) and the base model's
     weights, dtype and device."""
-    from lasa.models import weights_signature
+    from lasa.models import numerics_identity
     from lasa.runs import fingerprint
 
-    param = next(lm.model.parameters())
-    return fingerprint(
-        {
-            "ssi": ssi.digest,
-            "weights": weights_signature(lm.spec),
-            "sample": lm.fingerprint.get("weight_sample"),
-            "dtype": str(param.dtype),
-            "device": param.device.type,
-        }
-    )
+    return fingerprint({"ssi": ssi.digest, **numerics_identity(lm)})
 
 
 def read_scores(path: Path, key: str) -> dict[str, float]:
