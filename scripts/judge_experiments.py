@@ -2,11 +2,14 @@
 
 Usage::
 
-    python scripts/judge_experiments.py [--labels src/lasa/data/judge_labels/multijail_responses.jsonl]
-        [--out docs/judge_validation.json] [--probe-model default --probe-layers 8 12]
+    python scripts/judge_experiments.py [--labels FILE.jsonl] [--out docs/judge_validation.json]
+        [--probe-model default --probe-layers 8 12]
 
-Every learned judge is refitted inside each fold of three leave-one-group-out splits — by
-language, by model, by generation run — and scored on the held-out group only: κ, accuracy,
+Without ``--labels`` it reads lasa's pooled labelled corpus (every file under
+``data/judge_labels/``, :func:`lasa.judges.corpus.corpus_rows`), which is what the shipped judge
+trains on. Every learned judge is refitted inside each fold of three leave-one-group-out splits —
+by language, by model, by generation run (a later set's twin runs held out together, see
+``run_group``) — and scored on the held-out group only: κ, accuracy,
 unsafe recall, judged vs gold ASR, overall and per language. The lexicon judge (no training) is
 scored once. Features are cached next to ``--out`` (keyed by the labels' hash), so trying another
 head costs seconds.
@@ -44,9 +47,12 @@ CANDIDATES = {
 }
 
 
-def load(path: Path) -> list[dict]:
+def load(path: Path | None) -> list[dict]:
+    from lasa.judges.corpus import corpus_rows
     from lasa.runs import read_jsonl
 
+    if path is None:
+        return corpus_rows()
     rows = [r for r in read_jsonl(path) if r.get("label") in ("safe", "unsafe", "invalid")]
     for r in rows:
         r.setdefault("model", "qwen2.5-coder-0.5b")
@@ -156,7 +162,7 @@ def corpus_stats(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labels", default="src/lasa/data/judge_labels/multijail_responses.jsonl")
+    ap.add_argument("--labels", default=None, help="a labelled JSONL (default: lasa's pooled corpus)")
     ap.add_argument("--out", default="docs/judge_validation.json")
     ap.add_argument("--probe-model", default=None, help="Also compare the probe judge on this model (slow).")
     ap.add_argument("--probe-layers", nargs="+", type=int, default=[8, 12])
@@ -165,7 +171,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.stats:
-        print(corpus_stats(load(Path(args.labels))))
+        print(corpus_stats(load(args.labels and Path(args.labels))))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -174,7 +180,7 @@ def main() -> None:
     from lasa.judges.pair import PairHead
     from lasa.judges.validation import agreement, breakdown, grouped_oof
 
-    rows = load(Path(args.labels))
+    rows = load(args.labels and Path(args.labels))
     out = Path(args.out)
     blocks = features(rows)
     if args.probe_model:
@@ -186,7 +192,11 @@ def main() -> None:
         )
     y = [r["label"] for r in rows]
     langs = [r["language"] for r in rows]
-    results: dict = {"labels": args.labels, "n": len(rows), "judges": {}}
+    results: dict = {
+        "labels": args.labels or "src/lasa/data/judge_labels/*.jsonl",
+        "n": len(rows),
+        "judges": {},
+    }
 
     lex = [
         j.label
@@ -219,7 +229,7 @@ def main() -> None:
             predict = lambda m, xs: [("safe", "unsafe", "invalid")[k] for k in m.proba(xs).argmax(1)]  # noqa: E731
         res = {}
         for split, field in SPLITS.items():
-            groups = [str(r[field]) for r in rows]
+            groups = [str(r.get("run_group", r[field]) if field == "run" else r[field]) for r in rows]
             if len(set(groups)) < 2:
                 continue
             pred = grouped_oof(x, y, groups, fit=fit, predict=predict)
@@ -272,7 +282,8 @@ def render(results: dict, rows: list[dict]) -> str:
         f"(safe {counts['safe']}, unsafe {counts['unsafe']}, invalid {counts['invalid']}), "
         f"{len({r['run'] for r in rows})} generation runs, {len({r['model'] for r in rows})} models, 10 languages. "
         "Every learned judge is refitted without the held-out group and scored on it only "
-        "(leave-one-language-out, leave-one-model-out, leave-one-generation-run-out); the lexicon needs no training.",
+        "(leave-one-language-out, leave-one-model-out, leave-one-generation-run-out, where the runs of one later "
+        "labelled set, which answered the same prompts, are held out together); the lexicon needs no training.",
         "",
         f"| judge | split | {METRIC_HEADER} |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -565,6 +565,18 @@ def test_generation_record_tells_adapters_and_ssis_apart(tmp_path):
     (b / "adapter_model.safetensors").write_bytes(b"1" * 64)  # retrained to the same weights
     assert generation_info(SETTINGS, None, "hf", b)["adapter_digest"] == info[a]["adapter_digest"]
 
+    # a copied or moved run directory: same weights at a new path resume; other weights do not
+    from lasa.evaluate import stale_rows
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in a.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    (b / "adapter_model.safetensors").write_bytes(b"2" * 64)
+    done = {"u": {"generation": info[a]}}
+    assert stale_rows(done, generation_info(SETTINGS, None, "hf", moved))[0] == set()
+    assert stale_rows(done, generation_info(SETTINGS, None, "hf", b))[:2] == ({"u"}, {"adapter_digest"})
+
     torch.manual_seed(0)
     ssi = SSI(SafetySemanticInterpreter(8, 4, 0.0), {"layer": 2, "threshold": 0.5})
     same = SSI(ssi.module, dict(ssi.meta))

@@ -168,3 +168,27 @@ def test_shipped_pair_judge_carries_its_grouped_validation(pair_judge):
         "jv",
     }
     assert "held-out generation runs" in v["summary"]
+
+
+def test_corpus_pools_every_label_file_once_and_groups_twin_runs():
+    """The judge trains on every hand-labelled file; a pair labelled twice counts once, and a later
+    set's runs (same prompts, one evaluation) form one leave-one-run-out group."""
+    from collections import Counter
+
+    from lasa.data import data_path
+    from lasa.judges.corpus import CORPUS, LABEL_FILES, corpus_rows, labels_key
+    from lasa.judges.pair import load_judge_weights
+
+    files = sorted(p.name for p in data_path("judge_labels").glob("*.jsonl"))
+    assert sorted(LABEL_FILES) == files  # a new labelled file must be pooled (or excluded here, on purpose)
+    rows = corpus_rows()
+    keys = Counter((r["prompt"], r["response"]) for r in rows)
+    assert max(keys.values()) == 1
+    assert {r["source"] for r in rows} == set(LABEL_FILES)
+    first = [r for r in rows if r["source"] == CORPUS[1]]
+    assert all(r["run_group"] == r["run"] for r in first)
+    later = {r["run_group"] for r in rows if r["source"] != CORPUS[1]}
+    assert later == {"c100", "dose_all100", "hn10"}
+    assert len(rows) > len(first) + 1000
+    # the shipped weights were fitted on exactly these rows (else: python scripts/build_judge.py)
+    assert load_judge_weights().meta["labels_key"] == labels_key(rows)

@@ -197,6 +197,35 @@ def test_changed_setting_reruns_only_downstream(preset, tiny_qwen, tmp_path):
     }
 
 
+def test_new_judge_weights_rejudge_without_generating_again(preset, tiny_qwen, tmp_path, monkeypatch):
+    """A lasa update that ships other judge weights must not leave the old verdicts in place."""
+    import lasa.judges
+
+    rd = tmp_path / "run"
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0
+    completions = rd / "eval" / "base" / "completions.jsonl"
+    before = completions.read_bytes()
+    real = lasa.judges.judges_fingerprint
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0  # nothing changed: skipped
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert {s["stage"]: s["status"] for s in state["_last_run"]["stages"]}["evaluate:base"] == "skipped"
+    monkeypatch.setattr(
+        lasa.judges, "judges_fingerprint", lambda names: {n: v + "-new" for n, v in real(names).items()}
+    )
+    import lasa.generate
+
+    def no_generation(*a, **k):
+        raise AssertionError("a resumed evaluation generated again")
+
+    monkeypatch.setattr(lasa.generate, "_generate_batch", no_generation)
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    statuses = {s["stage"]: s["status"] for s in state["_last_run"]["stages"]}
+    assert statuses["evaluate:base"] == "ran"
+    assert statuses["locate"] == statuses["interpret"] == "skipped"
+    assert completions.read_bytes() == before
+
+
 def test_unknown_force_and_variant_are_one_line(capsys, preset, tiny_qwen, tmp_path):
     assert run(preset, tiny_qwen, tmp_path / "r", "--force", "nonsense") == 2
     assert "--force nonsense: no such stage" in capsys.readouterr().err

@@ -185,6 +185,9 @@ def generation_info(
 
 #: generation-record keys that only a gated row has (an ungated twin's row can still be copied)
 _GATE_KEYS = ("gated", "gate_digest")
+#: recorded for the reader, not compared: the adapter's identity is ``adapter_digest``, so a run
+#: directory that is moved or copied (its adapters' paths change) resumes instead of regenerating
+_RECORD_ONLY = ("adapter",)
 
 
 def _adapter_digest(adapter: Path | None) -> str | None:
@@ -208,7 +211,7 @@ def stale_rows(done: dict[str, dict], want: dict) -> tuple[set[str], set[str], i
     legacy = 0
     for uid, row in done.items():
         info = row.get("generation") or {}
-        diff = {k for k, v in want.items() if k in info and info[k] != v}
+        diff = {k for k, v in want.items() if k in info and info[k] != v and k not in _RECORD_ONLY}
         legacy += any(k not in info for k in want)
         if diff:
             stale.add(uid)
@@ -231,7 +234,7 @@ def reuse_ungated(
     generated with the same settings, model and adapter are copied; scoring is a pass over layers
     1..L*.
     """
-    want = {k: v for k, v in gen_info.items() if k not in _GATE_KEYS}
+    want = {k: v for k, v in gen_info.items() if k not in _GATE_KEYS + _RECORD_ONLY}
     donors: dict[str, dict] = {}
     for name in ("completions.jsonl", "completions_xstest.jsonl", "completions_xstest_mt.jsonl"):
         for uid, row in SampleWriter(twin / name).load().items():

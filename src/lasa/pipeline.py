@@ -46,6 +46,8 @@ class Stage:
     artefact: Path  # written last by the stage: its presence means the stage finished
     needs: list[str]
     run: Callable[[], Any]
+    #: What else its output depends on beyond its config (an evaluate stage: the judges' weights)
+    extra_key: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
@@ -66,6 +68,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     from lasa.align import run_align
     from lasa.evaluate import run_evaluate
     from lasa.interpret import run_interpret
+    from lasa.judges import judges_fingerprint
     from lasa.locate import run_locate
 
     shared = _shared(run)
@@ -121,6 +124,9 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 rd.results(variant),
                 needs,
                 lambda ecfg=ecfg, uses_base=uses_base: run_evaluate(ecfg, base_lm() if uses_base else None),
+                # a lasa update that ships other judge weights re-judges (generation resumes: nothing
+                # is generated again), instead of keeping verdicts the new judge would not give
+                {"judges": judges_fingerprint(ecfg.judges)},
             )
         )
     return stages
@@ -170,9 +176,11 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
     for st in stages:
         keys[st.name] = fingerprint(
             {"config": _portable(st.config, run.run_dir), "needs": [keys[n] for n in st.needs]}
+            | ({"extra": st.extra_key} if st.extra_key else {})
         )
         legacy[st.name] = fingerprint(
             {"config": dataclasses.asdict(st.config), "needs": [legacy[n] for n in st.needs]}
+            | ({"extra": st.extra_key} if st.extra_key else {})
         )
         forced = any(_matches(f, st.name) for f in run.force)
         prev = state.get(st.name, {})

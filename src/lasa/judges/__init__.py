@@ -44,6 +44,30 @@ def get_judge(name: str, **kwargs: Any) -> Judge:
     return factory()
 
 
+def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
+    """What each named judge's verdicts depend on beyond its code's name, read without building
+    it: the shipped weights and the labelled corpus they were fitted on, and the refusal rule. A
+    stage keyed on it is redone when a lasa update changes them (``llm``: its model and endpoint
+    are in the stage config already)."""
+    from lasa.data import data_path
+    from lasa.judges.corpus import corpus_rows, labels_key
+    from lasa.judges.lexicon import REFUSAL_RULE
+    from lasa.runs import files_digest
+
+    out: dict[str, str] = {}
+    for name in names:
+        if name == "pair":
+            from lasa.judges.pair import SHIPPED_HEAD
+
+            head = data_path(*SHIPPED_HEAD)
+            out[name] = f"{files_digest([head]) if head.is_file() else 'none'}-{REFUSAL_RULE}"
+        elif name == "embedding":
+            out[name] = f"{labels_key(corpus_rows())}-{REFUSAL_RULE}"
+        elif name == "lexicon":
+            out[name] = REFUSAL_RULE
+    return out
+
+
 def response_hash(text: str) -> str:
     """The short hash a cached verdict keeps of the response it judged."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -117,6 +141,7 @@ __all__ = [
     "cohen_kappa",
     "get_judge",
     "judge_samples",
+    "judges_fingerprint",
     "response_hash",
     "strip_control_tokens",
 ]

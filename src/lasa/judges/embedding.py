@@ -11,7 +11,7 @@ across languages. Two are trained at first use and cached in ``$LASA_CACHE/judge
    because embedding 2,250 completions costs ~7 minutes on 2 cores, a third of ``make run``;
    ``python scripts/build_judge.py`` rebuilds them, and a key mismatch retrains at first use;
 2. a three-way safe / unsafe / invalid classifier on lasa's labelled corpus
-   (``data/judge_labels/multijail_responses.jsonl``), on the response embedding plus features no
+   (every file in ``data/judge_labels/``, pooled), on the response embedding plus features no
    embedding carries: p(refusal), the lexicon's refusal match, prompt-response similarity (echo and
    off-topic answers), repetition and length.
 
@@ -165,7 +165,7 @@ JUDGE_LABELS = ("safe", "unsafe", "invalid")
 
 
 def judge_training_rows() -> list[dict]:
-    """lasa's labelled corpus (``data/judge_labels/multijail_responses.jsonl``), shared with the pair judge."""
+    """lasa's pooled labelled corpus (:func:`lasa.judges.corpus.corpus_rows`), shared with the pair judge."""
     from lasa.judges.corpus import corpus_rows
 
     return corpus_rows()
@@ -255,7 +255,7 @@ class ResponseClassifier:
         )
         model.fit(x, y)
         meta = {
-            "trained_on": "lasa's labelled corpus (data/judge_labels/multijail_responses.jsonl)",
+            "trained_on": "lasa's labelled corpus (data/judge_labels/*.jsonl, pooled)",
             "n": len(rows),
             "cv_balanced_accuracy": float(cv.mean()),
         }
@@ -317,8 +317,10 @@ class EmbeddingJudge:
 
     @property
     def version(self) -> str:
-        """Cached verdicts from another refusal rule are redone."""
-        return f"embedding-{REFUSAL_RULE}"
+        """Cached verdicts from another refusal rule or other training labels are redone."""
+        from lasa.judges.corpus import labels_key
+
+        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}"
 
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))

@@ -259,7 +259,8 @@ def fit_judge(rows: Sequence[dict], blocks: dict[str, np.ndarray], spec=MEMBERS)
     index = np.arange(len(rows)).reshape(-1, 1).astype(np.float32)  # grouped_oof splits row indices
     validation: dict[str, Any] = {"splits": {}, "members": [[list(u), c] for u, c in spec]}
     for split in SPLITS:
-        groups = [str(r.get(split, "")) for r in rows]
+        field = "run_group" if split == "run" and "run_group" in rows[0] else split
+        groups = [str(r.get(field, "")) for r in rows]
         if len(set(groups)) < 2:
             continue
         pred = grouped_oof(
