@@ -80,6 +80,12 @@ def main() -> None:
     ap.add_argument("--langs", nargs="+", default=["all"])
     ap.add_argument("--per-language", type=int, default=10)
     ap.add_argument("--exclude-first", type=int, default=8)
+    ap.add_argument(
+        "--unlabelled-only",
+        action="store_true",
+        help="Draw only MultiJail ids none of whose prompts is in lasa's labelled corpus yet: a fresh "
+        "held-out set for the shipped judge, which trains on every labelled file.",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=20)
@@ -103,6 +109,16 @@ def main() -> None:
     langs = normalize_languages(args.langs)
     mj = load_multijail(sorted(set(langs) | {"en"}))
     pool = list(range(args.exclude_first, len(mj.ids)))
+    if args.unlabelled_only:
+        from lasa.judges.corpus import corpus_rows
+
+        seen = {r.get("prompt_en") for r in corpus_rows()} | {r["prompt"] for r in corpus_rows()}
+        pool = [
+            i
+            for i in pool
+            if mj.texts["en"][i] not in seen and not any(mj.texts[g][i] in seen for g in langs)
+        ]
+        logging.info("%d MultiJail ids have no labelled response yet", len(pool))
     picked = sorted(random.Random(args.seed).sample(pool, args.per_language))
     variant = args.variant or (
         ("adapter" if args.adapter else "base")

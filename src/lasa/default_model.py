@@ -58,7 +58,9 @@ class EmbeddedModel:
 
     @property
     def pip_install(self) -> str:
-        return f"pip install 'lasa[{self.extra}]'"
+        """From the lasa checkout: the PyPI name ``lasa`` belongs to an unrelated project, so
+        ``pip install 'lasa[extra]'`` would install that project and no model."""
+        return f"pip install -e '.[{self.extra}]' (in the lasa checkout)"
 
 
 def _parts(module: str, dist: str, version: str, sizes_shas: list[tuple[int, str]]) -> tuple[Part, ...]:

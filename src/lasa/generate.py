@@ -670,7 +670,7 @@ def generate_vllm(
     adapter: str | None = None,
     engine_kwargs: dict | None = None,
 ) -> list[dict]:
-    """Generation in vLLM (``pip install 'lasa[vllm]'``), records shaped like :func:`generate`'s.
+    """Generation in vLLM (``pip install -e '.[vllm]'``), records shaped like :func:`generate`'s.
 
     The SSI scores come first, from a batched HF pass truncated at the bottleneck (``lm`` is the
     base model; only layers 1..L* run), then the HF weights are released and vLLM generates with
@@ -681,7 +681,7 @@ def generate_vllm(
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
     except ImportError:
-        raise LasaError("--backend vllm needs vLLM: pip install 'lasa[vllm]' (GPU only)") from None
+        raise LasaError("--backend vllm needs vLLM: pip install -e '.[vllm]' (GPU only)") from None
     scores = gate.ssi.score(lm, prompts, progress=True) if gate is not None else None
     flags = gate.ssi.flags(scores) if gate is not None else np.zeros(len(prompts), dtype=bool)
     texts = [

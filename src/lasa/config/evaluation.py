@@ -83,7 +83,7 @@ class GenerateConfig(StageConfig):
         default="hf",
         metadata={
             "help": "hf = batched transformers generation (CPU/GPU); vllm = vLLM engine with the adapter as "
-            "a LoRA (GPU; pip install 'lasa[vllm]'), SSI scores from a truncated HF pass."
+            "a LoRA (GPU; pip install -e '.[vllm]'), SSI scores from a truncated HF pass."
         },
     )
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
