@@ -31,6 +31,10 @@ LABEL_FILES = (
     "sampled_hn10_lasa_gate.jsonl",
 )
 
+#: Labelled files kept out of training on purpose: held-out checks of the shipped judge on
+#: MultiJail prompts no training file holds (``scripts/make_judge_corpus.py --unlabelled-only``).
+HELD_OUT_FILES = ("fresh_heldout.jsonl",)
+
 
 def corpus_rows(files: Sequence[str] = LABEL_FILES) -> list[dict]:
     """The labelled rows (adjudicated label in ``label``), one per distinct (prompt, response).
@@ -65,4 +69,4 @@ def labels_key(rows: Sequence[dict]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
-__all__ = ["CORPUS", "LABEL_FILES", "corpus_rows", "labels_key"]
+__all__ = ["CORPUS", "HELD_OUT_FILES", "LABEL_FILES", "corpus_rows", "labels_key"]
