@@ -51,18 +51,21 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
     are in the stage config already)."""
     from lasa.data import data_path
     from lasa.judges.corpus import corpus_rows, labels_key
+    from lasa.judges.embedding import SHIPPED_REFUSAL
     from lasa.judges.lexicon import REFUSAL_RULE
+    from lasa.judges.pair import SHIPPED_HEAD
     from lasa.runs import files_digest
+
+    def digest(*parts: tuple[str, str]) -> str:
+        files = [data_path(*p) for p in parts]
+        return files_digest([f for f in files if f.is_file()])
 
     out: dict[str, str] = {}
     for name in names:
-        if name == "pair":
-            from lasa.judges.pair import SHIPPED_HEAD
-
-            head = data_path(*SHIPPED_HEAD)
-            out[name] = f"{files_digest([head]) if head.is_file() else 'none'}-{REFUSAL_RULE}"
+        if name == "pair":  # its head and the refusal classifier its refusal flag reads
+            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}"
         elif name == "embedding":
-            out[name] = f"{labels_key(corpus_rows())}-{REFUSAL_RULE}"
+            out[name] = f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}"
         elif name == "lexicon":
             out[name] = REFUSAL_RULE
     return out
