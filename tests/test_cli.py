@@ -234,6 +234,33 @@ def test_bad_stage_input_fails_before_any_model_is_loaded(
     assert not (tmp_path / "r" / "ssi").exists() and not (tmp_path / "r" / "eval").exists()
 
 
+def test_judge_check_says_when_labels_are_the_judges_training_rows(tmp_path, monkeypatch, caplog):
+    """Labels the shipped heads trained on give in-sample agreement; judge-check says so."""
+    import json
+
+    import lasa.judge_check
+    from lasa.judges.corpus import corpus_rows
+
+    def stub_judge_samples(judge, rows):
+        return [{"label": "safe", "reason": ""} for _ in rows]
+
+    monkeypatch.setattr(lasa.judge_check, "get_judge", lambda name, **k: None)
+    monkeypatch.setattr(lasa.judge_check, "judge_samples", stub_judge_samples)
+    known = corpus_rows()[0]
+    f = tmp_path / "labels.jsonl"
+    f.write_text(
+        json.dumps({k: known[k] for k in ("prompt", "response", "language", "label")})
+        + "\n"
+        + json.dumps({"prompt": "a request", "response": "an answer", "language": "en", "label": "safe"})
+        + "\n"
+    )
+    rep = lasa.judge_check.check_judges(f, ["pair", "lexicon"])
+    assert rep["in_training_corpus"] == 1 and "1 of the 2 labelled responses" in caplog.text
+    caplog.clear()
+    assert "in_training_corpus" not in lasa.judge_check.check_judges(f, ["lexicon"])
+    assert "in-sample" not in caplog.text
+
+
 def test_judge_check_help_names_the_key_variable(capsys):
     with pytest.raises(SystemExit):
         main(["judge-check", "--help"])

@@ -83,6 +83,23 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
         "default_judge": DEFAULT_JUDGE,
         "judges": {},
     }
+    learned = [j for j in judges if j in ("pair", "embedding")]
+    if learned:
+        # the shipped heads train on every file of lasa's labelled corpus: agreement on those rows is
+        # in-sample and says little about new data
+        from lasa.judges.corpus import corpus_rows
+
+        trained = {(r["prompt"], r["response"]) for r in corpus_rows()}
+        seen = sum((r["prompt"], r["response"]) in trained for r in rows)
+        out["in_training_corpus"] = seen
+        if seen:
+            logger.warning(
+                "%d of the %d labelled responses are in the %s judge's training corpus: their agreement "
+                "is in-sample; check on labels it never saw (e.g. data/judge_labels/fresh_heldout.jsonl)",
+                seen,
+                len(rows),
+                " / ".join(learned),
+            )
     for name in judges:
         verdicts = judge_samples(get_judge(name, **judge_kwargs), rows)
         pred = [v["label"] for v in verdicts]
