@@ -264,6 +264,10 @@ def _judge_check(argv: list[str]) -> int:
         judge_api_model=cfg.judge_api_model,
     )
     print(f"{rep['n']} labelled responses: {rep['gold_counts']}")
+    if rep.get("in_training_corpus"):
+        print(
+            f"({rep['in_training_corpus']} of them are the learned judges' training rows: in-sample agreement)"
+        )
     _print_table(
         [
             "judge",
