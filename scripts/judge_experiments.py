@@ -177,6 +177,7 @@ def main() -> None:
 
     from lasa.judges import get_judge
     from lasa.judges.base import JudgeItem
+    from lasa.judges.corpus import split_group
     from lasa.judges.pair import PairHead
     from lasa.judges.validation import agreement, breakdown, grouped_oof
 
@@ -229,7 +230,7 @@ def main() -> None:
             predict = lambda m, xs: [("safe", "unsafe", "invalid")[k] for k in m.proba(xs).argmax(1)]  # noqa: E731
         res = {}
         for split, field in SPLITS.items():
-            groups = [str(r.get("run_group", r[field]) if field == "run" else r[field]) for r in rows]
+            groups = [split_group(r, field) for r in rows]
             if len(set(groups)) < 2:
                 continue
             pred = grouped_oof(x, y, groups, fit=fit, predict=predict)

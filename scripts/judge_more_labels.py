@@ -24,6 +24,7 @@ invalid), with leave-one-run-group-out probabilities (and on ``--fresh``, never 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--fresh", default=None, help="a labelled JSONL of prompts no training file holds")
     ap.add_argument("--unsafe-thresholds", type=float, nargs="*", default=[], metavar="T")
     args = ap.parse_args()
+    if args.fresh and not Path(args.fresh).is_file():
+        raise SystemExit(f"--fresh {args.fresh}: no such file")
     rows = corpus_rows([f for f in LABEL_FILES if not args.fresh or not args.fresh.endswith(f)])
     blocks = corpus_blocks(rows)
     y = np.array([r["label"] for r in rows])

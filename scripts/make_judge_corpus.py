@@ -112,13 +112,18 @@ def main() -> None:
     if args.unlabelled_only:
         from lasa.judges.corpus import corpus_rows
 
-        seen = {r.get("prompt_en") for r in corpus_rows()} | {r["prompt"] for r in corpus_rows()}
+        labelled = corpus_rows()
+        seen = {r.get("prompt_en") for r in labelled} | {r["prompt"] for r in labelled}
         pool = [
             i
             for i in pool
             if mj.texts["en"][i] not in seen and not any(mj.texts[g][i] in seen for g in langs)
         ]
         logging.info("%d MultiJail ids have no labelled response yet", len(pool))
+    if len(pool) < args.per_language:
+        raise SystemExit(
+            f"--per-language {args.per_language}: only {len(pool)} MultiJail ids are left to draw from"
+        )
     picked = sorted(random.Random(args.seed).sample(pool, args.per_language))
     variant = args.variant or (
         ("adapter" if args.adapter else "base")

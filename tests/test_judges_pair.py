@@ -176,7 +176,14 @@ def test_corpus_pools_every_label_file_once_and_groups_twin_runs():
     from collections import Counter
 
     from lasa.data import data_path
-    from lasa.judges.corpus import CORPUS, HELD_OUT_FILES, LABEL_FILES, corpus_rows, labels_key
+    from lasa.judges.corpus import (
+        CORPUS,
+        HELD_OUT_FILES,
+        LABEL_FILES,
+        corpus_rows,
+        labels_key,
+        split_group,
+    )
     from lasa.judges.pair import load_judge_weights
 
     files = sorted(p.name for p in data_path("judge_labels").glob("*.jsonl"))
@@ -189,6 +196,9 @@ def test_corpus_pools_every_label_file_once_and_groups_twin_runs():
     assert {r["source"] for r in rows} == set(LABEL_FILES)
     first = [r for r in rows if r["source"] == CORPUS[1]]
     assert all(r["run_group"] == r["run"] for r in first)
+    assert all(split_group(r, "run") == r["run_group"] for r in rows)
+    assert split_group({"run": "r1", "language": "sw"}, "run") == "r1"  # a labels file without groups
+    assert split_group(first[0], "language") == first[0]["language"]
     later = {r["run_group"] for r in rows if r["source"] != CORPUS[1]}
     assert later == {"c100", "dose_all100", "hn10"}
     assert len(rows) > len(first) + 1000

@@ -65,10 +65,18 @@ def corpus_rows(files: Sequence[str] = LABEL_FILES) -> list[dict]:
     return rows
 
 
+def split_group(row: dict, split: str) -> str:
+    """The group a leave-one-group-out ``split`` (language, model, run) holds ``row`` out with:
+    for ``run`` its :func:`corpus_rows` ``run_group`` where it has one (twin runs together)."""
+    if split == "run":
+        return str(row.get("run_group", row.get("run", "")))
+    return str(row.get(split, ""))
+
+
 def labels_key(rows: Sequence[dict]) -> str:
     """Hash of the training labels: a shipped head is valid only for the rows it was fitted on."""
     doc = json.dumps([[r["prompt"], r["response"], r["language"], r["label"]] for r in rows])
     return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
-__all__ = ["CORPUS", "HELD_OUT_FILES", "LABEL_FILES", "corpus_rows", "labels_key"]
+__all__ = ["CORPUS", "HELD_OUT_FILES", "LABEL_FILES", "corpus_rows", "labels_key", "split_group"]

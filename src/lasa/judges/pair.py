@@ -28,7 +28,7 @@ import numpy as np
 
 from lasa.errors import LasaError
 from lasa.judges.base import LABELS, JudgeItem, Judgement, strip_control_tokens
-from lasa.judges.corpus import corpus_rows, labels_key
+from lasa.judges.corpus import corpus_rows, labels_key, split_group
 from lasa.judges.embedding import Encoder, RefusalClassifier
 from lasa.judges.features import content, content_segments, pair_text, scalar_matrix
 from lasa.judges.lexicon import REFUSAL_RULE, refusal_flag
@@ -259,8 +259,7 @@ def fit_judge(rows: Sequence[dict], blocks: dict[str, np.ndarray], spec=MEMBERS)
     index = np.arange(len(rows)).reshape(-1, 1).astype(np.float32)  # grouped_oof splits row indices
     validation: dict[str, Any] = {"splits": {}, "members": [[list(u), c] for u, c in spec]}
     for split in SPLITS:
-        field = "run_group" if split == "run" and "run_group" in rows[0] else split
-        groups = [str(r.get(field, "")) for r in rows]
+        groups = [split_group(r, split) for r in rows]
         if len(set(groups)) < 2:
             continue
         pred = grouped_oof(
