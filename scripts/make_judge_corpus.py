@@ -83,8 +83,8 @@ def main() -> None:
     ap.add_argument(
         "--unlabelled-only",
         action="store_true",
-        help="Draw only MultiJail ids none of whose prompts is in lasa's labelled corpus yet: a fresh "
-        "held-out set for the shipped judge, which trains on every labelled file.",
+        help="Draw only MultiJail ids none of whose prompts is in any labelled file yet (training or held "
+        "out): a fresh held-out set for the shipped judge, which trains on every training file.",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -110,9 +110,9 @@ def main() -> None:
     mj = load_multijail(sorted(set(langs) | {"en"}))
     pool = list(range(args.exclude_first, len(mj.ids)))
     if args.unlabelled_only:
-        from lasa.judges.corpus import corpus_rows
+        from lasa.judges.corpus import HELD_OUT_FILES, LABEL_FILES, corpus_rows
 
-        labelled = corpus_rows()
+        labelled = corpus_rows((*LABEL_FILES, *HELD_OUT_FILES))  # held-out sets' prompts too
         seen = {r.get("prompt_en") for r in labelled} | {r["prompt"] for r in labelled}
         pool = [
             i

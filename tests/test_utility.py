@@ -312,6 +312,28 @@ def test_drift_is_zero_without_an_adapter_and_measures_one(tiny_qwen):
     assert d["per_language"]["en"]["ppl"] != pytest.approx(en["ppl"], rel=1e-4)
 
 
+def test_per_text_drift_adds_up_to_the_corpus_perplexity(tiny_qwen):
+    """The per-text NLLs a paired interval resamples are the same tokens as the pooled perplexity."""
+    import math
+
+    from lasa.utility.drift import token_drift
+
+    lm = load_model(str(tiny_qwen), device=DEVICE)
+    adapted = _upper_half_lora(lm, seed=3)
+    texts = ["The river floods every spring.", "Mvua inanyesha leo asubuhi sana.", "", "A longer line " * 5]
+    d = token_drift(adapted, texts, batch_size=2, progress=False, per_text=True)
+    rows = d["per_text"]
+    assert len(rows["nll"]) == len(texts) and sum(rows["tokens"]) == d["tokens"]
+    assert rows["tokens"][2] == 0 and all(rows["tokens"][i] > 0 for i in (0, 1, 3))  # aligned with texts
+    assert math.exp(sum(rows["nll"]) / d["tokens"]) == pytest.approx(d["ppl"], rel=1e-5)
+    assert math.exp(sum(rows["nll_base"]) / d["tokens"]) == pytest.approx(d["ppl_base"], rel=1e-5)
+    assert rows["nll"] != rows["nll_base"]  # the adapter changes each text's likelihood
+    # text by text, the same as measuring it alone (batching and padding do not leak between rows)
+    alone = token_drift(adapted, [texts[1]], batch_size=1, progress=False)
+    assert math.exp(rows["nll"][1] / rows["tokens"][1]) == pytest.approx(alone["ppl"], rel=1e-4)
+    assert "per_text" not in token_drift(adapted, texts[:1], progress=False)
+
+
 def _upper_half_lora(lm, seed: int):
     """``lm`` with a random LoRA (q, v) on its upper half of blocks: the default placement's shape."""
     import copy

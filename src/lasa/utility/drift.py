@@ -257,19 +257,28 @@ def token_drift(
     progress: bool = True,
     desc: str = "drift",
     reference: BaseReference | None = None,
+    per_text: bool = False,
 ) -> dict:
     """Teacher-forced NLL per token under the model as loaded (adapter on) and, when it has an
     adapter, under its base, plus the mean per-token KL(adapter ‖ base). Right-padded batches;
-    every real next-token position counts once."""
+    every real next-token position counts once. ``per_text``: also return each text's summed NLL
+    (adapter, base) and token count under ``per_text``, in the order of ``texts`` (0 tokens for a
+    text too short to predict), for paired intervals over texts."""
     from tqdm.auto import tqdm
 
     tok = lm.tokenizer
     seqs = [list(tok(t, add_special_tokens=True)["input_ids"])[:256] for t in texts]
-    seqs = [s for s in seqs if len(s) >= 2]
+    kept = [i for i, s in enumerate(seqs) if len(s) >= 2]  # a text of one token predicts nothing
+    seqs = [seqs[i] for i in kept]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches = forward_batches([len(q) for q in seqs], batch_size)
     adapter = _has_adapter(lm)
     nll, nll_base, kl, n = 0.0, 0.0, 0.0, 0
+    rows: dict[str, list] = {
+        "nll": [0.0] * len(texts),
+        "nll_base": [0.0] * len(texts),
+        "tokens": [0] * len(texts),
+    }
     for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False)):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id, "left")
         if adapter:
@@ -287,15 +296,24 @@ def token_drift(
             lp = _forward(lm, ids, mask)[:, :-1]
         target = ids[:, 1:].to(lp.device)
         real = (mask[:, 1:].bool() & mask[:, :-1].bool()).to(lp.device)
-        nll -= float(lp.gather(-1, target[..., None])[..., 0][real].sum())
+        own = -torch.where(real, lp.gather(-1, target[..., None])[..., 0], 0.0).sum(1)
+        base = -torch.where(real, lb.gather(-1, target[..., None])[..., 0], 0.0).sum(1) if adapter else own
+        nll += float(own.sum())
         n += int(real.sum())
         if adapter:
-            nll_base -= float(lb.gather(-1, target[..., None])[..., 0][real].sum())
+            nll_base += float(base.sum())
             kl += float((lp.exp() * (lp - lb)).sum(-1)[real].sum())
+        if per_text:
+            for j, i in enumerate(idx):
+                t = kept[i]
+                rows["nll"][t], rows["nll_base"][t] = float(own[j]), float(base[j])
+                rows["tokens"][t] = int(real[j].sum())
     n = max(n, 1)
-    out = {"ppl": float(np.exp(nll / n)), "tokens": n}
+    out: dict = {"ppl": float(np.exp(nll / n)), "tokens": n}
     out["ppl_base"] = float(np.exp(nll_base / n)) if adapter else out["ppl"]
     out["token_kl"] = kl / n if adapter else 0.0
+    if per_text:
+        out["per_text"] = rows
     return out
 
 
