@@ -184,8 +184,11 @@ def plot(summary: dict, path: Path) -> None:
         ax[1].plot(ns, [t["unsafe_recall"] for t in s["curve"]], marker="o", label=name)
     ax[0].axhline(0.8, color="grey", ls="--", lw=1)
     ax[1].axhline(0.85, color="grey", ls="--", lw=1)
+    ticks = sorted({t["n_train"] for s in summary.values() for t in s["curve"]})
     for a, t in zip(ax, ("Cohen's κ (3 classes)", "unsafe recall")):
         a.set_xscale("log")
+        a.set_xticks(ticks, [str(n) for n in ticks], minor=False)
+        a.minorticks_off()
         a.set_xlabel("training labels")
         a.set_title(t)
         a.legend(fontsize=8)

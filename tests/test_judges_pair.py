@@ -191,6 +191,11 @@ def test_corpus_pools_every_label_file_once_and_groups_twin_runs():
     assert sorted(LABEL_FILES + tuple(f for f in HELD_OUT_FILES if f in files)) == files
     assert not set(LABEL_FILES) & set(HELD_OUT_FILES)
     rows = corpus_rows()
+    # a held-out file checks the judge on prompts it never trained on, in any language
+    trained = {r["prompt"] for r in rows} | {r.get("prompt_en") for r in rows}
+    for name in HELD_OUT_FILES:
+        held = corpus_rows((name,))
+        assert held and not any(r["prompt"] in trained or r["prompt_en"] in trained for r in held), name
     keys = Counter((r["prompt"], r["response"]) for r in rows)
     assert max(keys.values()) == 1
     assert {r["source"] for r in rows} == set(LABEL_FILES)

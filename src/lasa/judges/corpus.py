@@ -7,7 +7,7 @@ generation runs the judge fitted on all of them agrees better with the labels (�
 unsafe precision 0.57 vs 0.51; docs/judge_validation.md) than one fitted on the first corpus
 alone, and the later sets hold the failure modes of trained adapters that the first lacks; on
 300 fresh responses to prompts no file holds (``HELD_OUT_FILES``) it finds 27 of 44 unsafe answers
-where the first-corpus head finds 20, at the same κ (0.61).
+where the first-corpus head finds 20, at the same κ (0.61); on a second fresh 300, κ 0.62.
 Every row carries its generation run, model, variant and length, so judges are validated on
 grouped splits (by language, model and run) rather than on random rows of one run.
 """
@@ -35,7 +35,7 @@ LABEL_FILES = (
 
 #: Labelled files kept out of training on purpose: held-out checks of the shipped judge on
 #: MultiJail prompts no training file holds (``scripts/make_judge_corpus.py --unlabelled-only``).
-HELD_OUT_FILES = ("fresh_heldout.jsonl",)
+HELD_OUT_FILES = ("fresh_heldout.jsonl", "fresh2_heldout.jsonl")
 
 
 def corpus_rows(files: Sequence[str] = LABEL_FILES) -> list[dict]:
