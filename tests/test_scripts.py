@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from lasa.judges import response_hash
 from lasa.runs import write_jsonl
 
@@ -86,3 +88,22 @@ def test_bench_e2e_reads_make_runs_wall_time_and_judges_the_target_on_it(tmp_pat
     assert bench.make_run_wall_seconds(log) == 3723.0
     args.e2e_time_log = None
     assert bench.bench_e2e(args)["meets_target"] is True  # stage times alone: 850 s
+
+
+def test_adapter_drift_ratio_is_paired_and_its_interval_covers_the_shift():
+    """Two languages: the adapter adds 0.1 nats to every token of the first and nothing to the
+    second. Pooled over 300 tokens the ratio is exp(100 * 0.1 / 300); resampling sentences within
+    each language keeps it near that, and a language with no shift has ratio 1 and a zero-width
+    interval (the comparison is paired, sentence by sentence)."""
+    import numpy as np
+
+    ratio_interval = _script("adapter_drift").ratio_interval
+    tokens = np.array([10.0] * 10 + [20.0] * 10)  # 100 tokens in language a, 200 in b
+    base = np.random.default_rng(0).uniform(20, 60, size=20)
+    shift = np.where(np.arange(20) < 10, 0.1 * tokens, 0.0)
+    strata = np.array(["a"] * 10 + ["b"] * 10)
+    point, lo, hi = ratio_interval(base + shift, base, tokens, strata, reps=500, seed=1)
+    assert point == pytest.approx(np.exp(10 / 300))
+    assert lo <= point <= hi and lo > 1  # measurable: the interval excludes 1
+    same = ratio_interval(base[10:], base[10:], tokens[10:], strata[10:], reps=200, seed=1)
+    assert same == (1.0, 1.0, 1.0)
