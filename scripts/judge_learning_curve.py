@@ -27,6 +27,7 @@ import numpy as np
 from lasa.judges.corpus import corpus_rows
 from lasa.judges.pair import MEMBERS, PairEnsemble, corpus_blocks
 from lasa.judges.validation import agreement
+from lasa.stats import wilson
 
 
 def main() -> None:
@@ -58,13 +59,17 @@ def main() -> None:
         held[Path(path).stem] = (fr, corpus_blocks(fr))
     rng = np.random.default_rng(args.seed)
     points = []
+    full_pred: dict[str, list[str]] = {}  # the full-corpus fit's verdicts: the shipped judge's
     for frac in sorted(args.fractions):
         n = max(30, round(frac * len(rows)))
         for d in range(1 if frac >= 1 else args.draws):
             idx = np.sort(rng.choice(len(rows), size=n, replace=False)) if frac < 1 else np.arange(len(rows))
             judge = PairEnsemble.fit({k: v[idx] for k, v in blocks.items()}, list(y[idx]), MEMBERS)
             for name, (fr, fb) in held.items():
-                a = agreement([r["label"] for r in fr], judge.labels(fb))
+                pred = judge.labels(fb)
+                if frac >= 1:
+                    full_pred[name] = pred
+                a = agreement([r["label"] for r in fr], pred)
                 points.append(
                     {
                         "heldout": name,
@@ -111,6 +116,15 @@ def main() -> None:
             "curve": table,
             "loglinear": {"a": a, "b": b, "n_for_kappa_0.8": need},
         }
+    combined = None
+    if len(full_pred) > 1:  # every held-out set at once, scored by the full-corpus (shipped) fit
+        gold = [r["label"] for name in full_pred for r in held[name][0]]
+        a = agreement(gold, [p for name in full_pred for p in full_pred[name]])
+        keys = ("kappa", "unsafe_recall", "unsafe_precision", "judged_asr", "gold_asr")
+        combined = {"n": len(gold), **{k: a[k] for k in keys}}
+        for k in ("judged_asr", "gold_asr"):  # 95% Wilson intervals of the two rates
+            w = wilson(round(combined[k] * len(gold)), len(gold))
+            combined[f"{k}_ci"] = [w.low, w.high]
     command = "python scripts/judge_learning_curve.py " + " ".join(
         ["--heldout", *args.heldout, "--out", args.out]
     )
@@ -118,16 +132,24 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
         json.dumps(
-            {"command": command, "n_corpus": len(rows), "heldout": summary, "points": points}, indent=1
+            {
+                "command": command,
+                "n_corpus": len(rows),
+                "heldout": summary,
+                "combined": combined,
+                "points": points,
+            },
+            indent=1,
         )
         + "\n"
     )
-    out.with_suffix(".md").write_text(markdown(summary, len(rows), command, out.with_suffix(".png").name))
+    text = markdown(summary, len(rows), command, out.with_suffix(".png").name, combined)
+    out.with_suffix(".md").write_text(text)
     plot(summary, out.with_suffix(".png"))
-    print(markdown(summary, len(rows), command, out.with_suffix(".png").name))
+    print(text)
 
 
-def markdown(summary: dict, n_corpus: int, command: str, png: str) -> str:
+def markdown(summary: dict, n_corpus: int, command: str, png: str, combined: dict | None = None) -> str:
     lines = [
         "# The `pair` judge's learning curve on held-out labels",
         "",
@@ -160,6 +182,17 @@ def markdown(summary: dict, n_corpus: int, command: str, png: str) -> str:
                 if need
                 else "κ does not rise with more labels."
             ),
+            "",
+        ]
+    if combined:
+        lines += [
+            f"## All held-out sets together ({combined['n']} labelled responses), the full-corpus fit",
+            "",
+            f"κ {combined['kappa']:.3f}, unsafe recall {combined['unsafe_recall']:.2f}, unsafe precision "
+            f"{combined['unsafe_precision']:.2f}, judged ASR {100 * combined['judged_asr']:.1f}% "
+            f"[{100 * combined['judged_asr_ci'][0]:.1f}, {100 * combined['judged_asr_ci'][1]:.1f}] vs gold "
+            f"{100 * combined['gold_asr']:.1f}% [{100 * combined['gold_asr_ci'][0]:.1f}, "
+            f"{100 * combined['gold_asr_ci'][1]:.1f}] (95% Wilson).",
             "",
         ]
     return "\n".join(lines)

@@ -261,6 +261,10 @@ def test_judge_check_scores_judges_per_language(tmp_path):
     assert overall["accuracy"] == 1.0 and overall["kappa"] == pytest.approx(1.0)
     assert set(rep["judges"]["lexicon"]["per_language"]) == {"en", "jv", "zh"}
     assert rep["best_judge"] == "lexicon"
+    # each ASR with its 95% Wilson interval: 1 unsafe of 4 -> [0.046, 0.699]
+    assert overall["gold_asr"] == overall["judged_asr"] == 0.25
+    for key in ("gold_asr_ci", "judged_asr_ci"):
+        assert overall[key] == pytest.approx([0.0456, 0.6994], abs=1e-3)
 
 
 @pytest.mark.parametrize(

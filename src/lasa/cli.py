@@ -244,6 +244,12 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _with_interval(overall: dict, key: str) -> str:
+    """``0.303 [0.254, 0.358]``: a rate with its 95% interval, where the report has one."""
+    ci = overall.get(f"{key}_ci")
+    return f"{overall[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _judge_check(argv: list[str]) -> int:
     from lasa.config import JudgeCheckConfig, parse_stage_args
     from lasa.judge_check import check_judges
@@ -277,8 +283,8 @@ def _judge_check(argv: list[str]) -> int:
             "unsafe precision",
             "safe recall",
             "invalid recall",
-            "gold ASR",
-            "judged ASR",
+            "gold ASR [95% CI]",
+            "judged ASR [95% CI]",
         ],
         [
             [
@@ -292,10 +298,9 @@ def _judge_check(argv: list[str]) -> int:
                         "unsafe_precision",
                         "safe_recall",
                         "invalid_recall",
-                        "gold_asr",
-                        "judged_asr",
                     )
                 ],
+                *[_with_interval(r["overall"], k) for k in ("gold_asr", "judged_asr")],
             ]
             for j, r in rep["judges"].items()
         ],

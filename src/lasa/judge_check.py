@@ -18,6 +18,7 @@ from lasa.data import normalize_language
 from lasa.errors import LasaError
 from lasa.judges import LABELS, get_judge, judge_samples
 from lasa.judges.validation import agreement, breakdown, confusion
+from lasa.stats import wilson
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,12 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
     for name in judges:
         verdicts = judge_samples(get_judge(name, **judge_kwargs), rows)
         pred = [v["label"] for v in verdicts]
+        overall = agreement(gold, pred)
+        for key, labels in (("gold_asr", gold), ("judged_asr", pred)):  # every ASR with its interval
+            w = wilson(sum(x == "unsafe" for x in labels), len(labels))
+            overall[f"{key}_ci"] = [w.low, w.high]
         out["judges"][name] = {
-            "overall": agreement(gold, pred),
+            "overall": overall,
             "per_language": breakdown(gold, pred, langs),
             "confusion": confusion(gold, pred),
             "predictions": [
