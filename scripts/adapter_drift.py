@@ -156,6 +156,8 @@ def main() -> None:
     from lasa.errors import LasaError
     from lasa.models import load_model
 
+    if args.n < 1 or args.bootstrap < 1:
+        raise SystemExit("--n and --bootstrap must be at least 1")
     missing = [a for a in args.adapters if not Path(a, "adapter_config.json").is_file()]
     if missing:
         raise SystemExit(f"not a PEFT adapter directory (no adapter_config.json): {', '.join(missing)}")

@@ -119,11 +119,12 @@ def main() -> None:
     combined = None
     if len(full_pred) > 1:  # every held-out set at once, scored by the full-corpus (shipped) fit
         gold = [r["label"] for name in full_pred for r in held[name][0]]
-        a = agreement(gold, [p for name in full_pred for p in full_pred[name]])
+        pred = [p for name in full_pred for p in full_pred[name]]
+        a = agreement(gold, pred)
         keys = ("kappa", "unsafe_recall", "unsafe_precision", "judged_asr", "gold_asr")
         combined = {"n": len(gold), **{k: a[k] for k in keys}}
-        for k in ("judged_asr", "gold_asr"):  # 95% Wilson intervals of the two rates
-            w = wilson(round(combined[k] * len(gold)), len(gold))
+        for k, labels in (("judged_asr", pred), ("gold_asr", gold)):  # 95% Wilson intervals
+            w = wilson(sum(x == "unsafe" for x in labels), len(labels))
             combined[f"{k}_ci"] = [w.low, w.high]
     command = "python scripts/judge_learning_curve.py " + " ".join(
         ["--heldout", *args.heldout, "--out", args.out]

@@ -96,7 +96,7 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
         if seen:
             logger.warning(
                 "%d of the %d labelled responses are in the %s judge's training corpus: their agreement "
-                "is in-sample; check on labels it never saw (e.g. data/judge_labels/fresh_heldout.jsonl)",
+                "is in-sample; check on labels it never saw (e.g. src/lasa/data/judge_labels/fresh_heldout.jsonl)",
                 seen,
                 len(rows),
                 " / ".join(learned),
