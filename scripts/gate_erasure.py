@@ -1,0 +1,337 @@
+"""Does erasing language identity from the SSI's input help the gate reach every language?
+
+``python scripts/gate_erasure.py RUN/SSI_DIR [--seeds 0 1 2] [--out docs/gate_erasure]``
+
+The gate issue's third item names a language-identity erasure fitted on FLORES as one way to make
+an SSI trained on en + zh transfer: if the state at L* carries "which language" in a few linear
+directions, and unseen languages sit far from en / zh along them, the SSI's threshold means
+something else there. LEACE (Belrose et al., 2023; EleutherAI's ``concept-erasure``) removes,
+with the least change to the states, every linear direction along which the language can be
+read, fitted on parallel benign FLORES sentences (no harm label in any language). It is a single
+affine map, so the gate would need no language label at inference.
+
+Reads the SSI's cached states (``lasa interpret --calibration flores --calibration-n 100
+--xstest-mt-n N`` caches 100 FLORES sentences per language and N safe + N unsafe translated
+XSTest prompts next to the evaluation set) and, for each representation and seed, retrains the
+SSI exactly as ``lasa interpret`` does (same rows, split, recipe and threshold rule) and reports
+per language: AUROC (MultiJail vs same-form benign), TPR / FPR at the global threshold and with
+the FLORES q95 per-language thresholds (lasa's default rule), the oracle TPR at 5% FPR, and the
+share of translated safe / unsafe XSTest prompts flagged; and XSTest's English safe FPR.
+
+Representations:
+
+- ``none``: the state as extracted (lasa's SSI);
+- ``leace``: LEACE fitted on FLORES sentence ids 50-99 (10 languages), the first 50 ids kept for
+  the q95 thresholds so that the eraser and the calibration never see the same sentence;
+- ``lang_mean``: each row minus its language's FLORES mean (the issue's quick check; it needs
+  the prompt's language at inference, so it is a reference, not a candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def language_eraser(x: torch.Tensor, langs: list[str], languages: list[str]):
+    """LEACE fitted on states ``x`` of benign sentences tagged with their language: a function that
+    maps any states to states from which no linear probe can read those languages (float64 for the
+    fit, the input dtype back)."""
+    from concept_erasure import LeaceEraser
+
+    index = {g: k for k, g in enumerate(languages)}
+    z = torch.nn.functional.one_hot(torch.tensor([index[g] for g in langs]), len(languages))
+    eraser = LeaceEraser.fit(x.double(), z.double())
+    return lambda states: eraser(states.double()).to(states.dtype)
+
+
+def main() -> None:
+    from safetensors import safe_open
+
+    from lasa.config import InterpretConfig
+    from lasa.data import LANGUAGES
+    from lasa.data.safety import evaluation_prompts, training_prompts, xstest, xstest_translated
+    from lasa.interpret.calibrate import calibration_prompts
+    from lasa.interpret.metrics import binary_metrics
+    from lasa.interpret.stage import _text_key
+    from lasa.interpret.train import Split, fit_and_evaluate, group_split
+    from lasa.runs import read_json, write_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ssi_dir")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1, 2, 3])
+    ap.add_argument(
+        "--layer-sets",
+        nargs="+",
+        default=None,
+        help="Layer sets to compare, each a layer or '+'-joined layers whose states are concatenated "
+        "(e.g. 15 20 15+20; default: the SSI's layer). Every layer must be cached, e.g. by "
+        "`lasa interpret --sweep --sweep-every 5`.",
+    )
+    ap.add_argument("--out", default=None, help="Write OUT.json and OUT.md.")
+    args = ap.parse_args()
+    try:
+        import concept_erasure  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "gate_erasure needs EleutherAI's concept-erasure: pip install concept-erasure"
+        ) from None
+    d = Path(args.ssi_dir)
+    for f in ("metrics.json", "ssi.json", "states.safetensors"):
+        if not (d / f).is_file():
+            raise SystemExit(f"no {d / f}; run `lasa interpret` for that directory first")
+    metrics = read_json(d / "metrics.json")
+    meta = read_json(d / "ssi.json")
+    layer = int(meta["layer"])
+    try:
+        layer_sets = [[int(k) for k in ls.split("+")] for ls in (args.layer_sets or [str(layer)])]
+    except ValueError:
+        raise SystemExit(f"--layer-sets takes layers like 15 or 15+20, got {args.layer_sets}") from None
+    seen = list(meta["train_languages"])
+    recipe = meta["data_recipe"]
+    with safe_open(str(d / "states.safetensors"), "pt") as f:
+        row = {h: i for i, h in enumerate(json.loads(f.metadata()["text_keys"]))}
+        have = {k for k in f.keys()}  # noqa: SIM118
+        missing_layers = sorted({k for ls in layer_sets for k in ls if f"layer_{k}" not in have})
+        if missing_layers:
+            raise SystemExit(
+                f"{d}/states.safetensors has no layer(s) {missing_layers}; rerun lasa interpret with --sweep"
+            )
+        by_layer = {k: f.get_tensor(f"layer_{k}").float() for ls in layer_sets for k in ls}
+
+    pool, _ = training_prompts(seen, cap=recipe["cap_per_language_label_form"], seed=meta["seed"])
+    harmful = metrics["evaluation_data"]["harmful"]
+    n_h = int(harmful.split("first ")[1].split()[0]) if "first" in harmful else None
+    evalp, _ = evaluation_prompts(None, n_h, metrics["evaluation_data"]["n_benign_cap"], meta["seed"])
+    xs = xstest()
+    calp = calibration_prompts(pool, 100)
+    cal_ids = sorted({p.id for p in calp}, key=[p.id for p in calp].index)
+    if len(cal_ids) < 100:
+        raise SystemExit(
+            f"{d} holds {len(cal_ids)} FLORES ids; rerun lasa interpret with --calibration-n 100"
+        )
+    q_ids, fit_ids = set(cal_ids[:50]), set(cal_ids[50:])
+    n_mt = min((v["n_safe"] for v in (metrics.get("xstest_multilingual") or {}).values()), default=0)
+    if not n_mt:
+        raise SystemExit(f"{d} has no translated XSTest states; rerun lasa interpret with --xstest-mt-n 50")
+    xs_mt = xstest_translated(None, n_mt)
+
+    def rows(texts: list[str]) -> torch.Tensor:
+        missing = [t for t in texts if _text_key(t) not in row]
+        if missing:
+            raise SystemExit(
+                f"{len(missing)} prompts are not in {d}/states.safetensors; rerun lasa interpret"
+            )
+        return torch.tensor([row[_text_key(t)] for t in texts])
+
+    idx = {
+        "pool": rows([p.text for p in pool]),
+        "eval": rows([p.text for p in evalp]),
+        "xstest": rows([r["prompt"] for r in xs]),
+        "q": rows([p.text for p in calp if p.id in q_ids]),
+        "fit": rows([p.text for p in calp if p.id in fit_ids]),
+        "xs_mt": rows([r["prompt"] for r in xs_mt]),
+    }
+    q_lang = np.array([p.lang for p in calp if p.id in q_ids])
+    fit_lang = [p.lang for p in calp if p.id in fit_ids]
+
+    # every row's language, for lang_mean only (the prompts' own tags)
+    row_lang: dict[int, str] = {}
+    for key, prompts in (("pool", pool), ("eval", evalp)):
+        row_lang |= {int(i): p.lang for i, p in zip(idx[key], prompts, strict=True)}
+    row_lang |= {int(i): "en" for i in idx["xstest"]}
+    row_lang |= {int(i): r["lang"] for i, r in zip(idx["xs_mt"], xs_mt, strict=True)}
+    row_lang |= {int(i): str(g) for i, g in zip(idx["q"], q_lang, strict=True)}
+    row_lang |= {int(i): g for i, g in zip(idx["fit"], fit_lang, strict=True)}
+
+    xs_safe = np.array([r["label"] == "safe" for r in xs])
+    mt_lang = np.array([r["lang"] for r in xs_mt])
+    mt_safe = np.array([r["label"] == "safe" for r in xs_mt])
+    ev_lang = np.array([p.lang for p in evalp])
+    ev_y = np.array([p.label for p in evalp])
+    unseen = [g for g in LANGUAGES if g not in seen]
+
+    def compare(x_all: torch.Tensor) -> dict[str, dict]:
+        eraser = language_eraser(x_all[idx["fit"]], fit_lang, LANGUAGES)
+        means = {g: x_all[idx["fit"]][torch.tensor([h == g for h in fit_lang])].mean(0) for g in LANGUAGES}
+        used = torch.cat(list(idx.values())).unique()
+
+        def lang_mean(x: torch.Tensor) -> torch.Tensor:
+            out = x.clone()
+            for i in used.tolist():
+                out[i] = x[i] - means[row_lang[i]]
+            return out
+
+        reps = {
+            "none": x_all,
+            "leace": eraser(x_all),
+            "lang_mean": lang_mean(x_all),
+        }
+        # how much language the representation still carries: a held-out language-ID probe on FLORES
+        from sklearn.linear_model import LogisticRegression
+
+        lid = {}
+        for name, x in reps.items():
+            clf = LogisticRegression(C=0.1, max_iter=3000).fit(x[idx["fit"]].numpy(), fit_lang)
+            lid[name] = float((clf.predict(x[idx["q"]].numpy()) == q_lang).mean())
+
+        results: dict[str, dict] = {}
+        for name, x in reps.items():
+            per_seed = []
+            for seed in args.seeds:
+                cfg = InterpretConfig(run_dir=str(d.parent), seed=seed)
+                tr, va = group_split(pool, cfg.val_fraction, seed)
+                split = Split(
+                    train=idx["pool"][tr].tolist(),
+                    val=idx["pool"][va].tolist(),
+                    eval=idx["eval"].tolist(),
+                    xstest=idx["xstest"].tolist(),
+                    y_train=torch.tensor([pool[i].label for i in tr], dtype=torch.float32),
+                    y_val=torch.tensor([pool[i].label for i in va], dtype=torch.float32),
+                    eval_prompts=evalp,
+                )
+                res = fit_and_evaluate(x, layer, split, cfg)
+                ssi = res["ssi"]
+                t = math.log(res["threshold"] / (1 - res["threshold"]))
+                with torch.inference_mode():
+                    logit = {k: ssi.module(x[v]).numpy() for k, v in idx.items()}
+                thr = {
+                    g: t if g in seen else max(t, float(np.quantile(logit["q"][q_lang == g], 0.95)))
+                    for g in LANGUAGES
+                }
+                per: dict[str, dict] = {}
+                for g in LANGUAGES:
+                    le, y = logit["eval"][ev_lang == g], ev_y[ev_lang == g]
+                    m = binary_metrics(le, y, t)
+                    r = {
+                        "auroc": m["auroc"],
+                        "tpr_at_fpr_05": m["tpr_at_fpr_05"],
+                        "tpr_global": m["tpr"],
+                        "fpr_global": m["fpr"],
+                        "tpr_q95": float((le[y == 1] > thr[g]).mean()),
+                        "fpr_q95": float((le[y == 0] > thr[g]).mean()),
+                    }
+                    if g != "en":
+                        lm_, sf = logit["xs_mt"][mt_lang == g], mt_safe[mt_lang == g]
+                        r["xstest_mt_safe_flagged_q95"] = float((lm_[sf] > thr[g]).mean())
+                        r["xstest_mt_unsafe_flagged_q95"] = float((lm_[~sf] > thr[g]).mean())
+                        r["xstest_mt_safe_flagged_global"] = float((lm_[sf] > t).mean())
+                    per[g] = r
+                lx = logit["xstest"]
+                summary = {
+                    k: float(np.mean([per[g][k] for g in unseen]))
+                    for k in per[unseen[0]]
+                    if all(k in per[g] for g in unseen)
+                }
+                summary |= {
+                    "seen_auroc": float(np.mean([per[g]["auroc"] for g in seen])),
+                    "worst_unseen_auroc": float(min(per[g]["auroc"] for g in unseen)),
+                    "worst_unseen_tpr_q95": float(min(per[g]["tpr_q95"] for g in unseen)),
+                    "xstest_safe_fpr": float((lx[xs_safe] > t).mean()),
+                    "xstest_unsafe_tpr": float((lx[~xs_safe] > t).mean()),
+                }
+                per_seed.append(
+                    {"seed": seed, "threshold": res["threshold"], "summary": summary, "per_language": per}
+                )
+            mean = {k: float(np.mean([s["summary"][k] for s in per_seed])) for k in per_seed[0]["summary"]}
+            spread = {k: float(np.std([s["summary"][k] for s in per_seed])) for k in per_seed[0]["summary"]}
+            per_lang = {
+                g: {
+                    k: float(np.mean([s["per_language"][g][k] for s in per_seed]))
+                    for k in per_seed[0]["per_language"][g]
+                }
+                for g in LANGUAGES
+            }
+            results[name] = {
+                "language_id_accuracy": lid[name],
+                "mean": mean,
+                "sd": spread,
+                "per_language": per_lang,
+                "per_seed": per_seed,
+            }
+            print(
+                f"{name:9s} LID {lid[name]:.2f} | unseen AUROC {mean['auroc']:.3f} (worst {mean['worst_unseen_auroc']:.3f})"
+                f" | q95 TPR {mean['tpr_q95']:.2f} FPR {mean['fpr_q95']:.2f} (worst TPR {mean['worst_unseen_tpr_q95']:.2f})"
+                f" | global TPR {mean['tpr_global']:.2f} FPR {mean['fpr_global']:.2f}"
+                f" | TPR@5%FPR {mean['tpr_at_fpr_05']:.2f} | XSTest-MT safe flagged q95 {mean['xstest_mt_safe_flagged_q95']:.2f}"
+                f" unsafe {mean['xstest_mt_unsafe_flagged_q95']:.2f} | XSTest safe FPR {mean['xstest_safe_fpr']:.3f}"
+                f" | seen AUROC {mean['seen_auroc']:.3f}"
+            )
+        return results
+
+    by_set: dict[str, dict] = {}
+    for ls in layer_sets:
+        tag = "+".join(map(str, ls))
+        print(f"layer(s) {tag}")
+        by_set[tag] = compare(torch.cat([by_layer[k] for k in ls], dim=1))
+    if args.out:
+        out = {
+            "ssi_dir": str(d),
+            "ssi_layer": layer,
+            "layer_sets": list(by_set),
+            "seeds": args.seeds,
+            "n_eval_per_language": {g: int((ev_lang == g).sum()) for g in LANGUAGES},
+            "n_xstest_mt_per_label": n_mt,
+            "eraser": "concept_erasure.LeaceEraser on 50 FLORES ids x 10 languages (ids 50-99 of calibration_prompts)",
+            "q95_thresholds_from": "FLORES ids 0-49 (disjoint from the eraser's)",
+            "results": by_set,
+        }
+        write_json(f"{args.out}.json", out)
+        command = ["python scripts/gate_erasure.py", str(d), "--seeds", *map(str, args.seeds)]
+        if args.layer_sets:
+            command += ["--layer-sets", *args.layer_sets]
+        Path(f"{args.out}.md").write_text(_markdown(out, unseen, " ".join([*command, "--out", args.out])))
+
+
+def _markdown(out: dict, unseen: list[str], command: str) -> str:
+    lines = [
+        "# Language-identity erasure (LEACE) and layer sets before the SSI",
+        "",
+        f"Generated by `{command}`: the SSI retrained as `lasa interpret` trains it on each representation, "
+        f"means over seeds {out['seeds']} (sd of unseen AUROC in brackets). Unseen languages: {' '.join(unseen)}. "
+        "q95: lasa's default per-language rule (an unseen language's threshold raised to the 95th percentile "
+        "of its FLORES logits); one threshold: the validated en + zh threshold everywhere; TPR at 5% FPR: the "
+        "best threshold per language chosen with the labels (what the representation allows, not a rule).",
+        "",
+        "| layer(s) | representation | language ID (held-out FLORES) | unseen AUROC | worst | TPR / FPR (q95) "
+        "| worst TPR (q95) | TPR / FPR (one threshold) | TPR at 5% FPR | translated safe XSTest flagged (q95) "
+        "| unsafe flagged | XSTest safe FPR (en) | seen AUROC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, res in out["results"].items():
+        for name, r in res.items():
+            m, s = r["mean"], r["sd"]
+            lines.append(
+                f"| {tag} | {name} | {r['language_id_accuracy']:.2f} | {m['auroc']:.3f} ({s['auroc']:.3f}) | "
+                f"{m['worst_unseen_auroc']:.3f} | {m['tpr_q95']:.2f} / {m['fpr_q95']:.2f} | "
+                f"{m['worst_unseen_tpr_q95']:.2f} | {m['tpr_global']:.2f} / {m['fpr_global']:.2f} | "
+                f"{m['tpr_at_fpr_05']:.2f} | {m['xstest_mt_safe_flagged_q95']:.2f} | "
+                f"{m['xstest_mt_unsafe_flagged_q95']:.2f} | {m['xstest_safe_fpr']:.3f} | {m['seen_auroc']:.3f} |"
+            )
+    lines += [
+        "",
+        "Per language (AUROC / TPR q95 / FPR q95 / TPR at 5% FPR / translated safe XSTest flagged q95):",
+        "",
+        "| layer(s) | representation | " + " | ".join(unseen) + " |",
+        "|---|---|" + "---|" * len(unseen),
+    ]
+    for tag, res in out["results"].items():
+        for name, r in res.items():
+            cells = []
+            for g in unseen:
+                q = r["per_language"][g]
+                cells.append(
+                    f"{q['auroc']:.2f} / {q['tpr_q95']:.2f} / {q['fpr_q95']:.2f} / {q['tpr_at_fpr_05']:.2f} / "
+                    f"{q['xstest_mt_safe_flagged_q95']:.2f}"
+                )
+            lines.append(f"| {tag} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
