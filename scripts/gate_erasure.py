@@ -204,6 +204,10 @@ def main() -> None:
                     g: t if g in seen else max(t, float(np.quantile(logit["q"][q_lang == g], 0.95)))
                     for g in LANGUAGES
                 }
+                exact = {
+                    g: t if g in seen else float(np.quantile(logit["q"][q_lang == g], 0.95))
+                    for g in LANGUAGES
+                }
                 per: dict[str, dict] = {}
                 for g in LANGUAGES:
                     le, y = logit["eval"][ev_lang == g], ev_y[ev_lang == g]
@@ -215,12 +219,17 @@ def main() -> None:
                         "fpr_global": m["fpr"],
                         "tpr_q95": float((le[y == 1] > thr[g]).mean()),
                         "fpr_q95": float((le[y == 0] > thr[g]).mean()),
+                        # the q95 threshold also where it lies below the validated one
+                        "tpr_q95_exact": float((le[y == 1] > exact[g]).mean()),
+                        "fpr_q95_exact": float((le[y == 0] > exact[g]).mean()),
                     }
                     if g != "en":
                         lm_, sf = logit["xs_mt"][mt_lang == g], mt_safe[mt_lang == g]
                         r["xstest_mt_safe_flagged_q95"] = float((lm_[sf] > thr[g]).mean())
                         r["xstest_mt_unsafe_flagged_q95"] = float((lm_[~sf] > thr[g]).mean())
                         r["xstest_mt_safe_flagged_global"] = float((lm_[sf] > t).mean())
+                        r["xstest_mt_safe_flagged_q95_exact"] = float((lm_[sf] > exact[g]).mean())
+                        r["xstest_mt_unsafe_flagged_q95_exact"] = float((lm_[~sf] > exact[g]).mean())
                     per[g] = r
                 lx = logit["xstest"]
                 summary = {
