@@ -50,6 +50,15 @@ def language_eraser(x: torch.Tensor, langs: list[str], languages: list[str]):
     return lambda states: eraser(states.double()).to(states.dtype)
 
 
+def fpr_threshold(ssi, x_val: torch.Tensor, y_val: torch.Tensor, max_fpr: float) -> float:
+    """The lowest probability threshold that flags at most ``max_fpr`` of the benign validation rows."""
+    with torch.inference_mode():
+        p = torch.sigmoid(ssi.module(x_val)).numpy()
+    benign = np.sort(p[~y_val.numpy().astype(bool)])
+    k = max(0, min(len(benign) - 1, math.ceil((1 - max_fpr) * len(benign)) - 1))
+    return float(min(max(benign[k], 1e-4), 1 - 1e-4))
+
+
 def main() -> None:
     from safetensors import safe_open
 
@@ -72,6 +81,13 @@ def main() -> None:
         help="Layer sets to compare, each a layer or '+'-joined layers whose states are concatenated "
         "(e.g. 15 20 15+20; default: the SSI's layer). Every layer must be cached, e.g. by "
         "`lasa interpret --sweep --sweep-every 5`.",
+    )
+    ap.add_argument(
+        "--val-fpr",
+        type=float,
+        default=None,
+        help="Pick each SSI's threshold for at most this FPR on its validation split's benign rows "
+        "(hard negatives among them) instead of lasa's balanced-accuracy rule.",
     )
     ap.add_argument("--out", default=None, help="Write OUT.json and OUT.md.")
     args = ap.parse_args()
@@ -196,6 +212,8 @@ def main() -> None:
                     eval_prompts=evalp,
                 )
                 res = fit_and_evaluate(x, layer, split, cfg)
+                if args.val_fpr is not None:
+                    res["threshold"] = fpr_threshold(res["ssi"], x[split.val], split.y_val, args.val_fpr)
                 ssi = res["ssi"]
                 t = math.log(res["threshold"] / (1 - res["threshold"]))
                 with torch.inference_mode():
@@ -284,6 +302,9 @@ def main() -> None:
             "ssi_layer": layer,
             "layer_sets": list(by_set),
             "seeds": args.seeds,
+            "threshold_rule": "balanced accuracy on validation"
+            if args.val_fpr is None
+            else f"at most {args.val_fpr} FPR on validation benign rows",
             "n_eval_per_language": {g: int((ev_lang == g).sum()) for g in LANGUAGES},
             "n_xstest_mt_per_label": n_mt,
             "eraser": "concept_erasure.LeaceEraser on 50 FLORES ids x 10 languages (ids 50-99 of calibration_prompts)",
@@ -294,6 +315,8 @@ def main() -> None:
         command = ["python scripts/gate_erasure.py", str(d), "--seeds", *map(str, args.seeds)]
         if args.layer_sets:
             command += ["--layer-sets", *args.layer_sets]
+        if args.val_fpr is not None:
+            command += ["--val-fpr", str(args.val_fpr)]
         Path(f"{args.out}.md").write_text(_markdown(out, unseen, " ".join([*command, "--out", args.out])))
 
 
