@@ -16,7 +16,9 @@ XSTest prompts next to the evaluation set) and, for each representation and seed
 SSI exactly as ``lasa interpret`` does (same rows, split, recipe and threshold rule) and reports
 per language: AUROC (MultiJail vs same-form benign), TPR / FPR at the global threshold and with
 the FLORES q95 per-language thresholds (lasa's default rule), the oracle TPR at 5% FPR, and the
-share of translated safe / unsafe XSTest prompts flagged; and XSTest's English safe FPR.
+share of translated safe / unsafe XSTest prompts flagged; and XSTest's English safe FPR (at the
+validated threshold without the per-language offsets that ``lasa interpret`` applies, so the two
+can differ by a prompt or two).
 
 Representations:
 
