@@ -614,3 +614,30 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_before_the_batches_are_b
     assert len(written) == 10 and not any(r["prompt"].startswith("tell me") for r in written)
     assert summary["rows"]["dropped_overlong_prompts"] == 2
     assert "2 of 12 rows dropped" in caplog.text
+
+
+def test_save_adapter_writes_a_byte_stable_config_that_loads(tmp_path, tiny_qwen):
+    """PEFT writes target_modules in a set's per-process hash order; save_adapter sorts it, so
+    identical weights give an identical adapter directory (and adapter digest), and the sorted
+    config loads the same adapter. No temporary directory is left behind."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.align import save_adapter
+    from lasa.models import load_adapter, load_model
+
+    names = ["up_proj", "q_proj", "o_proj", "k_proj", "down_proj", "v_proj", "gate_proj"]
+    base = load_model(str(tiny_qwen), device="cpu")
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, target_modules=names)
+    cfg.init_lora_weights = False
+    model = get_peft_model(base.model, cfg)
+    save_adapter(model, tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["target_modules"] == sorted(names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    first = (tmp_path / "adapter" / "adapter_config.json").read_bytes()
+    save_adapter(model, tmp_path / "adapter")  # again, over the first: same bytes
+    assert (tmp_path / "adapter" / "adapter_config.json").read_bytes() == first
+    loaded = load_adapter(load_model(str(tiny_qwen), device="cpu"), tmp_path / "adapter")
+    assert set(loaded.model.peft_config["default"].target_modules) == set(names)

@@ -86,6 +86,27 @@ def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> 
 # -- training --------------------------------------------------------------------------------
 
 
+def save_adapter(model: Any, dest: Path) -> None:
+    """``model.save_pretrained`` into ``dest``, whole or not at all, with a byte-stable config.
+
+    PEFT keeps ``target_modules`` as a set and writes it in the set's iteration order, which
+    Python's string hashing changes from process to process: two trainings with identical weights
+    then leave different ``adapter_config.json`` bytes, hence different adapter digests, and an
+    evaluation keyed on the digest would regenerate for nothing. The set-valued fields are
+    written sorted (the same set, so PEFT loads the same adapter)."""
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    for config in tmp.rglob("adapter_config.json"):
+        data = json.loads(config.read_text())
+        for key in ("target_modules", "exclude_modules"):
+            if isinstance(data.get(key), list):
+                data[key] = sorted(data[key])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
 def block_linear_names(layers: Any) -> list[str]:
     """Leaf names of the nn.Linear modules inside a decoder block ("all-linear", resolved so that
     PEFT can combine it with ``layers_to_transform``)."""
@@ -152,12 +173,7 @@ class _AdapterCheckpoints:
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step in steps and model is not None:
-                    dest = root / f"{method}-step{state.global_step}"
-                    tmp = root / f".{dest.name}.tmp-{os.getpid()}"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    model.save_pretrained(str(tmp))
-                    shutil.rmtree(dest, ignore_errors=True)
-                    os.replace(tmp, dest)
+                    save_adapter(model, root / f"{method}-step{state.global_step}")
 
         root.mkdir(parents=True, exist_ok=True)
         return Callback()
@@ -335,12 +351,7 @@ def train(
         result = trainer.train()
     seconds = time.time() - t0
     if trainer.accelerator.is_main_process:
-        adapter = out / "adapter"
-        tmp = out / f".adapter.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp))
-        shutil.rmtree(adapter, ignore_errors=True)
-        os.replace(tmp, adapter)
+        save_adapter(trainer.model, out / "adapter")
         shutil.rmtree(out / "trainer", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     steps = int(result.global_step)
