@@ -20,7 +20,6 @@ safe and unsafe prompts. Rules (the training languages always keep the validated
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -29,13 +28,10 @@ import torch
 
 
 def main() -> None:
-    from safetensors import safe_open
-
     from lasa.data import LANGUAGES
-    from lasa.data.safety import evaluation_prompts, training_prompts, xstest_translated
-    from lasa.interpret.calibrate import calibration_prompts
-    from lasa.interpret.stage import _text_key
-    from lasa.runs import read_json, write_json
+    from lasa.errors import LasaError
+    from lasa.interpret.stage import CachedStates, saved_prompts
+    from lasa.runs import write_json
     from lasa.ssi import SSI
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,34 +39,25 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Also write the table as JSON here.")
     args = ap.parse_args()
     d = Path(args.ssi_dir)
-    ssi = SSI.load(d).without_calibration()
-    cfg = read_json(d / "metrics.json")
-    meta_cfg = ssi.meta
+    try:
+        ssi = SSI.load(d).without_calibration()
+        prompts = saved_prompts(d, calibration_n=100)
+        cache = CachedStates(d)
+        x = cache.layer(ssi.layer)
+    except LasaError as e:
+        raise SystemExit(f"error: {e}") from None
     layer = ssi.layer
-    with safe_open(str(d / "states.safetensors"), "pt") as f:
-        row = {h: i for i, h in enumerate(json.loads(f.metadata()["text_keys"]))}
-        x = f.get_tensor(f"layer_{layer}")
-    seen = list(meta_cfg["train_languages"])
-    recipe = meta_cfg["data_recipe"]
-    pool, _ = training_prompts(seen, cap=recipe["cap_per_language_label_form"], seed=meta_cfg["seed"])
-    n_h = (
-        int(cfg["evaluation_data"]["harmful"].split("first ")[1].split()[0])
-        if "first" in cfg["evaluation_data"]["harmful"]
-        else None
-    )
-    evalp, _ = evaluation_prompts(None, n_h, cfg["evaluation_data"]["n_benign_cap"], meta_cfg["seed"])
-    calp = calibration_prompts(pool, 100)
-    n_mt = min((v["n_safe"] for v in (cfg.get("xstest_multilingual") or {}).values()), default=0)
-    xs = xstest_translated(None, n_mt)
+    seen = list(ssi.meta["train_languages"])
+    evalp, calp, xs = prompts.evaluation, prompts.calibration, prompts.xstest_mt
+    n_mt = sum(1 for r in xs if r["label"] == "safe" and r["lang"] == xs[0]["lang"]) if xs else 0
 
     def logits(texts: list[str]) -> np.ndarray:
-        missing = [t for t in texts if _text_key(t) not in row]
-        if missing:
-            raise SystemExit(
-                f"{len(missing)} prompts are not in {d}/states.safetensors; rerun lasa interpret"
-            )
+        try:
+            rows = cache.rows(texts)
+        except LasaError as e:
+            raise SystemExit(f"error: {e}") from None
         with torch.inference_mode():
-            return ssi.module(x[[row[_text_key(t)] for t in texts]]).numpy()
+            return ssi.module(x[rows]).numpy()
 
     t = math.log(ssi.threshold / (1 - ssi.threshold))
     cal = {g: logits([p.text for p in calp if p.lang == g]) for g in LANGUAGES}

@@ -32,7 +32,6 @@ Representations:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -62,14 +61,11 @@ def fpr_threshold(ssi, x_val: torch.Tensor, y_val: torch.Tensor, max_fpr: float)
 
 
 def main() -> None:
-    from safetensors import safe_open
-
     from lasa.config import InterpretConfig
     from lasa.data import LANGUAGES
-    from lasa.data.safety import evaluation_prompts, training_prompts, xstest, xstest_translated
-    from lasa.interpret.calibrate import calibration_prompts
+    from lasa.errors import LasaError
     from lasa.interpret.metrics import binary_metrics
-    from lasa.interpret.stage import _text_key
+    from lasa.interpret.stage import CachedStates, saved_prompts
     from lasa.interpret.train import Split, fit_and_evaluate, group_split
     from lasa.runs import read_json, write_json
 
@@ -100,59 +96,51 @@ def main() -> None:
             "gate_erasure needs EleutherAI's concept-erasure: pip install concept-erasure"
         ) from None
     d = Path(args.ssi_dir)
-    for f in ("metrics.json", "ssi.json", "states.safetensors"):
-        if not (d / f).is_file():
-            raise SystemExit(f"no {d / f}; run `lasa interpret` for that directory first")
-    metrics = read_json(d / "metrics.json")
-    meta = read_json(d / "ssi.json")
+    try:
+        prompts = saved_prompts(d, calibration_n=100)
+        cache = CachedStates(d)
+        meta = read_json(d / "ssi.json")
+    except LasaError as e:
+        raise SystemExit(f"error: {e}") from None
     layer = int(meta["layer"])
     try:
         layer_sets = [[int(k) for k in ls.split("+")] for ls in (args.layer_sets or [str(layer)])]
     except ValueError:
         raise SystemExit(f"--layer-sets takes layers like 15 or 15+20, got {args.layer_sets}") from None
-    seen = list(meta["train_languages"])
-    recipe = meta["data_recipe"]
-    with safe_open(str(d / "states.safetensors"), "pt") as f:
-        row = {h: i for i, h in enumerate(json.loads(f.metadata()["text_keys"]))}
-        have = {k for k in f.keys()}  # noqa: SIM118
-        missing_layers = sorted({k for ls in layer_sets for k in ls if f"layer_{k}" not in have})
-        if missing_layers:
-            raise SystemExit(
-                f"{d}/states.safetensors has no layer(s) {missing_layers}; rerun lasa interpret with --sweep"
-            )
-        by_layer = {k: f.get_tensor(f"layer_{k}").float() for ls in layer_sets for k in ls}
-
-    pool, _ = training_prompts(seen, cap=recipe["cap_per_language_label_form"], seed=meta["seed"])
-    harmful = metrics["evaluation_data"]["harmful"]
-    n_h = int(harmful.split("first ")[1].split()[0]) if "first" in harmful else None
-    evalp, _ = evaluation_prompts(None, n_h, metrics["evaluation_data"]["n_benign_cap"], meta["seed"])
-    xs = xstest()
-    calp = calibration_prompts(pool, 100)
-    cal_ids = sorted({p.id for p in calp}, key=[p.id for p in calp].index)
-    if len(cal_ids) < 100:
+    missing_layers = sorted({k for ls in layer_sets for k in ls if k not in cache.layers})
+    if missing_layers:
         raise SystemExit(
-            f"{d} holds {len(cal_ids)} FLORES ids; rerun lasa interpret with --calibration-n 100"
+            f"error: {cache.path} has no layer(s) {missing_layers}; rerun lasa interpret with --sweep"
         )
+    by_layer = {k: cache.layer(k) for ls in layer_sets for k in ls}
+    seen = list(meta["train_languages"])
+    pool, evalp, xs, calp, xs_mt = (
+        prompts.pool,
+        prompts.evaluation,
+        prompts.xstest,
+        prompts.calibration,
+        prompts.xstest_mt,
+    )
+    cal_ids = list(dict.fromkeys(p.id for p in calp))
     q_ids, fit_ids = set(cal_ids[:50]), set(cal_ids[50:])
-    n_mt = min((v["n_safe"] for v in (metrics.get("xstest_multilingual") or {}).values()), default=0)
-    if not n_mt:
-        raise SystemExit(f"{d} has no translated XSTest states; rerun lasa interpret with --xstest-mt-n 50")
-    xs_mt = xstest_translated(None, n_mt)
+    if not xs_mt:
+        raise SystemExit(
+            f"error: {d} has no translated XSTest states; rerun lasa interpret with --xstest-mt-n 50"
+        )
+    n_mt = sum(1 for r in xs_mt if r["label"] == "safe" and r["lang"] == xs_mt[0]["lang"])
 
-    def rows(texts: list[str]) -> torch.Tensor:
-        missing = [t for t in texts if _text_key(t) not in row]
-        if missing:
-            raise SystemExit(
-                f"{len(missing)} prompts are not in {d}/states.safetensors; rerun lasa interpret"
-            )
-        return torch.tensor([row[_text_key(t)] for t in texts])
+    def rows(texts: list[str], hint: str = "") -> torch.Tensor:
+        try:
+            return cache.rows(texts)
+        except LasaError as e:
+            raise SystemExit(f"error: {e}{hint}") from None
 
     idx = {
         "pool": rows([p.text for p in pool]),
         "eval": rows([p.text for p in evalp]),
         "xstest": rows([r["prompt"] for r in xs]),
-        "q": rows([p.text for p in calp if p.id in q_ids]),
-        "fit": rows([p.text for p in calp if p.id in fit_ids]),
+        "q": rows([p.text for p in calp if p.id in q_ids], " (FLORES: --calibration-n 100)"),
+        "fit": rows([p.text for p in calp if p.id in fit_ids], " (FLORES: --calibration-n 100)"),
         "xs_mt": rows([r["prompt"] for r in xs_mt]),
     }
     q_lang = np.array([p.lang for p in calp if p.id in q_ids])

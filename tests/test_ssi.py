@@ -448,3 +448,28 @@ def test_transfer_layer_is_the_least_language_spread_among_accurate_layers():
     assert t["layer"] == 20  # 24 spreads least but is not accurate enough on the seen languages
     assert t["spread_vs_unseen_auroc_spearman"] == pytest.approx(0.2)
     assert transfer_layer([{**rows[0], "flores_language_spread": None}]) is None
+
+
+def test_saved_prompts_and_cached_states_rebuild_what_interpret_extracted(interpreted):
+    """Analyses re-score an SSI from its state cache without the model: the prompt sets rebuilt
+    from ssi.json + metrics.json are exactly the stage's (every text has a cached row, in the
+    cache's order), and asking for a prompt or a layer the stage never extracted is one line."""
+    from lasa.config import InterpretConfig
+    from lasa.errors import LasaError
+    from lasa.interpret.stage import CachedStates, saved_prompts
+
+    ssi_dir = interpreted / "ssi"
+    prompts = saved_prompts(ssi_dir, calibration_n=InterpretConfig.calibration_n)
+    cache = CachedStates(ssi_dir)
+    assert len(prompts.texts) == len(cache.row)
+    assert cache.rows(prompts.texts).tolist() == list(range(len(prompts.texts)))
+    assert 2 in cache.layers
+    assert cache.layer(2).shape[0] == len(prompts.texts)
+    assert len({p.lang for p in prompts.evaluation}) == 10
+    assert any(p.source == "hard_negatives" for p in prompts.pool)
+    with pytest.raises(LasaError, match="1 prompts are not in"):
+        cache.rows(["a prompt lasa interpret never saw"])
+    with pytest.raises(LasaError, match="has no layer 99"):
+        cache.layer(99)
+    with pytest.raises(LasaError, match="run `lasa interpret`"):
+        saved_prompts(interpreted / "no-such-ssi")

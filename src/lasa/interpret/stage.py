@@ -9,8 +9,11 @@ changing the recipe re-extracts only what is new.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import torch
 
 from lasa.config import InterpretConfig
 from lasa.data.safety import (
+    Prompt,
     evaluation_prompts,
     training_prompts,
     validate_train_langs,
@@ -41,6 +45,119 @@ def _text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+@dataclass
+class InterpretPrompts:
+    """Every prompt set the interpret stage extracts states for."""
+
+    pool: list[Prompt]  # SSI training pool (train + validation), hard negatives included
+    recipe: dict
+    evaluation: list[Prompt]  # MultiJail harmful + same-form benign, every language
+    benign_source: dict[str, str]
+    xstest: list[dict]
+    calibration: list[Prompt]  # parallel FLORES sentences (label-free)
+    xstest_mt: list[dict]  # translated XSTest
+
+    @property
+    def texts(self) -> list[str]:
+        """All prompts, de-duplicated in a fixed order (the rows of the state cache)."""
+        return list(
+            dict.fromkeys(
+                [p.text for p in self.pool]
+                + [p.text for p in self.evaluation]
+                + [r["prompt"] for r in self.xstest]
+                + [p.text for p in self.calibration]
+                + [r["prompt"] for r in self.xstest_mt]
+            )
+        )
+
+
+def interpret_prompts(
+    train_langs: Sequence[str],
+    cap: int,
+    seed: int,
+    hard_negatives: bool,
+    eval_n_harmful: int | None,
+    eval_n_benign: int,
+    calibration_n: int,
+    xstest_mt_n: int,
+) -> InterpretPrompts:
+    """The prompt sets of one interpret run (``calibration_n`` 0: no FLORES calibration sentences)."""
+    pool, recipe = training_prompts(train_langs, cap=cap, seed=seed, with_hard_negatives=hard_negatives)
+    evalp, benign_source = evaluation_prompts(None, eval_n_harmful, eval_n_benign, seed)
+    return InterpretPrompts(
+        pool=pool,
+        recipe=recipe,
+        evaluation=evalp,
+        benign_source=benign_source,
+        xstest=xstest(),
+        calibration=calibration_prompts(pool, calibration_n) if calibration_n else [],
+        xstest_mt=xstest_translated(None, xstest_mt_n),
+    )
+
+
+def saved_prompts(ssi_dir: str | Path, calibration_n: int = 0) -> InterpretPrompts:
+    """The prompt sets a finished interpret run used, rebuilt from its ``ssi.json`` and
+    ``metrics.json`` (for analyses that re-score an SSI from its state cache without the model;
+    ``calibration_n``: how many FLORES ids per language to take, at most what the run extracted)."""
+    from lasa.runs import read_json
+
+    d = Path(ssi_dir)
+    for name in ("ssi.json", "metrics.json"):
+        if not (d / name).is_file():
+            raise LasaError(f"no {d / name}; run `lasa interpret` for that directory first")
+    meta, metrics = read_json(d / "ssi.json"), read_json(d / "metrics.json")
+    recipe, data = meta["data_recipe"], metrics["evaluation_data"]
+    harmful = data["harmful"]
+    n_mt = min((v["n_safe"] for v in (metrics.get("xstest_multilingual") or {}).values()), default=0)
+    return interpret_prompts(
+        meta["train_languages"],
+        cap=recipe["cap_per_language_label_form"],
+        seed=meta["seed"],
+        hard_negatives="hard_negatives" in recipe.get("sources", []),
+        eval_n_harmful=int(harmful.split("first ")[1].split()[0]) if "first" in harmful else None,
+        eval_n_benign=data["n_benign_cap"],
+        calibration_n=calibration_n,
+        xstest_mt_n=n_mt,
+    )
+
+
+class CachedStates:
+    """Read-only view of an SSI directory's ``states.safetensors`` (``lasa interpret`` caches every
+    prompt's state there, keyed by a hash of its text): states by prompt text, no model needed."""
+
+    def __init__(self, ssi_dir: str | Path):
+        from safetensors import safe_open
+
+        self.path = Path(ssi_dir) / "states.safetensors"
+        if not self.path.is_file():
+            raise LasaError(f"no {self.path}; run `lasa interpret` for that directory first")
+        with safe_open(str(self.path), framework="pt") as f:
+            self.row = {h: i for i, h in enumerate(json.loads((f.metadata() or {})["text_keys"]))}
+            self.layers = sorted(int(k.split("_")[1]) for k in f.keys())  # noqa: SIM118
+
+    def rows(self, texts: Sequence[str]) -> torch.Tensor:
+        """Row index of each text; a one-line error when any was never extracted."""
+        missing = [t for t in texts if _text_key(t) not in self.row]
+        if missing:
+            raise LasaError(
+                f"{len(missing)} prompts are not in {self.path}; rerun `lasa interpret` with the "
+                "options that extract them"
+            )
+        return torch.tensor([self.row[_text_key(t)] for t in texts], dtype=torch.long)
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """Every cached row's state at ``layer`` (float32)."""
+        from safetensors import safe_open
+
+        if layer not in self.layers:
+            raise LasaError(
+                f"{self.path} has no layer {layer} (it has {self.layers}); rerun `lasa interpret` "
+                "with --layer or --sweep"
+            )
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_tensor(f"layer_{layer}").float()
+
+
 def _cached_states(
     out_dir: Path, key: str, texts: list[str], layers: list[int], lm: LoadedModel, cfg: InterpretConfig
 ) -> dict[int, torch.Tensor]:
@@ -50,7 +167,6 @@ def _cached_states(
     settings key (model, pooling, truncation, format): adding prompts to the recipe extracts the
     new prompts only, and adding a layer extracts that layer only.
     """
-    import json
 
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -145,22 +261,24 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
             set(range(cfg.sweep_every, num_layers + 1, cfg.sweep_every)) | {layer, num_layers}
         )
 
-    pool, recipe = training_prompts(
-        train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives
+    prompts = interpret_prompts(
+        train_langs,
+        cap=cfg.cap,
+        seed=cfg.seed,
+        hard_negatives=cfg.hard_negatives,
+        eval_n_harmful=cfg.eval_n_harmful,
+        eval_n_benign=cfg.eval_n_benign,
+        calibration_n=cfg.calibration_n if cfg.calibration == "flores" else 0,
+        xstest_mt_n=cfg.xstest_mt_n,
     )
-    evalp, benign_source = evaluation_prompts(None, cfg.eval_n_harmful, cfg.eval_n_benign, cfg.seed)
-    xs = xstest()
-    calp = calibration_prompts(pool, cfg.calibration_n) if cfg.calibration == "flores" else []
-    xs_mt = xstest_translated(None, cfg.xstest_mt_n)
-    texts = list(
-        dict.fromkeys(
-            [p.text for p in pool]
-            + [p.text for p in evalp]
-            + [r["prompt"] for r in xs]
-            + [p.text for p in calp]
-            + [r["prompt"] for r in xs_mt]
-        )
+    pool, recipe, evalp, benign_source = (
+        prompts.pool,
+        prompts.recipe,
+        prompts.evaluation,
+        prompts.benign_source,
     )
+    xs, calp, xs_mt = prompts.xstest, prompts.calibration, prompts.xstest_mt
+    texts = prompts.texts
     pos = {t: i for i, t in enumerate(texts)}
     key = fingerprint(
         {
