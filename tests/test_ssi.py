@@ -473,3 +473,33 @@ def test_saved_prompts_and_cached_states_rebuild_what_interpret_extracted(interp
         cache.layer(99)
     with pytest.raises(LasaError, match="run `lasa interpret`"):
         saved_prompts(interpreted / "no-such-ssi")
+
+
+def test_interpret_reports_the_seed_spread_of_its_headline_figures(interpreted):
+    """metrics.json's seed_spread: the saved SSI is the first seed (same threshold), every further
+    seed re-splits and retrains, and min <= mean <= max for each figure."""
+    from lasa.config import InterpretConfig
+
+    m = json.loads((interpreted / "ssi" / "metrics.json").read_text())
+    spread = m["seed_spread"]
+    cfg = InterpretConfig(run_dir=str(interpreted))
+    assert [r["seed"] for r in spread["per_seed"]] == [cfg.seed + k for k in range(cfg.spread_seeds)]
+    assert spread["per_seed"][0]["threshold"] == m["threshold"]
+    for key in ("threshold", "xstest_fpr_safe", "xstest_tpr_unsafe", "unseen_auroc", "seen_auroc"):
+        assert spread["min"][key] <= spread["mean"][key] <= spread["max"][key]
+        assert all(0 <= r[key] <= 1 for r in spread["per_seed"])
+    assert m["timings"]["seed_spread_seconds"] >= 0
+
+
+def test_interpret_without_a_seed_spread(tmp_path, tiny_qwen):
+    """--spread-seeds 1 trains the one SSI and writes seed_spread null; 0 is refused in one line."""
+    rc = main(
+        [
+            "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "2",
+            "--cap", "10", "--eval-n-harmful", "4", "--eval-n-benign", "4", "--epochs", "1",
+            "--spread-seeds", "1", "--calibration", "none",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    assert json.loads((tmp_path / "ssi" / "metrics.json").read_text())["seed_spread"] is None
+    assert main(["interpret", "--run-dir", str(tmp_path), "--layer", "2", "--spread-seeds", "0"]) != 0

@@ -183,6 +183,14 @@ class InterpretConfig(StageConfig):
             "one seed's early stopping moves a layer's AUROC by a few points."
         },
     )
+    spread_seeds: int = field(
+        default=5,
+        metadata={
+            "help": "Also re-split and retrain the SSI with this many seeds (the first is the saved SSI) and report "
+            "the spread of its threshold, XSTest false-positive rate and AUROC (metrics.json seed_spread): on a "
+            "small pool one seed's figure can be a lucky draw. 1 = off."
+        },
+    )
     pooling: Literal["last", "mean", "user_last", "user_mean"] = field(
         default="last",
         metadata={
@@ -226,8 +234,20 @@ class InterpretConfig(StageConfig):
             )
         if self.xstest_mt_n < 0:
             raise LasaError(f"--xstest-mt-n must be >= 0, got {self.xstest_mt_n}")
-        if min(self.sweep_every, self.sweep_seeds, self.epochs, self.cap, self.eval_n_benign) < 1:
-            raise LasaError("--sweep-every, --sweep-seeds, --epochs, --cap and --eval-n-benign must be >= 1")
+        if (
+            min(
+                self.sweep_every,
+                self.sweep_seeds,
+                self.spread_seeds,
+                self.epochs,
+                self.cap,
+                self.eval_n_benign,
+            )
+            < 1
+        ):
+            raise LasaError(
+                "--sweep-every, --sweep-seeds, --spread-seeds, --epochs, --cap and --eval-n-benign must be >= 1"
+            )
         if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= MULTIJAIL_N:
             raise LasaError(f"--eval-n-harmful must be in 1..{MULTIJAIL_N}, got {self.eval_n_harmful}")
         if self.layer is not None and self.layer < 1:

@@ -70,6 +70,77 @@ class InterpretPrompts:
             )
         )
 
+    def split(self, pos: dict[str, int], val_fraction: float, seed: int) -> Split:
+        """Row indices (into the state cache's text list ``pos``) of a train / validation split of the
+        pool by item id (``seed``), and of the evaluation, XSTest and calibration sets."""
+        tr, va = group_split(self.pool, val_fraction, seed)
+        return Split(
+            train=[pos[self.pool[i].text] for i in tr],
+            val=[pos[self.pool[i].text] for i in va],
+            eval=[pos[p.text] for p in self.evaluation],
+            xstest=[pos[r["prompt"]] for r in self.xstest],
+            y_train=torch.tensor([self.pool[i].label for i in tr], dtype=torch.float32),
+            y_val=torch.tensor([self.pool[i].label for i in va], dtype=torch.float32),
+            eval_prompts=self.evaluation,
+            calibration=[pos[p.text] for p in self.calibration],
+            calibration_langs=[p.lang for p in self.calibration],
+        )
+
+
+def seed_spread(
+    x: torch.Tensor,
+    layer: int,
+    prompts: InterpretPrompts,
+    pos: dict[str, int],
+    cfg: InterpretConfig,
+    first: dict,
+    train_langs: Sequence[str],
+) -> dict | None:
+    """How much of the SSI's headline figures is one seed's draw: the same recipe re-split and
+    retrained with ``cfg.spread_seeds`` seeds (the first is the saved SSI, ``first``), each scored
+    at its own validated threshold without per-language offsets. On the quick preset's pool the
+    XSTest safe-prompt FPR ranged 0.12–0.29 over five seeds while the saved SSI read 0.12."""
+    from dataclasses import replace
+
+    if cfg.spread_seeds < 2:
+        return None
+    xs_safe = np.array([r["label"] == "safe" for r in prompts.xstest])
+    xs_rows = [pos[r["prompt"]] for r in prompts.xstest]
+    runs = []
+    for k in range(cfg.spread_seeds):
+        seed = cfg.seed + k
+        res = (
+            first
+            if k == 0
+            else fit_and_evaluate(
+                x, layer, prompts.split(pos, cfg.val_fraction, seed), replace(cfg, seed=seed)
+            )
+        )
+        probs = res["ssi"].without_calibration().predict_proba(x[xs_rows])
+        flagged = probs > res["threshold"]
+        table = res["per_language"]
+        unseen = [g for g in table if g not in train_langs]
+        seen = [g for g in table if g in train_langs]
+        runs.append(
+            {
+                "seed": seed,
+                "threshold": res["threshold"],
+                "xstest_fpr_safe": float(flagged[xs_safe].mean()),
+                "xstest_tpr_unsafe": float(flagged[~xs_safe].mean()),
+                "unseen_auroc": macro(table, unseen).get("auroc") if unseen else None,
+                "seen_auroc": macro(table, seen).get("auroc"),
+            }
+        )
+    keys = [k for k in runs[0] if k != "seed" and runs[0][k] is not None]
+    return {
+        "what": "the recipe re-split (train / validation by item id) and retrained per seed; the first seed is "
+        "the saved SSI; scores at each seed's own threshold, without the per-language offsets",
+        "per_seed": runs,
+        "min": {k: float(min(r[k] for r in runs)) for k in keys},
+        "max": {k: float(max(r[k] for r in runs)) for k in keys},
+        "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
+    }
+
 
 def interpret_prompts(
     train_langs: Sequence[str],
@@ -292,21 +363,13 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
     t1 = time.time()
     states = _cached_states(out, key, texts, sorted({layer, *sweep_layers}), lm, cfg)
     t_states = time.time() - t1
+    split = prompts.split(pos, cfg.val_fraction, cfg.seed)
     tr, va = group_split(pool, cfg.val_fraction, cfg.seed)
-    split = Split(
-        train=[pos[pool[i].text] for i in tr],
-        val=[pos[pool[i].text] for i in va],
-        eval=[pos[p.text] for p in evalp],
-        xstest=[pos[r["prompt"]] for r in xs],
-        y_train=torch.tensor([pool[i].label for i in tr], dtype=torch.float32),
-        y_val=torch.tensor([pool[i].label for i in va], dtype=torch.float32),
-        eval_prompts=evalp,
-        calibration=[pos[p.text] for p in calp],
-        calibration_langs=[p.lang for p in calp],
-    )
 
     t1 = time.time()
     res = fit_and_evaluate(states[layer], layer, split, cfg)
+    spread = seed_spread(states[layer], layer, prompts, pos, cfg, res, train_langs)
+    t_spread = time.time() - t1
     ssi: SSI = res["ssi"]
     table = res["per_language"]
     uncalibrated = None
@@ -401,7 +464,12 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
             "benign_source": benign_source,
             "n_benign_cap": cfg.eval_n_benign,
         },
-        "timings": {"states_seconds": round(t_states, 1), "train_eval_seconds": round(time.time() - t1, 1)},
+        "seed_spread": spread,
+        "timings": {
+            "states_seconds": round(t_states, 1),
+            "train_eval_seconds": round(time.time() - t1, 1),
+            "seed_spread_seconds": round(t_spread, 1),
+        },
     }
     if cfg.sweep:
         t1 = time.time()
@@ -423,6 +491,18 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
         metrics["macro_unseen"].get("worst_auroc", float("nan")),
         metrics["xstest"]["fpr_safe"],
     )
+    if spread:
+        logger.info(
+            "interpret: over %d seeds (re-split and retrained): threshold %.2f-%.2f, XSTest FPR %.3f-%.3f, "
+            "unseen AUROC %.3f-%.3f (metrics.json seed_spread)",
+            len(spread["per_seed"]),
+            spread["min"]["threshold"],
+            spread["max"]["threshold"],
+            spread["min"]["xstest_fpr_safe"],
+            spread["max"]["xstest_fpr_safe"],
+            spread["min"].get("unseen_auroc", float("nan")),
+            spread["max"].get("unseen_auroc", float("nan")),
+        )
     return InterpretResult(out, metrics)
 
 
