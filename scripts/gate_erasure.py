@@ -269,7 +269,9 @@ def main() -> None:
                 "mean": mean,
                 "sd": spread,
                 "per_language": per_lang,
-                "per_seed": per_seed,
+                "per_seed": [
+                    {k: v for k, v in r.items() if k != "per_language"} for r in per_seed
+                ],  # summaries
             }
             print(
                 f"{name:9s} LID {lid[name]:.2f} | unseen AUROC {mean['auroc']:.3f} (worst {mean['worst_unseen_auroc']:.3f})"
