@@ -13,7 +13,8 @@ affine map, so the gate would need no language label at inference.
 Reads the SSI's cached states (``lasa interpret --calibration flores --calibration-n 100
 --xstest-mt-n N`` caches 100 FLORES sentences per language and N safe + N unsafe translated
 XSTest prompts next to the evaluation set) and, for each representation and seed, retrains the
-SSI exactly as ``lasa interpret`` does (same rows, split, recipe and threshold rule) and reports
+SSI as ``lasa interpret`` does (same rows, split, recipe and threshold rule; the training
+hyperparameters are ``InterpretConfig``'s defaults, which the presets use) and reports
 per language: AUROC (MultiJail vs same-form benign), TPR / FPR at the global threshold and with
 the FLORES q95 per-language thresholds (lasa's default rule), the oracle TPR at 5% FPR, and the
 share of translated safe / unsafe XSTest prompts flagged; and XSTest's English safe FPR (at the
@@ -66,7 +67,7 @@ def main() -> None:
     from lasa.errors import LasaError
     from lasa.interpret.metrics import binary_metrics
     from lasa.interpret.stage import CachedStates, saved_prompts
-    from lasa.interpret.train import Split, fit_and_evaluate, group_split
+    from lasa.interpret.train import fit_and_evaluate
     from lasa.runs import read_json, write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,6 +96,8 @@ def main() -> None:
         raise SystemExit(
             "gate_erasure needs EleutherAI's concept-erasure: pip install concept-erasure"
         ) from None
+    if args.val_fpr is not None and not 0 <= args.val_fpr < 1:
+        raise SystemExit(f"error: --val-fpr must be in [0, 1), got {args.val_fpr}")
     d = Path(args.ssi_dir)
     try:
         prompts = saved_prompts(d, calibration_n=100)
@@ -143,6 +146,7 @@ def main() -> None:
         "fit": rows([p.text for p in calp if p.id in fit_ids], " (FLORES: --calibration-n 100)"),
         "xs_mt": rows([r["prompt"] for r in xs_mt]),
     }
+    pos = {t: int(i) for t, i in zip(prompts.texts, rows(prompts.texts), strict=True)}  # text -> cache row
     q_lang = np.array([p.lang for p in calp if p.id in q_ids])
     fit_lang = [p.lang for p in calp if p.id in fit_ids]
 
@@ -155,6 +159,10 @@ def main() -> None:
     row_lang |= {int(i): str(g) for i, g in zip(idx["q"], q_lang, strict=True)}
     row_lang |= {int(i): g for i, g in zip(idx["fit"], fit_lang, strict=True)}
 
+    rows_of_lang = {
+        g: torch.tensor([i for i, h in row_lang.items() if h == g], dtype=torch.long) for g in LANGUAGES
+    }
+
     xs_safe = np.array([r["label"] == "safe" for r in xs])
     mt_lang = np.array([r["lang"] for r in xs_mt])
     mt_safe = np.array([r["label"] == "safe" for r in xs_mt])
@@ -165,12 +173,11 @@ def main() -> None:
     def compare(x_all: torch.Tensor) -> dict[str, dict]:
         eraser = language_eraser(x_all[idx["fit"]], fit_lang, LANGUAGES)
         means = {g: x_all[idx["fit"]][torch.tensor([h == g for h in fit_lang])].mean(0) for g in LANGUAGES}
-        used = torch.cat(list(idx.values())).unique()
 
         def lang_mean(x: torch.Tensor) -> torch.Tensor:
             out = x.clone()
-            for i in used.tolist():
-                out[i] = x[i] - means[row_lang[i]]
+            for g, rows_g in rows_of_lang.items():
+                out[rows_g] -= means[g]
             return out
 
         reps = {
@@ -191,16 +198,7 @@ def main() -> None:
             per_seed = []
             for seed in args.seeds:
                 cfg = InterpretConfig(run_dir=str(d.parent), seed=seed)
-                tr, va = group_split(pool, cfg.val_fraction, seed)
-                split = Split(
-                    train=idx["pool"][tr].tolist(),
-                    val=idx["pool"][va].tolist(),
-                    eval=idx["eval"].tolist(),
-                    xstest=idx["xstest"].tolist(),
-                    y_train=torch.tensor([pool[i].label for i in tr], dtype=torch.float32),
-                    y_val=torch.tensor([pool[i].label for i in va], dtype=torch.float32),
-                    eval_prompts=evalp,
-                )
+                split = prompts.split(pos, cfg.val_fraction, seed)
                 res = fit_and_evaluate(x, layer, split, cfg)
                 if args.val_fpr is not None:
                     res["threshold"] = fpr_threshold(res["ssi"], x[split.val], split.y_val, args.val_fpr)

@@ -368,8 +368,9 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
 
     t1 = time.time()
     res = fit_and_evaluate(states[layer], layer, split, cfg)
+    t2 = time.time()
     spread = seed_spread(states[layer], layer, prompts, pos, cfg, res, train_langs)
-    t_spread = time.time() - t1
+    t_spread = time.time() - t2
     ssi: SSI = res["ssi"]
     table = res["per_language"]
     uncalibrated = None
