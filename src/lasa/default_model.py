@@ -149,9 +149,14 @@ def embedded_name(spec: str) -> str | None:
 def cache_dir() -> Path:
     """``$LASA_CACHE``, else ``$XDG_CACHE_HOME/lasa``, else ``~/.cache/lasa``."""
     if os.environ.get("LASA_CACHE"):
-        return Path(os.environ["LASA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "lasa"
+        path = Path(os.environ["LASA_CACHE"]).expanduser()
+        what = "LASA_CACHE"
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "lasa"
+        what = "the cache directory"
+    if path.exists() and not path.is_dir():
+        raise LasaError(f"{what} {path} is a file, not a directory; point LASA_CACHE at a directory")
+    return path
 
 
 def _safetensors_damage(path: Path) -> str | None:

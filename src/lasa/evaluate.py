@@ -29,7 +29,15 @@ from lasa.errors import LasaError
 from lasa.generate import Gate, GenerationSettings, generate
 from lasa.models import LoadedModel
 from lasa.results import EvaluateResult, GenerateResult
-from lasa.runs import RunDir, SampleWriter, files_digest, fingerprint, package_versions, write_json
+from lasa.runs import (
+    RunDir,
+    SampleWriter,
+    files_digest,
+    fingerprint,
+    package_versions,
+    read_json_object,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +50,18 @@ def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
     if not spec:
         return None
     path = Path(spec)
-    if not path.exists():
+    if not path.exists() and "/" not in spec and "\\" not in spec:  # a method name, not a path
         path = RunDir(run_dir).adapter(spec)
     if not (path / "adapter_config.json").is_file():
         raise LasaError(
             f"--adapter {spec}: no PEFT adapter at {path}; train one with `lasa align --method {spec}` "
             "or pass an adapter directory"
+        )
+    conf = read_json_object(path / "adapter_config.json")  # checked here, before the model loads
+    if "peft_type" not in conf:
+        raise LasaError(
+            f"--adapter {spec}: {path / 'adapter_config.json'} is not a PEFT adapter config (no peft_type); "
+            "retrain it with `lasa align`"
         )
     return path
 
@@ -371,8 +385,17 @@ def generate_samples(
 def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> GenerateResult:
     """``lasa generate``: completions for MultiJail (and XSTest) of one variant."""
     t0 = time.time()
+    rd = RunDir(cfg.run_dir)
+    resolve_adapter(cfg.adapter, cfg.run_dir)  # a missing adapter is named as such, not as a variant
     name = variant_name(cfg)
-    out = RunDir(cfg.run_dir).stage(f"eval/{name}")
+    rd.eval(name)  # a plain folder name: checked before anything is created
+    with rd.stage_dir(f"eval/{name}") as out:  # a failure before the first sample leaves no folder
+        return _generate_into(cfg, lm, name, out, t0)
+
+
+def _generate_into(
+    cfg: GenerateConfig, lm: LoadedModel | None, name: str, out: Path, t0: float
+) -> GenerateResult:
     lm, gate, info = load_variant(cfg, lm)
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens,

@@ -28,41 +28,47 @@ def load_labels(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise LasaError(f"labels file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise LasaError(f"{path}:{n}: not valid JSON") from None
-            if not isinstance(row, dict):
-                raise LasaError(
-                    f"{path}:{n}: expected a JSON object with prompt, response, language, label; "
-                    f"got {type(row).__name__}"
-                )
-            missing = [k for k in ("prompt", "response", "label") if k not in row]
-            lang = row.get("language", row.get("lang"))
-            if missing or lang is None:
-                need = ", ".join([*missing, *([] if lang is not None else ["language"])])
-                raise LasaError(
-                    f"{path}:{n}: missing field(s) {need}; each line needs prompt, response, language, label"
-                )
-            if row["label"] not in LABELS:
-                raise LasaError(f"{path}:{n}: label {row['label']!r} is not one of {', '.join(LABELS)}")
-            try:
-                lang = normalize_language(str(lang))
-            except LasaError as err:
-                raise LasaError(f"{path}:{n}: {err}") from None
-            rows.append(
-                {
-                    "uid": row.get("id", f"row{n}"),
-                    "prompt": row["prompt"],
-                    "response": row["response"],
-                    "lang": lang,
-                    "label": row["label"],
-                }
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LasaError(f"{path} is not UTF-8 text; save the labels as UTF-8 JSON lines") from None
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise LasaError(f"{path}:{n}: not valid JSON") from None
+        if not isinstance(row, dict):
+            raise LasaError(
+                f"{path}:{n}: expected a JSON object with prompt, response, language, label; "
+                f"got {type(row).__name__}"
             )
+        missing = [k for k in ("prompt", "response", "label") if k not in row]
+        lang = row.get("language", row.get("lang"))
+        if missing or lang is None:
+            need = ", ".join([*missing, *([] if lang is not None else ["language"])])
+            raise LasaError(
+                f"{path}:{n}: missing field(s) {need}; each line needs prompt, response, language, label"
+            )
+        bad = [k for k in ("prompt", "response") if not isinstance(row[k], str)]
+        if bad:
+            raise LasaError(f"{path}:{n}: {' and '.join(bad)} must be text, got {type(row[bad[0]]).__name__}")
+        if row["label"] not in LABELS:
+            raise LasaError(f"{path}:{n}: label {row['label']!r} is not one of {', '.join(LABELS)}")
+        try:
+            lang = normalize_language(str(lang))
+        except LasaError as err:
+            raise LasaError(f"{path}:{n}: {err}") from None
+        rows.append(
+            {
+                "uid": row.get("id", f"row{n}"),
+                "prompt": row["prompt"],
+                "response": row["response"],
+                "lang": lang,
+                "label": row["label"],
+            }
+        )
     if not rows:
         raise LasaError(f"{path} holds no labelled rows")
     return rows

@@ -74,6 +74,20 @@ def resolve_device(device: str = "auto") -> torch.device:
             raise LasaError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise LasaError(f"--device {device} requested but CUDA is not available; use --device cpu")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise LasaError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+        mps = getattr(torch.backends, "mps", None)
+        xpu = getattr(torch, "xpu", None)
+        available = {
+            "cpu": True,
+            "cuda": True,
+            "mps": bool(mps and mps.is_available()),
+            "xpu": bool(xpu and xpu.is_available()),
+        }
+        if not available.get(dev.type, False):
+            raise LasaError(
+                f"--device {device} is not available here (lasa runs on cpu, cuda, mps or xpu); use --device auto"
+            )
         return dev
     if torch.cuda.is_available():  # under a launcher, each process takes its own GPU
         from lasa import distributed
@@ -196,10 +210,8 @@ def _check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
 
 def num_layers_of(spec: str) -> int:
     """Decoder blocks of ``spec`` from its config alone (milliseconds, no weights loaded)."""
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model_path(spec))
-    return int(text_config(config).num_hidden_layers)
+    return int(text_config(load_config(resolve_model_path(spec), spec)).num_hidden_layers)
 
 
 def check_supported(config: Any, spec: str) -> None:
@@ -312,10 +324,33 @@ def fingerprints_match(a: dict, b: dict, rtol: float = 1e-2) -> bool:
     return bool(torch.allclose(ta, tb, rtol=rtol, atol=1e-3 * float(ta.abs().max().clamp(min=1e-6))))
 
 
+def load_config(path: str, spec: str) -> Any:
+    """The model's transformers config, or a one-line error (no weights are read)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise LasaError(
+            f"could not load model {spec!r} ({first}); check the id, pass a local directory or .gguf file, "
+            "or use --model default (this machine may be offline)"
+        ) from None
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise LasaError(
+            f"no usable tokenizer at {path} ({type(err).__name__}); add the model's tokenizer files"
+        ) from None
+    if len(tok) < 2:  # transformers builds an empty tokenizer from a folder without tokenizer files
+        raise LasaError(
+            f"no tokenizer files at {path} (tokenizer.json / vocab); add the model's tokenizer files"
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -323,26 +358,25 @@ def load_tokenizer(path: str) -> Any:
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load ``spec`` for inference (eval mode, no grad); see the module docstring for what it accepts."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     t0 = time.time()
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise LasaError(
-            f"could not load model {spec!r} ({first}); check the id, pass a local directory or .gguf file, "
-            "or use --model default (this machine may be offline)"
-        ) from None
+    config = load_config(path, spec)
     check_supported(config, spec)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    tokenizer = load_tokenizer(path)  # before the weights: a missing tokenizer fails in milliseconds
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as err:  # a config without weights next to it
+        first = str(err).strip().splitlines()[0][:160]
+        raise LasaError(
+            f"could not load the weights of {spec!r} ({first}); add them or rebuild the folder"
+        ) from None
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    tokenizer = load_tokenizer(path)
     layers_path, layers = find_decoder_layers(model)
     fp = model_fingerprint(model, tokenizer)
     logger.info(

@@ -32,7 +32,7 @@ from lasa.config import (
     StageConfig,
 )
 from lasa.errors import LasaError
-from lasa.runs import RunDir, files_digest, fingerprint, read_json, write_json
+from lasa.runs import RunDir, files_digest, fingerprint, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +159,15 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
 
     t0 = time.time()
     rd = Path(run.run_dir)
-    rd.mkdir(parents=True, exist_ok=True)
     state_path = rd / "pipeline.json"
-    state: dict[str, Any] = read_json(state_path) if state_path.is_file() else {}
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        try:
+            state = read_json_object(state_path)
+        except LasaError:
+            raise LasaError(
+                f"{state_path} is damaged; delete it (every stage then runs again) and rerun"
+            ) from None
     stages = build_stages(run, config_path)
     names = {s.name for s in stages}
     artefacts = {s.name: s.artefact for s in stages}
@@ -170,6 +176,7 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
             raise LasaError(
                 f"--force {f}: no such stage; stages are {', '.join(s.name for s in stages)}, report, all"
             )
+    rd.mkdir(parents=True, exist_ok=True)  # only once the request is known to be valid
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     summary = []
@@ -200,7 +207,7 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
         if forced:  # a real redo: nothing of the previous attempt is reused
             from lasa.runs import remove_tree
 
-            remove_tree(st.out_dir)
+            remove_tree(st.out_dir, inside=rd)
         logger.info("run: %s ...", st.name)
         t1 = time.time()
         st.run()

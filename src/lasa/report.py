@@ -8,10 +8,12 @@ that have no artefacts yet are left out. The HTML is self-contained (figures inl
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,20 @@ def plot_asr(results: dict[str, dict], judge_of: dict[str, str], path: Path) -> 
 # -- sections --------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _reading(what: str | Path) -> Iterator[None]:
+    """Turn a missing key or a wrong-typed value in an artefact into one line naming the file: a
+    hand-edited, truncated-then-repaired or foreign JSON file should not end the report in a
+    traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise LasaError(
+            f"{what} lacks what the report reads ({type(err).__name__}: {err}); rerun the stage that writes "
+            "it (if the file is intact, this is a lasa bug: please report it)"
+        ) from None
+
+
 def _locate_section(doc: Doc, rd: Path) -> None:
     p = RunDir(rd).bottleneck
     if not p.is_file():
@@ -215,7 +231,8 @@ def _ssi_section(doc: Doc, rd: Path) -> None:
         key=lambda p: (p.parent.name != "ssi", p.parent.name),
     )
     for p in found:
-        _one_ssi_section(doc, rd, p)
+        with _reading(p):
+            _one_ssi_section(doc, rd, p)
 
 
 def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
@@ -500,16 +517,20 @@ def build_report(
     cfg_path = RunDir(rd).config
     model = "?"
     if (RunDir(rd).bottleneck).is_file():
-        model = read_json(RunDir(rd).bottleneck)["model"]
+        with _reading(RunDir(rd).bottleneck):
+            model = read_json(RunDir(rd).bottleneck)["model"]
     doc.h(1, f"LASA run: {model}")
     doc.p(
         f"Run directory `{rd}`, report built {time.strftime('%Y-%m-%d %H:%M')}. Every table names the artefact "
         "file it was read from; rebuild with `lasa report --run-dir " + str(rd) + "`."
     )
-    _locate_section(doc, rd)
+    with _reading(RunDir(rd).bottleneck):
+        _locate_section(doc, rd)
     _ssi_section(doc, rd)
-    _align_section(doc, rd)
-    _eval_section(doc, rd, variants)
+    with _reading(rd / "align" / "*" / "summary.json"):
+        _align_section(doc, rd)
+    with _reading(rd / "eval" / "*" / "results.json (or its judgements)"):
+        _eval_section(doc, rd, variants)
     if pipeline:
         doc.h(2, "Timings")
         doc.table(

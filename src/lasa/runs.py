@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from lasa.config.base import safe_name
 from lasa.errors import LasaError
 
 logger = logging.getLogger(__name__)
@@ -92,9 +93,27 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
+def _corrupt(path: str | Path, what: str) -> LasaError:
+    return LasaError(
+        f"{path} is not {what} (truncated or corrupt?); delete it and rerun the step that writes it"
+    )
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file's content; a damaged file is a one-line :class:`LasaError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _corrupt(path, "valid UTF-8 JSON") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """:func:`read_json` for files that must hold a JSON object (every stage marker)."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise _corrupt(path, "a JSON object")
+    return doc
 
 
 def write_jsonl(path: str | Path, rows: Iterator[Mapping[str, Any]] | list[Mapping[str, Any]]) -> Path:
@@ -105,8 +124,11 @@ def write_jsonl(path: str | Path, rows: Iterator[Mapping[str, Any]] | list[Mappi
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _corrupt(path, "valid UTF-8 JSON lines") from None
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
@@ -207,13 +229,13 @@ class RunDir:
         return self.locate / "bottleneck.json"
 
     def ssi(self, out_name: str = "ssi") -> Path:
-        return self.path / out_name
+        return self.path / safe_name(out_name, "--out-name")
 
     def ssi_metrics(self, out_name: str = "ssi") -> Path:
         return self.ssi(out_name) / "metrics.json"
 
     def align(self, method: str) -> Path:
-        return self.path / "align" / method
+        return self.path / "align" / safe_name(method, "--method")
 
     def align_summary(self, method: str) -> Path:
         return self.align(method) / "summary.json"
@@ -222,7 +244,7 @@ class RunDir:
         return self.align(method) / "adapter"
 
     def eval(self, variant: str) -> Path:
-        return self.path / "eval" / variant
+        return self.path / "eval" / safe_name(variant, "--variant")
 
     def results(self, variant: str) -> Path:
         return self.eval(variant) / "results.json"
@@ -239,7 +261,12 @@ class RunDir:
         """Read a stage's JSON marker, or fail in one line naming ``command`` (what writes it)."""
         if not marker.is_file():
             raise LasaError(f"{marker} not found; run `{command} --run-dir {self.path}` first")
-        return read_json(marker)
+        try:
+            return read_json_object(marker)
+        except LasaError:
+            raise LasaError(
+                f"{marker} is damaged (not a JSON object); rerun `{command} --run-dir {self.path}`"
+            ) from None
 
     def stage(self, name: str) -> Path:
         p = self.path / name
@@ -312,8 +339,13 @@ def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_tree(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def remove_tree(path: str | Path, inside: str | Path) -> None:
+    """Delete ``path``, which must lie strictly inside the directory ``inside`` (a forced rerun
+    deletes a stage's folder; a path outside its run directory is a bug or a hostile config)."""
+    target, root = Path(path).resolve(), Path(inside).resolve()
+    if root not in target.parents:
+        raise LasaError(f"refusing to delete {path}: it is not inside the run directory {inside}")
+    shutil.rmtree(target, ignore_errors=True)
 
 
 # -- resumable per-sample files --------------------------------------------------------------

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from lasa.errors import LasaError
 from lasa.models import LoadedModel, base_model, fingerprints_match
-from lasa.runs import atomic_path, read_json, write_json
+from lasa.runs import atomic_path, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -183,24 +184,32 @@ class SSI:
             path = path / "ssi"
         if not (path / "ssi.json").is_file() or not (path / "ssi.safetensors").is_file():
             raise LasaError(f"no trained SSI in {path}; run `lasa interpret --run-dir ...` first")
-        meta = read_json(path / "ssi.json")
-        arch = meta["architecture"]
-        module = SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
-        module.load_state_dict(load_file(str(path / "ssi.safetensors")))
-        calibration = None
-        if (meta.get("calibration") or {}).get("method", "none") != "none":
-            from safetensors import safe_open
+        try:
+            meta = read_json_object(path / "ssi.json")
+            arch = meta["architecture"]
+            module = SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
+            module.load_state_dict(load_file(str(path / "ssi.safetensors")))
+            calibration = None
+            if (meta.get("calibration") or {}).get("method", "none") != "none":
+                from safetensors import safe_open
 
-            cal_path = path / "calibration.safetensors"
-            if not cal_path.is_file():
-                raise LasaError(
-                    f"{path}/ssi.json names a language calibration but {cal_path.name} is missing; "
-                    "rerun `lasa interpret`"
-                )
-            with safe_open(str(cal_path), framework="pt") as f:
-                langs = (f.metadata() or {})["languages"].split()
-                t = {k: f.get_tensor(k) for k in ("weight", "bias", "offsets")}
-            calibration = LanguageCalibration(langs, t["weight"], t["bias"], t["offsets"])
+                cal_path = path / "calibration.safetensors"
+                if not cal_path.is_file():
+                    raise LasaError(
+                        f"{path}/ssi.json names a language calibration but {cal_path.name} is missing; "
+                        "rerun `lasa interpret`"
+                    )
+                with safe_open(str(cal_path), framework="pt") as f:
+                    langs = (f.metadata() or {})["languages"].split()
+                    t = {k: f.get_tensor(k) for k in ("weight", "bias", "offsets")}
+                calibration = LanguageCalibration(langs, t["weight"], t["bias"], t["offsets"])
+        except LasaError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as err:
+            # a hand-edited or truncated ssi.json, or a damaged ssi.safetensors
+            raise LasaError(
+                f"the SSI in {path} is damaged ({type(err).__name__}: {err}); rerun `lasa interpret`"
+            ) from None
         ssi = cls(module, meta, calibration)
         ssi.source = path
         return ssi

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +50,9 @@ class StageConfig:
     stage: ClassVar[str] = "stage"
 
     def __post_init__(self) -> None:
-        if self.seed < 0:
-            raise LasaError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # numpy's RandomState (sklearn) takes nothing larger
+            raise LasaError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        check_bounds(self)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -65,8 +69,107 @@ class StageConfig:
         return {f.name: getattr(self, f.name) for f in config_fields(type(self))}
 
 
+def safe_name(name: str, what: str) -> str:
+    """``name`` if it is one plain folder name inside a run directory, else a one-line error: names
+    become paths (``RUN/eval/<variant>``, ``RUN/<out_name>``) that a forced rerun deletes, so a
+    ``..``, a separator or an absolute path must never reach them."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name != name.strip()
+        or name.startswith(".")
+    ):
+        raise LasaError(f"{what} {name!r}: use a plain folder name (letters, digits, - _ +), no path")
+    return name
+
+
 def config_fields(cls: type[StageConfig]) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
+
+
+_BOUNDS = {
+    "ge": (">=", lambda x, b: x >= b),
+    "gt": (">", lambda x, b: x > b),
+    "le": ("<=", lambda x, b: x <= b),
+    "lt": ("<", lambda x, b: x < b),
+}
+
+
+def check_bounds(cfg: Any) -> None:
+    """Every number of ``cfg`` (and of its list fields) finite and within the bounds its field
+    declares in ``metadata`` (``ge`` / ``gt`` / ``le`` / ``lt``): a bad value is one line naming the
+    flag, when the config is built — before any model loads."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name, None)
+        for x in value if isinstance(value, list) else [value]:
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise LasaError(f"{flag} must be a finite number, got {x}")
+            for key, (sign, ok) in _BOUNDS.items():
+                if key in f.metadata and not ok(x, f.metadata[key]):
+                    raise LasaError(f"{flag} must be {sign} {f.metadata[key]}, got {x}")
+
+
+def _type_error(where: str, want: str, value: Any) -> LasaError:
+    return LasaError(f"{where}: expected {want}, got {value!r}")
+
+
+def coerce_value(hint: Any, value: Any, where: str) -> Any:
+    """A YAML value made to fit the field's type, or a one-line error naming the key. YAML has its
+    own types (``4.7`` where an int belongs, ``true`` where a number belongs, ``2e-4`` read as a
+    string, ``variants: base`` where a list belongs), and argparse does not convert defaults."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce_value(inner[0], value, where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise _type_error(where, "one of " + ", ".join(map(str, args)), value)
+        return value
+    if origin is list:
+        item = args[0] if args else Any
+        items = value if isinstance(value, list) else [value]  # `force: locate` means [locate]
+        return [coerce_value(item, v, where) for v in items]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _type_error(where, "true or false", value)
+        return value
+    if hint is int:
+        if isinstance(value, bool):
+            raise _type_error(where, "an integer", value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _type_error(where, "an integer", value) from None
+        if not isinstance(value, int):
+            raise _type_error(where, "an integer", value)
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise _type_error(where, "a number", value)
+        if isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _type_error(where, "a number", value) from None
+        if not isinstance(value, int | float):
+            raise _type_error(where, "a number", value)
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise _type_error(where, "a string", value)
+        return str(value)
+    return value
 
 
 def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
@@ -76,6 +179,8 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
         raise LasaError(f"config file not found: {path}")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise LasaError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -85,6 +190,7 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
     from lasa.config import STAGE_CONFIGS, STAGE_SECTIONS  # the registry of every stage's config
 
     known = {f.name for f in config_fields(cls)}
+    hints = typing.get_type_hints(cls)
     all_stage_names = set(STAGE_CONFIGS) | set(STAGE_SECTIONS)
     all_known = {f.name for c in STAGE_CONFIGS.values() for f in config_fields(c)}
     stage = cls.stage
@@ -93,7 +199,7 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
         if key in all_stage_names:
             continue
         if key in known:
-            values[key] = value
+            values[key] = coerce_value(hints[key], value, f"{path}: {key}")
         elif key not in all_known:
             raise LasaError(f"{path}: unknown key {key!r}; see `lasa <stage> --help` for the valid keys")
     section = doc.get(stage) or {}
@@ -104,7 +210,7 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
             raise LasaError(
                 f"{path}: unknown key {stage}.{key}; see `lasa {stage} --help` for the valid keys"
             )
-        values[key] = value
+        values[key] = coerce_value(hints[key], value, f"{path}: {stage}.{key}")
     return values
 
 
@@ -123,11 +229,29 @@ def _tidy_help(parser: Any) -> None:
             action.help = f"Turn --{positive} off."
 
 
-def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
-    """Parse ``--config FILE`` and flags into ``cls`` (flags win), with a one-line error on bad input."""
+def _stage_parser(cls: type[T], prog: str, description: str | None) -> Any:
+    """TRL's parser, keeping lasa's bounds (``ge`` / ``gt`` / ``le`` / ``lt`` in a field's metadata,
+    read by :func:`check_bounds`) out of argparse, which would reject them as keywords."""
+    import copy
+
     from trl import TrlParser
 
-    parser = TrlParser(dataclass_types=[cls], prog=prog, description=description, allow_abbrev=False)
+    class StageParser(TrlParser):
+        @staticmethod
+        def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
+            if any(k in field.metadata for k in _BOUNDS):
+                field = copy.copy(field)
+                field.metadata = types.MappingProxyType(
+                    {k: v for k, v in field.metadata.items() if k not in _BOUNDS}
+                )
+            TrlParser._parse_dataclass_field(parser, field)
+
+    return StageParser(dataclass_types=[cls], prog=prog, description=description, allow_abbrev=False)
+
+
+def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
+    """Parse ``--config FILE`` and flags into ``cls`` (flags win), with a one-line error on bad input."""
+    parser = _stage_parser(cls, prog, description)
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",
@@ -136,6 +260,8 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
     )
     _tidy_help(parser)
     argv = list(argv)
+    if argv.count("--config") > 1:
+        raise LasaError("--config given twice; merge the files into one (flags override it)")
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

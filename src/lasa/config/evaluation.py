@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from lasa.conditioning import CONDITIONING_TEXT
-from lasa.config.base import StageConfig
+from lasa.config.base import StageConfig, safe_name
 from lasa.config.registry import DEFAULT_JUDGE, JUDGES, UTILITY_TASKS, VARIANTS
 from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
@@ -40,7 +41,11 @@ class GenerateConfig(StageConfig):
     )
     gate_threshold: float | None = field(
         default=None,
-        metadata={"help": "Override the SSI's validation-calibrated threshold (p(harmful) above it gates)."},
+        metadata={
+            "gt": 0,
+            "lt": 1,
+            "help": "Override the SSI's validation-calibrated threshold (p(harmful) above it gates).",
+        },
     )
     ssi: str | None = field(default=None, metadata={"help": "Where the SSI is (default: RUN/ssi)."})
     conditioning_text: str = field(
@@ -87,12 +92,19 @@ class GenerateConfig(StageConfig):
         },
     )
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do-sample)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (with --do-sample)."})
+    temperature: float = field(
+        default=1.0, metadata={"gt": 0, "help": "Sampling temperature (with --do-sample)."}
+    )
+    top_p: float = field(
+        default=1.0, metadata={"gt": 0, "le": 1, "help": "Nucleus sampling (with --do-sample)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from lasa.data import normalize_languages
+
+        if self.variant is not None:
+            safe_name(self.variant, "--variant")  # RUN/eval/<variant>/
 
         # a known variant name sets what makes it, unless the flags already say otherwise
         known = VARIANTS.get(self.variant or "")
@@ -168,6 +180,8 @@ class JudgeConfig:
             raise LasaError(
                 f"unknown judge(s) {', '.join(dict.fromkeys(bad))}; choose from {', '.join(JUDGES)}"
             )
+        if len(set(self.judges)) != len(self.judges):
+            raise LasaError(f"--judges lists a judge twice: {' '.join(self.judges)}")
         if "llm" in self.judges:
             url = self.judge_url or os.environ.get("LASA_JUDGE_URL")
             if not url and not self.judge_model:
@@ -191,20 +205,29 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
         default_factory=lambda: ["mgsm", "xcopa", "mmlu"],
         metadata={"help": "Utility tasks (mgsm, xcopa, mmlu); pass 'none' to skip."},
     )
-    mgsm_n: int = field(default=50, metadata={"help": "MGSM problems per language (en zh th bn sw)."})
-    mgsm_max_new_tokens: int = field(
-        default=384, metadata={"help": "New tokens for MGSM step-by-step answers."}
+    mgsm_n: int = field(
+        default=50, metadata={"ge": 1, "help": "MGSM problems per language (en zh th bn sw)."}
     )
-    xcopa_n: int = field(default=100, metadata={"help": "XCOPA items per language (it sw th vi zh)."})
-    mmlu_n: int = field(default=200, metadata={"help": "MMLU (English) questions, mixed over subjects."})
+    mgsm_max_new_tokens: int = field(
+        default=384, metadata={"ge": 1, "help": "New tokens for MGSM step-by-step answers."}
+    )
+    xcopa_n: int = field(
+        default=100, metadata={"ge": 1, "help": "XCOPA items per language (it sw th vi zh)."}
+    )
+    mmlu_n: int = field(
+        default=200, metadata={"ge": 1, "help": "MMLU (English) questions, mixed over subjects."}
+    )
     drift_n: int = field(
         default=50,
         metadata={
+            "ge": 1,
             "help": "drift: FLORES sentences and benign chat prompts per language for the adapter's perplexity "
-            "and KL from its base."
+            "and KL from its base.",
         },
     )
-    utility_batch_size: int = field(default=8, metadata={"help": "Batch size for log-likelihood scoring."})
+    utility_batch_size: int = field(
+        default=8, metadata={"ge": 1, "help": "Batch size for log-likelihood scoring."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,3 +270,10 @@ class JudgeCheckConfig(JudgeConfig):
         super().__post_init__()
         if not self.labels:
             raise LasaError("--labels FILE.jsonl is required (prompt, response, language, label per line)")
+        if self.out is not None:  # checked now, not after minutes of judging
+            out = Path(self.out)
+            if not self.out.strip() or out.is_dir():
+                raise LasaError(f"--out {self.out!r}: give a file path for the JSON report")
+            parent = next((p for p in out.parents if p.exists()), Path("."))
+            if not parent.is_dir():
+                raise LasaError(f"--out {self.out}: {parent} is a file, not a directory")

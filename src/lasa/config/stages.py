@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from lasa.conditioning import CONDITIONING_TEXT
-from lasa.config.base import StageConfig
+from lasa.config.base import StageConfig, safe_name
 from lasa.config.registry import JUDGES, VARIANTS
 from lasa.data import MULTIJAIL_N
 from lasa.errors import LasaError
@@ -61,7 +61,8 @@ class LocateConfig(StageConfig):
     tsne_layers: list[int] = field(
         default_factory=list,
         metadata={
-            "help": "Layers drawn in tsne.png (default: an early layer, the bottleneck and the last layer)."
+            "ge": 1,
+            "help": "Layers drawn in tsne.png (default: an early layer, the bottleneck and the last layer).",
         },
     )
     plots: bool = field(default=True, metadata={"help": "Draw layer_scores.png and tsne.png."})
@@ -147,16 +148,18 @@ class InterpretConfig(StageConfig):
             "early stopping and threshold calibration (translations stay together)."
         },
     )
-    hidden: int | None = field(default=None, metadata={"help": "SSI hidden width (default: d_model)."})
-    dropout: float = field(default=0.1, metadata={"help": "SSI dropout."})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
-    train_batch_size: int = field(default=64, metadata={"help": "SSI training batch size."})
-    epochs: int = field(default=20, metadata={"help": "Maximum training epochs."})
-    patience: int = field(
-        default=3, metadata={"help": "Early stopping: epochs without a lower validation loss."}
+    hidden: int | None = field(
+        default=None, metadata={"ge": 1, "help": "SSI hidden width (default: d_model)."}
     )
-    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1, "help": "SSI dropout."})
+    lr: float = field(default=1e-3, metadata={"gt": 0, "help": "AdamW learning rate."})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0, "help": "AdamW weight decay."})
+    train_batch_size: int = field(default=64, metadata={"ge": 1, "help": "SSI training batch size."})
+    epochs: int = field(default=20, metadata={"ge": 1, "help": "Maximum training epochs."})
+    patience: int = field(
+        default=3, metadata={"ge": 0, "help": "Early stopping: epochs without a lower validation loss."}
+    )
+    grad_clip: float = field(default=1.0, metadata={"gt": 0, "help": "Gradient-norm clip."})
     threshold_range: list[float] = field(
         default_factory=lambda: [0.30, 0.70],
         metadata={"help": "Grid (step 0.01) searched on validation for the decision threshold."},
@@ -175,12 +178,13 @@ class InterpretConfig(StageConfig):
             "(layer_sweep.json/.png): does the bottleneck transfer best?"
         },
     )
-    sweep_every: int = field(default=2, metadata={"help": "k for --sweep."})
+    sweep_every: int = field(default=2, metadata={"ge": 1, "help": "k for --sweep."})
     sweep_seeds: int = field(
         default=3,
         metadata={
+            "ge": 1,
             "help": "Train the sweep's SSI with this many seeds per layer and report mean and spread: "
-            "one seed's early stopping moves a layer's AUROC by a few points."
+            "one seed's early stopping moves a layer's AUROC by a few points.",
         },
     )
     spread_seeds: int = field(
@@ -224,6 +228,7 @@ class InterpretConfig(StageConfig):
         from lasa.data.safety import validate_train_langs
 
         self.train_langs = validate_train_langs(self.train_langs)
+        safe_name(self.out_name, "--out-name")  # RUN/<out_name>/ is what a forced rerun deletes
         if not 0 < self.val_fraction < 0.5:
             raise LasaError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if len(self.threshold_range) != 2 or not 0 < self.threshold_range[0] <= self.threshold_range[1] < 1:
@@ -296,7 +301,7 @@ class AlignConfig(StageConfig):
         },
     )
     on_policy_max_new_tokens: int = field(
-        default=96, metadata={"help": "--rows on_policy: new tokens per generated completion."}
+        default=96, metadata={"ge": 1, "help": "--rows on_policy: new tokens per generated completion."}
     )
     on_policy_judge: str = field(
         default="pair", metadata={"help": "--rows on_policy: the judge that sorts refusals from compliance."}
@@ -322,14 +327,17 @@ class AlignConfig(StageConfig):
         default=CONDITIONING_TEXT,
         metadata={"help": "Text placed at the start of the assistant turn of conditioned rows."},
     )
-    beta: float = field(default=0.1, metadata={"help": "KTO beta."})
-    desirable_weight: float = field(default=1.0, metadata={"help": "KTO desirable weight."})
-    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO undesirable weight."})
+    beta: float = field(default=0.1, metadata={"gt": 0, "help": "KTO beta."})
+    desirable_weight: float = field(default=1.0, metadata={"ge": 0, "help": "KTO desirable weight."})
+    undesirable_weight: float = field(default=1.0, metadata={"ge": 0, "help": "KTO undesirable weight."})
     learning_rate: float = field(
-        default=2e-4, metadata={"help": "Learning rate (LoRA; the paper's full fine-tuning used 1e-6)."}
+        default=2e-4,
+        metadata={"gt": 0, "help": "Learning rate (LoRA; the paper's full fine-tuning used 1e-6)."},
     )
-    epochs: float = field(default=1.0, metadata={"help": "Epochs over the rows."})
-    max_steps: int = field(default=0, metadata={"help": "Stop after this many optimizer steps (0 = epochs)."})
+    epochs: float = field(default=1.0, metadata={"gt": 0, "help": "Epochs over the rows."})
+    max_steps: int = field(
+        default=0, metadata={"ge": 0, "help": "Stop after this many optimizer steps (0 = epochs)."}
+    )
     save_adapter_at: list[int] = field(
         default_factory=list,
         metadata={
@@ -340,14 +348,14 @@ class AlignConfig(StageConfig):
     batch_size: int = field(
         default=4, metadata={"help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
     )
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1, "help": "Gradient accumulation."})
     lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
-    warmup_steps: int = field(default=2, metadata={"help": "Warm-up steps."})
+    warmup_steps: int = field(default=2, metadata={"ge": 0, "help": "Warm-up steps."})
     max_length: int = field(default=384, metadata={"help": "Max tokens of prompt + completion."})
     lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_r: int = field(default=8, metadata={"ge": 1, "help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"gt": 0, "help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={"help": "LoRA target modules ('all-linear' or names)."},
@@ -361,7 +369,7 @@ class AlignConfig(StageConfig):
         },
     )
     bottleneck_layer: int | None = field(
-        default=None, metadata={"help": "Override RUN/locate/bottleneck.json."}
+        default=None, metadata={"ge": 1, "help": "Override RUN/locate/bottleneck.json."}
     )
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "TRL: reference log-probs once before training."}
@@ -388,6 +396,20 @@ class AlignConfig(StageConfig):
             raise LasaError("--n-safety must be >= 1, --n-general and --n-hard-negative >= 0")
         if any(n < 1 for n in self.save_adapter_at):
             raise LasaError("--save-adapter-at takes optimizer steps >= 1")
+        if self.max_steps and any(n > self.max_steps for n in self.save_adapter_at):
+            raise LasaError(
+                f"--save-adapter-at {max(self.save_adapter_at)} is past --max-steps {self.max_steps}; "
+                "training would never reach it"
+            )
+        if not self.lora_target_modules:
+            raise LasaError("--lora-target-modules needs at least one name (or all-linear)")
+        from transformers.trainer_utils import SchedulerType
+
+        schedulers = [t.value for t in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise LasaError(
+                f"--lr-scheduler must be one of {', '.join(schedulers)}, got {self.lr_scheduler!r}"
+            )
         if self.rows == "on_policy":
             if self.data:
                 raise LasaError(
@@ -425,6 +447,8 @@ class RunConfig(StageConfig):
             raise LasaError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
         if len(set(self.variants)) != len(self.variants):
             raise LasaError("--variants lists a variant twice")
+        if not self.variants:
+            raise LasaError(f"--variants is empty; name at least one of {', '.join(VARIANTS)}")
 
 
 @dataclass

@@ -230,7 +230,10 @@ def load_user_rows(path: str | Path) -> list[dict]:
     formats = "JSONL (one object per line) or a JSON list of objects"
     if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".txt"):
         raise LasaError(f"--data {path}: {path.suffix} is not supported; give {formats}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LasaError(f"--data {path}: not UTF-8 text; give {formats}") from None
     items: list = []
     if text.lstrip().startswith("["):
         try:
@@ -238,7 +241,7 @@ def load_user_rows(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise LasaError(f"{path}: line {err.lineno}: not valid JSON ({formats} expected)") from None
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -48,7 +48,13 @@ class Bottleneck:
     def load(cls, run_dir: str | Path) -> Bottleneck:
         rd = RunDir(run_dir)
         doc = rd.load(rd.bottleneck, "lasa locate")
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+        missing = [k for k in cls.__dataclass_fields__ if k not in doc]
+        if missing or not isinstance(doc.get("layer"), int):
+            raise LasaError(
+                f"{rd.bottleneck} is damaged (missing or bad {', '.join(missing) or 'layer'}); "
+                f"rerun `lasa locate --run-dir {run_dir} --force`"
+            )
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
 
 
 def load_layer_scores(run_dir: str | Path) -> list[dict]:
