@@ -164,7 +164,7 @@ def coerce_value(hint: Any, value: Any, where: str) -> Any:
                 raise _type_error(where, "a number", value) from None
         if not isinstance(value, int | float):
             raise _type_error(where, "a number", value)
-        return float(value)
+        return value  # an int stays an int: run keys hash the config, and `epochs: 1` keyed runs so
     if hint is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise _type_error(where, "a string", value)
