@@ -208,6 +208,31 @@ def test_report_on_damaged_artefacts_is_one_line(capsys, tmp_path, relpath, cont
     assert not (run / "report.md").exists()
 
 
+def test_report_names_variants_it_cannot_find(capsys, tmp_path):
+    run = tmp_path / "run"
+    (run / "locate").mkdir(parents=True)
+    (run / "locate" / "bottleneck.json").write_text(json.dumps({"model": "m"}))
+    rc, _, err = run_cli(capsys, "report", "--run-dir", run, "--variants", "nonexist")
+    assert rc == 2 and "--variants nonexist: not evaluated" in err and one_line(err), err
+    assert not (run / "report.md").exists()
+
+
+def test_align_refuses_a_bottleneck_beyond_the_model_before_loading_it(
+    capsys, no_model_load, tiny_qwen, tmp_path
+):
+    rc, _, err = run_cli(
+        capsys, "align", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--bottleneck-layer", 999
+    )
+    assert rc == 2 and "--bottleneck-layer 999 is out of range" in err and one_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_names_a_missing_model_before_creating_the_run_dir(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "run", "--model", tmp_path / "nope", "--run-dir", tmp_path / "r")
+    assert rc == 2 and "model path not found" in err and one_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_damaged_bottleneck_is_one_line(tmp_path):
     from lasa.locate.bottleneck import Bottleneck
 

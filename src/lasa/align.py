@@ -456,6 +456,13 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         from lasa.locate import Bottleneck
 
         bottleneck = Bottleneck.load(cfg.run_dir).layer
+    if bottleneck is not None and cfg.lora_layers == "above_bottleneck":  # from the config alone
+        from lasa.models import num_layers_of, validate_layer
+
+        n_layers = num_layers_of(cfg.model)
+        validate_layer(bottleneck, n_layers, "--bottleneck-layer")
+        if bottleneck == n_layers:
+            raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
     if cfg.data:
         rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
     else:

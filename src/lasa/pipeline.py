@@ -176,6 +176,9 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
             raise LasaError(
                 f"--force {f}: no such stage; stages are {', '.join(s.name for s in stages)}, report, all"
             )
+    from lasa.models import resolve_model_path
+
+    resolve_model_path(run.model)  # a missing model is named before the run directory exists
     rd.mkdir(parents=True, exist_ok=True)  # only once the request is known to be valid
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable

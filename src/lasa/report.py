@@ -513,6 +513,12 @@ def build_report(
             f"{rd} holds no lasa artefacts (locate/, ssi/, align/, eval/): run `lasa run --run-dir {rd}` "
             "or a stage first"
         )
+    unknown = [v for v in variants or [] if v not in RunDir(rd).evaluated_variants()]
+    if unknown:
+        raise LasaError(
+            f"--variants {' '.join(unknown)}: not evaluated in {rd} (evaluated: "
+            f"{' '.join(RunDir(rd).evaluated_variants()) or 'none'})"
+        )
     doc = Doc()
     cfg_path = RunDir(rd).config
     model = "?"
