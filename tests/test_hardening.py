@@ -354,3 +354,198 @@ def test_a_cache_path_that_is_a_file_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LASA_CACHE", str(f))
     rc, _, err = run_cli(capsys, "models", "list")
     assert rc == 2 and "is a file, not a directory" in err and one_line(err), err
+
+
+# -- the second pass: interruption, resumption, concurrency, the Python API --------------------
+
+
+def test_a_second_writer_of_the_same_directory_is_refused(tmp_path):
+    """Two `lasa generate` of one variant used to share a partial file; the faster one's finish()
+    deleted the other's rows and both exited 0 with fewer samples than asked for. Another process
+    holding the directory is refused; the holder itself re-enters (evaluate → generate)."""
+    import subprocess
+    import sys
+    import time
+
+    from lasa.runs import exclusive
+
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from lasa.runs import exclusive\n"
+            "with exclusive(sys.argv[1], 'x'):\n"
+            "    pathlib.Path(sys.argv[2]).touch(); time.sleep(30)\n",
+            str(tmp_path),
+            str(ready),
+        ]
+    )
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        assert ready.exists()
+        with (
+            pytest.raises(LasaError, match="another lasa process is writing the variant base"),
+            exclusive(tmp_path, "the variant base"),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(tmp_path, "the variant base"), exclusive(tmp_path, "the variant base"):
+        pass  # the kernel dropped the killed holder's lock; this process re-enters its own
+
+
+def test_finish_refuses_to_write_a_file_missing_samples(tmp_path):
+    from lasa.runs import SampleWriter
+
+    w = SampleWriter(tmp_path / "completions.jsonl")
+    w.append([{"uid": "a", "response": "x"}])
+    with pytest.raises(LasaError, match="1 of 2 samples are missing"):
+        w.finish(order=["a", "b"])
+    assert not (tmp_path / "completions.jsonl").exists()
+    assert [r["uid"] for r in w.finish(order=["a"])] == ["a"]
+
+
+def test_concurrent_records_keep_every_stage(tmp_path):
+    """RUN/config.yaml is read, merged and rewritten by each stage; eight at once lost one entry."""
+    import threading
+
+    import yaml
+
+    from lasa.runs import RunDir
+
+    rd = RunDir(tmp_path)
+    threads = [threading.Thread(target=rd.record, args=(f"generate:v{k}", {"seed": k})) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stages = yaml.safe_load((tmp_path / "config.yaml").read_text())["stages"]
+    assert sorted(stages) == [f"generate:v{k}" for k in range(8)]
+
+
+def test_a_killed_stages_staging_folder_is_swept_by_the_next_run(tmp_path):
+    from lasa.runs import staged_artefacts
+
+    dead = tmp_path / ".staging-999999999"  # no such pid
+    dead.mkdir()
+    (dead / "layer_scores.json").write_text("{}")
+    with staged_artefacts(tmp_path, "marker.json") as stage:
+        (stage / "marker.json").write_text("{}")
+    assert not dead.exists() and (tmp_path / "marker.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["marker.json"]
+
+
+def test_an_interrupted_interpret_rerun_drops_the_old_marker(tiny_qwen, tmp_path, monkeypatch):
+    """The new SSI used to sit next to the previous run's metrics.json, which `lasa run` and
+    load_metrics then trusted (layer 2 there, layer 3 in ssi.json)."""
+    import lasa.interpret.stage as stage
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--cap", "6",
+        "--eval-n-harmful", "2", "--eval-n-benign", "2", "--epochs", "1", "--spread-seeds", "1",
+        "--calibration", "none",
+    ]  # fmt: skip
+    assert main([*argv, "--layer", "2"]) == 0
+    assert (tmp_path / "ssi" / "metrics.json").is_file()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "write_scores", interrupted)  # right after the new SSI is saved
+    assert main([*argv, "--layer", "3"]) == 130
+    assert json.loads((tmp_path / "ssi" / "ssi.json").read_text())["layer"] == 3
+    assert not (tmp_path / "ssi" / "metrics.json").exists()
+
+
+def test_a_hand_run_generate_that_changes_completions_drops_the_stale_results(tiny_qwen, tmp_path):
+    """`lasa run` keys evaluate on results.json; a regenerated variant must not keep the ASR of the
+    completions it replaced."""
+    argv = [
+        "generate", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--n", "1", "--langs", "en",
+        "zh", "--no-xstest", "--batch-size", "2",
+    ]  # fmt: skip
+    assert main([*argv, "--max-new-tokens", "3"]) == 0
+    results = tmp_path / "eval" / "base" / "results.json"
+    results.write_text("{}")
+    assert main([*argv, "--max-new-tokens", "3"]) == 0  # nothing regenerated: the results stay
+    assert results.is_file()
+    assert main([*argv, "--max-new-tokens", "4"]) == 0  # regenerated: they go
+    assert not results.exists()
+
+
+def test_sampled_generation_follows_the_seed_and_records_it(tiny_qwen, tmp_path):
+    def sampled(run: Path, seed: int) -> list[str]:
+        argv = [
+            "generate", "--model", str(tiny_qwen), "--run-dir", str(run), "--n", "2", "--langs", "en",
+            "zh", "--no-xstest", "--max-new-tokens", "6", "--do-sample", "--seed", str(seed),
+        ]  # fmt: skip
+        assert main(argv) == 0
+        rows = [json.loads(x) for x in (run / "eval" / "base" / "completions.jsonl").read_text().splitlines()]
+        assert {r["generation"]["seed"] for r in rows} == {seed}
+        return [r["response"] for r in rows]
+
+    assert sampled(tmp_path / "a", 7) == sampled(tmp_path / "b", 7)
+
+
+def test_completions_are_keyed_on_the_weights_not_the_path_as_typed(tiny_qwen, tmp_path, monkeypatch, caplog):
+    """The same weights by another spelling of the path are reused; rows record the weights' signature."""
+    import logging
+
+    argv = [
+        "generate",
+        "--run-dir",
+        str(tmp_path),
+        "--n",
+        "1",
+        "--langs",
+        "en",
+        "--no-xstest",
+        "--max-new-tokens",
+        "3",
+    ]
+    assert main([*argv, "--model", str(tiny_qwen)]) == 0
+    row = json.loads((tmp_path / "eval" / "base" / "completions.jsonl").read_text().splitlines()[0])
+    assert row["generation"]["model_weights"]
+    monkeypatch.chdir(Path(tiny_qwen).parent)
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--model", Path(tiny_qwen).name]) == 0
+    assert "regenerating" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("run_locate(AlignConfig())", "run_locate takes LocateConfig, got AlignConfig"),
+        ("run_evaluate(GenerateConfig())", "run_evaluate takes EvaluateConfig, got GenerateConfig"),
+        ("run_interpret(None)", "run_interpret takes InterpretConfig, got NoneType"),
+        ("run_pipeline(LocateConfig(), None)", "run_pipeline takes RunConfig, got LocateConfig"),
+        ("GenerateConfig(backend='foo')", "--backend: expected one of hf, vllm, got 'foo'"),
+        ("GenerateConfig(temperature='hot')", "--temperature: expected a number, got 'hot'"),
+        ("GenerateConfig(max_new_tokens=2.5)", "--max-new-tokens: expected an integer, got 2.5"),
+        ("LocateConfig(dtype='fp8')", "--dtype: expected one of auto"),
+        ("GenerateConfig(run_dir=None)", "--run-dir: expected a string, got None"),
+    ],
+)
+def test_the_python_api_gets_the_same_one_line_errors(call, message):
+    import lasa
+    from lasa.config import AlignConfig, GenerateConfig, LocateConfig
+
+    namespace = {"AlignConfig": AlignConfig, "GenerateConfig": GenerateConfig, "LocateConfig": LocateConfig}
+    namespace |= {
+        n: getattr(lasa, n) for n in ("run_locate", "run_evaluate", "run_interpret", "run_pipeline")
+    }
+    with pytest.raises(LasaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        eval(call, namespace)
+
+
+def test_the_python_api_coerces_what_is_plainly_meant():
+    from lasa.config import EvaluateConfig, LocateConfig
+
+    assert LocateConfig(seed="42").seed == 42
+    assert EvaluateConfig(judges="pair").judges == ["pair"]  # not "unknown judge(s) p, a, i, r"

@@ -347,8 +347,12 @@ def train(
         trainer, rows if cfg.method in ("lasa", "kto") else [r for r in rows if r["label"]]
     )
     prefix = _shared_prefix(cfg, lm, peft_config)
-    with prefix or contextlib.nullcontext(), _completion_positions_only():
-        result = trainer.train()
+    try:
+        with prefix or contextlib.nullcontext(), _completion_positions_only():
+            result = trainer.train()
+    except BaseException:  # interrupted or failed: TRL's scratch folder is of no use to a rerun
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        raise
     seconds = time.time() - t0
     if trainer.accelerator.is_main_process:
         save_adapter(trainer.model, out / "adapter")
@@ -442,6 +446,9 @@ def plot_log(log: list[dict], path: Path, title: str) -> Path | None:
 
 def run_align(cfg: AlignConfig, lm: Any = None) -> AlignResult:
     """Build (or load) the rows, condition and order them, train, and write RUN/align/<method>/."""
+    from lasa.config.base import expect_config
+
+    expect_config(cfg, AlignConfig, "run_align")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     with run.stage_dir(
@@ -490,6 +497,11 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     if distributed.world_size() > 1:
         rows = fill_last_batch(rows, cfg.batch_size)
     if distributed.is_main():
+        # the marker goes first: from here on the folder is this run's, and an interrupted run must
+        # read as unfinished, not as the previous run's adapter next to these rows
+        run.align_summary(cfg.method).unlink(missing_ok=True)
+        if not cfg.dry_run:
+            shutil.rmtree(out / "adapter", ignore_errors=True)
         write_jsonl(out / "rows.jsonl", rows)
     stats = {
         "n_rows": len(rows),

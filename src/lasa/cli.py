@@ -460,7 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lasa {argv[0]}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lasa {argv[0]}: interrupted; finished artefacts are kept, rerun to resume", file=sys.stderr)
+        what = (
+            "training restarts from step 0 on a rerun (the rows are kept)"
+            if argv[0] == "align"
+            else "finished artefacts are kept, rerun to resume"
+        )
+        print(f"lasa {argv[0]}: interrupted; {what}", file=sys.stderr)
         return 130
 
 

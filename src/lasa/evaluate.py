@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lasa import distributed
 from lasa.asr import agreement, asr_metrics, gate_stats, over_refusal, over_refusal_by_language
@@ -32,6 +33,7 @@ from lasa.results import EvaluateResult, GenerateResult
 from lasa.runs import (
     RunDir,
     SampleWriter,
+    exclusive,
     files_digest,
     fingerprint,
     package_versions,
@@ -193,7 +195,14 @@ def generation_info(
         ),
     }
     if lm is not None:
-        info |= {"model": lm.path, "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch.")}
+        from lasa.models import weights_signature
+
+        info |= {
+            "model": lm.path,
+            # the weights' identity: the same path can hold other weights, other paths the same
+            "model_weights": weights_signature(lm.spec),
+            "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        }
     return info
 
 
@@ -215,6 +224,14 @@ def _adapter_digest(adapter: Path | None) -> str | None:
     return files_digest(files)
 
 
+def _record_differs(info: dict, want: dict) -> set[str]:
+    """Keys whose stored value differs from ``want``. A key an older lasa did not record is not
+    compared, the record-only keys never are, and the model's path only where the record lacks
+    its weights' signature (rows written before it was recorded)."""
+    skip = set(_RECORD_ONLY) | ({"model"} if "model_weights" in info else set())
+    return {k for k, v in want.items() if k in info and k not in skip and info[k] != v}
+
+
 def stale_rows(done: dict[str, dict], want: dict) -> tuple[set[str], set[str], int]:
     """Rows of ``done`` whose stored generation record differs from ``want`` (to regenerate), the
     keys they differ in, and how many rows lack a key that ``want`` has: rows written by an older
@@ -225,7 +242,7 @@ def stale_rows(done: dict[str, dict], want: dict) -> tuple[set[str], set[str], i
     legacy = 0
     for uid, row in done.items():
         info = row.get("generation") or {}
-        diff = {k for k, v in want.items() if k in info and info[k] != v and k not in _RECORD_ONLY}
+        diff = _record_differs(info, want)
         legacy += any(k not in info for k in want)
         if diff:
             stale.add(uid)
@@ -254,7 +271,7 @@ def reuse_ungated(
         for uid, row in SampleWriter(twin / name).load().items():
             info = row.get("generation") or {}
             # as in stale_rows, a key an older lasa did not record is not compared
-            if all(info[k] == v for k, v in want.items() if k in info) and not info.get("gated"):
+            if not _record_differs(info, want) and not info.get("gated"):
                 donors[uid] = row
     candidates = [(w, s) for w, s in todo if s["uid"] in donors]
     if not candidates:
@@ -335,6 +352,8 @@ def generate_samples(
     With a gate and the directory of the ungated ``twin`` variant, unflagged rows are copied."""
     writers = [SampleWriter(path) for _, path in tasks]
     gen_info = generation_info(settings, gate, backend, adapter, lm)
+    if settings.do_sample:  # an uninterrupted sampled run is reproducible from --seed (a resumed
+        torch.manual_seed(settings.seed)  # one draws its remaining rows from a fresh start)
     todo = []
     for (samples, path), w in zip(tasks, writers):
         done = w.load()
@@ -384,13 +403,22 @@ def generate_samples(
 
 def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> GenerateResult:
     """``lasa generate``: completions for MultiJail (and XSTest) of one variant."""
+    from lasa.config.base import expect_config
+
+    expect_config(cfg, GenerateConfig, "run_generate")
     t0 = time.time()
     rd = RunDir(cfg.run_dir)
     resolve_adapter(cfg.adapter, cfg.run_dir)  # a missing adapter is named as such, not as a variant
     name = variant_name(cfg)
     rd.eval(name)  # a plain folder name: checked before anything is created
-    with rd.stage_dir(f"eval/{name}") as out:  # a failure before the first sample leaves no folder
+    with rd.stage_dir(f"eval/{name}") as out, exclusive(out, f"the variant {name}"):
+        # a failure before the first sample leaves no folder; a second process on the same variant
+        # is refused (two writers of one partial file lose each other's samples)
         return _generate_into(cfg, lm, name, out, t0)
+
+
+def _completions_digest(out: Path) -> str:
+    return files_digest(sorted(out.glob("completions*.jsonl")))
 
 
 def _generate_into(
@@ -403,6 +431,7 @@ def _generate_into(
         do_sample=cfg.do_sample,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        seed=cfg.seed,
     )
     tasks = [(multijail_samples(cfg.langs, cfg.n_prompts), out / "completions.jsonl")]
     if cfg.xstest:
@@ -414,6 +443,7 @@ def _generate_into(
     scores_path = RunDir(cfg.run_dir).path / "eval" / SCORES_FILE
     if gate is not None and cfg.backend == "hf":
         load_known_scores(scores_path, lm, gate)
+    before = _completions_digest(out)
     done = generate_samples(
         lm,
         tasks,
@@ -426,6 +456,12 @@ def _generate_into(
     )
     if gate is not None:
         save_known_scores(scores_path, lm, gate)
+    results = RunDir(cfg.run_dir).results(name)
+    if distributed.is_main() and results.is_file() and _completions_digest(out) != before:
+        # its verdicts and ASR were computed from other completions; `lasa run` keys on this
+        # marker, so it must not outlive them (`lasa evaluate` writes it again)
+        results.unlink()
+        logger.info("generate: %s changed; its results.json is removed until `lasa evaluate` reruns", name)
     if distributed.is_main():
         RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
     return GenerateResult(
@@ -462,6 +498,19 @@ def _judged(judge: Any, samples: list[dict], out: Path, name: str) -> list[dict]
 
 def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> EvaluateResult:
     """``lasa evaluate``: generate what is missing, judge, measure utility, write results.json."""
+    from lasa.config.base import expect_config
+
+    expect_config(cfg, EvaluateConfig, "run_evaluate")  # a GenerateConfig would generate, then fail
+    rd = RunDir(cfg.run_dir)
+    resolve_adapter(cfg.adapter, cfg.run_dir)
+    name = variant_name(cfg)
+    rd.eval(name)
+    # the variant is this process's from generation to results.json (run_generate re-enters the lock)
+    with rd.stage_dir(f"eval/{name}") as out, exclusive(out, f"the variant {name}"):
+        return _evaluate(cfg, lm)
+
+
+def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
     from lasa.judges import get_judge
 
     t0 = time.time()

@@ -52,6 +52,7 @@ class GenerationSettings:
     min_new_tokens: int = 0  # benchmarks force equal lengths with this
     # the prefill runs in sub-batches of at most this many rows, split by length (see _prefill)
     prefill_batch_size: int = 16
+    seed: int = 0  # sampling only: the RNG seed a run starts from (greedy decoding ignores it)
 
     def hf_kwargs(self, tokenizer: Any) -> dict:
         """``generate`` keywords that decode exactly these settings. A checkpoint's generation
@@ -80,7 +81,7 @@ class GenerationSettings:
             "do_sample": self.do_sample,
             "temperature": self.temperature if self.do_sample else 0.0,
             "top_p": self.top_p if self.do_sample else 1.0,
-        }
+        } | ({"seed": self.seed} if self.do_sample else {})  # greedy rows stay keyed as before
 
 
 def first_token(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
@@ -690,7 +691,9 @@ def generate_vllm(
     ]
     path, tokenizer = lm.path, lm.tokenizer
     lm.model.to("cpu")  # free accelerator memory for the engine
-    kwargs = {"model": path, "enable_lora": adapter is not None, "seed": 0} | (engine_kwargs or {})
+    kwargs = {"model": path, "enable_lora": adapter is not None, "seed": settings.seed} | (
+        engine_kwargs or {}
+    )
     if adapter is not None:
         import json as _json
 

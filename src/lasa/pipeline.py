@@ -32,7 +32,7 @@ from lasa.config import (
     StageConfig,
 )
 from lasa.errors import LasaError
-from lasa.runs import RunDir, files_digest, fingerprint, read_json_object, write_json
+from lasa.runs import RunDir, exclusive, files_digest, fingerprint, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -155,22 +155,13 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
-    from lasa.report import build_report
+    from lasa.config.base import expect_config
 
+    expect_config(run, RunConfig, "run_pipeline")
     t0 = time.time()
     rd = Path(run.run_dir)
-    state_path = rd / "pipeline.json"
-    state: dict[str, Any] = {}
-    if state_path.is_file():
-        try:
-            state = read_json_object(state_path)
-        except LasaError:
-            raise LasaError(
-                f"{state_path} is damaged; delete it (every stage then runs again) and rerun"
-            ) from None
     stages = build_stages(run, config_path)
     names = {s.name for s in stages}
-    artefacts = {s.name: s.artefact for s in stages}
     for f in run.force:
         if f != "report" and not any(_matches(f, n) for n in names):
             raise LasaError(
@@ -180,6 +171,23 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
 
     resolve_model_path(run.model)  # a missing model is named before the run directory exists
     rd.mkdir(parents=True, exist_ok=True)  # only once the request is known to be valid
+    with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race
+        return _run_stages(run, stages, rd, t0)
+
+
+def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dict:
+    from lasa.report import build_report
+
+    artefacts = {s.name: s.artefact for s in stages}
+    state_path = rd / "pipeline.json"
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        try:
+            state = read_json_object(state_path)
+        except LasaError:
+            raise LasaError(
+                f"{state_path} is damaged; delete it (every stage then runs again) and rerun"
+            ) from None
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     summary = []

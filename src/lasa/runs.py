@@ -293,6 +293,17 @@ class RunDir:
     def record(self, stage: str, config: Any, extra: Mapping[str, Any] | None = None) -> Path:
         """Merge this stage's resolved config and provenance into ``RUN/config.yaml``."""
         self.path.mkdir(parents=True, exist_ok=True)
+        # several stages (or processes) may finish at once: read-merge-write under a lock, or one of
+        # them loses its provenance entry
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self._record(stage, config, extra)
+        with open(self.path / ".config.yaml.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._record(stage, config, extra)
+
+    def _record(self, stage: str, config: Any, extra: Mapping[str, Any] | None) -> Path:
         path = self.path / "config.yaml"
         doc: dict[str, Any] = {}
         if path.exists():
@@ -314,6 +325,18 @@ class RunDir:
         return path
 
 
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
     """Write a stage's artefacts into a staging folder; they replace the old ones together.
@@ -323,6 +346,10 @@ def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
     ``out`` hold a marker next to artefacts of another run. On failure the staging folder is
     deleted and the previous artefacts stay as they were, consistent with their marker.
     """
+    for stale in out.glob(".staging-*"):  # left by a process that was killed (SIGKILL skips finally)
+        pid = stale.name.removeprefix(".staging-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = out / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -337,6 +364,44 @@ def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
         os.replace(staging / marker, out / marker)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_HELD: set[str] = set()  # directories this process holds (a nested exclusive() re-enters)
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` for the block (no lock file to leave behind; the
+    kernel drops the lock when the process dies). A second lasa process writing the same thing gets a
+    one-line error instead of interleaving its rows with this one's. Under a launcher only rank 0
+    locks: its sibling ranks write their own slices of the same directory by design."""
+    from lasa import distributed
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; run one process per run directory there
+        fcntl = None
+    key = str(Path(directory).resolve())
+    if fcntl is None or key in _HELD or (distributed.world_size() > 1 and not distributed.is_main()):
+        yield  # unsupported, already held by this process (evaluate → generate), or a sibling rank
+        return
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LasaError(
+                f"another lasa process is writing {what} ({directory}); wait for it to finish or use "
+                "another --run-dir"
+            ) from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: str | Path, inside: str | Path) -> None:
@@ -408,7 +473,13 @@ class SampleWriter:
     def finish(self, order: list[str] | None = None) -> list[dict]:
         """Merge the final file and every partial file into the final file (atomically)."""
         rows = self.load()
-        ordered = [rows[k] for k in order if k in rows] if order else list(rows.values())
+        missing = [k for k in order or [] if k not in rows]
+        if missing:  # never a silently shorter file: an ASR over a subset looks like a result
+            raise LasaError(
+                f"{self.path}: {len(missing)} of {len(order or [])} samples are missing (first: {missing[0]}); "
+                "was another lasa process writing the same variant? Rerun to generate them"
+            )
+        ordered = [rows[k] for k in order] if order else list(rows.values())
         write_jsonl(self.path, ordered)
         for p in self._partials():
             p.unlink()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -50,6 +51,11 @@ class StageConfig:
     stage: ClassVar[str] = "stage"
 
     def __post_init__(self) -> None:
+        # the Python API builds configs directly: its values get the YAML path's type checks
+        hints = _type_hints(type(self))
+        for f in config_fields(type(self)):
+            flag = "--" + f.name.replace("_", "-")
+            setattr(self, f.name, coerce_value(hints[f.name], getattr(self, f.name), flag))
         if not 0 <= self.seed < 2**32:  # numpy's RandomState (sklearn) takes nothing larger
             raise LasaError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         check_bounds(self)
@@ -69,6 +75,16 @@ class StageConfig:
         return {f.name: getattr(self, f.name) for f in config_fields(type(self))}
 
 
+def expect_config(cfg: Any, cls: type, fn: str) -> None:
+    """A stage function given another stage's config (or a dict) fails here in one line, not with
+    an AttributeError deep inside, possibly after minutes of work."""
+    if not isinstance(cfg, cls):
+        raise LasaError(
+            f"{fn} takes {cls.__name__}, got {type(cfg).__name__}; build one with "
+            f"{cls.__name__}(...) or {cls.__name__}.from_yaml(FILE, ...)"
+        )
+
+
 def safe_name(name: str, what: str) -> str:
     """``name`` if it is one plain folder name inside a run directory, else a one-line error: names
     become paths (``RUN/eval/<variant>``, ``RUN/<out_name>``) that a forced rerun deletes, so a
@@ -84,6 +100,11 @@ def safe_name(name: str, what: str) -> str:
     ):
         raise LasaError(f"{what} {name!r}: use a plain folder name (letters, digits, - _ +), no path")
     return name
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def config_fields(cls: type[StageConfig]) -> list[dataclasses.Field]:
@@ -190,7 +211,7 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
     from lasa.config import STAGE_CONFIGS, STAGE_SECTIONS  # the registry of every stage's config
 
     known = {f.name for f in config_fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     all_stage_names = set(STAGE_CONFIGS) | set(STAGE_SECTIONS)
     all_known = {f.name for c in STAGE_CONFIGS.values() for f in config_fields(c)}
     stage = cls.stage

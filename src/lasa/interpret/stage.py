@@ -304,6 +304,9 @@ def _cached_states(
 
 def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> InterpretResult:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
+    from lasa.config.base import expect_config
+
+    expect_config(cfg, InterpretConfig, "run_interpret")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     train_langs = validate_train_langs(cfg.train_langs)
@@ -325,7 +328,20 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
     num_layers = lm.num_layers
     validate_layer(layer, num_layers)
-    out = run.stage(cfg.out_name)
+    with run.stage_dir(cfg.out_name) as out:  # an interrupted first run leaves no empty folder
+        return _interpret(cfg, lm, run, out, train_langs, layer, num_layers, t0)
+
+
+def _interpret(
+    cfg: InterpretConfig,
+    lm: LoadedModel,
+    run: RunDir,
+    out: Path,
+    train_langs: list[str],
+    layer: int,
+    num_layers: int,
+    t0: float,
+) -> InterpretResult:
     sweep_layers: list[int] = []
     if cfg.sweep:
         sweep_layers = sorted(
@@ -430,6 +446,9 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
         "data_recipe": recipe,
         "seed": cfg.seed,
     }
+    # the marker goes first: from here on the folder holds the new SSI, and a stage interrupted
+    # before the new metrics.json is written must read as unfinished, not as the previous run
+    run.ssi_metrics(cfg.out_name).unlink(missing_ok=True)
     ssi.save(out)
     if not cfg.chat_template:  # a raw-prompt gate can take these instead of a pass (Gate.known_scores)
         probs = ssi.predict_proba(states[layer])

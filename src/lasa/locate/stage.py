@@ -71,6 +71,9 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     ``lm`` (a :class:`lasa.models.LoadedModel`) may be passed to reuse an already-loaded model;
     it is not loaded at all when the cached states are still valid.
     """
+    from lasa.config.base import expect_config
+
+    expect_config(cfg, LocateConfig, "run_locate")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     table, points = build_points(cfg)  # bad input fails here, before any directory exists
