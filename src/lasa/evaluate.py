@@ -243,7 +243,8 @@ def stale_rows(done: dict[str, dict], want: dict) -> tuple[set[str], set[str], i
     for uid, row in done.items():
         info = row.get("generation") or {}
         diff = _record_differs(info, want)
-        legacy += any(k not in info for k in want)
+        # rows without the weights' signature are still compared on the model's path: not legacy
+        legacy += any(k not in info for k in want if not (k == "model_weights" and "model" in info))
         if diff:
             stale.add(uid)
             keys |= diff
