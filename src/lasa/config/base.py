@@ -162,29 +162,17 @@ def coerce_value(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise _type_error(where, "true or false", value)
         return value
-    if hint is int:
-        if isinstance(value, bool):
-            raise _type_error(where, "an integer", value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise _type_error(where, "an integer", value) from None
-        if not isinstance(value, int):
-            raise _type_error(where, "an integer", value)
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise _type_error(where, "a number", value)
+    if hint in (int, float):
+        want = "an integer" if hint is int else "a number"
         if isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
             try:
-                return float(value.strip())
+                return hint(value.strip())
             except ValueError:
-                raise _type_error(where, "a number", value) from None
-        if not isinstance(value, int | float):
-            raise _type_error(where, "a number", value)
+                raise _type_error(where, want, value) from None
+        if hint is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int if hint is int else int | float):
+            raise _type_error(where, want, value)
         return value  # an int stays an int: run keys hash the config, and `epochs: 1` keyed runs so
     if hint is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
