@@ -549,3 +549,19 @@ def test_the_python_api_coerces_what_is_plainly_meant():
 
     assert LocateConfig(seed="42").seed == 42
     assert EvaluateConfig(judges="pair").judges == ["pair"]  # not "unknown judge(s) p, a, i, r"
+
+
+def test_models_list_with_a_name_shows_that_model_or_names_the_mistake(capsys):
+    rc, out, err = run_cli(capsys, "models", "list", "bogus")
+    assert rc == 2 and "no embedded model 'bogus'" in err and one_line(err)
+    rc, out, _ = run_cli(capsys, "models", "list", "qwen2.5-coder-1.5b")
+    assert rc == 0 and "qwen2.5-coder-1.5b" in out and "qwen2.5-coder-0.5b" not in out
+
+
+def test_a_gate_threshold_without_the_gate_is_named(tiny_qwen, tmp_path, caplog):
+    import logging
+
+    argv = ["generate", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--n", "1", "--langs", "en"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--no-xstest", "--max-new-tokens", "2", "--gate-threshold", "0.3"]) == 0
+    assert "--gate-threshold 0.3 has no effect without --gate" in caplog.text

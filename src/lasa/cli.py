@@ -393,6 +393,11 @@ def _models(argv: list[str]) -> int:
     if cfg.action == "prepare":
         print(default_model.prepare(cfg.name, force=cfg.force))
         return 0
+    only = None
+    if len(words) > 1 or "--name" in argv:  # `lasa models list NAME`: that model's row only
+        only = default_model.embedded_name(cfg.name)
+        if only is None:
+            raise LasaError(f"no embedded model {cfg.name!r}; `lasa models list` shows them")
     print(f"cache: {default_model.cache_dir()}  (set LASA_CACHE to move it)\n")
     _print_table(
         ["name", "aliases", "prepared", "parts", "size_gb", "path / how to get it"],
@@ -412,6 +417,7 @@ def _models(argv: list[str]) -> int:
                 ),
             ]
             for m in default_model.list_models()
+            if only is None or m["name"] == only
         ],
     )
     return 0

@@ -407,6 +407,8 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
     from lasa.config.base import expect_config
 
     expect_config(cfg, GenerateConfig, "run_generate")
+    if cfg.gate_threshold is not None and not cfg.gate:
+        logger.warning("--gate-threshold %s has no effect without --gate", cfg.gate_threshold)
     t0 = time.time()
     rd = RunDir(cfg.run_dir)
     resolve_adapter(cfg.adapter, cfg.run_dir)  # a missing adapter is named as such, not as a variant
