@@ -565,3 +565,23 @@ def test_a_gate_threshold_without_the_gate_is_named(tiny_qwen, tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert main([*argv, "--no-xstest", "--max-new-tokens", "2", "--gate-threshold", "0.3"]) == 0
     assert "--gate-threshold 0.3 has no effect without --gate" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["locate", "--langs", ""], "--langs names no language"),
+        (["generate", "--langs", ""], "--langs names no language"),
+        (["align", "--data", ""], "--data is empty"),
+        (["generate", "--gate", "--ssi", __file__], "give a run directory, its ssi/ folder or an ssi.json"),
+    ],
+)
+def test_empty_values_are_mistakes_not_defaults(capsys, no_model_load, tiny_qwen, tmp_path, argv, message):
+    rc, _, err = run_cli(capsys, *argv, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
+    assert rc == 2 and message in err and one_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_lasa_without_a_command_is_a_usage_error(capsys):
+    rc, out, err = run_cli(capsys)
+    assert rc == 2 and "usage: lasa" in err and out == ""

@@ -456,8 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for c in COMMANDS.values():
         sub.add_parser(c.name, help=c.help, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv[:1] or ["--help"])  # prints help / version / the usage error and exits
+    if not argv:  # no command: the help, on stderr, and a usage-error status (as argparse's errors)
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv[:1])  # prints help / version / the usage error and exits
         return 2
     _setup_logging()
     try:

@@ -179,6 +179,8 @@ class SSI:
 
         path = Path(path)
         if path.is_file():
+            if path.name != "ssi.json":
+                raise LasaError(f"--ssi {path}: give a run directory, its ssi/ folder or an ssi.json file")
             path = path.parent
         if not (path / "ssi.json").is_file() and (path / "ssi" / "ssi.json").is_file():
             path = path / "ssi"

@@ -75,6 +75,14 @@ class StageConfig:
         return {f.name: getattr(self, f.name) for f in config_fields(type(self))}
 
 
+def nonempty_langs(langs: list[str]) -> list[str]:
+    """``langs`` unless it names nothing (``--langs ''``, ``langs: []``), which used to mean all ten
+    languages silently; ``all`` says that on purpose."""
+    if not any(str(x).strip(" ,") for x in langs):
+        raise LasaError("--langs names no language; give ISO codes (en zh ...) or 'all'")
+    return langs
+
+
 def expect_config(cfg: Any, cls: type, fn: str) -> None:
     """A stage function given another stage's config (or a dict) fails here in one line, not with
     an AttributeError deep inside, possibly after minutes of work."""

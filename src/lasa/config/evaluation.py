@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from lasa.conditioning import CONDITIONING_TEXT
-from lasa.config.base import StageConfig, safe_name
+from lasa.config.base import StageConfig, nonempty_langs, safe_name
 from lasa.config.registry import DEFAULT_JUDGE, JUDGES, UTILITY_TASKS, VARIANTS
 from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
@@ -122,7 +122,7 @@ class GenerateConfig(StageConfig):
                     f"--variant {self.variant} means {known or 'no adapter and no gate'}; it conflicts with "
                     f"--adapter {self.adapter} / --gate {self.gate} (give a custom variant another name)"
                 )
-        self.langs = normalize_languages(self.langs)
+        self.langs = normalize_languages(nonempty_langs(self.langs))
         self.n = str(self.n).strip().lower()
         if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= MULTIJAIL_N):
             raise LasaError(f"--n must be 1..{MULTIJAIL_N} or 'all', got {self.n!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from lasa.conditioning import CONDITIONING_TEXT
-from lasa.config.base import StageConfig, safe_name
+from lasa.config.base import StageConfig, nonempty_langs, safe_name
 from lasa.config.registry import JUDGES, VARIANTS
 from lasa.data import MULTIJAIL_N
 from lasa.errors import LasaError
@@ -75,7 +75,7 @@ class LocateConfig(StageConfig):
         super().__post_init__()
         from lasa.data import normalize_languages
 
-        self.langs = normalize_languages(self.langs)
+        self.langs = normalize_languages(nonempty_langs(self.langs))
         if len(self.langs) < 2:
             raise LasaError("--langs needs at least two languages to separate meaning from language")
         if self.n_queries < 4:
@@ -385,6 +385,8 @@ class AlignConfig(StageConfig):
         from lasa.data.safety import validate_train_langs
 
         self.train_langs = validate_train_langs(self.train_langs)
+        if self.data is not None and not self.data.strip():
+            raise LasaError("--data is empty; give a JSONL / JSON file, or leave it out for lasa's recipe")
         if self.method not in ("lasa", "kto", "sft"):
             raise LasaError(f"--method must be lasa, kto or sft, got {self.method!r}")
         if self.batch_size < 2 and self.method != "sft":
