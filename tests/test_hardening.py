@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lasa.cli import main
 from lasa.errors import LasaError
@@ -585,3 +586,56 @@ def test_empty_values_are_mistakes_not_defaults(capsys, no_model_load, tiny_qwen
 def test_lasa_without_a_command_is_a_usage_error(capsys):
     rc, out, err = run_cli(capsys)
     assert rc == 2 and "usage: lasa" in err and out == ""
+
+
+def test_an_interrupted_first_extraction_resumes_from_its_checkpoint(tiny_qwen, tmp_path, monkeypatch):
+    """interpret's state cache used to be written only at the end: an interrupted first run
+    extracted every prompt again. Now a first extraction saves what it has about once a minute."""
+    from safetensors import safe_open
+
+    import lasa.hidden
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--cap", "6", "--eval-n-harmful", "2",
+        "--eval-n-benign", "2", "--epochs", "1", "--spread-seeds", "1", "--calibration", "none",
+        "--layer", "2", "--batch-size", "4",
+    ]  # fmt: skip
+    assert main([*argv, "--run-dir", str(tmp_path / "whole")]) == 0
+
+    def rows_of(run: Path) -> tuple[list[str], dict[int, object]]:
+        with safe_open(str(run / "ssi" / "states.safetensors"), framework="pt") as f:
+            meta = f.metadata()
+            return json.loads(meta["text_keys"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    original = lasa.hidden.extract_states
+    asked: list[int] = []
+
+    def interrupted(lm, texts, **kw):
+        asked.append(len(texts))
+        calls = []
+
+        def checkpoint(done, states):
+            kw["checkpoint"](done, states)
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        return original(lm, texts, **(kw | {"checkpoint": checkpoint, "checkpoint_seconds": 0.0}))
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", interrupted)
+    run = tmp_path / "cut"
+    assert main([*argv, "--run-dir", str(run)]) == 130
+    partial, _ = rows_of(run)
+    total = asked[0]
+    assert 0 < len(partial) < total
+    monkeypatch.setattr(
+        lasa.hidden,
+        "extract_states",
+        lambda lm, texts, **kw: asked.append(len(texts)) or original(lm, texts, **kw),
+    )
+    assert main([*argv, "--run-dir", str(run)]) == 0
+    assert asked[-1] == total - len(partial)  # only what the checkpoint lacked
+    keys_whole, whole = rows_of(tmp_path / "whole")
+    keys_cut, cut = rows_of(run)
+    assert keys_whole == keys_cut
+    assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -218,11 +219,16 @@ def extract_states(
     padding_side: Literal["left", "right"] = "left",
     progress: bool = True,
     desc: str = "hidden states",
+    checkpoint: Callable[[list[int], torch.Tensor], None] | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> torch.Tensor:
     """Pooled states ``(len(texts), len(layers), d)`` in float32 on the CPU.
 
     ``layers`` are 1-based block indices (default: all). Prompts are batched in order of length to
     minimise padding; longer prompts keep their *end* (the last token is what the probe reads).
+    ``checkpoint(done, states)``, when given, is called about every ``checkpoint_seconds`` with the
+    indices done so far and their states, so a caller can save progress that an interruption keeps
+    (the batches, and so the states, are the same as without it).
     """
     from tqdm.auto import tqdm
 
@@ -259,9 +265,14 @@ def extract_states(
 
     handles = [lm.layers[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
     device = lm.device
+    done: list[int] = []
+    last_save = time.monotonic()
     try:
         batches = forward_batches([len(q) for q in seqs], batch_size)
         for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+            if checkpoint is not None and done and time.monotonic() - last_save > checkpoint_seconds:
+                checkpoint(list(done), out[torch.as_tensor(done)])
+                last_save = time.monotonic()
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id, padding_side)
             current["mask"] = mask
             captured.clear()
@@ -275,6 +286,7 @@ def extract_states(
             rows = torch.as_tensor(idx)
             for layer, states in captured.items():
                 out[rows, slot[layer]] = states
+            done += list(idx)
     finally:
         for h in handles:
             h.remove()

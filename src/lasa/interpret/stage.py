@@ -261,6 +261,25 @@ def _cached_states(
     cached_layers = [layer for layer in layers if layer in have]
     missing_layers = [layer for layer in layers if layer not in have]
 
+    def save(rows: list[int], states: dict[int, torch.Tensor]) -> None:
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(
+                {f"layer_{k}": v.contiguous() for k, v in sorted(states.items())},
+                str(tmp),
+                metadata={"settings_key": key, "text_keys": json.dumps([keys[i] for i in rows])},
+            )
+
+    def progress(rows: list[int], which: list[int]):
+        """A checkpoint for a first extraction (nothing cached): the rows done so far become the
+        cache, so an interrupted stage resumes from them instead of from the first prompt."""
+        if have:
+            return None
+
+        def keep(done: list[int], states: torch.Tensor) -> None:
+            save([rows[i] for i in done], {layer: states[:, j] for j, layer in enumerate(which)})
+
+        return keep
+
     def extract(rows: list[int], which: list[int]) -> torch.Tensor:
         with base_model(lm):
             return extract_states(
@@ -272,6 +291,7 @@ def _cached_states(
                 batch_size=cfg.batch_size,
                 max_length=cfg.max_length,
                 desc=f"interpret: {len(rows)} prompts at {len(which)} layer(s)",
+                checkpoint=progress(rows, which),
             )
 
     out: dict[int, torch.Tensor] = {}
@@ -293,12 +313,7 @@ def _cached_states(
         if not new_rows and len(row_of) == len(keys):
             order = torch.tensor([row_of[h] for h in keys])
             keep = {k: v[order] for k, v in have.items() if k not in out}
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(
-                {f"layer_{k}": v.contiguous() for k, v in sorted((out | keep).items())},
-                str(tmp),
-                metadata={"settings_key": key, "text_keys": json.dumps(keys)},
-            )
+        save(list(range(len(keys))), out | keep)
     return out
 
 
