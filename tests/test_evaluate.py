@@ -117,6 +117,34 @@ def test_judgements_are_cached_per_sample(tmp_path):
     assert calls == [3, 1] and [r["uid"] for r in out] == ["u0", "u1", "u2"]
 
 
+def test_interrupted_judging_resumes_from_the_chunks_it_wrote(tmp_path):
+    from lasa.judges import Judgement
+    from lasa.runs import read_jsonl
+
+    seen: list[list[str]] = []
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self, fail_after: int | None):
+            self.fail_after = fail_after
+
+        def judge(self, items):
+            if self.fail_after is not None and len(seen) >= self.fail_after:
+                raise KeyboardInterrupt
+            seen.append([it.response for it in items])
+            return [Judgement("unsafe", 1.0, False, "") for _ in items]
+
+    samples = [{"uid": f"u{i}", "prompt": "p", "response": f"r{i}", "lang": "en"} for i in range(7)]
+    path = tmp_path / "judgements_flaky.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        judge_samples(Flaky(fail_after=2), samples, path, chunk=3)
+    assert [r["uid"] for r in read_jsonl(path)] == [f"u{i}" for i in range(6)]  # two chunks kept
+    out = judge_samples(Flaky(fail_after=None), samples, path, chunk=3)
+    assert seen[-1] == ["r6"] and len(seen) == 3  # only the unjudged sample is judged again
+    assert [r["uid"] for r in out] == [f"u{i}" for i in range(7)] and all(r["label"] == "unsafe" for r in out)
+
+
 def test_other_variants_verdicts_on_identical_answers_are_taken_not_judged_again(tmp_path):
     from lasa.evaluate import _judged
     from lasa.judges import Judgement

@@ -77,14 +77,22 @@ def response_hash(text: str) -> str:
 
 
 def judge_samples(
-    judge: Judge, samples: Sequence[dict], path: Path | None = None, donors: Sequence[Path] = ()
+    judge: Judge,
+    samples: Sequence[dict],
+    path: Path | None = None,
+    donors: Sequence[Path] = (),
+    chunk: int = 128,
 ) -> list[dict]:
     """Verdicts for ``samples`` (dicts with uid, prompt, response, lang), reusing ``path``'s cache.
 
     ``donors``: other verdict files of the same run and judge (the other variants'): a sample whose
     uid (so its prompt) and response match one of theirs, judged by this judge version, takes that
     verdict instead of being judged again — a gated variant shares most answers with its ungated
-    twin, and adapters often leave an answer unchanged. Taken verdicts are written to ``path``."""
+    twin, and adapters often leave an answer unchanged. Taken verdicts are written to ``path``.
+
+    What is left is judged ``chunk`` samples at a time, and ``path`` is rewritten after each chunk,
+    so an interrupted evaluation (a slow endpoint for the ``llm`` judge, 1,000 responses of a full
+    preset) resumes from the verdicts it has instead of judging everything again."""
     from lasa.runs import read_jsonl, write_jsonl
 
     cache: dict[str, dict] = {}
@@ -111,10 +119,12 @@ def judge_samples(
     todo = [s for s, r in zip(samples, out) if r is None]
     if taken and not todo and path is not None:
         write_jsonl(path, list({**cache, **taken}.values()))
-    if todo:
-        verdicts = judge.judge([JudgeItem(s["prompt"], s["response"], s["lang"]) for s in todo])
-        fresh = {
-            s["uid"]: {
+    fresh: dict[str, dict] = {}
+    for start in range(0, len(todo), max(1, chunk)):
+        part = todo[start : start + max(1, chunk)]
+        verdicts = judge.judge([JudgeItem(s["prompt"], s["response"], s["lang"]) for s in part])
+        for s, v in zip(part, verdicts, strict=True):
+            fresh[s["uid"]] = {
                 "uid": s["uid"],
                 "lang": s["lang"],
                 "label": v.label,
@@ -125,11 +135,9 @@ def judge_samples(
                 "judge_version": version,
                 "response_sha": response_hash(s["response"]),
             }
-            for s, v in zip(todo, verdicts)
-        }
-        out = [r if r is not None else fresh[s["uid"]] for r, s in zip(out, samples)]
         if path is not None:
             write_jsonl(path, list({**cache, **taken, **fresh}.values()))
+    out = [r if r is not None else fresh[s["uid"]] for r, s in zip(out, samples)]
     return out  # type: ignore[return-value]
 
 
