@@ -642,3 +642,48 @@ def test_an_interrupted_first_extraction_resumes_from_its_checkpoint(tiny_qwen, 
     keys_cut, cut = rows_of(run)
     assert keys_whole == keys_cut
     assert all(torch.allclose(whole[k], cut[k], atol=1e-5) for k in whole)
+
+
+def test_an_interrupted_extraction_of_added_prompts_keeps_the_cached_rows_and_resumes(
+    tiny_qwen, tmp_path, monkeypatch
+):
+    """A second run over a larger recipe extracts only the new prompts; interrupted, it keeps the
+    cached rows plus the new ones done, and the next run extracts only the rest."""
+    from safetensors import safe_open
+
+    import lasa.hidden
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--eval-n-harmful", "2", "--eval-n-benign", "2",
+        "--epochs", "1", "--spread-seeds", "1", "--calibration", "none", "--layer", "2",
+        "--batch-size", "4", "--run-dir", str(tmp_path / "r"),
+    ]  # fmt: skip
+    assert main([*argv, "--cap", "4"]) == 0
+
+    def cached_keys() -> list[str]:
+        with safe_open(str(tmp_path / "r" / "ssi" / "states.safetensors"), framework="pt") as f:
+            return json.loads(f.metadata()["text_keys"])
+
+    before = cached_keys()
+    original = lasa.hidden.extract_states
+    asked: list[int] = []
+
+    def interrupted(lm, texts, **kw):
+        asked.append(len(texts))
+        assert kw["checkpoint"] is not None  # added prompts at the cached layer are checkpointed
+
+        def checkpoint(done, states):
+            kw["checkpoint"](done, states)
+            raise KeyboardInterrupt
+
+        return original(lm, texts, **(kw | {"checkpoint": checkpoint, "checkpoint_seconds": 0.0}))
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", interrupted)
+    assert main([*argv, "--cap", "8"]) == 130
+    partial = cached_keys()
+    assert partial[: len(before)] == before and len(before) < len(partial) < len(before) + asked[0]
+    monkeypatch.setattr(
+        lasa.hidden, "extract_states", lambda lm, texts, **kw: asked.append(len(texts)) or original(lm, texts, **kw)
+    )
+    assert main([*argv, "--cap", "8"]) == 0
+    assert asked[-1] == asked[0] - (len(partial) - len(before))  # only the added prompts not yet done

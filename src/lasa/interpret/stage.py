@@ -261,24 +261,41 @@ def _cached_states(
     cached_layers = [layer for layer in layers if layer in have]
     missing_layers = [layer for layer in layers if layer not in have]
 
-    def save(rows: list[int], states: dict[int, torch.Tensor]) -> None:
+    def save_keys(text_keys: list[str], states: dict[int, torch.Tensor]) -> None:
         with atomic_path(path, suffix=".safetensors") as tmp:
             save_file(
                 {f"layer_{k}": v.contiguous() for k, v in sorted(states.items())},
                 str(tmp),
-                metadata={"settings_key": key, "text_keys": json.dumps([keys[i] for i in rows])},
+                metadata={"settings_key": key, "text_keys": json.dumps(text_keys)},
             )
 
+    def save(rows: list[int], states: dict[int, torch.Tensor]) -> None:
+        save_keys([keys[i] for i in rows], states)
+
+    old_keys = sorted(row_of, key=row_of.__getitem__)  # the cache's texts, in its row order
+
     def progress(rows: list[int], which: list[int]):
-        """A checkpoint for a first extraction (nothing cached): the rows done so far become the
-        cache, so an interrupted stage resumes from them instead of from the first prompt."""
-        if have:
+        """A checkpoint, so an interrupted stage resumes from the rows done instead of from the first
+        prompt: for a first extraction (nothing cached) the rows done so far become the cache; for
+        new prompts at the cached layers (a larger recipe) they are appended to the cached rows.
+        A layer new to the cache (the sweep's) is not checkpointed: every row of a cache file holds
+        the same layers, so a half-extracted layer has nowhere to go."""
+        if not have:
+
+            def first(done: list[int], states: torch.Tensor) -> None:
+                save([rows[i] for i in done], {layer: states[:, j] for j, layer in enumerate(which)})
+
+            return first
+        if which != cached_layers:
             return None
 
-        def keep(done: list[int], states: torch.Tensor) -> None:
-            save([rows[i] for i in done], {layer: states[:, j] for j, layer in enumerate(which)})
+        def more(done: list[int], states: torch.Tensor) -> None:
+            save_keys(
+                old_keys + [keys[rows[i]] for i in done],
+                {layer: torch.cat([have[layer], states[:, j]]) for j, layer in enumerate(which)},
+            )
 
-        return keep
+        return more
 
     def extract(rows: list[int], which: list[int]) -> torch.Tensor:
         with base_model(lm):
