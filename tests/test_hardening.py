@@ -683,7 +683,9 @@ def test_an_interrupted_extraction_of_added_prompts_keeps_the_cached_rows_and_re
     partial = cached_keys()
     assert partial[: len(before)] == before and len(before) < len(partial) < len(before) + asked[0]
     monkeypatch.setattr(
-        lasa.hidden, "extract_states", lambda lm, texts, **kw: asked.append(len(texts)) or original(lm, texts, **kw)
+        lasa.hidden,
+        "extract_states",
+        lambda lm, texts, **kw: asked.append(len(texts)) or original(lm, texts, **kw),
     )
     assert main([*argv, "--cap", "8"]) == 0
     assert asked[-1] == asked[0] - (len(partial) - len(before))  # only the added prompts not yet done
