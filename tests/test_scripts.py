@@ -205,3 +205,45 @@ def test_gate_erasure_runs_end_to_end_on_an_interpreted_run(tmp_path, tiny_qwen,
     with pytest.raises(SystemExit, match="takes layers like"):
         mod.main()
     assert np.isfinite(doc["results"]["2"]["none"]["mean"]["auroc"])
+
+
+def test_ssi_ensemble_script_reproduces_the_stage_and_shrinks_to_the_members_mean(
+    tmp_path, tiny_qwen, monkeypatch
+):
+    """scripts/ssi_ensemble.py on a tiny interpreted run: its first member is the stage's own SSI
+    (same threshold), each ensemble's figures come from its members' mean margin, and the ranges
+    are ranges."""
+    import json
+    import sys
+
+    from lasa.cli import main as lasa_main
+
+    rc = lasa_main(
+        [
+            "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "2", "--cap", "10",
+            "--eval-n-harmful", "4", "--eval-n-benign", "4", "--epochs", "2", "--spread-seeds", "1",
+            "--calibration", "none",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "ens"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["ssi_ensemble.py", str(tmp_path / "ssi"), "--seeds", "4", "--size", "2", "--out", str(out)],
+    )
+    _script("ssi_ensemble").main()
+    doc = json.loads(out.with_suffix(".json").read_text())
+    stage = json.loads((tmp_path / "ssi" / "metrics.json").read_text())
+    assert doc["singles"][0]["threshold"] == stage["threshold"]
+    assert doc["singles"][0]["xstest_fpr_safe"] == stage["xstest"]["fpr_safe"]
+    assert [e["seeds"] for e in doc["ensembles"]] == [[42, 43], [44, 45]]
+    for name in ("spread_singles", "spread_ensembles"):
+        for r in doc[name].values():
+            assert r["min"] <= r["mean"] <= r["max"]
+    assert "ensemble of 2" in out.with_suffix(".md").read_text()
+    monkeypatch.setattr(
+        sys, "argv", ["ssi_ensemble.py", str(tmp_path / "ssi"), "--seeds", "3", "--size", "2"]
+    )
+    with pytest.raises(SystemExit, match="two disjoint ensembles"):
+        _script("ssi_ensemble").main()

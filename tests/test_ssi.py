@@ -503,3 +503,64 @@ def test_interpret_without_a_seed_spread(tmp_path, tiny_qwen):
     assert rc == 0
     assert json.loads((tmp_path / "ssi" / "metrics.json").read_text())["seed_spread"] is None
     assert main(["interpret", "--run-dir", str(tmp_path), "--layer", "2", "--spread-seeds", "0"]) != 0
+
+
+def test_an_ensemble_flags_on_its_members_mean_margin_and_round_trips(tmp_path):
+    """SSIEnsemble's logit is the mean of (member logit - logit(member threshold)): a member's own
+    threshold is margin 0, so the ensemble flags at p 0.5; saved and loaded, it scores the same."""
+    from lasa.ssi import SSIEnsemble
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 6)
+    members = [SafetySemanticInterpreter(6, 4, 0.0).eval() for _ in range(3)]
+    thresholds = [0.3, 0.5, 0.7]
+    ens = SSIEnsemble.of(members, thresholds, x)
+    with torch.no_grad():
+        want = torch.stack(
+            [m(x) - float(np.log(t / (1 - t))) for m, t in zip(members, thresholds, strict=True)]
+        ).mean(0)
+        assert torch.allclose(ens(x), want, atol=1e-6)
+    meta = {
+        "layer": 2,
+        "threshold": 0.5,
+        "architecture": {"d_model": 6, "hidden": 4, "dropout": 0.0, "ensemble": 3},
+    }
+    ssi = SSI(ens, meta)
+    flags = ssi.flags(ssi.predict_proba(x))
+    assert np.array_equal(flags, want.numpy() > 0) and 0 < flags.sum() < len(x)
+    ssi.save(tmp_path)
+    back = SSI.load(tmp_path)
+    assert isinstance(back.module, SSIEnsemble) and len(back.module.members) == 3
+    assert np.allclose(back.predict_proba(x), ssi.predict_proba(x)) and back.digest == ssi.digest
+
+
+def test_interpret_ensemble_saves_its_members_and_gates_with_them(tmp_path, tiny_qwen):
+    """--ensemble 3: the members are seeds seed..seed+2 (the seed spread's first three fits, not
+    refitted), ssi.json lists them, the saved SSI is the ensemble at threshold 0.5, and it loads."""
+    from lasa.ssi import SSIEnsemble
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--layer", "2",
+        "--cap", "10", "--eval-n-harmful", "4", "--eval-n-benign", "4", "--epochs", "2",
+        "--calibration", "none", "--spread-seeds", "4", "--ensemble", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "ssi" / "ssi.json").read_text())
+    metrics = json.loads((tmp_path / "ssi" / "metrics.json").read_text())
+    assert meta["threshold"] == 0.5 and meta["architecture"]["ensemble"] == 3
+    assert [m["seed"] for m in meta["members"]] == [42, 43, 44]
+    spread = {r["seed"]: r["threshold"] for r in metrics["seed_spread"]["per_seed"]}
+    assert [m["threshold"] for m in meta["members"]] == [spread[s] for s in (42, 43, 44)]
+    assert metrics["ensemble"]["size"] == 3
+    ssi = SSI.load(tmp_path)
+    assert isinstance(ssi.module, SSIEnsemble)
+    assert main(["interpret", "--run-dir", str(tmp_path), "--ensemble", "0"]) != 0
+
+
+def test_a_new_option_at_its_default_leaves_existing_run_keys_alone():
+    """Options marked key_omits_default (added after runs were keyed) are out of a stage's key at
+    their default, so adding one does not redo every existing run; set, they are in it."""
+    from lasa.pipeline import _portable
+
+    assert "ensemble" not in _portable(InterpretConfig(run_dir="r"), "r")
+    assert _portable(InterpretConfig(run_dir="r", ensemble=5), "r")["ensemble"] == 5

@@ -136,9 +136,16 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
     """A stage config as its inputs key sees it: without the run directory, and with paths inside
     it written relative to it, so a run directory that is moved or copied still resumes."""
     root = str(Path(run_dir)).rstrip("/") + "/"
+    # an option added after runs were keyed says so in its metadata: at its default it is left out,
+    # so adding it does not redo every existing run's stage
+    quiet = {
+        f.name
+        for f in dataclasses.fields(config)
+        if f.metadata.get("key_omits_default") and getattr(config, f.name) == f.default
+    }
     out: dict[str, Any] = {}
     for k, v in dataclasses.asdict(config).items():
-        if k == "run_dir":
+        if k == "run_dir" or k in quiet:
             continue
         if isinstance(v, str) and v.startswith(root):
             v = "RUN/" + v[len(root) :]

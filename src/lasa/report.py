@@ -300,15 +300,22 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
         f"{name}/metrics.json",
     )
     spread = m.get("seed_spread")
+    ens = m.get("ensemble")
     seeds = (
-        f" (this recipe re-split and retrained with {len(spread['per_seed'])} seeds: "
+        f" (this recipe re-split and retrained with {len(spread['per_seed'])} single seeds: "
         f"{pct(spread['min']['xstest_fpr_safe'])}–{pct(spread['max']['xstest_fpr_safe'])}, thresholds "
         f"{spread['min']['threshold']:.2f}–{spread['max']['threshold']:.2f})"
         if spread
         else ""
     )
     doc.p(
-        f"XSTest safe-but-scary prompts flagged (false positives): {pct(m['xstest']['fpr_safe'])} of "
+        (
+            f"The SSI is an ensemble of {ens['size']} (seeds {ens['members'][0]['seed']}–"
+            f"{ens['members'][-1]['seed']}, each at its own threshold; it flags on their mean margin). "
+            if ens
+            else ""
+        )
+        + f"XSTest safe-but-scary prompts flagged (false positives): {pct(m['xstest']['fpr_safe'])} of "
         f"{m['xstest']['n_safe']}{seeds}. The form-only column is a probe trained to tell questions from "
         "non-questions: where it is high, the benign set differs from MultiJail in form and the SSI's AUROC "
         "there is inflated."

@@ -65,6 +65,49 @@ class SafetySemanticInterpreter(nn.Module):
         self.std.copy_(x.std(0).clamp(min=1e-4))
 
 
+class SSIEnsemble(nn.Module):
+    """Several SSIs trained on different train / validation splits (seeds), read as one: the mean of
+    the members' decision margins ``logit_k(x) - logit(t_k)``, where ``t_k`` is member k's own
+    validated threshold. A member's threshold maps to margin 0, so the ensemble flags at logit 0
+    (p 0.5) and no new threshold is fitted.
+
+    Why: on the quick preset's pool one SSI's XSTest safe-prompt FPR ranged 0.12-0.58 over 15 seeds
+    (the split decides ~120 validation rows, and the balanced-accuracy threshold and the head move
+    with it), while ensembles of 5 ranged 0.23-0.32 (``scripts/ssi_ensemble.py``): the gate a user
+    gets stops hinging on one seed. ``standardise`` (which the language calibration's LID head
+    reads) uses a scaler fitted on the whole pool."""
+
+    def __init__(self, d_model: int, hidden: int | None, dropout: float, n_members: int):
+        super().__init__()
+        self.members = nn.ModuleList(
+            SafetySemanticInterpreter(d_model, hidden, dropout) for _ in range(n_members)
+        )
+        self.register_buffer("threshold_logits", torch.zeros(n_members))
+        self.register_buffer("mean", torch.zeros(d_model))
+        self.register_buffer("std", torch.ones(d_model))
+
+    @classmethod
+    def of(cls, members: Sequence[SafetySemanticInterpreter], thresholds: Sequence[float], x: torch.Tensor):
+        """The ensemble of trained ``members`` with their validated ``thresholds``; ``x``: the pool's
+        states, for the shared scaler."""
+        first = members[0]
+        d_model, hidden = first.net[0].in_features, first.net[0].out_features
+        out = cls(d_model, hidden, float(first.net[3].p), len(members))
+        for mine, theirs in zip(out.members, members, strict=True):
+            mine.load_state_dict(theirs.state_dict())
+        t = torch.tensor([min(max(float(v), 1e-6), 1 - 1e-6) for v in thresholds])
+        out.threshold_logits.copy_(torch.log(t / (1 - t)))
+        out.mean.copy_(x.mean(0))
+        out.std.copy_(x.std(0).clamp(min=1e-4))
+        return out.eval()
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) - t for m, t in zip(self.members, self.threshold_logits)]).mean(0)
+
+
 def state_max_length(meta: dict) -> int:
     """The prompt truncation (last tokens kept) the SSI's states were extracted with: scoring must
     use the same, or a long prompt's state differs from the ones the threshold was calibrated on.
@@ -107,7 +150,10 @@ class SSI:
     """A trained SSI with its metadata; load with ``SSI.load(run_dir)``, score with ``ssi.score(lm, prompts)``."""
 
     def __init__(
-        self, module: SafetySemanticInterpreter, meta: dict, calibration: LanguageCalibration | None = None
+        self,
+        module: SafetySemanticInterpreter | SSIEnsemble,
+        meta: dict,
+        calibration: LanguageCalibration | None = None,
     ):
         self.module = module.eval()
         self.meta = meta
@@ -189,7 +235,11 @@ class SSI:
         try:
             meta = read_json_object(path / "ssi.json")
             arch = meta["architecture"]
-            module = SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
+            module: nn.Module = (
+                SSIEnsemble(arch["d_model"], arch["hidden"], arch["dropout"], int(arch["ensemble"]))
+                if int(arch.get("ensemble", 1)) > 1
+                else SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
+            )
             module.load_state_dict(load_file(str(path / "ssi.safetensors")))
             calibration = None
             if (meta.get("calibration") or {}).get("method", "none") != "none":

@@ -119,6 +119,9 @@ def config_fields(cls: type[StageConfig]) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 
 
+#: Field metadata for lasa itself, never for argparse (``key_omits_default``: see lasa.pipeline._portable).
+_NOT_ARGPARSE = ("key_omits_default",)
+
 _BOUNDS = {
     "ge": (">=", lambda x, b: x >= b),
     "gt": (">", lambda x, b: x > b),
@@ -248,7 +251,8 @@ def _tidy_help(parser: Any) -> None:
 
 def _stage_parser(cls: type[T], prog: str, description: str | None) -> Any:
     """TRL's parser, keeping lasa's bounds (``ge`` / ``gt`` / ``le`` / ``lt`` in a field's metadata,
-    read by :func:`check_bounds`) out of argparse, which would reject them as keywords."""
+    read by :func:`check_bounds`) and its other metadata out of argparse, which would reject them
+    as keywords."""
     import copy
 
     from trl import TrlParser
@@ -256,10 +260,10 @@ def _stage_parser(cls: type[T], prog: str, description: str | None) -> Any:
     class StageParser(TrlParser):
         @staticmethod
         def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
-            if any(k in field.metadata for k in _BOUNDS):
+            if any(k in field.metadata for k in (*_BOUNDS, *_NOT_ARGPARSE)):
                 field = copy.copy(field)
                 field.metadata = types.MappingProxyType(
-                    {k: v for k, v in field.metadata.items() if k not in _BOUNDS}
+                    {k: v for k, v in field.metadata.items() if k not in _BOUNDS and k not in _NOT_ARGPARSE}
                 )
             TrlParser._parse_dataclass_field(parser, field)
 

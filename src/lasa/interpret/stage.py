@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +95,13 @@ def seed_spread(
     cfg: InterpretConfig,
     first: dict,
     train_langs: Sequence[str],
+    fits: dict[int, dict] | None = None,
 ) -> dict | None:
     """How much of the SSI's headline figures is one seed's draw: the same recipe re-split and
     retrained with ``cfg.spread_seeds`` seeds (the first is the saved SSI, ``first``), each scored
     at its own validated threshold without per-language offsets. On the quick preset's pool the
-    XSTest safe-prompt FPR ranged 0.12–0.29 over five seeds while the saved SSI read 0.12."""
-    from dataclasses import replace
-
+    XSTest safe-prompt FPR ranged 0.12–0.29 over five seeds while the saved SSI read 0.12.
+    ``fits``: fits already made, by seed (an ensemble's members), taken instead of refitting."""
     if cfg.spread_seeds < 2:
         return None
     xs_safe = np.array([r["label"] == "safe" for r in prompts.xstest])
@@ -109,13 +109,14 @@ def seed_spread(
     runs = []
     for k in range(cfg.spread_seeds):
         seed = cfg.seed + k
-        res = (
-            first
-            if k == 0
-            else fit_and_evaluate(
+        if k == 0:
+            res = first
+        elif fits is not None and seed in fits:
+            res = fits[seed]
+        else:
+            res = fit_and_evaluate(
                 x, layer, prompts.split(pos, cfg.val_fraction, seed), replace(cfg, seed=seed)
             )
-        )
         probs = res["ssi"].without_calibration().predict_proba(x[xs_rows])
         flagged = probs > res["threshold"]
         table = res["per_language"]
@@ -334,6 +335,39 @@ def _cached_states(
     return out
 
 
+def _ensemble(
+    fits: dict[int, dict], x: torch.Tensor, split: Split, layer: int, cfg: InterpretConfig
+) -> tuple[dict, list[dict]]:
+    """The fits of seeds ``cfg.seed``.. as one :class:`~lasa.ssi.SSIEnsemble` SSI (threshold 0.5: a
+    member's own threshold is its margin 0), scored like a single fit; and each member's seed,
+    threshold and validation balanced accuracy for ``ssi.json``."""
+    from lasa.ssi import SSIEnsemble
+
+    order = [fits[cfg.seed + k] for k in range(cfg.ensemble)]
+    module = SSIEnsemble.of(
+        [f["ssi"].module for f in order], [f["threshold"] for f in order], x[split.train + split.val]
+    )
+    ssi = SSI(module, {"layer": layer, "threshold": 0.5, "pooling": cfg.pooling})
+    probs = ssi.predict_proba(x[split.eval])
+    members = [
+        {
+            "seed": cfg.seed + k,
+            "threshold": f["threshold"],
+            "val_balanced_accuracy": f["val_balanced_accuracy"],
+        }
+        for k, f in enumerate(order)
+    ]
+    res = {
+        "ssi": ssi,
+        "log": order[0]["log"],
+        "threshold": 0.5,
+        "val_balanced_accuracy": float(np.mean([f["val_balanced_accuracy"] for f in order])),
+        "probs": probs,
+        "per_language": per_language(probs, split.eval_prompts, 0.5),
+    }
+    return res, members
+
+
 def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> InterpretResult:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
     from lasa.config.base import expect_config
@@ -416,9 +450,18 @@ def _interpret(
 
     t1 = time.time()
     res = fit_and_evaluate(states[layer], layer, split, cfg)
+    fits = {cfg.seed: res}
+    for k in range(1, cfg.ensemble):  # the ensemble's other members, each on its own split
+        seed = cfg.seed + k
+        fits[seed] = fit_and_evaluate(
+            states[layer], layer, prompts.split(pos, cfg.val_fraction, seed), replace(cfg, seed=seed)
+        )
     t2 = time.time()
-    spread = seed_spread(states[layer], layer, prompts, pos, cfg, res, train_langs)
+    spread = seed_spread(states[layer], layer, prompts, pos, cfg, res, train_langs, fits)
     t_spread = time.time() - t2
+    members = None
+    if cfg.ensemble > 1:
+        res, members = _ensemble(fits, states[layer], split, layer, cfg)
     ssi: SSI = res["ssi"]
     table = res["per_language"]
     uncalibrated = None
@@ -450,7 +493,7 @@ def _interpret(
         states[layer][split.train], [pool[i] for i in tr], states[layer][split.eval], evalp, cfg.seed
     )
     hidden = cfg.hidden or lm.hidden_size
-    n_params = sum(p.numel() for p in ssi.module.net.parameters())
+    n_params = sum(p.numel() for p in ssi.module.parameters())
     ssi.meta = {
         "model": cfg.model,
         "model_path": lm.path,
@@ -466,13 +509,23 @@ def _interpret(
             "d_model": lm.hidden_size,
             "hidden": hidden,
             "dropout": cfg.dropout,
-            "layout": "standardise -> Linear(d,h) -> LayerNorm(h) -> GELU -> Dropout -> Linear(h,1)",
+            "layout": "standardise -> Linear(d,h) -> LayerNorm(h) -> GELU -> Dropout -> Linear(h,1)"
+            + (
+                f"; {cfg.ensemble} of them, output = mean of (logit_k - logit(threshold_k))"
+                if cfg.ensemble > 1
+                else ""
+            ),
+            **({"ensemble": cfg.ensemble} if cfg.ensemble > 1 else {}),
         },
         "n_parameters": n_params,
         "fraction_of_model": n_params / sum(p.numel() for p in lm.model.parameters()),
         "threshold": res["threshold"],
-        "threshold_rule": f"max balanced accuracy on validation, grid {cfg.threshold_range[0]:.2f}-"
+        "threshold_rule": (
+            "the members' mean margin above 0 (p 0.5); each member's threshold: " if cfg.ensemble > 1 else ""
+        )
+        + f"max balanced accuracy on validation, grid {cfg.threshold_range[0]:.2f}-"
         f"{cfg.threshold_range[1]:.2f} step 0.01",
+        **({"members": members} if members else {}),
         "train_languages": train_langs,
         "calibration": calibration_report,
         "data_recipe": recipe,
@@ -517,6 +570,7 @@ def _interpret(
             "n_benign_cap": cfg.eval_n_benign,
         },
         "seed_spread": spread,
+        "ensemble": {"size": cfg.ensemble, "members": members} if members else None,
         "timings": {
             "states_seconds": round(t_states, 1),
             "train_eval_seconds": round(time.time() - t1, 1),
