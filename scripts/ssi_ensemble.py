@@ -109,6 +109,14 @@ def main() -> None:
         help="Score every member at this probability instead of its validated threshold (a rule with "
         "no validation noise, for comparison).",
     )
+    ap.add_argument(
+        "--oof-fpr",
+        type=float,
+        default=None,
+        help="Also score each ensemble at the margin that flags at most this share of the pool's benign "
+        "rows out of fold (each row's margin averaged over the members that held it out for validation): "
+        "a threshold for an FPR target from more held-out rows than one member's split.",
+    )
     ap.add_argument("--out", default=None, help="Write OUT.json and OUT.md.")
     args = ap.parse_args()
     if args.size < 2 or args.seeds < 2 * args.size:
@@ -150,17 +158,41 @@ def main() -> None:
         }
         if mt_rows:
             m["mt"] = margins(res["ssi"], x[mt_rows], res["threshold"])
+        m["val_rows"] = np.array(split.val)
+        m["val_margin"] = margins(res["ssi"], x[split.val], res["threshold"])
+        m["val_benign"] = split.y_val.numpy() == 0
         members.append((seed, res["threshold"], m))
         print(f"seed {seed}: threshold {res['threshold']:.2f}", flush=True)
 
     singles = [
         {"seeds": [s], "threshold": t} | summarise(m, evalp, xs_safe, mt_safe, unseen) for s, t, m in members
     ]
-    ensembles = []
+    ensembles: list[dict] = []
+    oof: list[dict] = []
     for g in range(args.seeds // args.size):
         group = members[g * args.size : (g + 1) * args.size]
-        m = {key: np.mean([mm[key] for _, _, mm in group], axis=0) for key in group[0][2]}
+        m = {
+            key: np.mean([mm[key] for _, _, mm in group], axis=0)
+            for key in ("eval", "xstest", "mt")
+            if key in group[0][2]
+        }
         ensembles.append({"seeds": [s for s, _, _ in group]} | summarise(m, evalp, xs_safe, mt_safe, unseen))
+        if args.oof_fpr is not None:
+            # out of fold: a pool row's margin averaged over the members that held it out
+            total: dict[int, list[float]] = {}
+            benign: dict[int, bool] = {}
+            for _, _, mm in group:
+                for r, v, b in zip(mm["val_rows"], mm["val_margin"], mm["val_benign"], strict=True):
+                    total.setdefault(int(r), []).append(float(v))
+                    benign[int(r)] = bool(b)
+            neg = np.sort([np.mean(v) for r, v in total.items() if benign[r]])
+            k = int(np.ceil((1 - args.oof_fpr) * len(neg))) - 1
+            cut = float(neg[k])
+            shifted = {key: v - cut for key, v in m.items()}
+            oof.append(
+                {"seeds": [s for s, _, _ in group], "margin_cut": cut, "n_oof_benign": len(neg)}
+                | summarise(shifted, evalp, xs_safe, mt_safe, unseen)
+            )
     result = {
         "ssi_dir": str(d),
         "layer": layer,
@@ -170,6 +202,9 @@ def main() -> None:
         "spread_singles": spread([{k: v for k, v in r.items() if k != "threshold"} for r in singles]),
         "spread_ensembles": spread(ensembles),
     }
+    if oof:
+        result["oof_fpr"] = args.oof_fpr
+        result["ensembles_oof"] = oof
     cols = [k for k in singles[0] if k not in ("seeds", "threshold")]
     lines = [
         f"# SSI seeds vs seed ensembles ({d}, layer {layer})",
@@ -189,6 +224,13 @@ def main() -> None:
     for r in ensembles:
         lines.append(
             f"| **ensemble of {args.size}** (seeds {r['seeds'][0]}–{r['seeds'][-1]}) | "
+            + " | ".join(f"{r[c]:.3f}" for c in cols)
+            + " |"
+        )
+    for r in oof:
+        lines.append(
+            f"| ensemble (seeds {r['seeds'][0]}–{r['seeds'][-1]}) at ≤ {args.oof_fpr:.0%} out-of-fold benign "
+            f"FPR (margin {r['margin_cut']:+.2f}, {r['n_oof_benign']} rows) | "
             + " | ".join(f"{r[c]:.3f}" for c in cols)
             + " |"
         )
