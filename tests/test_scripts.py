@@ -230,7 +230,18 @@ def test_ssi_ensemble_script_reproduces_the_stage_and_shrinks_to_the_members_mea
     monkeypatch.setattr(
         sys,
         "argv",
-        ["ssi_ensemble.py", str(tmp_path / "ssi"), "--seeds", "4", "--size", "2", "--out", str(out)],
+        [
+            "ssi_ensemble.py",
+            str(tmp_path / "ssi"),
+            "--seeds",
+            "4",
+            "--size",
+            "2",
+            "--oof-fpr",
+            "0.1",
+            "--out",
+            str(out),
+        ],
     )
     _script("ssi_ensemble").main()
     doc = json.loads(out.with_suffix(".json").read_text())
@@ -242,6 +253,9 @@ def test_ssi_ensemble_script_reproduces_the_stage_and_shrinks_to_the_members_mea
         for r in doc[name].values():
             assert r["min"] <= r["mean"] <= r["max"]
     assert "ensemble of 2" in out.with_suffix(".md").read_text()
+    assert [e["seeds"] for e in doc["ensembles_oof"]] == [[42, 43], [44, 45]]
+    for e in doc["ensembles_oof"]:  # every ensemble found benign rows out of fold to set its cut on
+        assert 0 <= e["xstest_fpr_safe"] <= 1 and e["n_oof_benign"] > 0
     monkeypatch.setattr(
         sys, "argv", ["ssi_ensemble.py", str(tmp_path / "ssi"), "--seeds", "3", "--size", "2"]
     )
