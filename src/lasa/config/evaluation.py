@@ -244,10 +244,10 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
                 f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
             )
         if {"mgsm", "xcopa", "mmlu"} & set(self.utility):
-            from lasa.utility import available_items
+            from lasa.data import utility_items
 
             for task in ("mgsm", "xcopa", "mmlu"):
-                n, have = getattr(self, f"{task}_n"), available_items(task)
+                n, have = getattr(self, f"{task}_n"), utility_items(task)
                 if task in self.utility and have is not None and n > have:
                     raise LasaError(
                         f"--{task}-n {n}: the vendored {task} has {have} items"

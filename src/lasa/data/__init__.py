@@ -10,9 +10,11 @@ geometry is measured on.
 from __future__ import annotations
 
 import csv
+import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -211,3 +213,38 @@ __all__ = [
     "normalize_language",
     "normalize_languages",
 ]
+
+
+# -- utility data (read here, scored in lasa.utility) ----------------------------------------
+
+XCOPA_LANGS: tuple[str, ...] = ("it", "sw", "th", "vi", "zh")
+
+
+@lru_cache(maxsize=16)
+def xcopa_rows(lang: str, split: str = "test") -> tuple[dict, ...]:
+    """The vendored XCOPA file of one language as written upstream (lasa.utility.xcopa fixes it up)."""
+    path = data_path("xcopa", lang, f"{split}.{lang}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+@lru_cache(maxsize=1)
+def mmlu_subset() -> tuple[dict, ...]:
+    """The vendored MMLU subset (57 subjects x 20 questions), rows as in the CSV."""
+    with open(data_path("mmlu_en", "mmlu_subset.csv"), encoding="utf-8", newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def utility_items(task: str) -> int | None:
+    """How many items ``--<task>-n`` may ask for (per language where the task has languages), from
+    the vendored files alone, so a config asking for more is refused when it is built, not after
+    the variant's generation and judging (``None``: the task has no such limit)."""
+    from lasa.data.safety import MGSM_LANGS, MGSM_TRAIN_ROWS, mgsm_rows
+
+    if task == "mgsm":
+        return min(len(mgsm_rows(lang)) for lang in MGSM_LANGS) - MGSM_TRAIN_ROWS
+    if task == "xcopa":
+        return min(len(xcopa_rows(lang)) for lang in XCOPA_LANGS)
+    if task == "mmlu":
+        return len(mmlu_subset())
+    return None

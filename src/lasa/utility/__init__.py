@@ -42,23 +42,6 @@ from lasa.utility.mgsm import (
 from lasa.utility.mmlu import MMLU_LETTERS, eval_mmlu, mmlu_prompt, mmlu_rows
 from lasa.utility.xcopa import XCOPA_CONNECTORS, XCOPA_LANGS, eval_xcopa, xcopa_items, xcopa_pair
 
-
-def available_items(task: str) -> int | None:
-    """How many items ``--<task>-n`` may ask for (per language where the task has languages), from
-    the vendored files alone, so a config that asks for more is refused when it is built, not after
-    the variant's generation and judging (``None``: the task has no such limit)."""
-    from lasa.utility.mgsm import MGSM_TRAIN_ROWS, mgsm_rows
-    from lasa.utility.mmlu import _mmlu_subset
-
-    if task == "mgsm":
-        return min(len(mgsm_rows(lang)) for lang in MGSM_LANGS) - MGSM_TRAIN_ROWS
-    if task == "xcopa":
-        return min(len(xcopa_items(lang)) for lang in XCOPA_LANGS)
-    if task == "mmlu":
-        return len(_mmlu_subset())
-    return None
-
-
 __all__ = [
     "MGSM_INSTRUCTION",
     "MGSM_LANGS",
@@ -66,7 +49,6 @@ __all__ = [
     "XCOPA_CONNECTORS",
     "XCOPA_LANGS",
     "answers_match",
-    "available_items",
     "choice_logprobs",
     "eval_mgsm",
     "eval_mmlu",

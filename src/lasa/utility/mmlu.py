@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-from functools import lru_cache
 
-from lasa.data import data_path
+from lasa.data import mmlu_subset
 from lasa.models import LoadedModel
 from lasa.utility.engine import _check_n, choice_logprobs
 
@@ -18,17 +16,11 @@ MMLU_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 # -- MMLU ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _mmlu_subset() -> tuple[dict, ...]:
-    with open(data_path("mmlu_en", "mmlu_subset.csv"), encoding="utf-8", newline="") as f:
-        return tuple(csv.DictReader(f))
-
-
 def mmlu_rows(n: int | None = None) -> list[dict]:
     """The vendored MMLU subset, round-robin over subjects (the 1st question of every subject, then
     the 2nd, ...), so that any prefix spans as many subjects as it can; the first ``n`` rows."""
     by_subject: dict[str, list[dict]] = {}
-    for row in _mmlu_subset():
+    for row in mmlu_subset():
         by_subject.setdefault(row["subject"], []).append(row)
     subjects = sorted(by_subject)
     depth = max(len(v) for v in by_subject.values())
@@ -50,7 +42,7 @@ def eval_mmlu(lm: LoadedModel, n: int | None = 300, batch_size: int = 16, progre
     """Zero-shot accuracy on the first ``n`` rows of the subset: the answer is the letter among
     " A" / " B" / " C" / " D" with the highest next-token log-probability. Raw text, no chat
     template (as lm-eval does), so the number tracks knowledge rather than format-following."""
-    n = _check_n("mmlu", n, len(_mmlu_subset()), "questions in the vendored subset")
+    n = _check_n("mmlu", n, len(mmlu_subset()), "questions in the vendored subset")
     rows = mmlu_rows(n)
     scores = choice_logprobs(
         lm,

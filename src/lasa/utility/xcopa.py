@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
-from functools import lru_cache
 
-from lasa.data import data_path
+from lasa.data import XCOPA_LANGS, xcopa_rows
 from lasa.errors import LasaError
 from lasa.models import LoadedModel
 from lasa.utility.engine import _check_n, loglikelihood, task_languages
 
 logger = logging.getLogger(__name__)
-
-XCOPA_LANGS: tuple[str, ...] = ("it", "sw", "th", "vi", "zh")
 
 #: The words for "because" (the premise's cause is asked for) and "so" (its effect), as in
 #: lm-eval-harness's XCOPA task.
@@ -36,13 +32,6 @@ _XCOPA_REFERENCE = "zh"  # whose ``question`` field (cause / effect) is trusted;
 # -- XCOPA -----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=16)
-def _read_xcopa(lang: str, split: str) -> tuple[dict, ...]:
-    path = data_path("xcopa", lang, f"{split}.{lang}.jsonl")
-    with open(path, encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
-
-
 def xcopa_items(lang: str, split: str = "test") -> list[dict]:
     """The vendored XCOPA file of one language, in file order (parallel across languages by ``idx``),
     with ``question`` taken from the Chinese file.
@@ -53,8 +42,8 @@ def xcopa_items(lang: str, split: str = "test") -> list[dict]:
     600 items, say "cause"). The wrong connector would make those items nonsense, so the zh value
     is used everywhere; the upstream value is kept as ``question_upstream``.
     """
-    items = _read_xcopa(lang, split)
-    reference = _read_xcopa(_XCOPA_REFERENCE, split)
+    items = xcopa_rows(lang, split)
+    reference = xcopa_rows(_XCOPA_REFERENCE, split)
     if [it["idx"] for it in items] != [it["idx"] for it in reference]:
         raise LasaError(f"xcopa {lang} {split} is not parallel to {_XCOPA_REFERENCE}; vendored files corrupt")
     return [
