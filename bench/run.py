@@ -75,7 +75,7 @@ def bench_extraction(args: argparse.Namespace) -> dict:
     """Hidden-state extraction (all layers, last-token pooling) vs a bare batched forward."""
     from lasa.config import LocateConfig
     from lasa.hidden import extract_states, format_prompts, length_batches, pad_batch, position_ids_from_mask
-    from lasa.locate import build_points
+    from lasa.locate.scores import build_points
     from lasa.models import load_model
 
     lm = load_model(args.model, device=args.device)

@@ -616,6 +616,31 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_before_the_batches_are_b
     assert "2 of 12 rows dropped" in caplog.text
 
 
+def test_a_max_length_no_row_fits_fails_before_the_previous_adapter_is_touched(tmp_path, tiny_qwen):
+    """Every prompt longer than --max-length used to delete the previous adapter and summary, then
+    end in TRL's StopIteration; now it is one line, and the previous run's files stay."""
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    data = tmp_path / "rows.jsonl"
+    rows = [
+        {"prompt": f"question number {i} about something?", "chosen": "No.", "rejected": "Sure:"}
+        for i in range(4)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "run" / "align" / "kto"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "summary.json").write_text("{}")
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(data), method="kto", max_length=4,
+        dry_run=True, device=DEVICE,
+    )  # fmt: skip
+    with pytest.raises(LasaError, match="every row's prompt fills --max-length 4"):
+        run_align(cfg)
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "summary.json").is_file()
+
+
 def test_save_adapter_writes_a_byte_stable_config_that_loads(tmp_path, tiny_qwen):
     """PEFT writes target_modules in a set's per-process hash order; save_adapter sorts it, so
     identical weights give an identical adapter directory (and adapter digest), and the sorted

@@ -45,6 +45,16 @@ def no_model_load(monkeypatch):
         (["align", "--beta", "-1"], "--beta must be > 0, got -1.0"),
         (["align", "--lr-scheduler", "bogus"], "--lr-scheduler must be one of linear, cosine"),
         (["align", "--max-steps", "2", "--save-adapter-at", "5"], "past --max-steps 2"),
+        (["align", "--max-steps", "1"], "--max-steps 1 with --warmup-steps 2 trains nothing"),
+        (["generate", "--variant", "x|y"], "--variant 'x|y': use a plain folder name"),
+        (["generate", "--variant", "a b"], "use a plain folder name"),
+        (
+            ["generate", "--variant", "drift_reference.safetensors"],
+            "the run directory already uses that name",
+        ),
+        (["interpret", "--out-name", "eval"], "--out-name 'eval': the run directory already uses that name"),
+        (["interpret", "--out-name", "locate"], "already uses that name"),
+        (["align", "--conditioning-text", " "], "--conditioning-text is empty"),
         (["align", "--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps must be >= 1"),
         (["align", "--lora-dropout", "2"], "--lora-dropout must be < 1"),
         (["align", "--learning-rate", "nan"], "--learning-rate must be a finite number"),
@@ -689,3 +699,36 @@ def test_an_interrupted_extraction_of_added_prompts_keeps_the_cached_rows_and_re
     )
     assert main([*argv, "--cap", "8"]) == 0
     assert asked[-1] == asked[0] - (len(partial) - len(before))  # only the added prompts not yet done
+
+
+def test_run_dirs_that_cannot_be_one_are_one_line(capsys, no_model_load, tmp_path):
+    """An empty --run-dir silently meant the current directory (where a forced rerun deletes
+    ./locate, ./eval); a file, or a place a directory cannot be made, gave OSError tracebacks."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for run_dir, message in [
+        ("", "--run-dir is empty"),
+        (a_file, "is a file, not a directory"),
+        (a_file / "sub", "cannot create"),
+    ]:
+        for cmd in (["locate", "--n-queries", "4"], ["run"]):
+            rc, _, err = run_cli(capsys, *cmd, "--run-dir", run_dir)
+            assert rc == 2 and message in err and one_line(err), (cmd, run_dir, err)
+
+
+def test_a_rerun_without_plots_removes_the_previous_runs_figures(tmp_path):
+    """locate --no-plots kept the previous run's layer_scores.png / tsne.png next to new numbers;
+    staged_artefacts(owns=...) removes the owned files a run did not stage."""
+    from lasa.runs import staged_artefacts
+
+    (tmp_path / "fig.png").write_text("old figure")
+    (tmp_path / "marker.json").write_text("{}")
+    with staged_artefacts(tmp_path, "marker.json", owns=("fig.png",)) as stage:
+        (stage / "marker.json").write_text('{"new": 1}')
+    assert not (tmp_path / "fig.png").exists() and json.loads((tmp_path / "marker.json").read_text()) == {
+        "new": 1
+    }
+    with staged_artefacts(tmp_path, "marker.json", owns=("fig.png",)) as stage:
+        (stage / "fig.png").write_text("new figure")
+        (stage / "marker.json").write_text("{}")
+    assert (tmp_path / "fig.png").read_text() == "new figure"

@@ -14,7 +14,14 @@ PRESET = {
     "seed": 0,
     "locate": {"n_queries": 6, "langs": ["en", "zh", "sw"], "n_bootstrap": 20, "plots": False},
     "interpret": {"cap": 8, "eval_n_harmful": 4, "eval_n_benign": 4, "epochs": 2},
-    "align": {"n_safety": 4, "n_general": 2, "max_steps": 1, "batch_size": 2, "lora_layers": "all"},
+    "align": {
+        "n_safety": 4,
+        "n_general": 2,
+        "max_steps": 1,
+        "warmup_steps": 0,
+        "batch_size": 2,
+        "lora_layers": "all",
+    },
     "evaluate": {
         "n": "2",
         "langs": ["en", "zh", "sw"],

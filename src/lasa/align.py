@@ -73,6 +73,11 @@ def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> 
         [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
     )
     keep = [r for r, n in zip(rows, lengths) if n < max_length - 1]
+    if rows and not keep:  # before anything of the previous run is removed
+        raise LasaError(
+            f"every row's prompt fills --max-length {max_length} (the shortest is {min(lengths)} tokens); "
+            f"raise --max-length above {min(lengths) + 1}"
+        )
     if len(keep) < len(rows):
         logger.warning(
             "%d of %d rows dropped: their prompt fills --max-length %d (raise it to keep them)",

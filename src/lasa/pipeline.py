@@ -32,7 +32,7 @@ from lasa.config import (
     StageConfig,
 )
 from lasa.errors import LasaError
-from lasa.runs import RunDir, exclusive, files_digest, fingerprint, read_json_object, write_json
+from lasa.runs import RunDir, exclusive, files_digest, fingerprint, make_dirs, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
     from lasa.models import resolve_model_path
 
     resolve_model_path(run.model)  # a missing model is named before the run directory exists
-    rd.mkdir(parents=True, exist_ok=True)  # only once the request is known to be valid
+    make_dirs(rd)  # only once the request is known to be valid
     with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race
         return _run_stages(run, stages, rd, t0)
 

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from pathlib import Path
@@ -192,6 +192,14 @@ def files_digest(paths: Iterator[Path] | list[Path]) -> str:
     return fingerprint([(p.name, sha256_file(p)) for p in sorted(Path(p) for p in paths)])
 
 
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` with a one-line error (a read-only place, a file on the way) instead of an OSError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LasaError(f"cannot create {path} ({err.strerror or err}); choose another --run-dir") from None
+
+
 class RunDir:
     """A run directory: ``RUN/config.yaml`` plus one sub-directory per stage.
 
@@ -270,7 +278,7 @@ class RunDir:
 
     def stage(self, name: str) -> Path:
         p = self.path / name
-        p.mkdir(parents=True, exist_ok=True)
+        make_dirs(p)
         return p
 
     @contextlib.contextmanager
@@ -281,7 +289,7 @@ class RunDir:
         created = [
             q for q in [p, *p.parents] if not q.exists() and (q == self.path or self.path in q.parents)
         ]
-        p.mkdir(parents=True, exist_ok=True)
+        make_dirs(p)
         try:
             yield p
         except BaseException:
@@ -338,13 +346,15 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
+def staged_artefacts(out: Path, marker: str, owns: Sequence[str] = ()) -> Iterator[Path]:
     """Write a stage's artefacts into a staging folder; they replace the old ones together.
 
     On success the old ``marker`` (the file whose presence means "stage finished") is removed
     first, every other staged file moved in, and the new marker moved in last, so at no moment does
     ``out`` hold a marker next to artefacts of another run. On failure the staging folder is
-    deleted and the previous artefacts stay as they were, consistent with their marker.
+    deleted and the previous artefacts stay as they were, consistent with their marker. ``owns``:
+    the stage's optional artefacts (figures a ``--no-plots`` rerun does not draw); any of them this
+    run did not stage is removed, so an old figure never sits beside new numbers.
     """
     for stale in out.glob(".staging-*"):  # left by a process that was killed (SIGKILL skips finally)
         pid = stale.name.removeprefix(".staging-")
@@ -358,6 +368,9 @@ def staged_artefacts(out: Path, marker: str) -> Iterator[Path]:
         if not (staging / marker).is_file():
             raise RuntimeError(f"staged artefacts lack their marker {marker}")
         (out / marker).unlink(missing_ok=True)
+        for name in owns:
+            if not (staging / name).exists():
+                (out / name).unlink(missing_ok=True)
         for f in sorted(staging.iterdir()):
             if f.name != marker:
                 os.replace(f, out / f.name)

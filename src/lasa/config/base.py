@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ class StageConfig:
             setattr(self, f.name, coerce_value(hints[f.name], getattr(self, f.name), flag))
         if not 0 <= self.seed < 2**32:  # numpy's RandomState (sklearn) takes nothing larger
             raise LasaError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        check_run_dir(self.run_dir)
         check_bounds(self)
 
     # -- construction -------------------------------------------------------------------
@@ -73,6 +75,16 @@ class StageConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in config_fields(type(self))}
+
+
+def check_run_dir(run_dir: str) -> None:
+    """A one-line error for a run directory that cannot be one: empty (it would silently mean the
+    current directory, where a forced rerun deletes ./locate, ./eval, ...) or an existing file."""
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        raise LasaError("--run-dir is empty; name the run directory (e.g. --run-dir runs/quick)")
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise LasaError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
 
 
 def nonempty_langs(langs: list[str]) -> list[str]:
@@ -93,20 +105,35 @@ def expect_config(cfg: Any, cls: type, fn: str) -> None:
         )
 
 
+#: Names a run directory (or its eval/ folder) already uses for a stage or a file: a folder named
+#: after one would overwrite it, or be deleted with it by a forced rerun.
+RESERVED_NAMES = frozenset(
+    {
+        "locate",
+        "eval",
+        "align",
+        "report",
+        "config.yaml",
+        "pipeline.json",
+        "report.md",
+        "report.html",
+        "drift_reference.safetensors",
+        "ssi_scores.json",
+    }
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*")
+
+
 def safe_name(name: str, what: str) -> str:
     """``name`` if it is one plain folder name inside a run directory, else a one-line error: names
     become paths (``RUN/eval/<variant>``, ``RUN/<out_name>``) that a forced rerun deletes, so a
-    ``..``, a separator or an absolute path must never reach them."""
-    if (
-        not isinstance(name, str)
-        or not name.strip()
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or name != name.strip()
-        or name.startswith(".")
-    ):
-        raise LasaError(f"{what} {name!r}: use a plain folder name (letters, digits, - _ +), no path")
+    ``..``, a separator, an absolute path or another stage's folder must never reach them; and they
+    head report tables, where a ``|`` or a space breaks the markdown. ASCII letters, digits and
+    ``. - _ +`` only (no leading dot)."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise LasaError(f"{what} {name!r}: use a plain folder name (letters, digits, . - _ +), no path")
+    if name in RESERVED_NAMES:
+        raise LasaError(f"{what} {name!r}: the run directory already uses that name; choose another")
     return name
 
 

@@ -411,6 +411,18 @@ class AlignConfig(StageConfig):
             raise LasaError("--n-safety must be >= 1, --n-general and --n-hard-negative >= 0")
         if any(n < 1 for n in self.save_adapter_at):
             raise LasaError("--save-adapter-at takes optimizer steps >= 1")
+        if self.max_steps == 1 and self.warmup_steps >= 1:
+            # a linear warmup's first step has learning rate 0: the one step changes nothing, the
+            # adapter's B matrices stay at their zero initialisation and it is the base model
+            raise LasaError(
+                f"--max-steps 1 with --warmup-steps {self.warmup_steps} trains nothing (a warmup's first step "
+                "has learning rate 0); add --warmup-steps 0 or raise --max-steps"
+            )
+        if self.method == "lasa" and not self.conditioning_text.strip():
+            raise LasaError(
+                "--conditioning-text is empty: LASA's rows are conditioned on it (an empty one makes "
+                "--method lasa plain KTO); give the refusal-intent text, or use --method kto"
+            )
         if self.max_steps and any(n > self.max_steps for n in self.save_adapter_at):
             raise LasaError(
                 f"--save-adapter-at {max(self.save_adapter_at)} is past --max-steps {self.max_steps}; "

@@ -173,7 +173,7 @@ def _locate(
         paper_band=list(PAPER_BAND),
     )
     # the four artefacts change together or not at all (an interrupted re-run leaves the old set)
-    with staged_artefacts(out, "bottleneck.json") as stage:
+    with staged_artefacts(out, "bottleneck.json", owns=("layer_scores.png", "tsne.png")) as stage:
         write_json(stage / "layer_scores.json", rows)
         if cfg.plots:
             t1 = time.time()
