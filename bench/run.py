@@ -504,10 +504,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:
         if name not in BENCHMARKS:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    for flag in ("repeats", "batch_size", "n_prompts", "gen_prompts", "new_tokens", "long_tokens", "kto_batch",
+                 "kto_steps", "judge_n"):  # fmt: skip
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for name in args.names:
         if not args.in_process:  # a child process per benchmark: its peak RSS is its own
             rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in args.names]
-            subprocess.run([sys.executable, __file__, name, "--in-process", "--child", *rest], check=True)
+            child = subprocess.run([sys.executable, __file__, name, "--in-process", "--child", *rest])
+            if child.returncode:  # the child has said why; no second traceback from here
+                return child.returncode
             continue
         logger.info("running %s", name)
         res = BENCHMARKS[name](args)

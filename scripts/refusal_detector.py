@@ -17,6 +17,9 @@ import numpy as np
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no stray args
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import cohen_kappa_score
 

@@ -1,6 +1,6 @@
 """Rebuild src/lasa/data/mmlu_en/{mmlu_subset.csv,mmlu_dev.csv} from the upstream MMLU CSVs.
 
-Usage: python scripts/vendor_mmlu.py [/path/to/shared/data/mmlu_en]
+Usage: python scripts/vendor_mmlu.py /path/to/upstream/mmlu_en   (a folder with data/test, data/dev, LICENSE)
 
 The full test set (14k questions in 57 files) is far more than a before/after utility check needs
 and would bloat the wheel, so lasa ships a fixed subset: the first 20 test questions of every
@@ -11,13 +11,12 @@ only a ``subject`` column and a header are added. The upstream LICENSE is copied
 
 from __future__ import annotations
 
+import argparse
 import csv
 import shutil
-import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data" / "mmlu_en"
-DEFAULT_SRC = Path("/work/shared/data/mmlu_en")
 PER_SUBJECT = 20
 FIELDS = ["subject", "question", "A", "B", "C", "D", "answer"]
 
@@ -56,4 +55,12 @@ def main(src: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SRC)
+    # no default source: this rewrites the bundled CSVs, so it runs only when told where from
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "src", type=Path, help="Upstream MMLU folder (data/test/*_test.csv, data/dev/*_dev.csv, LICENSE)."
+    )
+    args = ap.parse_args()
+    if not (args.src / "data" / "test").is_dir() or not (args.src / "LICENSE").is_file():
+        raise SystemExit(f"error: {args.src} has no data/test/ or LICENSE; give the upstream MMLU folder")
+    main(args.src)

@@ -11,8 +11,8 @@ en/zh/ar/bn texts (rows with the same category and idx are translations of each 
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "lasa" / "data" / "xsafety"
@@ -47,4 +47,9 @@ def main(long_csv: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("long_csv", help="Upstream XSafety long CSV (xsafety_long.csv).")
+    args = ap.parse_args()
+    if not Path(args.long_csv).is_file():
+        raise SystemExit(f"error: no file {args.long_csv}")
+    main(args.long_csv)
