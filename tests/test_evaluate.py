@@ -738,3 +738,29 @@ def test_paired_comparison_counts_only_the_verdicts_on_current_responses(tmp_pat
     assert _unsafe_by_prompt(tmp_path, {"kto": {"default_judge": "pair"}}) == {
         "kto": {("en", "multijail:en:0"): True}
     }
+
+
+def test_an_evaluation_interrupted_while_judging_leaves_no_stale_results(tiny_qwen, tmp_path, monkeypatch):
+    """results.json (the stage's marker) used to survive an evaluate interrupted after it had
+    changed the verdicts or utility: the report then read old results beside newer files. It is
+    removed once generation is done, and written again at the end."""
+    import lasa
+    import lasa.evaluate
+    from lasa.config import EvaluateConfig
+
+    cfg = EvaluateConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), device=DEVICE, langs=["en"], n="2",
+        max_new_tokens=4, xstest=False, judges=["lexicon"], default_judge="lexicon", utility=[],
+    )  # fmt: skip
+    results = lasa.run_evaluate(cfg).path / "results.json"
+    assert results.is_file()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lasa.evaluate, "_judged", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lasa.run_evaluate(cfg)
+    assert not results.exists()
+    monkeypatch.undo()
+    assert lasa.run_evaluate(cfg).path.joinpath("results.json").is_file()

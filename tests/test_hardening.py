@@ -47,6 +47,9 @@ def no_model_load(monkeypatch):
         (["align", "--max-steps", "2", "--save-adapter-at", "5"], "past --max-steps 2"),
         (["align", "--max-steps", "1"], "--max-steps 1 with --warmup-steps 2 trains nothing"),
         (["generate", "--variant", "x|y"], "--variant 'x|y': use a plain folder name"),
+        (["locate", "--device", "foo"], "unknown --device 'foo'"),
+        (["align", "--n-safety", "100000"], "--n-safety 100000: the training languages (en, zh) have"),
+        (["align", "--n-general", "100000"], "--n-general 100000: lasa's Alpaca prompts number"),
         (["generate", "--variant", "a b"], "use a plain folder name"),
         (
             ["generate", "--variant", "drift_reference.safetensors"],

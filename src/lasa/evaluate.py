@@ -525,6 +525,9 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
     if not distributed.is_main():  # the other ranks generated their slice; rank 0 judges the whole
         return EvaluateResult(name, out, {}, rank=distributed.rank())
     timings = {"generate_seconds": round(gen.seconds, 1)}
+    # the marker goes before the judges and utility write anything: an evaluation interrupted after
+    # changing them must read as unfinished, not as the previous results.json beside newer files
+    RunDir(cfg.run_dir).results(name).unlink(missing_ok=True)
 
     t1 = time.time()
     verdicts: dict[str, list[dict]] = {}

@@ -60,6 +60,8 @@ class StageConfig:
         if not 0 <= self.seed < 2**32:  # numpy's RandomState (sklearn) takes nothing larger
             raise LasaError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         check_run_dir(self.run_dir)
+        if not _DEVICE.fullmatch(str(self.device)):  # availability is checked where a model loads
+            raise LasaError(f"unknown --device {self.device!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
         check_bounds(self)
 
     # -- construction -------------------------------------------------------------------
@@ -121,6 +123,7 @@ RESERVED_NAMES = frozenset(
         "ssi_scores.json",
     }
 )
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*")
 
 

@@ -90,6 +90,11 @@ def build_rows(
     pool, _ = training_prompts(train_langs, cap=10_000, seed=seed)
     harmful = [p for p in pool if p.label == 1 and p.form != "statement"]  # requests and questions
     rng.shuffle(harmful)
+    if n_safety > len(harmful):  # the row counts are the experiment's size: never shrink them silently
+        raise LasaError(
+            f"--n-safety {n_safety}: the training languages ({', '.join(train_langs)}) have {len(harmful)} "
+            f"harmful requests; ask for at most {len(harmful)}"
+        )
     harmful = _balanced(harmful, n_safety, train_langs, rng)
     targets = {normalize_text(k): v for k, v in english_affirmative_targets().items()}
     rows: list[dict] = []
@@ -115,6 +120,10 @@ def build_rows(
     general = [r for r in alpaca() if r["output"].strip() and len(r["output"]) < 1200]
     mj_free = {p.text for p in pool if p.source == "alpaca"}  # de-duplicated against MultiJail
     general = [r for r in general if r["instruction"].strip() in mj_free]
+    if n_general > len(general):
+        raise LasaError(
+            f"--n-general {n_general}: lasa's Alpaca prompts number {len(general)}; ask for at most {len(general)}"
+        )
     rng.shuffle(general)
     for i, r in enumerate(general[:n_general]):
         pid = f"alpaca:{normalize_text(r['instruction'])[:60]}"
