@@ -201,6 +201,22 @@ def test_a_truncated_checkpoint_is_caught_on_load_listed_and_rebuilt_by_prepare(
     load_model("fake-model", device="cpu")
 
 
+def test_a_config_edited_in_place_is_caught_as_damage(fake):
+    """A cached config.json edited without changing its size (24 layers -> 12; here the vocabulary size) passed the size check
+    and reached transformers as a validation traceback; the small files are hashed in the marker."""
+    from lasa.models import load_model
+
+    path = dm.prepare("fake-model")
+    cfg = path / "config.json"
+    text = cfg.read_text()
+    edited = text.replace('"vocab_size": 600', '"vocab_size": 601')
+    assert edited != text and len(edited) == len(text)
+    cfg.write_text(edited)
+    assert dm.checkpoint_damage(path) == "config.json has changed since the checkpoint was prepared"
+    with pytest.raises(LasaError, match="lasa models prepare fake-model --force"):
+        load_model("fake-model", device="cpu")
+
+
 def test_models_subcommand_goes_through_the_config_path(capsys):
     from lasa.cli import main
     from lasa.config import ModelsConfig, parse_stage_args

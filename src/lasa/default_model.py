@@ -176,12 +176,24 @@ def _safetensors_damage(path: Path) -> str | None:
     return None
 
 
+#: Files of a converted checkpoint small enough to hash on every load (config, tokenizer).
+SMALL_FILE = 32 * 2**20
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def checkpoint_damage(path: Path) -> str | None:
     """Why the cached checkpoint at ``path`` is unusable, or None when it is complete.
 
-    Checked on every load and cheap (sizes and safetensors headers, no hashing): the marker is
-    written last and records every file's size, so a truncated or deleted file is caught even
-    though the marker itself is intact.
+    Checked on every load and cheap: the marker is written last and records every file's size, so a
+    truncated or deleted file is caught even though the marker itself is intact; the weights'
+    safetensors headers are read; and the small files (config, tokenizer: a few MB) are hashed,
+    since an edit that keeps a config's size (``24`` layers → ``12``) would otherwise reach
+    transformers as a confusing validation error. Markers written before the hashes had only sizes.
     """
     try:
         marker = json.loads((path / MARKER).read_text())
@@ -193,6 +205,9 @@ def checkpoint_damage(path: Path) -> str | None:
             return f"{fname} is missing"
         if f.stat().st_size != size:
             return f"{fname} is {f.stat().st_size:,} bytes, expected {size:,}"
+    for fname, digest in (marker.get("sha256") or {}).items():
+        if _sha256(path / fname) != digest:
+            return f"{fname} has changed since the checkpoint was prepared"
     for f in sorted(path.glob("*.safetensors")):
         why = _safetensors_damage(f)
         if why:
@@ -384,6 +399,11 @@ def prepare(
                 "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.time() - t0, 1),
                 "files": {f.name: f.stat().st_size for f in sorted(ckpt.iterdir()) if f.is_file()},
+                "sha256": {
+                    f.name: _sha256(f)
+                    for f in sorted(ckpt.iterdir())
+                    if f.is_file() and f.suffix != ".safetensors" and f.stat().st_size <= SMALL_FILE
+                },
             }
             (ckpt / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if final.exists():
