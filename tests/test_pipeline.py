@@ -167,6 +167,14 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     lines = (moved / "report.md").read_text().splitlines()
     vs_kto_gate = lines.index(next(line for line in lines if "| ΔASR vs kto+gate [95% CI] |" in line))
     assert lines[vs_kto_gate + 2].startswith("| lasa+gate |") and lines[vs_kto_gate + 3] == ""
+    assert "did not answer the same prompts" not in "\n".join(lines)
+
+    # a hand-run variant on fewer prompts: the table would compare unlike sets, so the report says so
+    kto = moved / "eval" / "kto" / "completions.jsonl"
+    kto.write_text("".join(kto.read_text().splitlines(keepends=True)[:-2]))
+    assert main(["report", "--run-dir", str(moved)]) == 0
+    report = (moved / "report.md").read_text()
+    assert "the variants did not answer the same prompts" in report and "kto 4" in report
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):

@@ -433,6 +433,14 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
 
     doc.table_of(summary_table(results))
     unsafe, seen = _unsafe_by_prompt(rd, results), _seen_languages(rd)
+    prompt_sets = {v: frozenset(u) for v, u in unsafe.items()}
+    if len(set(prompt_sets.values())) > 1:  # hand-run variants with other --n / --langs
+        sizes = ", ".join(f"{v} {len(ps)}" for v, ps in prompt_sets.items())
+        doc.p(
+            f"**Warning: the variants did not answer the same prompts** (judged MultiJail responses: {sizes}); "
+            "their rows above are not comparable prompt for prompt, and the paired comparisons below use only "
+            "the prompts both sides answered. Rerun the variants with the same --n and --langs (or `lasa run`)."
+        )
     adapters = {v: u for v, u in unsafe.items() if v != "base" and not v.endswith("+gate")}
     gated = {v: u for v, u in unsafe.items() if v.endswith("+gate")}
     for subset, reference, caption in (
