@@ -48,6 +48,7 @@ def no_model_load(monkeypatch):
         (["align", "--max-steps", "1"], "--max-steps 1 with --warmup-steps 2 trains nothing"),
         (["generate", "--variant", "x|y"], "--variant 'x|y': use a plain folder name"),
         (["locate", "--device", "foo"], "unknown --device 'foo'"),
+        (["generate", "--adapter", "/"], "no PEFT adapter at /; train one with `lasa align` or"),
         (["align", "--n-safety", "100000"], "--n-safety 100000: the training languages (en, zh) have"),
         (["align", "--n-general", "100000"], "--n-general 100000: lasa's Alpaca prompts number"),
         (["generate", "--variant", "a b"], "use a plain folder name"),

@@ -52,13 +52,12 @@ def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
     if not spec:
         return None
     path = Path(spec)
-    if not path.exists() and "/" not in spec and "\\" not in spec:  # a method name, not a path
+    as_method = not path.exists() and "/" not in spec and "\\" not in spec  # a method name, not a path
+    if as_method:
         path = RunDir(run_dir).adapter(spec)
     if not (path / "adapter_config.json").is_file():
-        raise LasaError(
-            f"--adapter {spec}: no PEFT adapter at {path}; train one with `lasa align --method {spec}` "
-            "or pass an adapter directory"
-        )
+        how = f"train one with `lasa align --method {spec}`" if as_method else "train one with `lasa align`"
+        raise LasaError(f"--adapter {spec}: no PEFT adapter at {path}; {how} or pass an adapter directory")
     conf = read_json_object(path / "adapter_config.json")  # checked here, before the model loads
     if "peft_type" not in conf:
         raise LasaError(
