@@ -705,7 +705,7 @@ def test_an_interrupted_extraction_of_added_prompts_keeps_the_cached_rows_and_re
     assert asked[-1] == asked[0] - (len(partial) - len(before))  # only the added prompts not yet done
 
 
-def test_run_dirs_that_cannot_be_one_are_one_line(capsys, no_model_load, tmp_path):
+def test_run_dirs_that_cannot_be_one_are_one_line(capsys, no_model_load, tiny_qwen, tmp_path):
     """An empty --run-dir silently meant the current directory (where a forced rerun deletes
     ./locate, ./eval); a file, or a place a directory cannot be made, gave OSError tracebacks."""
     a_file = tmp_path / "f"
@@ -716,7 +716,7 @@ def test_run_dirs_that_cannot_be_one_are_one_line(capsys, no_model_load, tmp_pat
         (a_file / "sub", "cannot create"),
     ]:
         for cmd in (["locate", "--n-queries", "4"], ["run"]):
-            rc, _, err = run_cli(capsys, *cmd, "--run-dir", run_dir)
+            rc, _, err = run_cli(capsys, *cmd, "--model", tiny_qwen, "--run-dir", run_dir)
             assert rc == 2 and message in err and one_line(err), (cmd, run_dir, err)
 
 
