@@ -210,7 +210,9 @@ def main() -> None:
         f"# SSI seeds vs seed ensembles ({d}, layer {layer})",
         "",
         f"`python scripts/ssi_ensemble.py {d} --seeds {args.seeds} --size {args.size}"
-        + (f" --fixed-threshold {args.fixed_threshold}`" if args.fixed_threshold is not None else "`"),
+        + (f" --fixed-threshold {args.fixed_threshold}" if args.fixed_threshold is not None else "")
+        + (f" --oof-fpr {args.oof_fpr}" if args.oof_fpr is not None else "")
+        + "`",
         "",
         "| SSI | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
