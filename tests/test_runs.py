@@ -42,3 +42,25 @@ def test_the_run_dir_layout_is_named_once_and_markers_load_with_a_fix(tmp_path):
     write_json(rd.results("kto"), {"variant": "kto"})
     rd.eval("base").mkdir(parents=True)  # unfinished: no marker
     assert rd.evaluated_variants() == ["kto"] and rd.load(rd.results("kto"), "x") == {"variant": "kto"}
+
+
+def test_strict_json_writes_what_other_tools_can_read(tmp_path):
+    """judge-check --out used to write bare NaN (a kappa over one class), which jq and JavaScript
+    reject; strict_json turns non-finite floats into null, everything else unchanged."""
+    import json
+    import math
+
+    from lasa.runs import strict_json, write_json
+
+    obj = {"kappa": math.nan, "per_language": {"bn": [1.0, math.inf, -math.inf]}, "n": 3, "label": "safe"}
+    text = write_json(tmp_path / "x.json", strict_json(obj)).read_text()
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(text, parse_constant=refuse) == {
+        "kappa": None,
+        "per_language": {"bn": [1.0, None, None]},
+        "n": 3,
+        "label": "safe",
+    }

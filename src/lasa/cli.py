@@ -254,7 +254,7 @@ def _judge_check(argv: list[str]) -> int:
     from lasa.config import JudgeCheckConfig, parse_stage_args
     from lasa.judge_check import check_judges
     from lasa.judges import LABELS
-    from lasa.runs import write_json
+    from lasa.runs import strict_json, write_json
 
     cfg = parse_stage_args(
         JudgeCheckConfig,
@@ -320,8 +320,8 @@ def _judge_check(argv: list[str]) -> int:
         )
     if len(rep["judges"]) > 1:
         print(f"\nbest judge (kappa): {rep['best_judge']}")
-    if cfg.out:
-        write_json(cfg.out, rep)
+    if cfg.out:  # for other tools too: NaN (a kappa with one class) is written as null
+        write_json(cfg.out, strict_json(rep))
     return 0
 
 

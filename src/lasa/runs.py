@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -91,6 +92,19 @@ def _json_default(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float as None: Python writes them as bare ``NaN``, which
+    strict JSON readers (jq, JavaScript, most other languages) reject. For files meant for other
+    tools (``judge-check --out``); lasa's own artefacts keep NaN, which lasa reads back."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def _corrupt(path: str | Path, what: str) -> LasaError:
