@@ -12,9 +12,10 @@ cached states (no model needed): ``--seeds`` members retrained exactly as ``lasa
 
 - every single member at its own threshold (what ``lasa interpret --seed S`` would ship, without
   the per-language offsets), and
-- disjoint ensembles of ``--size`` members, each scored by the mean of its members' decision
-  margins ``logit(p_k) - logit(t_k)`` (a member's own threshold maps to 0, so the ensemble flags
-  where the members agree on average; no new threshold is fitted).
+- disjoint ensembles of ``--size`` members, each scored as ``lasa interpret --ensemble`` scores
+  them (``lasa.ssi.SSIEnsemble``): the mean of its members' decision margins
+  ``logit(p_k) - logit(t_k)`` (a member's own threshold maps to 0, so the ensemble flags where the
+  members agree on average; no new threshold is fitted).
 
 Per representation: XSTest safe FPR / unsafe TPR, macro unseen-language AUROC and TPR / FPR
 (MultiJail vs same-form benign), and the share of translated safe / unsafe XSTest prompts flagged
@@ -32,11 +33,13 @@ import numpy as np
 import torch
 
 
-def margins(ssi, x: torch.Tensor, threshold: float) -> np.ndarray:
-    """A member's decision margin: its logit minus its threshold's logit (> 0 means flagged)."""
-    p = np.clip(ssi.without_calibration().predict_proba(x), 1e-7, 1 - 1e-7)
-    t = min(max(threshold, 1e-7), 1 - 1e-7)
-    return np.log(p / (1 - p)) - np.log(t / (1 - t))
+def margins(modules: list, thresholds: list[float], x: torch.Tensor, rows) -> np.ndarray:
+    """Decision margins of ``lasa.ssi.SSIEnsemble`` over ``modules`` (what ``--ensemble`` ships; one
+    module is that member alone: its logit minus its threshold's logit, > 0 means flagged)."""
+    from lasa.ssi import SSIEnsemble
+
+    with torch.inference_mode():
+        return SSIEnsemble.of(modules, thresholds, x)(x[rows]).numpy()
 
 
 def summarise(m: dict[str, np.ndarray], evalp, xs_safe, mt_safe, unseen) -> dict:
@@ -152,15 +155,15 @@ def main() -> None:
         res = fit_and_evaluate(x, layer, split, replace(cfg, seed=seed))
         if args.fixed_threshold is not None:
             res["threshold"] = args.fixed_threshold
-        m = {
-            "eval": margins(res["ssi"], x[split.eval], res["threshold"]),
-            "xstest": margins(res["ssi"], x[xs_rows], res["threshold"]),
-        }
+        one = ([res["ssi"].module], [res["threshold"]], x)
+        rows_eval = split.eval  # the same rows for every seed (only the pool is re-split)
+        m = {"eval": margins(*one, rows_eval), "xstest": margins(*one, xs_rows)}
         if mt_rows:
-            m["mt"] = margins(res["ssi"], x[mt_rows], res["threshold"])
+            m["mt"] = margins(*one, mt_rows)
         m["val_rows"] = np.array(split.val)
-        m["val_margin"] = margins(res["ssi"], x[split.val], res["threshold"])
+        m["val_margin"] = margins(*one, split.val)
         m["val_benign"] = split.y_val.numpy() == 0
+        m["module"] = res["ssi"].module
         members.append((seed, res["threshold"], m))
         print(f"seed {seed}: threshold {res['threshold']:.2f}", flush=True)
 
@@ -171,11 +174,10 @@ def main() -> None:
     oof: list[dict] = []
     for g in range(args.seeds // args.size):
         group = members[g * args.size : (g + 1) * args.size]
-        m = {
-            key: np.mean([mm[key] for _, _, mm in group], axis=0)
-            for key in ("eval", "xstest", "mt")
-            if key in group[0][2]
-        }
+        ens = ([mm["module"] for _, _, mm in group], [t for _, t, _ in group], x)
+        m = {"eval": margins(*ens, rows_eval), "xstest": margins(*ens, xs_rows)}
+        if mt_rows:
+            m["mt"] = margins(*ens, mt_rows)
         ensembles.append({"seeds": [s for s, _, _ in group]} | summarise(m, evalp, xs_safe, mt_safe, unseen))
         if args.oof_fpr is not None:
             # out of fold: a pool row's margin averaged over the members that held it out
