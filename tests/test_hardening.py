@@ -245,6 +245,41 @@ def test_align_refuses_a_bottleneck_beyond_the_model_before_loading_it(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["nonexistent_proj"], "matches no module of"),
+        (["mlp"], "which LoRA cannot wrap"),
+    ],
+)
+def test_align_refuses_lora_targets_that_adapt_nothing_before_loading_the_model(
+    capsys, no_model_load, tiny_qwen, tmp_path, targets, message
+):
+    rc, _, err = run_cli(
+        capsys,
+        "align",
+        "--model",
+        tiny_qwen,
+        "--run-dir",
+        tmp_path / "r",
+        "--bottleneck-layer",
+        1,
+        "--lora-target-modules",
+        *targets,
+    )
+    assert rc == 2 and message in err and "q_proj" in err and one_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_lora_targets_that_exist_pass_the_check(tiny_qwen, tmp_path):
+    from lasa.align import check_lora_targets
+    from lasa.config import AlignConfig
+
+    for targets in (["q_proj", "v_proj"], ["self_attn.o_proj"], ["all-linear"]):
+        cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "r"), lora_target_modules=targets)
+        check_lora_targets(cfg, 1)  # no error
+
+
 def test_run_names_a_missing_model_before_creating_the_run_dir(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "run", "--model", tmp_path / "nope", "--run-dir", tmp_path / "r")
     assert rc == 2 and "model path not found" in err and one_line(err), err
@@ -736,3 +771,75 @@ def test_a_rerun_without_plots_removes_the_previous_runs_figures(tmp_path):
         (stage / "fig.png").write_text("new figure")
         (stage / "marker.json").write_text("{}")
     assert (tmp_path / "fig.png").read_text() == "new figure"
+
+
+_SSI_META = {"threshold": 0.5, "layer": 2, "architecture": {"d_model": 8, "hidden": 4, "dropout": 0.0}}
+
+
+def _stale_fixture(tmp_path):
+    """A run directory by hand: an adapter and an SSI, and two evaluated variants whose completions
+    record the digests of exactly those (as `lasa evaluate` writes them)."""
+    from lasa.evaluate import _adapter_digest
+    from lasa.runs import fingerprint, write_json, write_jsonl
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    run = tmp_path / "moved-run"
+    adapter = run / "align" / "lasa" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+    torch.manual_seed(0)
+    SSI(SafetySemanticInterpreter(8, 4, 0.0), _SSI_META).save(run / "ssi")
+    text = "Harmful query detected."
+    gate_digest = fingerprint({"ssi": SSI.load(run / "ssi").digest, "conditioning_text": text})
+    for variant, cfg, gen in (
+        ("lasa", {"adapter": "lasa"}, {"adapter_digest": _adapter_digest(adapter)}),
+        (
+            "base+gate",
+            # paths as recorded where the run was made (runs/quick), before it was moved here
+            {"gate": True, "ssi": "runs/quick/ssi", "conditioning_text": text},
+            {"gate_digest": gate_digest},
+        ),
+    ):
+        write_json(run / "eval" / variant / "results.json", {"config": cfg})
+        write_jsonl(run / "eval" / variant / "completions.jsonl", [{"uid": "a", "generation": gen}])
+    return run
+
+
+def test_report_flags_variants_generated_before_their_adapter_or_ssi_was_retrained(tmp_path):
+    from lasa.report import stale_variants
+    from lasa.runs import read_json
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    run = _stale_fixture(tmp_path)
+
+    def stale():
+        return stale_variants(
+            run, {v: read_json(run / "eval" / v / "results.json") for v in ("lasa", "base+gate")}
+        )
+
+    assert stale() == []  # as evaluated, and the moved run's recorded ssi path is found inside it
+    (run / "align" / "lasa" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2")
+    notes = stale()
+    assert len(notes) == 1 and "`lasa` was generated with an earlier adapter" in notes[0], notes
+    torch.manual_seed(1)
+    SSI(SafetySemanticInterpreter(8, 4, 0.0), _SSI_META).save(run / "ssi")
+    notes = stale()
+    assert len(notes) == 2 and "`base+gate` was gated by an earlier SSI" in notes[1], notes
+
+
+def test_report_flags_an_ssi_trained_at_a_bottleneck_locate_has_since_moved(tmp_path):
+    from lasa.report import ssi_layer_moved
+
+    run = tmp_path / "run"
+    (run / "locate").mkdir(parents=True)
+    (run / "ssi").mkdir()
+    (run / "locate" / "bottleneck.json").write_text(json.dumps({"model": "m", "layer": 15}))
+    (run / "ssi" / "ssi.json").write_text(json.dumps({"layer": 15, "layer_source": "locate/bottleneck.json"}))
+    assert ssi_layer_moved(run, run / "ssi") is None
+    (run / "locate" / "bottleneck.json").write_text(json.dumps({"model": "m", "layer": 16}))
+    note = ssi_layer_moved(run, run / "ssi")
+    assert note and "reads layer 15" in note and "now says layer 16" in note
+    # a layer chosen with --layer is the user's choice, not a stale bottleneck
+    (run / "ssi" / "ssi.json").write_text(json.dumps({"layer": 15, "layer_source": "--layer"}))
+    assert ssi_layer_moved(run, run / "ssi") is None

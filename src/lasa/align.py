@@ -149,6 +149,56 @@ def lora_config(cfg: AlignConfig, num_layers: int, bottleneck: int | None, layer
     )
 
 
+def check_lora_targets(cfg: AlignConfig, bottleneck: int | None) -> None:
+    """Refuse ``--lora-target-modules`` that would adapt nothing (or a module LoRA cannot wrap)
+    before any weight is read: PEFT only finds out after the model is loaded, with a message
+    about its own internals. The model's skeleton is built on the ``meta`` device from its config
+    (no memory, no weights) and matched with PEFT's own rule, ``layers_to_transform`` included.
+    A model whose skeleton cannot be built from its config is left to PEFT."""
+    if not cfg.lora or cfg.lora_target_modules == ["all-linear"]:
+        return
+    import torch
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from lasa.models import find_decoder_layers, load_config, resolve_model_path, text_config
+
+    config = load_config(resolve_model_path(cfg.model), cfg.model)
+    try:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        _, layers = find_decoder_layers(skeleton)
+    except Exception:  # an architecture without a causal-LM class here: PEFT will say
+        return
+    n_layers = int(text_config(config).num_hidden_layers)
+    peft_cfg = lora_config(cfg, n_layers, bottleneck if cfg.lora_layers == "above_bottleneck" else None)
+    from transformers.pytorch_utils import Conv1D
+
+    wrappable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+
+    def targeted(name: str) -> bool:
+        hit = check_target_module_exists(peft_cfg, name)
+        return bool(hit) and not type(hit).__name__.startswith("_Excluded")  # an excluded module is truthy
+
+    matched = [(name, mod) for name, mod in skeleton.named_modules() if name and targeted(name)]
+    where = f" in blocks {bottleneck + 1}..{n_layers}" if cfg.lora_layers == "above_bottleneck" else ""
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, mod in layers[0].named_modules() if isinstance(mod, wrappable)}
+    )
+    if not matched:
+        raise LasaError(
+            f"--lora-target-modules {' '.join(cfg.lora_target_modules)} matches no module of {cfg.model}{where}; "
+            f"its blocks' linear layers are: {' '.join(names)} (or use all-linear)"
+        )
+    bad = sorted({name.rsplit(".", 1)[-1] for name, mod in matched if not isinstance(mod, wrappable)})
+    if bad:
+        raise LasaError(
+            f"--lora-target-modules matches {' '.join(bad)}, which LoRA cannot wrap (not a linear, "
+            f"embedding or convolution layer); name leaf layers such as: {' '.join(names)}"
+        )
+
+
 class _JsonlLogger:
     """A TrainerCallback that appends every log record to train_log.jsonl (flushed per step)."""
 
@@ -475,6 +525,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         validate_layer(bottleneck, n_layers, "--bottleneck-layer")
         if bottleneck == n_layers:
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
+    check_lora_targets(cfg, bottleneck)
     if cfg.data:
         rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
     else:

@@ -234,6 +234,14 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
 
         if self.utility in (["none"], ["None"], []):
             self.utility = []
+        if len(self.utility) > 1 and any(t.lower() == "none" for t in self.utility):
+            raise LasaError(
+                f"--utility {' '.join(self.utility)}: 'none' means no utility task and cannot be combined "
+                "with task names; pass either 'none' or the tasks"
+            )
+        dupes = sorted({t for t in self.utility if self.utility.count(t) > 1})
+        if dupes:
+            raise LasaError(f"--utility names {', '.join(dupes)} twice; name each task once")
         bad = [t for t in self.utility if t not in UTILITY_TASKS]
         if bad:
             raise LasaError(
