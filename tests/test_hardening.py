@@ -740,6 +740,60 @@ def test_an_interrupted_extraction_of_added_prompts_keeps_the_cached_rows_and_re
     assert asked[-1] == asked[0] - (len(partial) - len(before))  # only the added prompts not yet done
 
 
+def test_an_interrupted_extraction_of_a_layer_new_to_the_cache_resumes(tiny_qwen, tmp_path, monkeypatch):
+    """A layer new to an existing cache (another --layer, the sweep's layers) used to restart from
+    the first prompt after an interruption; it is now checkpointed in a side file and resumed, and
+    the states equal those of an uninterrupted run."""
+    from safetensors import safe_open
+
+    import lasa.hidden
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--cap", "6", "--eval-n-harmful", "2",
+        "--eval-n-benign", "2", "--epochs", "1", "--spread-seeds", "1", "--calibration", "none",
+        "--batch-size", "4",
+    ]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run in (whole, cut):
+        assert main([*argv, "--layer", "2", "--run-dir", str(run)]) == 0
+    assert main([*argv, "--layer", "1", "--run-dir", str(whole)]) == 0
+
+    original = lasa.hidden.extract_states
+    asked: list[int] = []
+
+    def interrupted(lm, texts, **kw):
+        asked.append(len(texts))
+        assert kw["layers"] == [1] and kw["checkpoint"] is not None
+
+        def checkpoint(done, states):
+            kw["checkpoint"](done, states)
+            raise KeyboardInterrupt
+
+        return original(lm, texts, **(kw | {"checkpoint": checkpoint, "checkpoint_seconds": 0.0}))
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", interrupted)
+    assert main([*argv, "--layer", "1", "--run-dir", str(cut)]) == 130
+    side = cut / "ssi" / "states.partial.safetensors"
+    with safe_open(str(side), framework="pt") as f:
+        done = len(json.loads(f.metadata()["text_keys"]))
+    assert 0 < done < asked[0]
+    monkeypatch.setattr(
+        lasa.hidden,
+        "extract_states",
+        lambda lm, texts, **kw: asked.append(len(texts)) or original(lm, texts, **kw),
+    )
+    assert main([*argv, "--layer", "1", "--run-dir", str(cut)]) == 0
+    assert asked[-1] == asked[0] - done and not side.exists()  # only the rest; the side file is gone
+
+    def states(run: Path) -> tuple[list[str], dict]:
+        with safe_open(str(run / "ssi" / "states.safetensors"), framework="pt") as f:
+            return json.loads(f.metadata()["text_keys"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    (keys_w, w), (keys_c, c) = states(whole), states(cut)
+    assert keys_w == keys_c and set(w) == set(c) == {"layer_1", "layer_2"}
+    assert all(torch.allclose(w[k], c[k], atol=1e-5) for k in w)
+
+
 def test_run_dirs_that_cannot_be_one_are_one_line(capsys, no_model_load, tiny_qwen, tmp_path):
     """An empty --run-dir silently meant the current directory (where a forced rerun deletes
     ./locate, ./eval); a file, or a place a directory cannot be made, gave OSError tracebacks."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -279,8 +280,9 @@ def _cached_states(
         """A checkpoint, so an interrupted stage resumes from the rows done instead of from the first
         prompt: for a first extraction (nothing cached) the rows done so far become the cache; for
         new prompts at the cached layers (a larger recipe) they are appended to the cached rows.
-        A layer new to the cache (the sweep's) is not checkpointed: every row of a cache file holds
-        the same layers, so a half-extracted layer has nowhere to go."""
+        A layer new to the cache (the sweep's) is checkpointed in a side file instead
+        (:func:`partial_progress`): every row of the cache file holds the same layers, so a
+        half-extracted layer cannot go there."""
         if not have:
 
             def first(done: list[int], states: torch.Tensor) -> None:
@@ -298,7 +300,47 @@ def _cached_states(
 
         return more
 
-    def extract(rows: list[int], which: list[int]) -> torch.Tensor:
+    partial_path = out_dir / "states.partial.safetensors"
+
+    def load_partial(which: list[int]) -> tuple[list[str], dict[int, torch.Tensor]]:
+        """Rows of an interrupted extraction of the layers ``which`` (new to the cache), if any."""
+        if not partial_path.is_file() or cfg.force:
+            return [], {}
+        try:
+            with safe_open(str(partial_path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("settings_key") == key and json.loads(meta.get("layers", "null")) == which:
+                    tensors = {int(k.split("_")[1]): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                    return json.loads(meta["text_keys"]), tensors
+        except Exception:
+            logger.warning("ignoring unreadable partial cache %s", partial_path)
+        return [], {}
+
+    def partial_progress(rows: list[int], which: list[int], prior: list[str], prior_states: dict):
+        """Checkpoint of layers new to the cache: the rows done so far (after those of an earlier
+        interrupted attempt) in ``states.partial.safetensors``, removed once the layers are cached."""
+
+        def cb(done: list[int], states: torch.Tensor) -> None:
+            tensors = {
+                f"layer_{layer}": (
+                    torch.cat([prior_states[layer], states[:, j]]) if prior else states[:, j]
+                ).contiguous()
+                for j, layer in enumerate(which)
+            }
+            with atomic_path(partial_path, suffix=".safetensors") as tmp:
+                save_file(
+                    tensors,
+                    str(tmp),
+                    metadata={
+                        "settings_key": key,
+                        "layers": json.dumps(which),
+                        "text_keys": json.dumps(prior + [keys[rows[i]] for i in done]),
+                    },
+                )
+
+        return cb
+
+    def extract(rows: list[int], which: list[int], checkpoint: Any = "auto") -> torch.Tensor:
         with base_model(lm):
             return extract_states(
                 lm,
@@ -309,7 +351,7 @@ def _cached_states(
                 batch_size=cfg.batch_size,
                 max_length=cfg.max_length,
                 desc=f"interpret: {len(rows)} prompts at {len(which)} layer(s)",
-                checkpoint=progress(rows, which),
+                checkpoint=progress(rows, which) if checkpoint == "auto" else checkpoint,
             )
 
     out: dict[int, torch.Tensor] = {}
@@ -320,10 +362,36 @@ def _cached_states(
             out[layer] = have[layer][src]
             if fresh is not None:
                 out[layer][torch.tensor(new_rows)] = fresh[:, j]
-    if missing_layers:
+    if missing_layers and not have:  # a first extraction: its checkpoints are the cache itself
         states = extract(list(range(len(texts))), missing_layers)
         for j, layer in enumerate(missing_layers):
             out[layer] = states[:, j].contiguous()
+    elif missing_layers:  # layers new to the cache: resume from the side file of an interrupted attempt
+        prior, prior_states = load_partial(missing_layers)
+        done_row = {h: i for i, h in enumerate(prior)}
+        todo = [i for i, h in enumerate(keys) if h not in done_row]
+        if prior:
+            logger.info(
+                "interpret: resuming layer(s) %s: %d of %d prompts already extracted",
+                missing_layers,
+                len(texts) - len(todo),
+                len(texts),
+            )
+        fresh = (
+            extract(
+                todo, missing_layers, checkpoint=partial_progress(todo, missing_layers, prior, prior_states)
+            )
+            if todo
+            else None
+        )
+        fresh_row = {i: r for r, i in enumerate(todo)}
+        for j, layer in enumerate(missing_layers):
+            out[layer] = torch.stack(
+                [
+                    fresh[fresh_row[i], j] if i in fresh_row else prior_states[layer][done_row[h]]  # type: ignore[index]
+                    for i, h in enumerate(keys)
+                ]
+            ).contiguous()
     if new_rows or missing_layers:
         # keep the cached layers this call did not ask for when the text list is unchanged
         # (the cache's rows are in its own text order: put them in this call's)
@@ -332,6 +400,7 @@ def _cached_states(
             order = torch.tensor([row_of[h] for h in keys])
             keep = {k: v[order] for k, v in have.items() if k not in out}
         save(list(range(len(keys))), out | keep)
+    partial_path.unlink(missing_ok=True)
     return out
 
 
