@@ -634,11 +634,17 @@ def _timings_section(doc: Doc, rd: Path, pipeline: list[dict] | None) -> None:
     with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
         stages = (yaml.safe_load(RunDir(rd).config.read_text(encoding="utf-8")) or {}).get("stages") or {}
         parts = {k: v.get("timings") or {} for k, v in stages.items() if isinstance(v, dict)}
+        for k, v in stages.items():  # align records its training instead
+            training = v.get("training") if isinstance(v, dict) else None
+            if isinstance(training, dict) and isinstance(training.get("seconds"), int | float):
+                parts[k] = {"train_seconds": training["seconds"]} | (
+                    {"s/step": training["seconds_per_step"]} if "seconds_per_step" in training else {}
+                )
 
     def breakdown(stage: str) -> str:
         t = parts.get(stage) or {}
         return ", ".join(
-            f"{k.removesuffix('_seconds')} {v:g} s"
+            f"{v:g} s/step" if k == "s/step" else f"{k.removesuffix('_seconds')} {v:g} s"
             for k, v in t.items()
             if k != "total_seconds" and isinstance(v, int | float)
         )
