@@ -413,7 +413,9 @@ def test_a_failed_align_leaves_no_stage_directory(tmp_path, tiny_qwen):
 
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"prompt": "p"}\n')
-    cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(bad), device=DEVICE)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), data=str(bad), device=DEVICE, bottleneck_layer=1
+    )
     with pytest.raises(LasaError, match="needs either chosen"):
         run_align(cfg)
     assert not (tmp_path / "run" / "align").exists()

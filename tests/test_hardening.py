@@ -248,8 +248,13 @@ def test_align_refuses_a_bottleneck_beyond_the_model_before_loading_it(
 @pytest.mark.parametrize(
     ("targets", "message"),
     [
-        (["nonexistent_proj"], "matches no module of"),
+        (["nonexistent_proj"], "nonexistent_proj matches no module in blocks 2..4"),
         (["mlp"], "which LoRA cannot wrap"),
+        # PEFT adapts an exact full name whatever the placement: below the bottleneck it broke training
+        (["model.layers.0.self_attn.q_proj"], "matches no module in blocks 2..4"),
+        (["lm_head"], "lm_head matches no module in blocks"),  # TRL refuses it after the model load
+        (["q_proj", "bogus"], "bogus matches no module"),  # PEFT would adapt q_proj alone, silently
+        (["all-linear", "q_proj"], "pass all-linear alone"),  # PEFT would adapt only q_proj
     ],
 )
 def test_align_refuses_lora_targets_that_adapt_nothing_before_loading_the_model(
@@ -275,7 +280,12 @@ def test_lora_targets_that_exist_pass_the_check(tiny_qwen, tmp_path):
     from lasa.align import check_lora_targets
     from lasa.config import AlignConfig
 
-    for targets in (["q_proj", "v_proj"], ["self_attn.o_proj"], ["all-linear"]):
+    for targets in (
+        ["q_proj", "v_proj"],
+        ["self_attn.o_proj"],
+        ["all-linear"],
+        ["model.layers.1.mlp.up_proj"],
+    ):
         cfg = AlignConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "r"), lora_target_modules=targets)
         check_lora_targets(cfg, 1)  # no error
 
@@ -851,7 +861,7 @@ def _stale_fixture(tmp_path):
         (
             "base+gate",
             # paths as recorded where the run was made (runs/quick), before it was moved here
-            {"gate": True, "ssi": "runs/quick/ssi", "conditioning_text": text},
+            {"gate": True, "ssi": "runs/quick/ssi", "run_dir": "runs/quick", "conditioning_text": text},
             {"gate_digest": gate_digest},
         ),
     ):
@@ -875,11 +885,80 @@ def test_report_flags_variants_generated_before_their_adapter_or_ssi_was_retrain
     assert stale() == []  # as evaluated, and the moved run's recorded ssi path is found inside it
     (run / "align" / "lasa" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2")
     notes = stale()
-    assert len(notes) == 1 and "`lasa` was generated with an earlier adapter" in notes[0], notes
+    assert len(notes) == 1 and "`lasa` was generated with another adapter" in notes[0], notes
     torch.manual_seed(1)
     SSI(SafetySemanticInterpreter(8, 4, 0.0), _SSI_META).save(run / "ssi")
     notes = stale()
-    assert len(notes) == 2 and "`base+gate` was gated by an earlier SSI" in notes[1], notes
+    assert len(notes) == 2 and "`base+gate` was gated by another SSI" in notes[1], notes
+
+
+def test_report_does_not_flag_artefacts_of_another_run_or_gone_ones(tmp_path, monkeypatch):
+    """An --ssi / --adapter of another run, typed as a relative path, was looked up inside this run
+    and flagged as 'retrained'; a path outside the recorded run is taken as typed, and one that no
+    longer exists is not compared."""
+    import shutil
+
+    from lasa.report import stale_variants
+    from lasa.runs import read_json, write_json
+
+    run = _stale_fixture(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    torch.manual_seed(3)
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    SSI(SafetySemanticInterpreter(8, 4, 0.0), _SSI_META).save(other / "ssi")  # the other run's own SSI
+    (other / "align" / "lasa" / "adapter" / "adapter_model.safetensors").write_bytes(b"other weights")
+    # this run's variants were made with the other run's artefacts, typed relative to tmp_path
+    from lasa.evaluate import _adapter_digest
+    from lasa.runs import fingerprint, write_jsonl
+
+    gate = fingerprint({"ssi": SSI.load(other / "ssi").digest, "conditioning_text": "t"})
+    for variant, cfg, gen in (
+        ("alt+gate", {"gate": True, "ssi": "other/ssi", "run_dir": "moved-run", "conditioning_text": "t"},
+         {"gate_digest": gate}),
+        ("ext", {"adapter": "other/align/lasa/adapter", "run_dir": "moved-run"},
+         {"adapter_digest": _adapter_digest(other / "align" / "lasa" / "adapter")}),
+    ):  # fmt: skip
+        write_json(run / "eval" / variant / "results.json", {"config": cfg})
+        write_jsonl(run / "eval" / variant / "completions.jsonl", [{"uid": "a", "generation": gen}])
+    monkeypatch.chdir(tmp_path)
+
+    def stale():
+        return stale_variants(
+            run, {v: read_json(run / "eval" / v / "results.json") for v in ("alt+gate", "ext")}
+        )
+
+    assert stale() == []
+    shutil.rmtree(other)  # gone: nothing to compare with, and no false claim about this run's own
+    assert stale() == []
+
+
+def test_report_warns_when_variants_come_from_different_models(tmp_path):
+    from lasa.report import mixed_models
+    from lasa.runs import write_json, write_jsonl
+
+    run = tmp_path / "run"
+    for variant, weights, model in (
+        ("base", "w05", "default"),
+        ("kto", "w05", "default"),
+        ("base15", "w15", "qwen2.5-coder-1.5b"),
+    ):
+        write_json(run / "eval" / variant / "results.json", {"config": {"model": model}})
+        write_jsonl(
+            run / "eval" / variant / "completions.jsonl",
+            [{"uid": "a", "generation": {"model_weights": weights}}],
+        )
+    results = {v: {"config": {"model": m}} for v, m in (("base", "default"), ("kto", "default"))}
+    assert mixed_models(run, results) is None
+    results["base15"] = {"config": {"model": "qwen2.5-coder-1.5b"}}
+    note = mixed_models(run, results)
+    assert (
+        note
+        and "different base models" in note
+        and "qwen2.5-coder-1.5b: base15" in note
+        and "default: base, kto" in note
+    )
 
 
 def test_report_flags_an_ssi_trained_at_a_bottleneck_locate_has_since_moved(tmp_path):
@@ -897,3 +976,14 @@ def test_report_flags_an_ssi_trained_at_a_bottleneck_locate_has_since_moved(tmp_
     # a layer chosen with --layer is the user's choice, not a stale bottleneck
     (run / "ssi" / "ssi.json").write_text(json.dumps({"layer": 15, "layer_source": "--layer"}))
     assert ssi_layer_moved(run, run / "ssi") is None
+
+
+def test_align_without_a_bottleneck_fails_before_the_model_and_leaves_nothing(
+    capsys, no_model_load, tiny_qwen, tmp_path
+):
+    """LoRA above the bottleneck with no `lasa locate` output failed after loading the model and
+    left align/<method>/rows.jsonl behind."""
+    run = tmp_path / "r"
+    rc, _, err = run_cli(capsys, "align", "--model", tiny_qwen, "--run-dir", run, "--method", "kto")
+    assert rc == 2 and "needs" in err and "bottleneck.json" in err and "--lora-layers all" in err, err
+    assert one_line(err) and not run.exists()

@@ -185,7 +185,7 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     weights.write_bytes(weights.read_bytes() + b" ")
     assert main(["report", "--run-dir", str(moved)]) == 0
     report = (moved / "report.md").read_text()
-    assert "`lasa+gate` was generated with an earlier adapter" in report
+    assert "`lasa+gate` was generated with another adapter" in report
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):

@@ -150,15 +150,27 @@ def lora_config(cfg: AlignConfig, num_layers: int, bottleneck: int | None, layer
 
 
 def check_lora_targets(cfg: AlignConfig, bottleneck: int | None) -> None:
-    """Refuse ``--lora-target-modules`` that would adapt nothing (or a module LoRA cannot wrap)
-    before any weight is read: PEFT only finds out after the model is loaded, with a message
-    about its own internals. The model's skeleton is built on the ``meta`` device from its config
-    (no memory, no weights) and matched with PEFT's own rule, ``layers_to_transform`` included.
-    A model whose skeleton cannot be built from its config is left to PEFT."""
-    if not cfg.lora or cfg.lora_target_modules == ["all-linear"]:
+    """Refuse ``--lora-target-modules`` that would not adapt what they say, before any weight is
+    read: PEFT and TRL only find out after the model is loaded (and after the previous adapter of
+    the method was removed), with messages about their own internals. The model's skeleton is
+    built on the ``meta`` device from its config (no memory, no weights) and each name is matched
+    the way PEFT matches a list (the full module name, or a ``.``-suffix of it) against the
+    decoder blocks the run adapts: a name that matches nothing there (a typo, ``lm_head``, a full
+    name of a block below the bottleneck, which PEFT would adapt regardless of the placement), a
+    container LoRA cannot wrap (``mlp``), or ``all-linear`` beside other names (PEFT then silently
+    adapts only the others) is one line. A model whose skeleton cannot be built is left to PEFT."""
+    if not cfg.lora:
+        return
+    targets = list(cfg.lora_target_modules)
+    if "all-linear" in targets and len(targets) > 1:
+        raise LasaError(
+            f"--lora-target-modules {' '.join(targets)}: all-linear already names every linear layer of the "
+            "adapted blocks (PEFT would adapt only the other names); pass all-linear alone, or the names alone"
+        )
+    if targets == ["all-linear"]:
         return
     import torch
-    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers.pytorch_utils import Conv1D
 
     from lasa.models import find_decoder_layers, load_config, resolve_model_path, text_config
 
@@ -168,30 +180,44 @@ def check_lora_targets(cfg: AlignConfig, bottleneck: int | None) -> None:
 
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-        _, layers = find_decoder_layers(skeleton)
+        layers_path, layers = find_decoder_layers(skeleton)
     except Exception:  # an architecture without a causal-LM class here: PEFT will say
         return
     n_layers = int(text_config(config).num_hidden_layers)
-    peft_cfg = lora_config(cfg, n_layers, bottleneck if cfg.lora_layers == "above_bottleneck" else None)
-    from transformers.pytorch_utils import Conv1D
-
+    above = cfg.lora_layers == "above_bottleneck" and bottleneck is not None
+    adapted = set(range(bottleneck, n_layers)) if above else set(range(len(layers)))  # type: ignore[arg-type]
+    where = f"blocks {bottleneck + 1}..{n_layers}" if above else "the decoder blocks"  # type: ignore[operator]
     wrappable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
-
-    def targeted(name: str) -> bool:
-        hit = check_target_module_exists(peft_cfg, name)
-        return bool(hit) and not type(hit).__name__.startswith("_Excluded")  # an excluded module is truthy
-
-    matched = [(name, mod) for name, mod in skeleton.named_modules() if name and targeted(name)]
-    where = f" in blocks {bottleneck + 1}..{n_layers}" if cfg.lora_layers == "above_bottleneck" else ""
     names = sorted(
         {name.rsplit(".", 1)[-1] for name, mod in layers[0].named_modules() if isinstance(mod, wrappable)}
     )
-    if not matched:
+
+    def block_of(name: str) -> int | None:
+        if not name.startswith(layers_path + "."):
+            return None
+        index = name[len(layers_path) + 1 :].split(".", 1)[0]
+        return int(index) if index.isdigit() else None
+
+    inside: dict[str, list[tuple[str, Any]]] = {t: [] for t in targets}
+    for name, mod in skeleton.named_modules():
+        for t in targets:
+            if name and (name == t or name.endswith("." + t)) and block_of(name) in adapted:
+                inside[t].append((name, mod))
+    missing = [t for t, hits in inside.items() if not hits]
+    if missing:
         raise LasaError(
-            f"--lora-target-modules {' '.join(cfg.lora_target_modules)} matches no module of {cfg.model}{where}; "
-            f"its blocks' linear layers are: {' '.join(names)} (or use all-linear)"
+            f"--lora-target-modules {' '.join(missing)} matches no module in {where} of {cfg.model} "
+            f"(the blocks this run adapts; --lora-layers {cfg.lora_layers}); its blocks' linear layers are: "
+            f"{' '.join(names)} (or use all-linear)"
         )
-    bad = sorted({name.rsplit(".", 1)[-1] for name, mod in matched if not isinstance(mod, wrappable)})
+    bad = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for hits in inside.values()
+            for name, mod in hits
+            if not isinstance(mod, wrappable)
+        }
+    )
     if bad:
         raise LasaError(
             f"--lora-target-modules matches {' '.join(bad)}, which LoRA cannot wrap (not a linear, "
@@ -525,7 +551,14 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         validate_layer(bottleneck, n_layers, "--bottleneck-layer")
         if bottleneck == n_layers:
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
-    check_lora_targets(cfg, bottleneck)
+    if not cfg.dry_run and cfg.lora and cfg.lora_layers == "above_bottleneck" and bottleneck is None:
+        # before rows.jsonl and the model load (it used to fail in lora_config, after both)
+        raise LasaError(
+            f"--lora-layers above_bottleneck needs {run.bottleneck} (run `lasa locate --run-dir "
+            f"{cfg.run_dir}`), or pass --bottleneck-layer N or --lora-layers all"
+        )
+    if not cfg.dry_run:  # a dry run trains nothing: no adapter placement to check
+        check_lora_targets(cfg, bottleneck)
     if cfg.data:
         rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
     else:
