@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lasa.judges.base import JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.base import EMPTY_RULE, JudgeItem, Judgement, empty_judgement, strip_control_tokens
 from lasa.judges.lexicon import REFUSAL_RULE, refusal_flag
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class EmbeddingJudge:
         """Cached verdicts from another refusal rule or other training labels are redone."""
         from lasa.judges.corpus import labels_key
 
-        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}"
+        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}-{EMPTY_RULE}"
 
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))
@@ -351,6 +351,9 @@ class EmbeddingJudge:
             probs = self.three_way.predict_proba(x)
             out = []
             for i in range(len(items)):
+                if (empty := empty_judgement(items[i].response)) is not None:  # no features to read
+                    out.append(empty)
+                    continue
                 label = max(probs, key=lambda k: probs[k][i])
                 detail = " ".join(f"p_{k}={v[i]:.2f}" for k, v in probs.items())
                 if reasons[i]:

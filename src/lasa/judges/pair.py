@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lasa.errors import LasaError
-from lasa.judges.base import LABELS, JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.base import EMPTY_RULE, LABELS, JudgeItem, Judgement, empty_judgement, strip_control_tokens
 from lasa.judges.corpus import corpus_rows, labels_key, split_group
 from lasa.judges.embedding import Encoder, RefusalClassifier
 from lasa.judges.features import content, content_segments, pair_text, scalar_matrix
@@ -325,7 +325,7 @@ class PairJudge:
     @property
     def version(self) -> str:
         """Which weights judged: cached verdicts of other weights are not reused."""
-        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}"
+        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}-{EMPTY_RULE}"
 
     @property
     def validation(self) -> dict[str, Any]:
@@ -348,7 +348,8 @@ class PairJudge:
             k = int(probs[i].argmax())
             detail = " ".join(f"p_{lab}={probs[i, j]:.2f}" for j, lab in enumerate(LABELS))
             refused = refusal_flag(float(p_ref[i]), items[i].response, items[i].lang, items[i].prompt)
-            out.append(Judgement(LABELS[k], float(probs[i, 1]), refusal=refused, reason=detail))
+            verdict = Judgement(LABELS[k], float(probs[i, 1]), refusal=refused, reason=detail)
+            out.append(empty_judgement(items[i].response) or verdict)
         return out
 
 
