@@ -764,3 +764,43 @@ def test_an_evaluation_interrupted_while_judging_leaves_no_stale_results(tiny_qw
     assert not results.exists()
     monkeypatch.undo()
     assert lasa.run_evaluate(cfg).path.joinpath("results.json").is_file()
+
+
+def test_a_rerun_on_fewer_prompts_keeps_the_other_completions(tiny_qwen, tmp_path, monkeypatch):
+    """A quick `--n 1` check on a finished variant rewrote completions.jsonl with its one row per
+    language and dropped the rest (hours of generation on the full preset). The rows it does not
+    ask for are now kept aside and reused when a run asks for them again."""
+    import lasa
+    import lasa.evaluate
+    from lasa.config import EvaluateConfig
+
+    def cfg(n: str) -> EvaluateConfig:
+        return EvaluateConfig(
+            model=str(tiny_qwen), run_dir=str(tmp_path / "run"), device=DEVICE, langs=["en", "zh"], n=n,
+            max_new_tokens=3, xstest=False, judges=["lexicon"], default_judge="lexicon", utility=[],
+        )  # fmt: skip
+
+    out = tmp_path / "run" / "eval" / "base"
+    lasa.run_evaluate(cfg("3"))
+    full = {
+        json.loads(x)["uid"]: json.loads(x)["response"]
+        for x in (out / "completions.jsonl").read_text().splitlines()
+    }
+    assert len(full) == 6
+    lasa.run_evaluate(cfg("1"))
+    now = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    kept = [json.loads(x) for x in (out / "kept_completions.jsonl").read_text().splitlines()]
+    assert len(now) == 2 and len(kept) == 4 and {r["uid"] for r in now + kept} == set(full)
+    generated: list[int] = []
+    original = lasa.evaluate.generate
+    monkeypatch.setattr(
+        lasa.evaluate,
+        "generate",
+        lambda lm, prompts, *a, **k: generated.append(len(prompts)) or original(lm, prompts, *a, **k),
+    )
+    lasa.run_evaluate(cfg("3"))
+    back = {
+        json.loads(x)["uid"]: json.loads(x)["response"]
+        for x in (out / "completions.jsonl").read_text().splitlines()
+    }
+    assert back == full and generated == [] and not (out / "kept_completions.jsonl").exists()

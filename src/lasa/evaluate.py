@@ -350,7 +350,7 @@ def generate_samples(
     """For each (samples, completions file): generate what the file does not hold yet, then return
     every sample with its response. All tasks share one vLLM engine when ``backend == 'vllm'``.
     With a gate and the directory of the ungated ``twin`` variant, unflagged rows are copied."""
-    writers = [SampleWriter(path) for _, path in tasks]
+    writers = [SampleWriter(path, keep_unrequested=True) for _, path in tasks]
     gen_info = generation_info(settings, gate, backend, adapter, lm)
     if settings.do_sample:  # an uninterrupted sampled run is reproducible from --seed (a resumed
         torch.manual_seed(settings.seed)  # one draws its remaining rows from a fresh start)

@@ -453,10 +453,14 @@ class SampleWriter:
     the others are done) merges everything into the final file and removes the partial files.
     """
 
-    def __init__(self, path: Path, key: str = "uid"):
+    def __init__(self, path: Path, key: str = "uid", keep_unrequested: bool = False):
         from lasa import distributed
 
         self.path = Path(path)
+        #: rows a ``finish(order)`` leaves out (a rerun asked for fewer prompts) go to ``kept_<name>``
+        #: instead of being dropped, and ``load`` reads them back: a quick `--n 1` check on a
+        #: finished variant must not delete hours of generation. None: dropped (verdict caches).
+        self.kept = self.path.with_name(f"kept_{self.path.name}") if keep_unrequested else None
         suffix = (
             ".partial.jsonl" if distributed.world_size() == 1 else f".rank{distributed.rank()}.partial.jsonl"
         )
@@ -471,7 +475,8 @@ class SampleWriter:
 
     def load(self) -> dict[str, dict]:
         done: dict[str, dict] = {}
-        sources = ([self.path] if self.path.is_file() else []) + self._partials()
+        kept = [self.kept] if self.kept is not None and self.kept.is_file() else []
+        sources = kept + ([self.path] if self.path.is_file() else []) + self._partials()
         for src in sources:
             with open(src, encoding="utf-8") as f:
                 for line in f:
@@ -507,6 +512,19 @@ class SampleWriter:
                 "was another lasa process writing the same variant? Rerun to generate them"
             )
         ordered = [rows[k] for k in order] if order else list(rows.values())
+        if self.kept is not None and order:
+            wanted = set(order)
+            extra = [row for k, row in rows.items() if k not in wanted]
+            if extra:
+                write_jsonl(self.kept, extra)
+                logger.info(
+                    "%s: %d completions this run did not ask for are kept in %s (a run that asks for them reuses them)",
+                    self.path,
+                    len(extra),
+                    self.kept.name,
+                )
+            elif self.kept.is_file():
+                self.kept.unlink()
         write_jsonl(self.path, ordered)
         for p in self._partials():
             p.unlink()
