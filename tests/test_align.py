@@ -611,7 +611,8 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_before_the_batches_are_b
     with caplog.at_level("WARNING"):
         summary = run_align(cfg).summary
     written = [
-        json.loads(x) for x in (tmp_path / "run" / "align" / "kto" / "rows.jsonl").read_text().splitlines()
+        json.loads(x)
+        for x in (tmp_path / "run" / "align" / "kto" / "dry_run" / "rows.jsonl").read_text().splitlines()
     ]
     assert len(written) == 10 and not any(r["prompt"].startswith("tell me") for r in written)
     assert summary["rows"]["dropped_overlong_prompts"] == 2
@@ -668,3 +669,29 @@ def test_save_adapter_writes_a_byte_stable_config_that_loads(tmp_path, tiny_qwen
     assert (tmp_path / "adapter" / "adapter_config.json").read_bytes() == first
     loaded = load_adapter(load_model(str(tiny_qwen), device="cpu"), tmp_path / "adapter")
     assert set(loaded.model.peft_config["default"].target_modules) == set(names)
+
+
+def test_a_dry_run_leaves_a_trained_method_as_it_is(tmp_path, tiny_qwen):
+    """`--dry-run` on a trained method replaced its summary and rows (the report lost the method)
+    while its adapter stayed; it now writes to align/<method>/dry_run/ only."""
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    out = tmp_path / "run" / "align" / "kto"
+    (out / "adapter").mkdir(parents=True)
+    files = {
+        out / "adapter" / "adapter_config.json": '{"peft_type": "LORA"}',
+        out / "summary.json": '{"method": "kto", "training": {"steps": 13}}',
+        out / "rows.jsonl": '{"prompt": "trained on this"}\n',
+    }
+    for path, text in files.items():
+        path.write_text(text)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
+        dry_run=True, device=DEVICE,
+    )  # fmt: skip
+    summary = run_align(cfg).summary
+    assert all(path.read_text() == text for path, text in files.items())
+    dry = [json.loads(x) for x in (out / "dry_run" / "rows.jsonl").read_text().splitlines()]
+    assert len(dry) == summary["rows"]["n_rows"] == 8
+    assert json.loads((out / "dry_run" / "summary.json").read_text())["dry_run"] is True

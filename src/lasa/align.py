@@ -585,12 +585,18 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
     if distributed.world_size() > 1:
         rows = fill_last_batch(rows, cfg.batch_size)
-    if distributed.is_main():
+    # a dry run writes beside the method's folder, never over it: it used to replace a trained
+    # method's summary and rows while its adapter stayed (the report then lost the method, and
+    # `lasa evaluate --adapter kto` still evaluated the old adapter)
+    dry = out / "dry_run"
+    if distributed.is_main() and cfg.dry_run:
+        dry.mkdir(parents=True, exist_ok=True)
+        write_jsonl(dry / "rows.jsonl", rows)
+    elif distributed.is_main():
         # the marker goes first: from here on the folder is this run's, and an interrupted run must
         # read as unfinished, not as the previous run's adapter next to these rows
         run.align_summary(cfg.method).unlink(missing_ok=True)
-        if not cfg.dry_run:
-            shutil.rmtree(out / "adapter", ignore_errors=True)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
         write_jsonl(out / "rows.jsonl", rows)
     stats = {
         "n_rows": len(rows),
@@ -605,8 +611,9 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     }
     if cfg.dry_run and distributed.is_main():
         write_json(
-            out / "summary.json", {"method": cfg.method, "recipe": recipe, "rows": stats, "dry_run": True}
+            dry / "summary.json", {"method": cfg.method, "recipe": recipe, "rows": stats, "dry_run": True}
         )
+        logger.info("align %s: dry run, %d rows in %s (nothing trained)", cfg.method, len(rows), dry)
         return AlignResult(
             run.align(cfg.method), cfg.method, {"method": cfg.method, "rows": stats, "recipe": recipe}
         )

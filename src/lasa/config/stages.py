@@ -391,7 +391,13 @@ class AlignConfig(StageConfig):
         default=False, metadata={"help": "Trade compute for memory (off on CPU when memory allows)."}
     )
     bf16: bool = field(default=True, metadata={"help": "bf16 on GPU (ignored on CPU, where fp32 is faster)."})
-    dry_run: bool = field(default=False, metadata={"help": "Write rows.jsonl and stop before training."})
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the training rows and their summary to RUN/align/<method>/dry_run/ and stop "
+            "before training (a trained adapter of the method and its summary are left as they are)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
