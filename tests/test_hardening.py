@@ -987,3 +987,30 @@ def test_align_without_a_bottleneck_fails_before_the_model_and_leaves_nothing(
     rc, _, err = run_cli(capsys, "align", "--model", tiny_qwen, "--run-dir", run, "--method", "kto")
     assert rc == 2 and "needs" in err and "bottleneck.json" in err and "--lora-layers all" in err, err
     assert one_line(err) and not run.exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_half_made_folder(
+    capsys, tiny_qwen, tmp_path, monkeypatch
+):
+    """`timeout`, `kill` or a scheduler's preemption (SIGTERM) ended lasa on the spot: no clean-up
+    ran and an empty RUN/eval/<variant>/ stayed. It now unwinds like Ctrl-C, exit status 143."""
+    import os
+    import signal
+    import time
+
+    import lasa.evaluate
+
+    def killed(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(lasa.evaluate, "generate", killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    rc, _, err = run_cli(
+        capsys, "evaluate", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--variant", "v", "--n", "1",
+        "--langs", "en", "--no-xstest", "--utility", "none", "--max-new-tokens", "2",
+    )  # fmt: skip
+    assert rc == 143 and "terminated" in err, err
+    assert not (tmp_path / "r" / "eval" / "v").exists()
+    assert signal.getsignal(signal.SIGTERM) == previous  # put back after the command

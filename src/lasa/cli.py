@@ -445,6 +445,37 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _Sigterm:
+    """SIGTERM (``timeout``, ``kill``, a scheduler's preemption) handled like Ctrl-C: Python's default
+    ends the process on the spot, so no ``finally`` runs and a stage's half-made folder stays
+    (an empty ``RUN/eval/<variant>/``); raising KeyboardInterrupt instead runs the same clean-up
+    as an interrupt. Only in the main thread (``signal`` refuses elsewhere, e.g. under a test
+    runner's worker thread); ``restore`` puts the previous handler back."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.fired = False
+        self.previous: object = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.fired = True
+        raise KeyboardInterrupt
+
+    def __bool__(self) -> bool:
+        return self.fired
+
+    def restore(self) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
+            self.previous = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -463,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv[:1])  # prints help / version / the usage error and exits
         return 2
     _setup_logging()
+    terminated = _Sigterm()
     try:
         return COMMANDS[argv[0]].run(argv[1:])
     except LasaError as err:
@@ -474,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv[0] == "align"
             else "finished artefacts are kept, rerun to resume"
         )
-        print(f"lasa {argv[0]}: interrupted; {what}", file=sys.stderr)
-        return 130
+        print(f"lasa {argv[0]}: {'terminated' if terminated else 'interrupted'}; {what}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        terminated.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover
