@@ -202,6 +202,13 @@ def test_run_refuses_a_damaged_pipeline_state_and_a_bad_force_without_a_folder(
         (run / "pipeline.json").write_text(content)
         rc, _, err = run_cli(capsys, "run", "--model", tiny_qwen, "--run-dir", run)
         assert rc == 2 and "pipeline.json is damaged; delete it" in err and one_line(err), err
+    # valid JSON of the wrong shape was an AttributeError, or a ValueError in the report's timings
+    for content in ('{"locate": 5}', '{"locate": {"key": "k", "seconds": "x"}}', '{"_last_run": []}'):
+        (run / "pipeline.json").write_text(content)
+        rc, _, err = run_cli(capsys, "run", "--model", tiny_qwen, "--run-dir", run)
+        assert (
+            rc == 2 and "pipeline.json is damaged (an entry of the wrong shape)" in err and one_line(err)
+        ), err
 
 
 @pytest.mark.parametrize(

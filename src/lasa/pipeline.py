@@ -182,6 +182,21 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
         return _run_stages(run, stages, rd, t0)
 
 
+def _state_is_sound(state: dict) -> bool:
+    """Every stage entry of ``pipeline.json`` a mapping whose fields have the types written here."""
+    kinds = {"key": str, "seconds": (int, float), "finished_at": str, "inputs": dict, "output": str}
+    for name, entry in state.items():
+        if name == "_last_run":
+            if not isinstance(entry, dict) or not isinstance(entry.get("stages", []), list):
+                return False
+            continue
+        if not isinstance(entry, dict):
+            return False
+        if any(k in entry and not isinstance(entry[k], t) for k, t in kinds.items()):
+            return False
+    return True
+
+
 def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dict:
     from lasa.report import build_report
 
@@ -195,6 +210,8 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             raise LasaError(
                 f"{state_path} is damaged; delete it (every stage then runs again) and rerun"
             ) from None
+        if not _state_is_sound(state):  # valid JSON of the wrong shape (a hand edit, another tool)
+            raise LasaError(f"{state_path} is damaged (an entry of the wrong shape); delete it and rerun")
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     summary = []

@@ -657,6 +657,10 @@ def _timings_section(doc: Doc, rd: Path, pipeline: list[dict] | None) -> None:
                 (read_json(state_path).get("_last_run") or {}).get("stages") if state_path.is_file() else None
             )
         except (LasaError, AttributeError):
+            logger.warning("report: %s is unreadable; no Timings section", state_path)
+            pipeline = None
+        if pipeline is not None and not isinstance(pipeline, list):
+            logger.warning("report: %s has no readable stage times; no Timings section", state_path)
             pipeline = None
         source = "pipeline.json (_last_run)"
     if not pipeline:
@@ -685,12 +689,13 @@ def _timings_section(doc: Doc, rd: Path, pipeline: list[dict] | None) -> None:
         ["stage", "status", "seconds", "of which"],
         [
             [
-                s["stage"],
-                s["status"],
-                "–" if s.get("seconds") is None else f"{s['seconds']:.1f}",
-                breakdown(s["stage"]),
+                str(s.get("stage", "?")),
+                str(s.get("status", "?")),
+                f"{s['seconds']:.1f}" if isinstance(s.get("seconds"), int | float) else "–",
+                breakdown(str(s.get("stage", ""))),
             ]
             for s in pipeline
+            if isinstance(s, dict)
         ],
         source + " and config.yaml",
     )
