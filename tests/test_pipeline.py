@@ -187,6 +187,11 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     report = (moved / "report.md").read_text()
     assert "`lasa+gate` was generated with another adapter" in report
 
+    # a variant whose results.json is gone (interrupted before judging) is named, not dropped silently
+    (moved / "eval" / "kto" / "results.json").unlink()
+    assert main(["report", "--run-dir", str(moved)]) == 0
+    assert "`kto`: completions but no results.json" in (moved / "report.md").read_text()
+
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):
     rd = tmp_path / "run"

@@ -538,10 +538,36 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
     return notes
 
 
+def unfinished_variants(rd: Path) -> list[str]:
+    """Variant folders with completions but no ``results.json`` (an evaluation interrupted before
+    it judged, or completions changed by a `lasa generate` since): left out of the tables, so the
+    report says so instead of dropping them without a word."""
+    done = set(RunDir(rd).evaluated_variants())
+    eval_dir = rd / "eval"
+    if not eval_dir.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in eval_dir.iterdir()
+        if d.is_dir() and d.name not in done and any(d.glob("completions*.jsonl"))
+    )
+
+
 def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     found = RunDir(rd).evaluated_variants()
     order = [v for v in (variants or []) if v in found] + [v for v in found if v not in (variants or [])]
+    pending = unfinished_variants(rd)
+    if pending:
+        note = (
+            f"{', '.join(f'`{v}`' for v in pending)}: completions but no results.json (interrupted before "
+            "judging, or changed by `lasa generate` since), so not in the tables; rerun `lasa evaluate "
+            f"--variant {pending[0]}` (or `lasa run`) to count {'it' if len(pending) == 1 else 'them'}"
+        )
+        logger.warning("report: %s", note)
     if not order:
+        if pending:
+            doc.h(2, "4. Safety: MultiJail attack success rate")
+            doc.p(f"**Warning: {note}.**")
         return
     results = {v: read_json(RunDir(rd).results(v)) for v in order}
     judge_of = {v: r["default_judge"] for v, r in results.items()}
@@ -557,6 +583,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     if val:
         doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
 
+    if pending:
+        doc.p(f"**Warning: {note}.**")
     for note in [mixed_models(rd, results), *stale_variants(rd, results)]:
         if not note:
             continue
