@@ -695,3 +695,28 @@ def test_a_dry_run_leaves_a_trained_method_as_it_is(tmp_path, tiny_qwen):
     dry = [json.loads(x) for x in (out / "dry_run" / "rows.jsonl").read_text().splitlines()]
     assert len(dry) == summary["rows"]["n_rows"] == 8
     assert json.loads((out / "dry_run" / "summary.json").read_text())["dry_run"] is True
+
+
+def test_user_rows_in_trl_unpaired_format_keep_a_prompts_completions_out_of_one_kl_batch(tmp_path):
+    """TRL's unpaired format puts a prompt on two lines; ids defaulted to the line number, so the two
+    rows of a prompt were two 'prompts' and could share a KL batch (while the summary said 0)."""
+    from lasa.data.rows import kl_pairs, load_user_rows, order_for_kl
+
+    data = tmp_path / "unpaired.jsonl"
+    lines = []
+    for i in range(4):
+        prompt = f"how do I do harmful thing number {i}?"
+        lines += [
+            {"prompt": prompt, "completion": "I can't help with that.", "label": True, "source": "safety"},
+            {"prompt": prompt, "completion": "Sure, here is how.", "label": False, "source": "safety"},
+        ]
+    data.write_text("\ufeff" + "\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")  # with a BOM
+    rows = load_user_rows(data)
+    assert len({r["pid"] for r in rows}) == 4  # one identity per prompt, not per line
+    for seed in range(5):
+        ordered = order_for_kl(rows, 4, seed)
+        assert all(ordered[i]["pid"] != ordered[j]["pid"] for i, j in kl_pairs(ordered, 4) if i != j)
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(lines[0], indent=2))
+    with pytest.raises(LasaError, match="one JSON object spread over several lines"):
+        load_user_rows(pretty)

@@ -11,6 +11,8 @@ KL completions within a batch). Training on these rows is ``lasa.align``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -240,7 +242,7 @@ def load_user_rows(path: str | Path) -> list[dict]:
     if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".txt"):
         raise LasaError(f"--data {path}: {path.suffix} is not supported; give {formats}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors, Excel) is not data
     except UnicodeDecodeError:
         raise LasaError(f"--data {path}: not UTF-8 text; give {formats}") from None
     items: list = []
@@ -256,6 +258,11 @@ def load_user_rows(path: str | Path) -> list[dict]:
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError:
+                with contextlib.suppress(json.JSONDecodeError):
+                    if isinstance(json.loads(text), dict):  # one pretty-printed object
+                        raise LasaError(
+                            f"{path}: one JSON object spread over several lines; give {formats}"
+                        ) from None
                 raise LasaError(f"{path}: line {lineno}: not valid JSON ({formats} expected)") from None
     rows = []
     for n, item in enumerate(items, start=1):
@@ -268,7 +275,11 @@ def load_user_rows(path: str | Path) -> list[dict]:
             lang = normalize_language(str(item.get("language", item.get("lang", "en"))))
         except LasaError as err:
             raise LasaError(f"{where}: {err}") from None
-        pid = str(item.get("id", f"user:{n}"))
+        # without an id, a prompt's identity is its text (TRL's unpaired format puts each prompt on
+        # two lines: numbering lines made them two prompts, and the KL pairing then put a prompt's
+        # two completions in one batch while reporting 0 self-paired rows)
+        default_pid = "user:" + hashlib.sha1(f"{lang}\n{item['prompt']}".encode()).hexdigest()[:12]
+        pid = str(item.get("id", default_pid))
         if "chosen" in item or "rejected" in item:
             for key in ("chosen", "rejected"):
                 if not isinstance(item.get(key), str) or not item[key].strip():
