@@ -29,7 +29,7 @@ def load_labels(path: str | Path) -> list[dict]:
         raise LasaError(f"labels file not found: {path}")
     rows = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not data
     except UnicodeDecodeError:
         raise LasaError(f"{path} is not UTF-8 text; save the labels as UTF-8 JSON lines") from None
     for n, line in enumerate(text.split("\n"), start=1):
