@@ -75,6 +75,11 @@ def no_model_load(monkeypatch):
         (["locate", "--tsne-layers", "-5"], "--tsne-layers must be >= 1"),
         (["generate", "--adapter", "no/such/adapter"], "--adapter no/such/adapter: no PEFT adapter"),
         (["evaluate", "--judges", "lexicon", "lexicon"], "--judges lists a judge twice"),
+        # the flag at fault, not a list of six
+        (["interpret", "--spread-seeds", "0"], "--spread-seeds must be >= 1, got 0"),
+        (["interpret", "--cap", "0"], "--cap must be >= 1, got 0"),
+        (["align", "--n-general", "-1"], "--n-general must be >= 0, got -1"),
+        (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
     ],
 )
 def test_bad_values_fail_in_one_line_before_the_model_and_leave_no_folder(

@@ -126,8 +126,9 @@ class GenerateConfig(StageConfig):
         self.n = str(self.n).strip().lower()
         if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= MULTIJAIL_N):
             raise LasaError(f"--n must be 1..{MULTIJAIL_N} or 'all', got {self.n!r}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise LasaError("--max-new-tokens and --batch-size must be >= 1")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LasaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.xstest_n is not None and not 1 <= self.xstest_n <= XSTEST_N:
             raise LasaError(f"--xstest-n must be in 1..{XSTEST_N}, got {self.xstest_n}")
         if not 0 <= self.xstest_mt_n <= XSTEST_SAFE_N:

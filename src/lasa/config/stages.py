@@ -252,20 +252,9 @@ class InterpretConfig(StageConfig):
             )
         if self.xstest_mt_n < 0:
             raise LasaError(f"--xstest-mt-n must be >= 0, got {self.xstest_mt_n}")
-        if (
-            min(
-                self.sweep_every,
-                self.sweep_seeds,
-                self.spread_seeds,
-                self.epochs,
-                self.cap,
-                self.eval_n_benign,
-            )
-            < 1
-        ):
-            raise LasaError(
-                "--sweep-every, --sweep-seeds, --spread-seeds, --epochs, --cap and --eval-n-benign must be >= 1"
-            )
+        for name in ("sweep_every", "sweep_seeds", "spread_seeds", "epochs", "cap", "eval_n_benign"):
+            if getattr(self, name) < 1:  # the flag at fault, not a list of six
+                raise LasaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.eval_n_harmful is not None and not 1 <= self.eval_n_harmful <= MULTIJAIL_N:
             raise LasaError(f"--eval-n-harmful must be in 1..{MULTIJAIL_N}, got {self.eval_n_harmful}")
         if self.layer is not None and self.layer < 1:
@@ -413,8 +402,11 @@ class AlignConfig(StageConfig):
         for name in ("rho_safety", "rho_general"):
             if not 0 <= getattr(self, name) <= 1:
                 raise LasaError(f"--{name.replace('_', '-')} must be in [0, 1]")
-        if self.n_safety < 1 or self.n_general < 0 or self.n_hard_negative < 0:
-            raise LasaError("--n-safety must be >= 1, --n-general and --n-hard-negative >= 0")
+        if self.n_safety < 1:
+            raise LasaError(f"--n-safety must be >= 1, got {self.n_safety}")
+        for name in ("n_general", "n_hard_negative"):
+            if getattr(self, name) < 0:
+                raise LasaError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if any(n < 1 for n in self.save_adapter_at):
             raise LasaError("--save-adapter-at takes optimizer steps >= 1")
         if self.max_steps == 1 and self.warmup_steps >= 1:
