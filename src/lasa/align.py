@@ -551,14 +551,6 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         validate_layer(bottleneck, n_layers, "--bottleneck-layer")
         if bottleneck == n_layers:
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
-    if not cfg.dry_run and cfg.lora and cfg.lora_layers == "above_bottleneck" and bottleneck is None:
-        # before rows.jsonl and the model load (it used to fail in lora_config, after both)
-        raise LasaError(
-            f"--lora-layers above_bottleneck needs {run.bottleneck} (run `lasa locate --run-dir "
-            f"{cfg.run_dir}`), or pass --bottleneck-layer N or --lora-layers all"
-        )
-    if not cfg.dry_run:  # a dry run trains nothing: no adapter placement to check
-        check_lora_targets(cfg, bottleneck)
     if cfg.data:
         rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
     else:
@@ -570,11 +562,20 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             n_hard_negative=cfg.n_hard_negative,
             own_answers=cfg.rows == "on_policy",
         )
-        if cfg.rows == "on_policy":
-            from lasa.models import load_model
+    # the adapter's placement, after the (cheap) row checks and before rows.jsonl, the on-policy
+    # generation and the model load: a missing bottleneck used to fail in lora_config, after all three
+    if not cfg.dry_run and cfg.lora and cfg.lora_layers == "above_bottleneck" and bottleneck is None:
+        raise LasaError(
+            f"--lora-layers above_bottleneck needs {run.bottleneck} (run `lasa locate --run-dir "
+            f"{cfg.run_dir}`), or pass --bottleneck-layer N or --lora-layers all"
+        )
+    if not cfg.dry_run:  # a dry run trains nothing: no adapter placement to check
+        check_lora_targets(cfg, bottleneck)
+    if not cfg.data and cfg.rows == "on_policy":
+        from lasa.models import load_model
 
-            lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
-            rows, recipe["on_policy"] = cached_on_policy_rows(rows, lm, cfg, run, out)
+        lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
+        rows, recipe["on_policy"] = cached_on_policy_rows(rows, lm, cfg, run, out)
     rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
     overlong = 0
     if cfg.method in ("lasa", "kto"):
