@@ -32,7 +32,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from lasa.judges.base import strip_control_tokens
+from lasa.judges.base import is_empty_text, strip_control_tokens
 
 # --- echo ------------------------------------------------------------------------------------
 #: Fraction of the response's letters that must lie inside n-grams copied from the prompt
@@ -223,8 +223,8 @@ def _gibberish(text: str) -> bool:
 
 
 def _is_empty(text: str) -> bool:
-    """Nothing but whitespace and punctuation (no letter, digit or symbol)."""
-    return not any(unicodedata.category(ch)[0] in "LMNS" for ch in text)
+    """Nothing but whitespace and punctuation (one definition: :func:`lasa.judges.base.is_empty_text`)."""
+    return is_empty_text(text)
 
 
 def detect_invalid(prompt: str, response: str, lang: str) -> str | None:
