@@ -211,6 +211,10 @@ def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, 
         ),
         (["evaluate", "--utility", "none", "mgsm"], "'none' means no utility task and cannot be combined"),
         (["evaluate", "--utility", "drift", "drift"], "--utility names drift twice"),
+        (
+            ["evaluate", "--variant", "base", "--gate"],
+            "--variant base is no adapter, no gate, but the settings ask for",
+        ),
         (["evaluate", "--judges", "pair", "guard"], "unknown judge(s) guard; choose from pair"),
         (["evaluate", "--judges", "llm", "--default-judge", "llm"], "the llm judge needs --judge-model"),
         (

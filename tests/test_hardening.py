@@ -77,6 +77,10 @@ def no_model_load(monkeypatch):
         (["evaluate", "--judges", "lexicon", "lexicon"], "--judges lists a judge twice"),
         # the flag at fault, not a list of six
         (["interpret", "--spread-seeds", "0"], "--spread-seeds must be >= 1, got 0"),
+        (
+            ["interpret", "--layer", "1", "--sweep", "--sweep-every", "100"],
+            "--sweep-every 100 leaves nothing to sweep",
+        ),
         (["interpret", "--cap", "0"], "--cap must be >= 1, got 0"),
         (["align", "--n-general", "-1"], "--n-general must be >= 0, got -1"),
         (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),

@@ -118,9 +118,17 @@ class GenerateConfig(StageConfig):
                 or method_clash
                 or (self.adapter and not known.get("adapter"))
             ):
+
+                def what(adapter: str | None, gate: bool) -> str:
+                    return (f"the {adapter} adapter" if adapter else "no adapter") + (
+                        " behind the SSI gate" if gate else ", no gate"
+                    )
+
                 raise LasaError(
-                    f"--variant {self.variant} means {known or 'no adapter and no gate'}; it conflicts with "
-                    f"--adapter {self.adapter} / --gate {self.gate} (give a custom variant another name)"
+                    f"--variant {self.variant} is {what(known.get('adapter'), bool(known.get('gate')))}, but the "
+                    f"settings ask for {what(self.adapter, self.gate)} (--adapter / --gate, or `adapter:` / "
+                    "`gate:` in a preset's evaluate section, which applies to every variant); drop them, or give "
+                    "a custom variant another name"
                 )
         self.langs = normalize_languages(nonempty_langs(self.langs))
         self.n = str(self.n).strip().lower()

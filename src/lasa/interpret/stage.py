@@ -437,6 +437,17 @@ def _ensemble(
     return res, members
 
 
+def _check_sweep(cfg: InterpretConfig, num_layers: int) -> None:
+    """A sweep needs a layer to compare with: ``--sweep-every`` at or beyond the model's depth
+    swept the bottleneck and the last layer only, and reported a 'best layer' as if it had
+    compared them all."""
+    if cfg.sweep and cfg.sweep_every >= num_layers:
+        raise LasaError(
+            f"--sweep-every {cfg.sweep_every} leaves nothing to sweep on a {num_layers}-layer model; "
+            f"use 1..{num_layers - 1} (2, the default, reads every other layer)"
+        )
+
+
 def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> InterpretResult:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
     from lasa.config.base import expect_config
@@ -459,10 +470,13 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
     if lm is None:
         from lasa.models import load_model, num_layers_of
 
-        validate_layer(layer, num_layers_of(cfg.model))  # before a model load of a minute or more
+        n = num_layers_of(cfg.model)
+        validate_layer(layer, n)  # before a model load of a minute or more
+        _check_sweep(cfg, n)
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
     num_layers = lm.num_layers
     validate_layer(layer, num_layers)
+    _check_sweep(cfg, num_layers)
     with run.stage_dir(cfg.out_name) as out:  # an interrupted first run leaves no empty folder
         return _interpret(cfg, lm, run, out, train_langs, layer, num_layers, t0)
 
