@@ -720,3 +720,58 @@ def test_user_rows_in_trl_unpaired_format_keep_a_prompts_completions_out_of_one_
     pretty.write_text(json.dumps(lines[0], indent=2))
     with pytest.raises(LasaError, match="one JSON object spread over several lines"):
         load_user_rows(pretty)
+
+
+def test_a_retrain_that_fails_puts_the_previous_training_back(tmp_path, tiny_qwen, monkeypatch):
+    """A retrain removed the method's adapter and summary before training, so a flag TRL rejected
+    after the model load (or an interruption) cost the previous training; they are now set aside
+    and put back, and a successful retrain leaves no trace of them."""
+    import lasa.align
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    out = tmp_path / "run" / "align" / "kto"
+    (out / "adapter").mkdir(parents=True)
+    files = {
+        out / "adapter" / "adapter_config.json": '{"peft_type": "LORA"}',
+        out / "summary.json": '{"method": "kto", "training": {"steps": 13}}',
+        out / "rows.jsonl": '{"prompt": "trained on this"}\n',
+        out / "train_log.jsonl": '{"loss": 0.4}\n',
+    }
+    for path, text in files.items():
+        path.write_text(text)
+
+    def failing(cfg, rows, out, **kw):
+        (out / "adapter").mkdir()
+        (out / "adapter" / "half.bin").write_bytes(b"x")
+        (out / "train_log.jsonl").write_text('{"loss": 9}\n')
+        raise ValueError("TRL says no")
+
+    monkeypatch.setattr(lasa.align, "train", failing)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
+        bottleneck_layer=1, device=DEVICE,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="TRL says no"):
+        run_align(cfg)
+    assert all(path.read_text() == text for path, text in files.items())
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json"]
+    assert not (out / ".previous").exists()
+
+
+def test_a_successful_retrain_replaces_the_previous_training_and_leaves_no_trace(tmp_path, tiny_qwen):
+    from dataclasses import replace
+
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
+        bottleneck_layer=1, max_steps=2, warmup_steps=0, batch_size=2, device=DEVICE,
+    )  # fmt: skip
+    out = tmp_path / "run" / "align" / "kto"
+    run_align(cfg)
+    first = (out / "summary.json").read_text()
+    run_align(replace(cfg, learning_rate=1e-3))
+    assert (out / "summary.json").read_text() != first and (out / "adapter" / "adapter_config.json").is_file()
+    assert not (out / ".previous").exists()

@@ -593,11 +593,13 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     if distributed.is_main() and cfg.dry_run:
         dry.mkdir(parents=True, exist_ok=True)
         write_jsonl(dry / "rows.jsonl", rows)
-    elif distributed.is_main():
+    previous: _Previous | None = None
+    if distributed.is_main() and not cfg.dry_run:
         # the marker goes first: from here on the folder is this run's, and an interrupted run must
-        # read as unfinished, not as the previous run's adapter next to these rows
-        run.align_summary(cfg.method).unlink(missing_ok=True)
-        shutil.rmtree(out / "adapter", ignore_errors=True)
+        # read as unfinished, not as the previous run's adapter next to these rows. The previous
+        # run's files are set aside, not deleted: a retrain that fails or is interrupted puts them
+        # back (a killed one leaves them in .previous/, and the folder reads as unfinished)
+        previous = _Previous(out)
         write_jsonl(out / "rows.jsonl", rows)
     stats = {
         "n_rows": len(rows),
@@ -618,7 +620,14 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         return AlignResult(
             run.align(cfg.method), cfg.method, {"method": cfg.method, "rows": stats, "recipe": recipe}
         )
-    training = train(cfg, rows, out, lm=lm, bottleneck=bottleneck)
+    try:
+        training = train(cfg, rows, out, lm=lm, bottleneck=bottleneck)
+    except BaseException:
+        if previous is not None:
+            previous.restore()
+        raise
+    if previous is not None:
+        previous.drop()  # the new adapter is saved
     if not distributed.is_main():  # rank 0 writes the adapter and the summary
         return AlignResult(run.align(cfg.method), cfg.method, {"training": training}, rank=distributed.rank())
     stats["device_batches"] = training.pop("device_batches")
@@ -660,6 +669,43 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         training["train_loss"],
     )
     return AlignResult(run.align(cfg.method), cfg.method, summary)
+
+
+class _Previous:
+    """A trained method's files, moved aside while it is retrained (``RUN/align/<method>/.previous/``).
+
+    ``restore`` puts them back when the retrain fails or is interrupted (it used to delete the
+    working adapter and summary first, so a bad flag found by TRL after the model load cost the
+    previous training); ``drop`` deletes them once the new adapter is saved. The on-policy row
+    cache stays where it is (it is keyed, and shared by the methods)."""
+
+    NAMES = ("summary.json", "adapter", "rows.jsonl", "train_log.jsonl", "loss.png", "checkpoints")
+
+    def __init__(self, out: Path):
+        self.out, self.dir = out, out / ".previous"
+        shutil.rmtree(self.dir, ignore_errors=True)  # a killed retrain's: that state was already stale
+        self.moved: list[str] = []
+        for name in self.NAMES:  # the marker first
+            if (out / name).exists():
+                self.dir.mkdir(exist_ok=True)
+                os.replace(out / name, self.dir / name)
+                self.moved.append(name)
+
+    def restore(self) -> None:
+        for name in self.moved:
+            dst = self.out / name
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            elif dst.exists():
+                dst.unlink()
+        for name in reversed(self.moved):  # the marker last
+            os.replace(self.dir / name, self.out / name)
+        if self.moved:
+            logger.info("align: the previous %s is back in %s", ", ".join(self.moved), self.out)
+        self.drop()
+
+    def drop(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _first_last(log: list[dict], k: int = 5) -> dict:
