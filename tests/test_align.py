@@ -671,21 +671,28 @@ def test_save_adapter_writes_a_byte_stable_config_that_loads(tmp_path, tiny_qwen
     assert set(loaded.model.peft_config["default"].target_modules) == set(names)
 
 
-def test_a_dry_run_leaves_a_trained_method_as_it_is(tmp_path, tiny_qwen):
-    """`--dry-run` on a trained method replaced its summary and rows (the report lost the method)
-    while its adapter stayed; it now writes to align/<method>/dry_run/ only."""
-    from lasa.align import run_align
-    from lasa.config import AlignConfig
-
+def _trained_method(tmp_path: Path) -> tuple[Path, dict[Path, str]]:
+    """RUN/align/kto/ as a finished training leaves it (small stand-ins for its files)."""
     out = tmp_path / "run" / "align" / "kto"
     (out / "adapter").mkdir(parents=True)
     files = {
         out / "adapter" / "adapter_config.json": '{"peft_type": "LORA"}',
         out / "summary.json": '{"method": "kto", "training": {"steps": 13}}',
         out / "rows.jsonl": '{"prompt": "trained on this"}\n',
+        out / "train_log.jsonl": '{"loss": 0.4}\n',
     }
     for path, text in files.items():
         path.write_text(text)
+    return out, files
+
+
+def test_a_dry_run_leaves_a_trained_method_as_it_is(tmp_path, tiny_qwen):
+    """`--dry-run` on a trained method replaced its summary and rows (the report lost the method)
+    while its adapter stayed; it now writes to align/<method>/dry_run/ only."""
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
+    out, files = _trained_method(tmp_path)
     cfg = AlignConfig(
         model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
         dry_run=True, device=DEVICE,
@@ -730,16 +737,7 @@ def test_a_retrain_that_fails_puts_the_previous_training_back(tmp_path, tiny_qwe
     from lasa.align import run_align
     from lasa.config import AlignConfig
 
-    out = tmp_path / "run" / "align" / "kto"
-    (out / "adapter").mkdir(parents=True)
-    files = {
-        out / "adapter" / "adapter_config.json": '{"peft_type": "LORA"}',
-        out / "summary.json": '{"method": "kto", "training": {"steps": 13}}',
-        out / "rows.jsonl": '{"prompt": "trained on this"}\n',
-        out / "train_log.jsonl": '{"loss": 0.4}\n',
-    }
-    for path, text in files.items():
-        path.write_text(text)
+    out, files = _trained_method(tmp_path)
 
     def failing(cfg, rows, out, **kw):
         (out / "adapter").mkdir()
