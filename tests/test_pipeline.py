@@ -191,6 +191,10 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     (moved / "eval" / "kto" / "results.json").unlink()
     assert main(["report", "--run-dir", str(moved)]) == 0
     assert "`kto`: completions but no results.json" in (moved / "report.md").read_text()
+    # an unreadable config.yaml costs the per-stage breakdown, not the report or its timings
+    (moved / "config.yaml").write_text("stages: [1, 2")
+    assert main(["report", "--run-dir", str(moved)]) == 0
+    assert "| locate | skipped |" in (moved / "report.md").read_text()
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):

@@ -694,15 +694,21 @@ def _timings_section(doc: Doc, rd: Path, pipeline: list[dict] | None) -> None:
     if not pipeline:
         return
     parts: dict[str, dict] = {}
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+    stages: Any = {}
+    try:
         stages = (yaml.safe_load(RunDir(rd).config.read_text(encoding="utf-8")) or {}).get("stages") or {}
         parts = {k: v.get("timings") or {} for k, v in stages.items() if isinstance(v, dict)}
-        for k, v in stages.items():  # align records its training instead
-            training = v.get("training") if isinstance(v, dict) else None
-            if isinstance(training, dict) and isinstance(training.get("seconds"), int | float):
-                parts[k] = {"train_seconds": training["seconds"]} | (
-                    {"s/step": training["seconds_per_step"]} if "seconds_per_step" in training else {}
-                )
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        logger.warning(
+            "report: %s is missing or unreadable; stage times without their breakdown", RunDir(rd).config
+        )
+        stages = {}
+    for k, v in stages.items():  # align records its training instead
+        training = v.get("training") if isinstance(v, dict) else None
+        if isinstance(training, dict) and isinstance(training.get("seconds"), int | float):
+            parts[k] = {"train_seconds": training["seconds"]} | (
+                {"s/step": training["seconds_per_step"]} if "seconds_per_step" in training else {}
+            )
 
     def breakdown(stage: str) -> str:
         t = parts.get(stage) or {}
