@@ -281,7 +281,10 @@ def test_variant_names_expand_to_their_settings():
     assert cfg.adapter == "lasa" and cfg.gate is True
     assert GenerateConfig(variant="base").adapter is None and not GenerateConfig(variant="base").gate
     assert GenerateConfig(variant="mine", adapter="/x/adapter").adapter == "/x/adapter"  # custom names pass
-    with pytest.raises(LasaError, match="--variant kto is the kto adapter, no gate, but the settings ask for the lasa adapter"):
+    with pytest.raises(
+        LasaError,
+        match="--variant kto is the kto adapter, no gate, but the settings ask for the lasa adapter",
+    ):
         GenerateConfig(variant="kto", adapter="lasa")
     assert {"base", "base+gate", "kto", "sft", "lasa", "lasa+gate"} <= set(VARIANTS)
 
