@@ -438,10 +438,17 @@ def _recorded(rd: Path, variant: str, key: str) -> str | None:
     path = RunDir(rd).eval(variant) / "completions.jsonl"
     if not path.is_file():
         return None
-    for row in read_jsonl(path):
-        value = (row.get("generation") or {}).get(key)
-        if value:
-            return str(value)
+    import json
+
+    with open(path, encoding="utf-8") as f:  # the first rows say it: no need to parse the whole file
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            value = (row.get("generation") or {}).get(key) if isinstance(row, dict) else None
+            if value:
+                return str(value)
     return None
 
 

@@ -384,14 +384,15 @@ def _cached_states(
             if todo
             else None
         )
-        fresh_row = {i: r for r, i in enumerate(todo)}
+        from_prior = [i for i, h in enumerate(keys) if h in done_row]
+        prior_rows = torch.tensor([done_row[keys[i]] for i in from_prior], dtype=torch.long)
         for j, layer in enumerate(missing_layers):
-            out[layer] = torch.stack(
-                [
-                    fresh[fresh_row[i], j] if i in fresh_row else prior_states[layer][done_row[h]]  # type: ignore[index]
-                    for i, h in enumerate(keys)
-                ]
-            ).contiguous()
+            states = torch.zeros((len(keys), lm.hidden_size), dtype=torch.float32)
+            if fresh is not None:
+                states[torch.tensor(todo)] = fresh[:, j]
+            if from_prior:
+                states[torch.tensor(from_prior)] = prior_states[layer][prior_rows]
+            out[layer] = states
     if new_rows or missing_layers:
         # keep the cached layers this call did not ask for when the text list is unchanged
         # (the cache's rows are in its own text order: put them in this call's)
