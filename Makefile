@@ -16,6 +16,7 @@ help:
 	@echo "make test       set up and run the unit tests (+ ruff); no model download"
 	@echo "make test-slow  real-model checks (prepares the default model)"
 	@echo "make bench      benchmarks -> bench/RESULTS.md"
+	@echo "make lint       ruff check + format check"
 	@echo "make gpu-check  on a CUDA machine (TORCH_SPEC=torch): the model tests on the GPU + 7B-shaped timing -> gpu_out/"
 
 $(BIN)/python:
@@ -59,7 +60,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench scripts
 
 bench: setup-model
-	$(BIN)/python bench/run.py --ssi $(wildcard runs/qwen05b/ssi runs/qwen05b/ssi_chat) --e2e-run-dir $(RUN_DIR)
+	$(BIN)/python bench/run.py --ssi $(wildcard $(RUN_DIR)/ssi $(RUN_DIR)/ssi_user) --adapter $(RUN_DIR)/align/lasa/adapter --e2e-run-dir $(RUN_DIR)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

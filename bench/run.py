@@ -149,6 +149,11 @@ def bench_generation(args: argparse.Namespace) -> dict:
         "batched": lambda: generate_all(lm, prompts, fixed, progress=False)
     }
     tags: dict[str, tuple[str, list[int]]] = {}
+    if not args.ssi:
+        logger.warning(
+            "generation: no --ssi given, so the gated rows (hardening target <= 1.05x) are left out; "
+            "pass --ssi RUN/ssi (`make bench` passes the run directory's after `make run`)"
+        )
     for name in args.ssi:
         ssi = SSI.load(name)
         tag = (

@@ -21,10 +21,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def _calibration_n(meta: dict) -> int:
+    """How many FLORES sentences per language the SSI was calibrated on: recorded in ``ssi.json``
+    (``calibration.n_per_language``; older runs only say it in the ``data`` sentence)."""
+    cal = meta.get("calibration") or {}
+    if "n_per_language" in cal:
+        return int(cal["n_per_language"])
+    found = re.search(r"(\d+) parallel sentences", str(cal.get("data", "")))
+    if found is None:
+        raise SystemExit(
+            "error: the SSI records no FLORES calibration; this table needs `lasa interpret --calibration flores`"
+        )
+    return int(found.group(1))
 
 
 def main() -> None:
@@ -41,7 +56,7 @@ def main() -> None:
     d = Path(args.ssi_dir)
     try:
         ssi = SSI.load(d).without_calibration()
-        prompts = saved_prompts(d, calibration_n=100)
+        prompts = saved_prompts(d, calibration_n=_calibration_n(ssi.meta))
         cache = CachedStates(d)
         x = cache.layer(ssi.layer)
     except LasaError as e:

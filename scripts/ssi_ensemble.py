@@ -214,6 +214,7 @@ def main() -> None:
         f"`python scripts/ssi_ensemble.py {d} --seeds {args.seeds} --size {args.size}"
         + (f" --fixed-threshold {args.fixed_threshold}" if args.fixed_threshold is not None else "")
         + (f" --oof-fpr {args.oof_fpr}" if args.oof_fpr is not None else "")
+        + (f" --out {args.out}" if args.out else "")
         + "`",
         "",
         "| SSI | " + " | ".join(cols) + " |",

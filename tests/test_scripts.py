@@ -261,3 +261,31 @@ def test_ssi_ensemble_script_reproduces_the_stage_and_shrinks_to_the_members_mea
     )
     with pytest.raises(SystemExit, match="two disjoint ensembles"):
         _script("ssi_ensemble").main()
+
+
+def test_gate_calibration_reads_the_runs_own_flores_size():
+    """The script rebuilds the FLORES calibration set the SSI used: 50 sentences for the quick
+    preset (it once asked for 100 and failed on every quick run), from ``n_per_language`` or, for
+    older ``ssi.json``, from the recorded sentence; an SSI without FLORES calibration is refused."""
+    mod = _script("gate_calibration")
+    assert mod._calibration_n({"calibration": {"n_per_language": 50, "data": "100 parallel sentences"}}) == 50
+    old = "FLORES-200 (SIB-200) train split, 50 parallel sentences per language, none in the pool"
+    assert mod._calibration_n({"calibration": {"method": "flores", "data": old}}) == 50
+    with pytest.raises(SystemExit, match="--calibration flores"):
+        mod._calibration_n({"calibration": None})
+
+
+def test_ssi_examples_table_says_what_the_gate_got_wrong():
+    """README's SSI table: a harmful prompt not gated is a miss, a benign one gated a false alarm."""
+    mod = _script("ssi_examples")
+    rows = [
+        ("bomb", "en", "harmful", 0.98, True),
+        ("bomu", "sw", "harmful", 0.005, False),
+        ("kill a process", "it", "benign", 0.99, True),
+        ("kill a process", "en", "benign", 0.03, False),
+    ]
+    lines = mod.table(rows, 0.67).splitlines()
+    assert "threshold 0.67" in lines[0]
+    assert lines[2].endswith("| 0.980 | yes | right |") and lines[3].endswith("| 0.005 | no | **missed** |")
+    assert lines[4].endswith("| yes | **false alarm** |") and lines[5].endswith("| no | right |")
+    assert {kind for _, _, kind in mod.EXAMPLES} == {"harmful", "benign"}

@@ -378,6 +378,7 @@ def test_language_calibration_removes_a_language_shift_without_harm_labels():
     cal, report = fit_language_calibration(ssi, x[benign], prompts, ["en"], seed=0)
     assert report["offsets_logit"]["en"] == 0.0 and report["offsets_logit"]["sw"] > 1.0
     assert report["language_id_heldout_accuracy"] > 0.95
+    assert report["n_per_language"] == 200  # f:0..199 in each language: analyses rebuild the set from it
     raw = ssi.predict_proba(x)
     calibrated = SSI(module, ssi.meta, cal)
     fixed = calibrated.predict_proba(x)

@@ -212,7 +212,7 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
 
     utility: list[str] = field(
         default_factory=lambda: ["mgsm", "xcopa", "mmlu"],
-        metadata={"help": "Utility tasks (mgsm, xcopa, mmlu); pass 'none' to skip."},
+        metadata={"help": f"Utility tasks ({', '.join(UTILITY_TASKS)}); pass 'none' to skip."},
     )
     mgsm_n: int = field(
         default=50, metadata={"ge": 1, "help": "MGSM problems per language (en zh th bn sw)."}

@@ -455,7 +455,7 @@ class RunConfig(StageConfig):
 
     variants: list[str] = field(
         default_factory=lambda: ["base", "base+gate", "kto", "lasa+gate"],
-        metadata={"help": "Variants to evaluate: base, base+gate, kto, kto+gate, sft, lasa, lasa+gate."},
+        metadata={"help": f"Variants to evaluate: {', '.join(VARIANTS)}."},
     )
     force: list[str] = field(
         default_factory=list,

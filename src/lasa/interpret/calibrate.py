@@ -96,6 +96,7 @@ def fit_language_calibration(
         "its FLORES sentences when that is higher (never lower); training languages unchanged",
         "data": f"FLORES-200 (SIB-200) train split, {len(ids)} parallel sentences per language, "
         "none in the SSI's training pool",
+        "n_per_language": len(ids),
         "languages": langs,
         "offsets_logit": {g: round(v, 4) for g, v in offsets.items()},
         "benign_quantile_logit": {g: round(v, 4) for g, v in quantiles.items()},
