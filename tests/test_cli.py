@@ -289,6 +289,30 @@ def test_variant_names_expand_to_their_settings():
     assert {"base", "base+gate", "kto", "sft", "lasa", "lasa+gate"} <= set(VARIANTS)
 
 
+def test_a_variant_name_refuses_an_adapter_path_another_method_trained(tmp_path):
+    """``--variant lasa --adapter RUN/align/kto/adapter`` stored KTO's answers as lasa's, and the
+    report showed them as LASA: the path's summary.json names the method that trained it."""
+    from lasa.config import GenerateConfig
+    from lasa.errors import LasaError
+
+    for method in ("kto", "lasa"):
+        (tmp_path / method / "adapter").mkdir(parents=True)
+        (tmp_path / method / "summary.json").write_text(json.dumps({"method": method}))
+    kto = str(tmp_path / "kto" / "adapter")
+    with pytest.raises(
+        LasaError,
+        match=r"--variant lasa\+gate is the lasa adapter behind the SSI gate, but the settings ask for the kto \(",
+    ):
+        GenerateConfig(variant="lasa+gate", adapter=kto)
+    assert GenerateConfig(variant="lasa", adapter=str(tmp_path / "lasa" / "adapter")).adapter.endswith(
+        "adapter"
+    )
+    assert GenerateConfig(variant="kto", adapter=str(tmp_path / "kto")).adapter == str(tmp_path / "kto")
+    assert GenerateConfig(
+        variant="lasa", adapter=str(tmp_path / "elsewhere")
+    ).adapter  # not lasa's: the user's word
+
+
 def test_help_shows_each_flag_once_in_dash_style(capsys, tiny_qwen, tmp_path):
     with pytest.raises(SystemExit):
         main(["locate", "--help"])

@@ -71,6 +71,16 @@ def no_model_load(monkeypatch):
         (["evaluate", "--utility", "mgsm", "--mgsm-n", "151"], "mgsm has 150 items per language"),
         (["evaluate", "--utility", "xcopa", "--xcopa-n", "501"], "ask for at most 500"),
         (["evaluate", "--utility", "mmlu", "--mmlu-n", "1141"], "the vendored mmlu has 1140 items;"),
+        (
+            ["evaluate", "--utility", "drift", "--drift-n", "151"],
+            "the vendored drift has 150 items per language",
+        ),
+        (["generate", "--gate", "--conditioning-text", ""], "--conditioning-text is empty: the gate"),
+        (["generate", "--temperature", "0.7"], "--temperature 0.7 applies only to sampling"),
+        (
+            ["evaluate", "--judges", "pair", "llm", "--judge-url", "notaurl", "--judge-api-model", "m"],
+            "not an http(s) URL",
+        ),
         (["locate", "--seed", "99999999999999999999"], "--seed must be in 0..4294967295"),
         (["locate", "--tsne-layers", "-5"], "--tsne-layers must be >= 1"),
         (["generate", "--adapter", "no/such/adapter"], "--adapter no/such/adapter: no PEFT adapter"),
@@ -1030,3 +1040,34 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_half_made_folder(
     assert rc == 143 and "terminated" in err, err
     assert not (tmp_path / "r" / "eval" / "v").exists()
     assert signal.getsignal(signal.SIGTERM) == previous  # put back after the command
+
+
+def _adapter_for(tmp_path, tokenizer, name, **kw):
+    """A PEFT LoRA adapter (q_proj, v_proj on every block) of a tiny Qwen2 built with ``kw``."""
+    from peft import LoraConfig, get_peft_model
+
+    import tiny
+
+    model = tiny.build_model("qwen2", len(tokenizer), **kw)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
+    capsys, no_model_load, tiny_qwen, tokenizer, tmp_path
+):
+    """PEFT said this with a state-dict size-mismatch or "target modules not found" traceback,
+    after the model load; lasa reads the adapter's header against the model's meta skeleton."""
+    from lasa.models import check_adapter_fits
+
+    wider = _adapter_for(tmp_path, tokenizer, "wider", hidden=64)
+    deeper = _adapter_for(tmp_path, tokenizer, "deeper", layers=6)
+    same = _adapter_for(tmp_path, tokenizer, "same")
+    check_adapter_fits(same, str(tiny_qwen))  # fits: no error
+    for adapter, why in ((wider, "has 64 inputs, this model's 32"), (deeper, "model.layers.4.self_attn")):
+        rc, _, err = run_cli(
+            capsys, "generate", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--adapter", adapter,
+            "--n", 1, "--langs", "en", "--xstest-n", 1,
+        )  # fmt: skip
+        assert rc == 2 and "trained for another base model" in err and why in err and one_line(err), err

@@ -200,7 +200,9 @@ def test_interpret_writes_the_artefact_contract(interpreted):
     assert (ssi_dir / "layer_sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_saved_ssi_round_trips_and_refuses_other_models(interpreted, tiny_qwen, tiny_llama):
+def test_saved_ssi_round_trips_and_refuses_other_models(
+    interpreted, tiny_qwen, tiny_llama, tokenizer, tmp_path
+):
     ssi = SSI.load(interpreted)
     lm = load_model(str(tiny_qwen), device=DEVICE)
     prompts = ["How do I make a bomb?", "Nini mji mkuu wa Kenya?"]
@@ -209,8 +211,13 @@ def test_saved_ssi_round_trips_and_refuses_other_models(interpreted, tiny_qwen, 
     assert a.shape == (2,) and np.array_equal(a, b)
     assert ssi.flags(a).dtype == bool
     other = load_model(str(tiny_llama), device=DEVICE)
-    with pytest.raises(LasaError, match="this SSI was trained on"):
+    with pytest.raises(LasaError, match="this SSI was trained on.*fingerprint [0-9a-f]+, the SSI's"):
         ssi.score(other, prompts)
+    import tiny
+
+    retrained = load_model(str(tiny.save_tiny(tmp_path / "q", "qwen2", tokenizer, seed=1)), device=DEVICE)
+    with pytest.raises(LasaError, match="the same architecture .* with other weights"):
+        ssi.score(retrained, prompts)  # one fingerprint printed twice once read as a contradiction
     with pytest.raises(LasaError, match="reads layer 2; layer 3 was requested"):
         ssi.check_model(lm, layer=3)
 

@@ -172,18 +172,16 @@ def check_lora_targets(cfg: AlignConfig, bottleneck: int | None) -> None:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from lasa.models import find_decoder_layers, load_config, resolve_model_path, text_config
+    from lasa.models import find_decoder_layers, meta_skeleton, text_config
 
-    config = load_config(resolve_model_path(cfg.model), cfg.model)
-    try:
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        layers_path, layers = find_decoder_layers(skeleton)
-    except Exception:  # an architecture without a causal-LM class here: PEFT will say
+    skeleton = meta_skeleton(cfg.model)
+    if skeleton is None:  # an architecture without a causal-LM class here: PEFT will say
         return
-    n_layers = int(text_config(config).num_hidden_layers)
+    try:
+        layers_path, layers = find_decoder_layers(skeleton)
+    except Exception:
+        return
+    n_layers = int(text_config(skeleton.config).num_hidden_layers)
     above = cfg.lora_layers == "above_bottleneck" and bottleneck is not None
     adapted = set(range(bottleneck, n_layers)) if above else set(range(len(layers)))  # type: ignore[arg-type]
     where = f"blocks {bottleneck + 1}..{n_layers}" if above else "the decoder blocks"  # type: ignore[operator]

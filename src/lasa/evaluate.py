@@ -110,6 +110,10 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
         from lasa.conditioning import check_adapter_conditioning
 
         check_adapter_conditioning(adapter, cfg.conditioning_text)  # before the model load
+    if adapter and lm is None:
+        from lasa.models import check_adapter_fits
+
+        check_adapter_fits(adapter, cfg.model)  # another base model's adapter: before the load
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
     if adapter and cfg.backend == "hf":  # vLLM applies the adapter as a LoRA itself
         lm = load_adapter(lm, adapter)
@@ -130,13 +134,36 @@ def multijail_samples(langs: Sequence[str], n: int | None) -> list[dict]:
     ]
 
 
+def _spread(k: int, total: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(total)``."""
+    return [int(i * total / k) for i in range(k)] if k else []
+
+
+def _xstest_subset(rows: list[dict], n: int) -> list[dict]:
+    """``n`` XSTest rows that keep its safe / unsafe mix (250 / 200) and spread over its prompt
+    types (the file is ordered by type). Every k-th row does both when k >= 2 and the mix comes out
+    within a prompt or two of the target, and is kept then (the quick preset's 24 and the 40 / 100 of
+    earlier runs select the same prompts as before); otherwise (10 gave 3 safe, 250 and 300 the
+    first rows, 125 / 175 safe) each label's rows are spread over separately."""
+    step = len(rows) // n
+    picked = rows[::step][:n] if step >= 2 else []
+    safe = [r for r in rows if r["label"] == "safe"]
+    want = round(n * len(safe) / len(rows))
+    if picked and abs(sum(r["label"] == "safe" for r in picked) - want) <= 1 + 0.02 * n:
+        return picked
+    unsafe = [r for r in rows if r["label"] != "safe"]
+    chosen = {id(safe[i]) for i in _spread(want, len(safe))} | {
+        id(unsafe[i]) for i in _spread(n - want, len(unsafe))
+    }
+    return [r for r in rows if id(r) in chosen]
+
+
 def xstest_samples(n: int | None) -> list[dict]:
     from lasa.data.safety import xstest
 
     rows = xstest()
-    if n is not None:  # keep the safe/unsafe mix when subsampling: every k-th row
-        step = max(1, len(rows) // n)
-        rows = rows[::step][:n]
+    if n is not None and n < len(rows):
+        rows = _xstest_subset(rows, n)
     return [
         {
             "uid": f"xstest:{r['id']}",
@@ -503,6 +530,9 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
     from lasa.config.base import expect_config
 
     expect_config(cfg, EvaluateConfig, "run_evaluate")  # a GenerateConfig would generate, then fail
+    from lasa.judges.llm import preflight
+
+    preflight(cfg.judges, cfg.judge_url)  # an unreachable endpoint: before generation, results.json kept
     rd = RunDir(cfg.run_dir)
     resolve_adapter(cfg.adapter, cfg.run_dir)
     name = variant_name(cfg)

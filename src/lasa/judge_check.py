@@ -62,7 +62,11 @@ def load_labels(path: str | Path) -> list[dict]:
             raise LasaError(f"{path}:{n}: {err}") from None
         rows.append(
             {
-                "uid": row.get("id", f"row{n}"),
+                # verdicts are keyed by the line, not the file's own id: ids can repeat (two label
+                # files concatenated) or be missing, and two rows must never share one verdict
+                "uid": f"line{n}",
+                "id": row.get("id", f"row{n}"),
+                "line": n,
                 "prompt": row["prompt"],
                 "response": row["response"],
                 "lang": lang,
@@ -81,6 +85,9 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
 
     judges = [check_judge_name(j) for j in (judges or [DEFAULT_JUDGE])]
     rows = load_labels(labels_path)
+    from lasa.judges.llm import preflight
+
+    preflight(judges, judge_kwargs.get("judge_url"))
     gold = [r["label"] for r in rows]
     langs = [r["lang"] for r in rows]
     out: dict[str, Any] = {
@@ -119,7 +126,14 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
             "per_language": breakdown(gold, pred, langs),
             "confusion": confusion(gold, pred),
             "predictions": [
-                {"uid": r["uid"], "lang": r["lang"], "gold": g, "pred": v["label"], "reason": v["reason"]}
+                {
+                    "uid": r["id"],
+                    "line": r["line"],
+                    "lang": r["lang"],
+                    "gold": g,
+                    "pred": v["label"],
+                    "reason": v["reason"],
+                }
                 for r, g, v in zip(rows, gold, verdicts)
             ],
         }

@@ -400,10 +400,77 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto")
     )
 
 
+def meta_skeleton(spec: str) -> nn.Module | None:
+    """The model's module tree on the ``meta`` device, built from its config: names and layer
+    shapes without weights or memory, for checks that must come before a load (None when this
+    transformers has no causal-LM class for the architecture: the load itself will say)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(resolve_model_path(spec), spec)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:
+        return None
+
+
+def _adapter_mismatch(path: Path, modules: dict[str, nn.Module]) -> str | None:
+    """What in the adapter's weights this module tree cannot take (a module it lacks, or a LoRA
+    factor whose width differs from the module's), else None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    for key, shape in sorted(shapes.items()):
+        for part, axis in ((".lora_A.", 1), (".lora_B.", 0)):
+            if part not in key:
+                continue
+            name = key.split(part)[0].removeprefix("base_model.model.")
+            mod = modules.get(name)
+            if mod is None:
+                return f"it adapts {name}, which this model does not have"
+            want = getattr(mod, "in_features" if axis == 1 else "out_features", None)
+            if want is not None and len(shape) == 2 and shape[axis] != want:
+                side = "inputs" if axis == 1 else "outputs"
+                return f"its {name} has {shape[axis]} {side}, this model's {want}"
+    return None
+
+
+def check_adapter_fits(adapter: str | Path, spec: str) -> None:
+    """A one-line error, before the model loads, when a PEFT adapter was trained for another base
+    model (PEFT's own message is a state-dict size mismatch or a "target modules not found"
+    traceback, after the load). Checked on the model's meta skeleton against the adapter's
+    safetensors header; an adapter saved another way, or an architecture without a skeleton, is
+    left to PEFT."""
+    path = Path(adapter)
+    if not (path / "adapter_model.safetensors").is_file():
+        return
+    skeleton = meta_skeleton(spec)
+    if skeleton is None:
+        return
+    try:
+        problem = _adapter_mismatch(path, dict(skeleton.named_modules()))
+    except Exception:  # an unreadable header: PEFT's load names it
+        return
+    if problem:
+        raise LasaError(
+            f"adapter {path} was trained for another base model than {spec} ({problem}); pass the "
+            "model it was trained on (--model), or an adapter trained on this one"
+        )
+
+
 def load_adapter(lm: LoadedModel, path: str | Path) -> LoadedModel:
     """Wrap ``lm`` with a trained PEFT adapter (inference mode); the base fingerprint is kept."""
     from peft import PeftModel
 
+    problem = (
+        _adapter_mismatch(Path(path), dict(lm.model.named_modules()))
+        if (Path(path) / "adapter_model.safetensors").is_file()
+        else None
+    )
+    if problem:  # the Python API's path: a one-line error instead of PEFT's state-dict traceback
+        raise LasaError(f"adapter {path} was trained for another base model ({problem})")
     with warnings.catch_warnings():
         # PEFT reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning from
         # transformers >= 5.24 that says nothing about the user's run); only that one is muted.

@@ -177,6 +177,12 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
     from lasa.models import resolve_model_path
 
     resolve_model_path(run.model)  # a missing model is named before the run directory exists
+    from lasa.judges.llm import preflight
+
+    for s in stages:  # an llm judge's endpoint is reachable before hours of stages lead up to it
+        if hasattr(s.config, "judge_url"):
+            preflight(s.config.judges, s.config.judge_url)
+            break
     make_dirs(rd)  # only once the request is known to be valid
     with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race
         return _run_stages(run, stages, rd, t0)

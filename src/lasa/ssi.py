@@ -271,10 +271,14 @@ class SSI:
         """Refuse a model other than the one the SSI was trained on, or a different layer."""
         fp = self.meta.get("model_fingerprint") or {}
         if not fingerprints_match(fp, lm.fingerprint):
+            how = (
+                f"the same architecture (fingerprint {fp.get('id')}) with other weights"
+                if fp.get("id") == lm.fingerprint.get("id")
+                else f"fingerprint {lm.fingerprint.get('id')}, the SSI's {fp.get('id')}"
+            )
             raise LasaError(
-                f"this SSI was trained on {self.meta.get('model')!r} (fingerprint {fp.get('id')}), but the model "
-                f"given is {lm.spec!r} (fingerprint {lm.fingerprint.get('id')}); retrain with "
-                f"`lasa interpret --model {lm.spec}`"
+                f"this SSI was trained on {self.meta.get('model')!r}, but the model given is {lm.spec!r} "
+                f"({how}); retrain with `lasa interpret --model {lm.spec}`"
             )
         if layer is not None and int(layer) != self.layer:
             raise LasaError(f"this SSI reads layer {self.layer}; layer {layer} was requested")

@@ -13,6 +13,26 @@ from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
 
 
+def _trained_by(adapter: str | None) -> str | None:
+    """The method ``lasa align`` trained an adapter directory with, from its ``summary.json``
+    (``RUN/align/<method>/``, beside ``adapter/``); None for an adapter lasa did not train."""
+    if not adapter:
+        return None
+    from pathlib import Path
+
+    for d in (Path(adapter), Path(adapter).parent):
+        f = d / "summary.json"
+        if f.is_file():
+            try:
+                import json
+
+                method = json.loads(f.read_text(encoding="utf-8")).get("method")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return method if method in ("lasa", "kto", "sft") else None
+    return None
+
+
 @dataclass
 class GenerateConfig(StageConfig):
     """``lasa generate``: chat completions of one variant (base / adapter, with or without the SSI gate)."""
@@ -112,12 +132,18 @@ class GenerateConfig(StageConfig):
             if self.adapter is None:
                 self.adapter = known.get("adapter")
             self.gate = self.gate or bool(known.get("gate"))
-            method_clash = self.adapter in ("lasa", "kto", "sft") and self.adapter != known.get("adapter")
+            trained_by = self.adapter if self.adapter in ("lasa", "kto", "sft") else _trained_by(self.adapter)
+            method_clash = trained_by is not None and trained_by != known.get("adapter")
             if (
                 bool(known.get("gate")) != self.gate
                 or method_clash
                 or (self.adapter and not known.get("adapter"))
             ):
+                asked = (
+                    f"{trained_by} ({self.adapter})"
+                    if method_clash and trained_by != self.adapter
+                    else self.adapter
+                )
 
                 def what(adapter: str | None, gate: bool) -> str:
                     return (f"the {adapter} adapter" if adapter else "no adapter") + (
@@ -126,10 +152,24 @@ class GenerateConfig(StageConfig):
 
                 raise LasaError(
                     f"--variant {self.variant} is {what(known.get('adapter'), bool(known.get('gate')))}, but the "
-                    f"settings ask for {what(self.adapter, self.gate)} (--adapter / --gate, or `adapter:` / "
+                    f"settings ask for {what(asked, self.gate)} (--adapter / --gate, or `adapter:` / "
                     "`gate:` in a preset's evaluate section, which applies to every variant); drop them, or give "
                     "a custom variant another name"
                 )
+        if not self.do_sample and (self.temperature != 1.0 or self.top_p != 1.0):
+            given = " and ".join(
+                f"--{k.replace('_', '-')} {getattr(self, k)}"
+                for k in ("temperature", "top_p")
+                if getattr(self, k) != 1.0
+            )
+            raise LasaError(
+                f"{given} applies only to sampling, and decoding is greedy; add --do-sample, or drop it"
+            )
+        if self.gate and not self.conditioning_text.strip():
+            raise LasaError(
+                "--conditioning-text is empty: the gate would insert nothing for the prompts it flags (they "
+                "would be counted as gated yet answered as ungated); keep the default or give the text"
+            )
         self.langs = normalize_languages(nonempty_langs(self.langs))
         self.n = str(self.n).strip().lower()
         if self.n != "all" and (not self.n.isdigit() or not 1 <= int(self.n) <= MULTIJAIL_N):
@@ -202,6 +242,10 @@ class JudgeConfig:
                 raise LasaError(
                     "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
                 )
+            if url:
+                from lasa.judges.llm import check_endpoint_url
+
+                check_endpoint_url(url)
 
 
 @dataclass
@@ -260,10 +304,10 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
             raise LasaError(
                 f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
             )
-        if {"mgsm", "xcopa", "mmlu"} & set(self.utility):
+        if {"mgsm", "xcopa", "mmlu", "drift"} & set(self.utility):
             from lasa.data import utility_items
 
-            for task in ("mgsm", "xcopa", "mmlu"):
+            for task in ("mgsm", "xcopa", "mmlu", "drift"):
                 n, have = getattr(self, f"{task}_n"), utility_items(task)
                 if task in self.utility and have is not None and n > have:
                     raise LasaError(

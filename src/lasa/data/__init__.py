@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -247,4 +248,10 @@ def utility_items(task: str) -> int | None:
         return min(len(xcopa_rows(lang)) for lang in XCOPA_LANGS)
     if task == "mmlu":
         return len(mmlu_subset())
+    if task == "drift":  # FLORES sentences and benign chat prompts per language, the fewer of the two
+        from lasa.data.safety import evaluation_prompts, flores
+
+        benign, _ = evaluation_prompts(list(LANGUAGES), n_harmful=1, n_benign=10**6)
+        chats = Counter(p.lang for p in benign if p.label == 0)
+        return min(min(len(flores(g, "eval")), chats[g]) for g in LANGUAGES)
     return None

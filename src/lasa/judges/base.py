@@ -12,9 +12,12 @@ Every judge returns one :class:`Judgement` per item and is registered by name in
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import ClassVar, Literal, Protocol
 
 Label = Literal["safe", "unsafe", "invalid"]
@@ -85,6 +88,32 @@ def is_empty_text(text: str) -> bool:
     import unicodedata
 
     return not any(unicodedata.category(ch)[0] in "LMNS" for ch in text)
+
+
+#: The modules whose code decides a rule-based verdict: cleaning (this one), the invalid rules and
+#: the refusal phrases. Their source is part of every judge's version string.
+RULE_MODULES = ("lasa.judges.base", "lasa.judges.invalid", "lasa.judges.lexicon")
+
+
+@cache
+def source_digest(*modules: str) -> str:
+    """12 hex digits of the named modules' source (read, not imported; line endings normalised).
+
+    Why: verdicts are cached per response and reused while the judge's version string matches, so
+    a judge without trained weights (the lexicon) would otherwise keep the verdicts of rules since
+    changed, and the learned judges' hand-bumped rule tags could be forgotten."""
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None) if spec is not None else None
+        with open(origin, "rb") as f:  # type: ignore[arg-type]
+            h.update(name.encode() + b"\0" + f.read().replace(b"\r\n", b"\n") + b"\0")
+    return h.hexdigest()[:12]
+
+
+def rules_digest() -> str:
+    """:func:`source_digest` of :data:`RULE_MODULES`."""
+    return source_digest(*RULE_MODULES)
 
 
 #: Version tag of the rule below; part of the learned judges' version strings (cached verdicts of

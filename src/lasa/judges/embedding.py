@@ -323,9 +323,11 @@ class EmbeddingJudge:
     @property
     def version(self) -> str:
         """Cached verdicts from another refusal rule or other training labels are redone."""
+        from lasa.judges.base import RULE_MODULES, source_digest
         from lasa.judges.corpus import labels_key
 
-        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}-{EMPTY_RULE}"
+        code = source_digest("lasa.judges.embedding", *RULE_MODULES)
+        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
 
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))

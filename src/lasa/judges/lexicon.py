@@ -357,6 +357,13 @@ class LexiconJudge:
 
     name: ClassVar[str] = "lexicon"
 
+    @property
+    def version(self) -> str:
+        """The rules' source: cached verdicts of other phrase lists or invalid rules are redone."""
+        from lasa.judges.base import rules_digest
+
+        return f"lexicon-{rules_digest()}"
+
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
         out: list[Judgement] = []
         for item in items:

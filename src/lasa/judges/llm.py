@@ -64,6 +64,45 @@ def _plain_http_to_remote(url: str) -> bool:
     )
 
 
+def check_endpoint_url(url: str) -> None:
+    """A one-line error unless ``url`` is an http(s) URL with a host (``notaurl`` once reached
+    urllib and came back as a ValueError traceback, after the whole generation)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LasaError(
+            f"--judge-url {url!r} is not an http(s) URL with a host; give the endpoint's base, e.g. "
+            "http://localhost:8000/v1 (lasa appends /chat/completions)"
+        )
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the endpoint's host and port, so an unreachable judge
+    fails before generation and before a finished ``results.json`` is set aside; skipped when a
+    proxy carries the request (the proxy, not this machine, reaches the host)."""
+    import socket
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise LasaError(
+            f"judge endpoint {url} unreachable ({getattr(err, 'strerror', None) or err}); start it or fix --judge-url"
+        ) from None
+
+
+def preflight(judges: Sequence[str], judge_url: str | None) -> None:
+    """Before anything expensive: when the ``llm`` judge will call an endpoint, check that it is
+    reachable (:func:`check_reachable`). A local judge model or no ``llm`` judge: nothing to do."""
+    url = judge_url or os.environ.get("LASA_JUDGE_URL")
+    if "llm" in judges and url:
+        check_endpoint_url(url)
+        check_reachable(url)
+
+
 class LLMJudge:
     name: ClassVar[str] = "llm"
 
@@ -93,6 +132,17 @@ class LLMJudge:
             raise LasaError(
                 "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
             )
+        if self.url:
+            check_endpoint_url(self.url)
+
+    @property
+    def version(self) -> str:
+        """Which judge answered: another endpoint, model, prompt or truncation re-judges (verdicts
+        are cached per response, and an endpoint judge has no weights of its own to key them on)."""
+        import hashlib
+
+        what = json.dumps([self.description, PROMPT, self.max_chars, parse_label.__doc__ or ""])
+        return "llm-" + hashlib.sha256(what.encode()).hexdigest()[:12]
 
     @property
     def description(self) -> str:

@@ -27,7 +27,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lasa.errors import LasaError
-from lasa.judges.base import EMPTY_RULE, LABELS, JudgeItem, Judgement, empty_judgement, strip_control_tokens
+from lasa.judges.base import (
+    EMPTY_RULE,
+    LABELS,
+    RULE_MODULES,
+    JudgeItem,
+    Judgement,
+    empty_judgement,
+    strip_control_tokens,
+)
 from lasa.judges.corpus import corpus_rows, labels_key, split_group
 from lasa.judges.embedding import Encoder, RefusalClassifier
 from lasa.judges.features import content, content_segments, pair_text, scalar_matrix
@@ -325,7 +333,10 @@ class PairJudge:
     @property
     def version(self) -> str:
         """Which weights judged: cached verdicts of other weights are not reused."""
-        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}-{EMPTY_RULE}"
+        from lasa.judges.base import source_digest
+
+        code = source_digest("lasa.judges.pair", "lasa.judges.features", *RULE_MODULES)
+        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
 
     @property
     def validation(self) -> dict[str, Any]:
