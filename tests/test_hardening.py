@@ -77,6 +77,7 @@ def no_model_load(monkeypatch):
         ),
         (["generate", "--gate", "--conditioning-text", ""], "--conditioning-text is empty: the gate"),
         (["generate", "--temperature", "0.7"], "--temperature 0.7 applies only to sampling"),
+        (["evaluate", "--langs", "en", "--xstest-mt-n", "3"], "--langs is en alone"),
         (
             ["evaluate", "--judges", "pair", "llm", "--judge-url", "notaurl", "--judge-api-model", "m"],
             "not an http(s) URL",
@@ -956,8 +957,14 @@ def test_report_does_not_flag_artefacts_of_another_run_or_gone_ones(tmp_path, mo
         )
 
     assert stale() == []
-    shutil.rmtree(other)  # gone: nothing to compare with, and no false claim about this run's own
-    assert stale() == []
+    shutil.rmtree(other)  # gone: said so, naming the other run's paths, not compared with this run's own
+    notes = stale()
+    assert len(notes) == 2 and all("is gone or incomplete" in n for n in notes)
+    assert (
+        "`alt+gate`'s SSI `other/ssi`" in notes[0]
+        and "`ext`'s adapter `other/align/lasa/adapter`" in notes[1]
+    )
+    assert not any("retrained since" in n for n in notes)
 
 
 def test_report_warns_when_variants_come_from_different_models(tmp_path):
@@ -1071,3 +1078,43 @@ def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
             "--n", 1, "--langs", "en", "--xstest-n", 1,
         )  # fmt: skip
         assert rc == 2 and "trained for another base model" in err and why in err and one_line(err), err
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("interpret:\n  cap: 50\n  cap: 500\n", "key 'cap' is given twice (lines 2 and 3); keep one"),
+        ("align:\n  method: sft\n", "align.method is not used by `lasa run`"),
+        ("evaluate:\n  variant: lasa+gate\n", "evaluate.variant is not used by `lasa run`"),
+    ],
+)
+def test_run_refuses_preset_keys_it_would_ignore(
+    capsys, no_model_load, tiny_qwen, tmp_path, yaml_text, message
+):
+    """PyYAML keeps the last of two equal keys, and `lasa run` sets each stage's method and variant
+    itself: a preset saying otherwise was accepted and then not followed."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml_text)
+    rc, _, err = run_cli(capsys, "run", "--config", cfg, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
+    assert rc == 2 and message in err and one_line(err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_config_yaml_is_kept_aside_not_overwritten(tmp_path, caplog):
+    """RUN/config.yaml holds every stage's provenance: an unreadable one was silently replaced by
+    the stage that ran next, losing the others."""
+    from lasa.runs import RunDir
+
+    (tmp_path / "config.yaml").write_text("stages: [1, 2")
+    with caplog.at_level("WARNING"):
+        RunDir(tmp_path).record("locate", {"seed": 1})
+    assert (tmp_path / "config.yaml.damaged").read_text() == "stages: [1, 2"
+    assert "config.yaml.damaged" in caplog.text
+    assert "locate" in (tmp_path / "config.yaml").read_text()
+
+
+def test_report_names_a_file_given_as_the_run_directory(capsys, tmp_path):
+    f = tmp_path / "notadir"
+    f.write_text("x")
+    rc, _, err = run_cli(capsys, "report", "--run-dir", f)
+    assert rc == 2 and "is a file, not a directory" in err and one_line(err), err

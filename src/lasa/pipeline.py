@@ -3,10 +3,12 @@
 locate → interpret → align (lasa and the kto baseline) → evaluate four variants (base; base +
 SSI gate, no training; the KTO baseline; LASA = adapter + gate) → report.
 
-Each stage is skipped when its final artefact exists, its *inputs key* (its resolved config
-plus the keys of the stages it reads) matches the one recorded in ``RUN/pipeline.json``, and the
-marker files it read and wrote are the ones recorded when it ran (a hash of each); change a
-setting and exactly the stages downstream of it run again. ``--force STAGE`` redoes one stage,
+Each stage is skipped when its final artefact and the files it hands on (the SSI's, an adapter's
+weights) exist, its *inputs key* (its resolved config plus the keys of the stages it reads)
+matches the one recorded in ``RUN/pipeline.json``, the model's weight files are the ones it ran
+on, and what it read and wrote is what was recorded when it ran (a digest of each stage's marker
+without its wall-clock timings, and of the files it hands on); change a setting and exactly the
+stages downstream of it run again. ``--force STAGE`` redoes one stage,
 and what reads it runs again when its output changed; a stage rerun by hand (``lasa interpret
 --layer 10``) counts as changed output too. An interrupted run resumes: finished stages are
 skipped and generation resumes per sample.
@@ -48,6 +50,9 @@ class Stage:
     run: Callable[[], Any]
     #: What else its output depends on beyond its config (an evaluate stage: the judges' weights)
     extra_key: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Outputs besides the marker that what reads the stage needs (the SSI's and adapter's weights):
+    #: one missing means the stage is unfinished, whatever its marker says
+    files: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
@@ -64,6 +69,27 @@ def _shared(run: RunConfig) -> dict[str, Any]:
     }
 
 
+#: Keys a stage's own command takes that ``lasa run`` sets itself per stage: in a preset they would
+#: be ignored without a word (``align: {method: sft}`` still trained lasa and kto).
+_RUN_SETS = {
+    "align": ("method", "the methods its --variants need (kto, sft, lasa)"),
+    "evaluate": ("variant", "each of --variants in turn (run: {variants: [...]} in the preset)"),
+}
+
+
+def _check_run_keys(config_path: str) -> None:
+    from lasa.config.base import load_yaml_doc
+
+    doc = load_yaml_doc(config_path)
+    for section, (key, what) in _RUN_SETS.items():
+        body = doc.get(section)
+        if isinstance(body, dict) and key in body:
+            raise LasaError(
+                f"{config_path}: {section}.{key} is not used by `lasa run`, which sets it to {what}; remove it "
+                f"(it is for `lasa {section}` alone)"
+            )
+
+
 def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     from lasa.align import run_align
     from lasa.evaluate import run_evaluate
@@ -74,6 +100,8 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     shared = _shared(run)
     rd = RunDir(run.run_dir)
     models: dict[str, Any] = {}
+    if config_path:
+        _check_run_keys(config_path)
 
     def base_lm() -> Any:  # loaded once and shared by the stages that need the untouched base model
         if "base" not in models:
@@ -93,6 +121,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             rd.ssi_metrics(interp.out_name),
             ["locate"],
             lambda: run_interpret(interp, base_lm()),
+            files=[rd.ssi(interp.out_name) / "ssi.safetensors", rd.ssi(interp.out_name) / "ssi.json"],
         )
     )
     methods = sorted({VARIANTS[v].get("adapter") for v in run.variants} - {None})
@@ -106,6 +135,10 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 rd.align_summary(method),
                 ["locate"],
                 lambda acfg=acfg: run_align(acfg),
+                files=[
+                    rd.adapter(method) / "adapter_model.safetensors",
+                    rd.adapter(method) / "adapter_config.json",
+                ],
             )
         )
     for variant in run.variants:
@@ -154,7 +187,42 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
 
 
 def _digest(path: Path) -> str | None:
+    """The first way ``pipeline.json`` recorded a stage's output: the marker file's bytes (its
+    wall-clock timings included). Entries without ``"digest": 2`` are compared this way."""
     return files_digest([path]) if path.is_file() else None
+
+
+#: Keys of a marker file that say how long it took, not what it computed.
+def _volatile(key: str) -> bool:
+    return key in ("timings", "seconds", "seconds_per_step") or key.endswith("_seconds")
+
+
+def _without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not _volatile(str(k))}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _result_digest(st: Stage) -> str | None:
+    """What a stage computed: its marker's content without wall-clock timings, and the bytes of the
+    files it hands on (an SSI's, an adapter's weights). A stage redone with the same result reads
+    as unchanged, so what reads it is not redone (retraining the SSI and both adapters because
+    ``bottleneck.json`` recorded another number of seconds was most of a ``make run``)."""
+    import json
+
+    from lasa.runs import sha256_file
+
+    if not st.artefact.is_file():
+        return None
+    try:
+        marker: Any = _without_timings(json.loads(st.artefact.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        marker = sha256_file(st.artefact)
+    return fingerprint(
+        {"marker": marker, "files": [(p.name, sha256_file(p) if p.is_file() else None) for p in st.files]}
+    )
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -188,9 +256,21 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
         return _run_stages(run, stages, rd, t0)
 
 
+def _what(moved: str) -> str:
+    return moved if moved.startswith("the weights") or moved.endswith(" itself") else f"the output of {moved}"
+
+
 def _state_is_sound(state: dict) -> bool:
     """Every stage entry of ``pipeline.json`` a mapping whose fields have the types written here."""
-    kinds = {"key": str, "seconds": (int, float), "finished_at": str, "inputs": dict, "output": str}
+    kinds = {
+        "key": str,
+        "seconds": (int, float),
+        "finished_at": str,
+        "inputs": dict,
+        "output": str,
+        "digest": int,
+        "model_weights": str,
+    }
     for name, entry in state.items():
         if name == "_last_run":
             if not isinstance(entry, dict) or not isinstance(entry.get("stages", []), list):
@@ -204,9 +284,12 @@ def _state_is_sound(state: dict) -> bool:
 
 
 def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dict:
+    from lasa.models import weights_signature
     from lasa.report import build_report
 
-    artefacts = {s.name: s.artefact for s in stages}
+    by_name = {s.name: s for s in stages}
+    # the model's weight files (names, sizes, times): new weights under the same --model redo the run
+    weights = weights_signature(run.model)
     state_path = rd / "pipeline.json"
     state: dict[str, Any] = {}
     if state_path.is_file():
@@ -232,19 +315,30 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
         )
         forced = any(_matches(f, st.name) for f in run.force)
         prev = state.get(st.name, {})
-        inputs = {n: _digest(artefacts[n]) for n in st.needs}
+        # an entry compares what it recorded the way it recorded it (older runs: the marker's bytes)
+        digest = _result_digest if prev.get("digest") == 2 else (lambda t: _digest(t.artefact))
+        inputs = {n: digest(by_name[n]) for n in st.needs}
+        missing = [p for p in st.files if not p.is_file()]
         current = prev.get("key") in (keys[st.name], legacy[st.name]) and st.artefact.is_file()
         # what it read, and what it wrote, as they were when it ran (older runs did not record them)
         old = prev.get("inputs") or {}
         moved = [n for n in st.needs if n in old and old[n] != inputs[n]]
-        if "output" in prev and prev["output"] != _digest(st.artefact):
+        if "output" in prev and prev["output"] != digest(st):
             moved.append(f"{st.name} itself")
-        if current and not forced and not moved:
+        if "model_weights" in prev and prev["model_weights"] != weights:
+            moved.append(f"the weights of {run.model}")
+        if current and missing:
+            logger.info(
+                "run: %s: %s is missing; running it again",
+                st.name,
+                ", ".join(str(p.relative_to(rd)) for p in missing),
+            )
+        elif current and not forced and not moved:
             logger.info("run: %s is up to date (skipped)", st.name)
             summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
             continue
-        if current and not forced:
-            logger.info("run: %s: the output of %s changed since it ran", st.name, ", ".join(moved))
+        elif current and not forced:
+            logger.info("run: %s: %s changed since it ran", st.name, ", ".join(_what(m) for m in moved))
         if forced:  # a real redo: nothing of the previous attempt is reused
             from lasa.runs import remove_tree
 
@@ -257,8 +351,10 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             "key": keys[st.name],
             "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "inputs": inputs,
-            "output": _digest(st.artefact),
+            "digest": 2,
+            "inputs": {n: _result_digest(by_name[n]) for n in st.needs},
+            "output": _result_digest(st),
+            "model_weights": weights,
         }
         write_json(state_path, state)  # after every stage: an interruption loses at most the stage in flight
         summary.append({"stage": st.name, "status": "ran", "seconds": seconds})

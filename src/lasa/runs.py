@@ -329,8 +329,22 @@ class RunDir:
         path = self.path / "config.yaml"
         doc: dict[str, Any] = {}
         if path.exists():
-            with contextlib.suppress(yaml.YAMLError, OSError):
+            try:
                 doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                doc = None  # type: ignore[assignment]
+            if not isinstance(doc, dict) or not isinstance(doc.get("stages", {}), dict):
+                # the other stages' provenance is in there: set it aside, never overwrite it silently
+                kept = path.with_name("config.yaml.damaged")
+                with contextlib.suppress(OSError):
+                    os.replace(path, kept)
+                logger.warning(
+                    "%s was unreadable or of the wrong shape; kept as %s, and a new one is started with %s",
+                    path,
+                    kept.name,
+                    stage,
+                )
+                doc = {}
         cfg = asdict(config) if is_dataclass(config) else dict(config)
         cfg = json.loads(json.dumps(cfg, default=_json_default))  # plain YAML types only
         entry = {

@@ -222,21 +222,49 @@ def coerce_value(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
-    """The keys of a (possibly multi-stage) YAML file that apply to the stage ``cls``."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last one
+    without a word, so ``cap: 50`` … ``cap: 500`` further down would silently win)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise LasaError(
+                        f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                        "keep one"
+                    )
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the constructor below says so
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_doc(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping, or a one-line error naming the file (and line) at fault."""
     path = Path(path)
     if not path.is_file():
         raise LasaError(f"config file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except UnicodeDecodeError:
         raise LasaError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
+    except LasaError as err:
+        raise LasaError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise LasaError(f"{path}:{where} is not valid YAML; fix the file") from None
     if not isinstance(doc, dict):
         raise LasaError(f"{path} must hold a YAML mapping of config keys")
+    return doc
+
+
+def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
+    """The keys of a (possibly multi-stage) YAML file that apply to the stage ``cls``."""
+    doc = load_yaml_doc(path)
     from lasa.config import STAGE_CONFIGS, STAGE_SECTIONS  # the registry of every stage's config
 
     known = {f.name for f in config_fields(cls)}

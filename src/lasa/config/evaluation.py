@@ -13,6 +13,31 @@ from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
 
 
+def check_endpoint_url(url: str) -> None:
+    """A one-line error unless ``url`` is an http(s) URL with a host (``notaurl`` once reached urllib
+    and came back as a ValueError traceback, after the whole generation); the ``llm`` judge's too."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LasaError(
+            f"--judge-url {url!r} is not an http(s) URL with a host; give the endpoint's base, e.g. "
+            "http://localhost:8000/v1 (lasa appends /chat/completions)"
+        )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _trained_by(adapter: str | None) -> str | None:
     """The method ``lasa align`` trained an adapter directory with, from its ``summary.json``
     (``RUN/align/<method>/``, beside ``adapter/``); None for an adapter lasa did not train."""
@@ -165,6 +190,8 @@ class GenerateConfig(StageConfig):
             raise LasaError(
                 f"{given} applies only to sampling, and decoding is greedy; add --do-sample, or drop it"
             )
+        if self.backend == "vllm" and not _importable("vllm"):  # before the model load, not after
+            raise LasaError("--backend vllm needs vLLM: pip install -e '.[vllm]' (GPU only)")
         if self.gate and not self.conditioning_text.strip():
             raise LasaError(
                 "--conditioning-text is empty: the gate would insert nothing for the prompts it flags (they "
@@ -182,6 +209,11 @@ class GenerateConfig(StageConfig):
         if not 0 <= self.xstest_mt_n <= XSTEST_SAFE_N:
             raise LasaError(
                 f"--xstest-mt-n must be in 0..{XSTEST_SAFE_N} (safe prompts per language), got {self.xstest_mt_n}"
+            )
+        if self.xstest_mt_n and self.langs == ["en"]:
+            raise LasaError(
+                "--xstest-mt-n translates XSTest into the evaluated non-English languages, and --langs is en "
+                "alone (XSTest itself is English: --xstest-n); add languages or drop --xstest-mt-n"
             )
 
     @property
@@ -243,8 +275,6 @@ class JudgeConfig:
                     "the llm judge endpoint needs a model name: --judge-api-model or $LASA_JUDGE_MODEL"
                 )
             if url:
-                from lasa.judges.llm import check_endpoint_url
-
                 check_endpoint_url(url)
 
 

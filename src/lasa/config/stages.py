@@ -490,6 +490,9 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise LasaError("--run-dir is required (the run directory to report on)")
+        from lasa.config.base import check_run_dir
+
+        check_run_dir(self.run_dir)  # a file is named as one
         if not Path(self.run_dir).is_dir():
             raise LasaError(f"run directory not found: {self.run_dir}")
 

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import ClassVar
 
+from lasa.config.evaluation import check_endpoint_url
 from lasa.errors import LasaError
 from lasa.judges.base import JudgeItem, Judgement, strip_control_tokens
 
@@ -62,17 +63,6 @@ def _plain_http_to_remote(url: str) -> bool:
         and host not in ("localhost", "127.0.0.1", "::1")
         and not host.endswith(".local")
     )
-
-
-def check_endpoint_url(url: str) -> None:
-    """A one-line error unless ``url`` is an http(s) URL with a host (``notaurl`` once reached
-    urllib and came back as a ValueError traceback, after the whole generation)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LasaError(
-            f"--judge-url {url!r} is not an http(s) URL with a host; give the endpoint's base, e.g. "
-            "http://localhost:8000/v1 (lasa appends /chat/completions)"
-        )
 
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
