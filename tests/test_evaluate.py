@@ -902,3 +902,15 @@ def test_xstest_subsets_keep_the_safe_unsafe_mix():
         assert abs(safe - n * 250 / 450) <= 1 + 0.02 * n, (n, safe)
     assert [r["id"] for r in xstest_samples(24)] == [r["id"] for r in xstest()[::18][:24]]
     assert len(xstest_samples(None)) == len(xstest_samples(450)) == 450
+
+
+def test_a_stage_key_follows_the_judges_code_as_their_versions_do(monkeypatch):
+    """`lasa run` keyed evaluate stages on the hand-bumped refusal tag only: with the lexicon's rules
+    changed it skipped the stage and showed the old ASR, while `lasa evaluate` re-judged."""
+    from lasa.judges import base as judge_base
+    from lasa.judges import judges_fingerprint
+
+    before = judges_fingerprint(["lexicon", "pair"])
+    monkeypatch.setattr(judge_base, "source_digest", lambda *modules: "edited")
+    after = judges_fingerprint(["lexicon", "pair"])
+    assert before["lexicon"] != after["lexicon"] and before["pair"] != after["pair"]

@@ -1118,3 +1118,67 @@ def test_report_names_a_file_given_as_the_run_directory(capsys, tmp_path):
     f.write_text("x")
     rc, _, err = run_cli(capsys, "report", "--run-dir", f)
     assert rc == 2 and "is a file, not a directory" in err and one_line(err), err
+
+
+def test_weights_rewritten_at_one_path_are_named_as_such_not_as_two_models(tmp_path):
+    from lasa.report import mixed_models
+    from lasa.runs import write_json, write_jsonl
+
+    run = tmp_path / "run"
+    for variant, weights in (("base", "w1"), ("kto", "w2")):
+        write_json(run / "eval" / variant / "results.json", {"config": {"model": "/m/tq"}})
+        write_jsonl(
+            run / "eval" / variant / "completions.jsonl",
+            [{"uid": "a", "generation": {"model_weights": weights}}],
+        )
+    note = mixed_models(run, {v: {"config": {"model": "/m/tq"}} for v in ("base", "kto")})
+    assert "the weight files at /m/tq changed between the variants' generations" in note
+    assert "different base models" not in note
+
+
+def test_yaml_merge_keys_still_load_and_may_be_overridden(tmp_path):
+    """The duplicate-key check once refused `<<: *anchor` as invalid YAML."""
+    from lasa.config import EvaluateConfig
+    from lasa.config.base import load_yaml_doc
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        "common: &c\n  batch_size: 4\n  max_new_tokens: 8\nevaluate:\n  <<: *c\n  max_new_tokens: 16\n"
+    )
+    assert load_yaml_doc(cfg)["evaluate"] == {"batch_size": 4, "max_new_tokens": 16}
+    cfg.write_text("evaluate: &e\n  batch_size: 4\nx:\n  <<: *e\n")
+    with pytest.raises(Exception, match="unknown key 'x'"):
+        EvaluateConfig.from_yaml(cfg)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:abc/v1"])
+def test_a_judge_url_with_a_bad_port_is_one_line(url):
+    from lasa.config import EvaluateConfig
+
+    with pytest.raises(LasaError, match="has a bad port") as e:
+        EvaluateConfig(judges=["llm"], judge_url=url, judge_api_model="m")
+    assert "\n" not in str(e.value)
+
+
+def test_lasa_run_refuses_top_level_method_and_variant(capsys, no_model_load, tiny_qwen, tmp_path):
+    for text, message in (("method: sft\n", "method is not used"), ("variant: kto\n", "variant is not used")):
+        cfg = tmp_path / "p.yaml"
+        cfg.write_text(text)
+        rc, _, err = run_cli(
+            capsys, "run", "--config", cfg, "--model", tiny_qwen, "--run-dir", tmp_path / "r"
+        )
+        assert rc == 2 and message in err and one_line(err), err
+
+
+def test_a_copied_adapter_still_says_which_method_trained_it(tmp_path):
+    """The method is written into the adapter folder, so a copy away from its summary.json given
+    as another method's variant is refused too."""
+    from lasa.align import ADAPTER_METHOD_FILE
+    from lasa.config import GenerateConfig
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / ADAPTER_METHOD_FILE).write_text(json.dumps({"method": "kto"}))
+    with pytest.raises(LasaError, match="the kto .* adapter"):
+        GenerateConfig(variant="lasa", adapter=str(copy))
+    assert GenerateConfig(variant="kto", adapter=str(copy)).adapter == str(copy)

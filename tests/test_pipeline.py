@@ -150,6 +150,9 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     assert ran == ["align:kto"] + ([] if same else ["evaluate:kto"])
     assert state["evaluate:kto"]["inputs"]["align:kto"] == state["align:kto"]["output"]
     assert state["align:kto"]["digest"] == 2 and state["align:kto"]["model_weights"]
+    assert json.loads((rd / "align" / "kto" / "adapter" / "lasa_adapter.json").read_text()) == {
+        "method": "kto"
+    }
 
     # a copied (or moved) run directory resumes: the inputs keys do not depend on where it lives
     import shutil
@@ -322,6 +325,9 @@ def test_run_redoes_what_a_missing_file_or_new_weights_need_and_nothing_a_same_r
     (rd / "pipeline.json").write_text(json.dumps(state))
     assert run(preset, model, rd, *variants) == 0
     assert _ran(rd) == []
+    # ... and take the weights' signature from here on, so a later change of weights is seen
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert all(state[name].get("model_weights") for name in markers)
 
     # new weights at the same path: every stage again (the legacy entries above are now rewritten)
     assert run(preset, model, rd, *variants, "--force", "all") == 0
@@ -339,3 +345,26 @@ def test_run_redoes_what_a_missing_file_or_new_weights_need_and_nothing_a_same_r
     report = (rd / "report.md").read_text()
     assert "`base+gate`'s SSI" in report and "is gone or incomplete" in report
     assert "different base models" not in report
+
+
+def test_result_digests_ignore_timings_and_where_the_run_lives(tmp_path):
+    """A retrained adapter's summary records its path as typed (``runs/quick/...`` or a copy's
+    absolute path) and wall seconds: neither is a result. A marker JSON cannot re-encode (a lone
+    surrogate escape) is digested by its bytes instead of crashing the run."""
+    from lasa.pipeline import Stage, _result_digest
+
+    def digest(marker: str) -> str:
+        (tmp_path / "summary.json").write_text(marker)
+        return _result_digest(Stage("align:kto", None, tmp_path / "summary.json", [], lambda: None))
+
+    a = digest(
+        json.dumps({"training": {"adapter": "runs/quick/align/kto/adapter", "seconds": 1.0}, "loss": 0.5})
+    )
+    b = digest(
+        json.dumps({"training": {"adapter": "/tmp/copy/run/align/kto/adapter", "seconds": 2.0}, "loss": 0.5})
+    )
+    c = digest(
+        json.dumps({"training": {"adapter": "runs/quick/align/kto/adapter", "seconds": 1.0}, "loss": 0.6})
+    )
+    assert a == b != c
+    assert digest('{"layer": "\\ud800"}')  # no UnicodeEncodeError

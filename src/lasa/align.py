@@ -91,7 +91,12 @@ def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> 
 # -- training --------------------------------------------------------------------------------
 
 
-def save_adapter(model: Any, dest: Path) -> None:
+#: Written into every adapter folder lasa trains: which method trained it, so a copied adapter
+#: given as ``--variant lasa --adapter PATH`` is still recognised as KTO's (or SFT's).
+ADAPTER_METHOD_FILE = "lasa_adapter.json"
+
+
+def save_adapter(model: Any, dest: Path, method: str | None = None) -> None:
     """``model.save_pretrained`` into ``dest``, whole or not at all, with a byte-stable config.
 
     PEFT keeps ``target_modules`` as a set and writes it in the set's iteration order, which
@@ -108,6 +113,8 @@ def save_adapter(model: Any, dest: Path) -> None:
             if isinstance(data.get(key), list):
                 data[key] = sorted(data[key])
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if method:  # not part of the adapter's digest (its weights and config are)
+        (tmp / ADAPTER_METHOD_FILE).write_text(json.dumps({"method": method}) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
@@ -252,7 +259,7 @@ class _AdapterCheckpoints:
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step in steps and model is not None:
-                    save_adapter(model, root / f"{method}-step{state.global_step}")
+                    save_adapter(model, root / f"{method}-step{state.global_step}", method)
 
         root.mkdir(parents=True, exist_ok=True)
         return Callback()
@@ -434,7 +441,7 @@ def train(
         raise
     seconds = time.time() - t0
     if trainer.accelerator.is_main_process:
-        save_adapter(trainer.model, out / "adapter")
+        save_adapter(trainer.model, out / "adapter", cfg.method)
         shutil.rmtree(out / "trainer", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     steps = int(result.global_step)

@@ -83,6 +83,11 @@ def _check_run_keys(config_path: str) -> None:
     doc = load_yaml_doc(config_path)
     for section, (key, what) in _RUN_SETS.items():
         body = doc.get(section)
+        if key in doc:  # top-level keys apply to every stage that has them: these two, to none here
+            raise LasaError(
+                f"{config_path}: {key} is not used by `lasa run`, which sets it to {what}; remove it "
+                f"(it is for `lasa {section}` alone)"
+            )
         if isinstance(body, dict) and key in body:
             raise LasaError(
                 f"{config_path}: {section}.{key} is not used by `lasa run`, which sets it to {what}; remove it "
@@ -197,11 +202,23 @@ def _volatile(key: str) -> bool:
     return key in ("timings", "seconds", "seconds_per_step") or key.endswith("_seconds")
 
 
+#: Stage folders: a recorded path into one is compared from there on (``runs/quick/align/kto/adapter``
+#: and ``/copy/of/run/align/kto/adapter`` are the same adapter of the same run).
+_STAGE_PARTS = ("locate", "ssi", "align", "eval")
+
+
 def _without_timings(value: Any) -> Any:
+    """A marker's content as a result: no wall-clock timings, no run directory, and paths into the
+    run directory from its stage folder on (a copied or differently spelled run is the same run)."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if not _volatile(str(k))}
+        return {k: _without_timings(v) for k, v in value.items() if not _volatile(str(k)) and k != "run_dir"}
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
+    if isinstance(value, str) and "/" in value:
+        parts = Path(value).parts
+        for i, part in enumerate(parts[:-1]):
+            if part in _STAGE_PARTS and i > 0:
+                return "/".join(parts[i:])
     return value
 
 
@@ -216,13 +233,12 @@ def _result_digest(st: Stage) -> str | None:
 
     if not st.artefact.is_file():
         return None
+    files = [(p.name, sha256_file(p) if p.is_file() else None) for p in st.files]
     try:
         marker: Any = _without_timings(json.loads(st.artefact.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        marker = sha256_file(st.artefact)
-    return fingerprint(
-        {"marker": marker, "files": [(p.name, sha256_file(p) if p.is_file() else None) for p in st.files]}
-    )
+        return fingerprint({"marker": marker, "files": files})
+    except (OSError, ValueError):  # unreadable, not JSON, or text JSON cannot encode (a lone surrogate)
+        return fingerprint({"marker": sha256_file(st.artefact), "files": files})
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -336,6 +352,8 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
         elif current and not forced and not moved:
             logger.info("run: %s is up to date (skipped)", st.name)
             summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
+            if "model_weights" not in prev:  # an entry of an older lasa: watch the weights from now on
+                state[st.name] = prev | {"model_weights": weights}
             continue
         elif current and not forced:
             logger.info("run: %s: %s changed since it ran", st.name, ", ".join(_what(m) for m in moved))

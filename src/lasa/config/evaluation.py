@@ -19,6 +19,12 @@ def check_endpoint_url(url: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number in 0..65535)
+    except ValueError:
+        raise LasaError(
+            f"--judge-url {url!r} has a bad port; give the endpoint's base, e.g. http://localhost:8000/v1"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LasaError(
             f"--judge-url {url!r} is not an http(s) URL with a host; give the endpoint's base, e.g. "
@@ -45,8 +51,11 @@ def _trained_by(adapter: str | None) -> str | None:
         return None
     from pathlib import Path
 
-    for d in (Path(adapter), Path(adapter).parent):
-        f = d / "summary.json"
+    for f in (
+        Path(adapter) / "lasa_adapter.json",  # lasa.align.ADAPTER_METHOD_FILE: travels with a copy
+        Path(adapter) / "summary.json",
+        Path(adapter).parent / "summary.json",
+    ):
         if f.is_file():
             try:
                 import json

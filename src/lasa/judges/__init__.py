@@ -46,7 +46,8 @@ def get_judge(name: str, **kwargs: Any) -> Judge:
 
 def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
     """What each named judge's verdicts depend on beyond its code's name, read without building
-    it: the shipped weights and the labelled corpus they were fitted on, and the refusal rule. A
+    it: the shipped weights and the labelled corpus they were fitted on, the refusal rule and the
+    source of the modules that decide a verdict. A
     stage keyed on it is redone when a lasa update changes them (``llm``: its model and endpoint
     are in the stage config already)."""
     from lasa.data import data_path
@@ -60,14 +61,21 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
         files = [data_path(*p) for p in parts]
         return files_digest([f for f in files if f.is_file()])
 
+    from lasa.judges.base import RULE_MODULES, source_digest
+
+    # the code that decides a verdict, as the judges' version strings carry it: cached verdicts of
+    # other rules are redone by `lasa evaluate`, so `lasa run` must not skip the stage either
+    rules = source_digest(*RULE_MODULES)
     out: dict[str, str] = {}
     for name in names:
         if name == "pair":  # its head and the refusal classifier its refusal flag reads
-            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}"
+            code = source_digest("lasa.judges.pair", "lasa.judges.features", *RULE_MODULES)
+            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
         elif name == "embedding":
-            out[name] = f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}"
+            code = source_digest("lasa.judges.embedding", *RULE_MODULES)
+            out[name] = f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
         elif name == "lexicon":
-            out[name] = REFUSAL_RULE
+            out[name] = f"{REFUSAL_RULE}-{rules}"
     return out
 
 
