@@ -1182,3 +1182,17 @@ def test_a_copied_adapter_still_says_which_method_trained_it(tmp_path):
     with pytest.raises(LasaError, match="the kto .* adapter"):
         GenerateConfig(variant="lasa", adapter=str(copy))
     assert GenerateConfig(variant="kto", adapter=str(copy)).adapter == str(copy)
+
+
+def test_backend_vllm_without_vllm_is_refused_before_the_model_loads(
+    capsys, no_model_load, tiny_qwen, tmp_path, monkeypatch
+):
+    import lasa.config.evaluation
+
+    monkeypatch.setattr(lasa.config.evaluation, "_importable", lambda module: False)
+    rc, _, err = run_cli(
+        capsys, "generate", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--backend", "vllm"
+    )
+    assert (
+        rc == 2 and "needs vLLM: pip install" in err and "backend: vllm` in a preset" in err and one_line(err)
+    ), err

@@ -200,7 +200,9 @@ class GenerateConfig(StageConfig):
                 f"{given} applies only to sampling, and decoding is greedy; add --do-sample, or drop it"
             )
         if self.backend == "vllm" and not _importable("vllm"):  # before the model load, not after
-            raise LasaError("--backend vllm needs vLLM: pip install -e '.[vllm]' (GPU only)")
+            raise LasaError(
+                "--backend vllm (`backend: vllm` in a preset, as configs/paper/ set it) needs vLLM: pip install -e '.[vllm]' (GPU only)"
+            )
         if self.gate and not self.conditioning_text.strip():
             raise LasaError(
                 "--conditioning-text is empty: the gate would insert nothing for the prompts it flags (they "
