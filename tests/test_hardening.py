@@ -1196,3 +1196,56 @@ def test_backend_vllm_without_vllm_is_refused_before_the_model_loads(
     assert (
         rc == 2 and "needs vLLM: pip install" in err and "backend: vllm` in a preset" in err and one_line(err)
     ), err
+
+
+def test_align_and_interpret_bad_counts_are_one_line_before_the_model(
+    capsys, no_model_load, tiny_qwen, tmp_path
+):
+    """`align --method sft --batch-size 0` looped for ever in the batch ordering (SIGTERM could
+    not stop it); `interpret --xstest-mt-n 100000` was capped without a word."""
+    for argv, message in (
+        (["align", "--method", "sft", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["interpret", "--xstest-mt-n", "100000"], "--xstest-mt-n must be in 0..250"),
+    ):
+        rc, _, err = run_cli(capsys, *argv, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
+        assert rc == 2 and message in err and one_line(err), err
+        assert not (tmp_path / "r").exists()
+
+
+def test_sft_on_a_file_without_desirable_rows_is_refused_before_the_model(
+    capsys, no_model_load, tiny_qwen, tmp_path
+):
+    """It ended in TRL's StopIteration after the model load, leaving align/sft/ half written."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"How do I do bad thing {i}?", "completion": "Sure, step 1.", "label": False}
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    rc, _, err = run_cli(
+        capsys, "align", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--method", "sft",
+        "--data", rows, "--lora-layers", "all",
+    )  # fmt: skip
+    assert rc == 2 and "trains on desirable rows" in err and one_line(err), err
+    assert not (tmp_path / "r" / "align" / "sft").exists()
+
+
+def test_a_null_row_id_is_no_id(tmp_path):
+    """`"id": null` became the string "None": every such row one prompt, every KL pair self-paired."""
+    from lasa.data.rows import load_user_rows
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps(
+                {"id": None if i % 2 else "", "prompt": f"p{i}", "completion": "c", "label": bool(i % 2)}
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    assert len({r["pid"] for r in load_user_rows(f)}) == 4

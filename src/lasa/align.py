@@ -557,7 +557,19 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         if bottleneck == n_layers:
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
     if cfg.data:
-        rows, recipe = load_user_rows(cfg.data), {"file": str(cfg.data)}
+        rows, recipe = load_user_rows(cfg.data), {"file": str(Path(cfg.data).resolve())}
+        kinds = {bool(r["label"]) for r in rows}
+        if cfg.method == "sft" and True not in kinds:  # TRL's StopIteration, after the model load
+            raise LasaError(
+                f"--method sft trains on desirable rows, and {cfg.data} has none; add some or use kto"
+            )
+        if cfg.method in ("lasa", "kto") and len(kinds) < 2:
+            logger.warning(
+                "%s holds only %s rows: KTO learns from the contrast of desirable and undesirable answers, "
+                "so the loss will barely move",
+                cfg.data,
+                "desirable" if True in kinds else "undesirable",
+            )
     else:
         rows, recipe = build_rows(
             cfg.train_langs,

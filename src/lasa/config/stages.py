@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -11,6 +12,8 @@ from lasa.config.base import StageConfig, nonempty_langs, safe_name
 from lasa.config.registry import JUDGES, VARIANTS
 from lasa.data import MULTIJAIL_N
 from lasa.errors import LasaError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -250,8 +253,12 @@ class InterpretConfig(StageConfig):
             raise LasaError(
                 f"--calibration-n must be >= 10 (FLORES sentences per language), got {self.calibration_n}"
             )
-        if self.xstest_mt_n < 0:
-            raise LasaError(f"--xstest-mt-n must be >= 0, got {self.xstest_mt_n}")
+        from lasa.data import XSTEST_SAFE_N
+
+        if not 0 <= self.xstest_mt_n <= XSTEST_SAFE_N:  # it was capped without a word
+            raise LasaError(
+                f"--xstest-mt-n must be in 0..{XSTEST_SAFE_N} (safe prompts per language), got {self.xstest_mt_n}"
+            )
         for name in ("sweep_every", "sweep_seeds", "spread_seeds", "epochs", "cap", "eval_n_benign"):
             if getattr(self, name) < 1:  # the flag at fault, not a list of six
                 raise LasaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -348,7 +355,7 @@ class AlignConfig(StageConfig):
         },
     )
     batch_size: int = field(
-        default=4, metadata={"help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
+        default=4, metadata={"ge": 1, "help": "Per-device batch (KTO's KL pairs are built inside it; >= 2)."}
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1, "help": "Gradient accumulation."})
     lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
@@ -397,6 +404,11 @@ class AlignConfig(StageConfig):
             raise LasaError("--data is empty; give a JSONL / JSON file, or leave it out for lasa's recipe")
         if self.method not in ("lasa", "kto", "sft"):
             raise LasaError(f"--method must be lasa, kto or sft, got {self.method!r}")
+        if not self.lora and self.lora_layers == "above_bottleneck":
+            logger.warning(
+                "--no-lora trains every weight, the blocks up to the bottleneck included: the SSI then reads "
+                "a state the training moved, and the gate is not exact (--lora-layers applies to LoRA only)"
+            )
         if self.batch_size < 2 and self.method != "sft":
             raise LasaError("--batch-size must be >= 2 for KTO (its KL pairs are built within a batch)")
         for name in ("rho_safety", "rho_general"):

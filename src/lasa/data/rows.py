@@ -279,7 +279,8 @@ def load_user_rows(path: str | Path) -> list[dict]:
         # two lines: numbering lines made them two prompts, and the KL pairing then put a prompt's
         # two completions in one batch while reporting 0 self-paired rows)
         default_pid = "user:" + hashlib.sha1(f"{lang}\n{item['prompt']}".encode()).hexdigest()[:12]
-        pid = str(item.get("id", default_pid))
+        given = item.get("id")  # null or "" is no id: as "None" it made every such row one prompt
+        pid = default_pid if given is None or not str(given).strip() else str(given)
         if "chosen" in item or "rejected" in item:
             for key in ("chosen", "rejected"):
                 if not isinstance(item.get(key), str) or not item[key].strip():
