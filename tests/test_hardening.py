@@ -1173,8 +1173,8 @@ def test_lasa_run_refuses_top_level_method_and_variant(capsys, no_model_load, ti
 def test_a_copied_adapter_still_says_which_method_trained_it(tmp_path):
     """The method is written into the adapter folder, so a copy away from its summary.json given
     as another method's variant is refused too."""
-    from lasa.align import ADAPTER_METHOD_FILE
     from lasa.config import GenerateConfig
+    from lasa.config.registry import ADAPTER_METHOD_FILE
 
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -37,6 +37,7 @@ from typing import Any
 from lasa import distributed
 from lasa.conditioning import CONDITIONING_SEPARATOR, chat_prefix
 from lasa.config import AlignConfig
+from lasa.config.registry import ADAPTER_METHOD_FILE
 from lasa.data.rows import build_rows, condition_rows, fill_last_batch, kl_pairs, load_user_rows, order_for_kl
 from lasa.errors import LasaError
 from lasa.on_policy import cached_on_policy_rows
@@ -89,11 +90,6 @@ def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> 
 
 
 # -- training --------------------------------------------------------------------------------
-
-
-#: Written into every adapter folder lasa trains: which method trained it, so a copied adapter
-#: given as ``--variant lasa --adapter PATH`` is still recognised as KTO's (or SFT's).
-ADAPTER_METHOD_FILE = "lasa_adapter.json"
 
 
 def save_adapter(model: Any, dest: Path, method: str | None = None) -> None:

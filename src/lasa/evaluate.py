@@ -147,15 +147,13 @@ def _xstest_subset(rows: list[dict], n: int) -> list[dict]:
     first rows, 125 / 175 safe) each label's rows are spread over separately."""
     step = len(rows) // n
     picked = rows[::step][:n] if step >= 2 else []
-    safe = [r for r in rows if r["label"] == "safe"]
+    safe = [i for i, r in enumerate(rows) if r["label"] == "safe"]
+    unsafe = [i for i, r in enumerate(rows) if r["label"] != "safe"]
     want = round(n * len(safe) / len(rows))
     if picked and abs(sum(r["label"] == "safe" for r in picked) - want) <= 1 + 0.02 * n:
         return picked
-    unsafe = [r for r in rows if r["label"] != "safe"]
-    chosen = {id(safe[i]) for i in _spread(want, len(safe))} | {
-        id(unsafe[i]) for i in _spread(n - want, len(unsafe))
-    }
-    return [r for r in rows if id(r) in chosen]
+    chosen = {safe[i] for i in _spread(want, len(safe))} | {unsafe[i] for i in _spread(n - want, len(unsafe))}
+    return [rows[i] for i in sorted(chosen)]
 
 
 def xstest_samples(n: int | None) -> list[dict]:

@@ -8,7 +8,14 @@ from typing import ClassVar, Literal
 
 from lasa.conditioning import CONDITIONING_TEXT
 from lasa.config.base import StageConfig, nonempty_langs, safe_name
-from lasa.config.registry import DEFAULT_JUDGE, JUDGES, UTILITY_TASKS, VARIANTS
+from lasa.config.registry import (
+    ADAPTER_METHOD_FILE,
+    DEFAULT_JUDGE,
+    JUDGES,
+    METHODS,
+    UTILITY_TASKS,
+    VARIANTS,
+)
 from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
 
@@ -52,7 +59,7 @@ def _trained_by(adapter: str | None) -> str | None:
     from pathlib import Path
 
     for f in (
-        Path(adapter) / "lasa_adapter.json",  # lasa.align.ADAPTER_METHOD_FILE: travels with a copy
+        Path(adapter) / ADAPTER_METHOD_FILE,  # travels with a copy of the adapter
         Path(adapter) / "summary.json",
         Path(adapter).parent / "summary.json",
     ):
@@ -63,7 +70,7 @@ def _trained_by(adapter: str | None) -> str | None:
                 method = json.loads(f.read_text(encoding="utf-8")).get("method")
             except (OSError, ValueError, AttributeError):
                 return None
-            return method if method in ("lasa", "kto", "sft") else None
+            return method if method in METHODS else None
     return None
 
 
@@ -166,7 +173,7 @@ class GenerateConfig(StageConfig):
             if self.adapter is None:
                 self.adapter = known.get("adapter")
             self.gate = self.gate or bool(known.get("gate"))
-            trained_by = self.adapter if self.adapter in ("lasa", "kto", "sft") else _trained_by(self.adapter)
+            trained_by = self.adapter if self.adapter in METHODS else _trained_by(self.adapter)
             method_clash = trained_by is not None and trained_by != known.get("adapter")
             if (
                 bool(known.get("gate")) != self.gate

@@ -20,6 +20,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The training methods (``lasa align --method``): the adapters the variants above name.
+METHODS: tuple[str, ...] = tuple(dict.fromkeys(v["adapter"] for v in VARIANTS.values() if "adapter" in v))
+
+#: Written into every adapter folder ``lasa align`` saves: which method trained it, so a copied
+#: adapter given as another method's variant (``--variant lasa --adapter COPY_OF_KTO``) is refused.
+ADAPTER_METHOD_FILE = "lasa_adapter.json"
+
+
 #: Judges by name -> "module:Class", built lazily by ``lasa.judges.get_judge`` (the e5 judges load a
 #: model). The table lives here so that configs validate judge names without importing the judges.
 JUDGES: dict[str, str] = {
