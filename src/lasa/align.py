@@ -92,17 +92,30 @@ def drop_overlong_prompts(rows: list[dict], tokenizer: Any, max_length: int) -> 
 # -- training --------------------------------------------------------------------------------
 
 
-def save_adapter(model: Any, dest: Path, method: str | None = None) -> None:
+def save_adapter(
+    model: Any,
+    dest: Path,
+    method: str | None = None,
+    tokenizer: Any = None,
+    record: dict | None = None,
+) -> None:
     """``model.save_pretrained`` into ``dest``, whole or not at all, with a byte-stable config.
 
     PEFT keeps ``target_modules`` as a set and writes it in the set's iteration order, which
     Python's string hashing changes from process to process: two trainings with identical weights
     then leave different ``adapter_config.json`` bytes, hence different adapter digests, and an
     evaluation keyed on the digest would regenerate for nothing. The set-valued fields are
-    written sorted (the same set, so PEFT loads the same adapter)."""
+    written sorted (the same set, so PEFT loads the same adapter).
+
+    A full fine-tune (``--no-lora``) is saved the same way, as a whole checkpoint with its
+    ``tokenizer`` (a directory ``transformers`` loads as a model) and ``record``
+    (:func:`full_checkpoint_record`) in ``lasa_adapter.json``: ``lasa evaluate`` reads it to
+    evaluate the checkpoint as the method's variant of its base model."""
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
     for config in tmp.rglob("adapter_config.json"):
         data = json.loads(config.read_text())
         for key in ("target_modules", "exclude_modules"):
@@ -110,9 +123,34 @@ def save_adapter(model: Any, dest: Path, method: str | None = None) -> None:
                 data[key] = sorted(data[key])
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if method:  # not part of the adapter's digest (its weights and config are)
-        (tmp / ADAPTER_METHOD_FILE).write_text(json.dumps({"method": method}) + "\n")
+        (tmp / ADAPTER_METHOD_FILE).write_text(json.dumps({"method": method, **(record or {})}) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+
+
+def freeze_through(lm: Any, bottleneck: int) -> int:
+    """Full fine-tuning above the bottleneck: freeze the input embeddings and decoder blocks
+    ``1..bottleneck`` (1-based), so the state the SSI reads at L* is the base model's, exactly, in
+    the fine-tuned model too (the release trained every weight and then gated with the moved state:
+    flaw 3 in the method notes). With tied embeddings the LM head stays frozen with them. Returns
+    the number of frozen blocks."""
+    lm.model.get_input_embeddings().requires_grad_(False)
+    for block in list(lm.layers)[:bottleneck]:
+        block.requires_grad_(False)
+    return int(bottleneck)
+
+
+def full_checkpoint_record(method: str, lm: Any, frozen: int) -> dict:
+    """What ``lasa evaluate`` needs to evaluate a full fine-tune as a variant of its base model:
+    the base (spec, resolved path, fingerprint: the SSI trained on the base is checked against it)
+    and how many leading blocks training left untouched (the gate is exact up to there)."""
+    return {
+        "full_model": True,
+        "base_model": lm.spec,
+        "base_path": lm.path,
+        "base_fingerprint": lm.fingerprint,
+        "frozen_blocks": frozen,
+    }
 
 
 def block_linear_names(layers: Any) -> list[str]:
@@ -387,8 +425,11 @@ def train(
     model, tok = lm.model, lm.tokenizer
     model.train()
     peft_config = lora_config(cfg, lm.num_layers, bottleneck, lm.layers) if cfg.lora else None
+    frozen = 0
     if not cfg.lora:
         model.requires_grad_(True)
+        if cfg.lora_layers == "above_bottleneck" and bottleneck is not None:
+            frozen = freeze_through(lm, bottleneck)
     torch.manual_seed(cfg.seed)
     trl_rows = to_trl_rows(rows, tok)
     log_path = out / "train_log.jsonl"
@@ -437,7 +478,11 @@ def train(
         raise
     seconds = time.time() - t0
     if trainer.accelerator.is_main_process:
-        save_adapter(trainer.model, out / "adapter", cfg.method)
+        if cfg.lora:
+            save_adapter(trainer.model, out / "adapter", cfg.method)
+        else:
+            record = full_checkpoint_record(cfg.method, lm, frozen)
+            save_adapter(trainer.model, out / "adapter", cfg.method, tokenizer=tok, record=record)
         shutil.rmtree(out / "trainer", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     steps = int(result.global_step)
@@ -451,6 +496,7 @@ def train(
         "n_rows": len(trl_rows),
         "adapter": str(out / "adapter"),
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
+        **({"full_fine_tuning": {"frozen_blocks": frozen}} if not cfg.lora else {}),
         "shared_frozen_prefix": (
             {"blocks": prefix.k, "replayed_passes": prefix.hits, "computed_passes": prefix.misses}
             if prefix
@@ -577,7 +623,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         )
     # the adapter's placement, after the (cheap) row checks and before rows.jsonl, the on-policy
     # generation and the model load: a missing bottleneck used to fail in lora_config, after all three
-    if not cfg.dry_run and cfg.lora and cfg.lora_layers == "above_bottleneck" and bottleneck is None:
+    if not cfg.dry_run and cfg.lora_layers == "above_bottleneck" and bottleneck is None:
         raise LasaError(
             f"--lora-layers above_bottleneck needs {run.bottleneck} (run `lasa locate --run-dir "
             f"{cfg.run_dir}`), or pass --bottleneck-layer N or --lora-layers all"

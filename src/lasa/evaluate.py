@@ -48,13 +48,18 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
-    """A PEFT adapter directory, or a method name (lasa / kto / sft) trained into this run."""
+    """A PEFT adapter directory, or a method name (lasa / kto / sft) trained into this run; a full
+    fine-tune that ``lasa align --no-lora`` saved there is taken as well (its record names its base)."""
     if not spec:
         return None
     path = Path(spec)
     as_method = not path.exists() and "/" not in spec and "\\" not in spec  # a method name, not a path
     if as_method:
         path = RunDir(run_dir).adapter(spec)
+    from lasa.models import is_full_checkpoint
+
+    if is_full_checkpoint(path):  # `lasa align --no-lora`: a whole model, a variant of its base
+        return path
     if not (path / "adapter_config.json").is_file():
         how = f"train one with `lasa align --method {spec}`" if as_method else "train one with `lasa align`"
         raise LasaError(f"--adapter {spec}: no PEFT adapter at {path}; {how} or pass an adapter directory")
@@ -88,7 +93,7 @@ def twin_dir(cfg: GenerateConfig) -> Path:
 
 
 def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[LoadedModel, Gate | None, dict]:
-    from lasa.models import load_adapter, load_model
+    from lasa.models import is_full_checkpoint, load_adapter, load_model
 
     adapter = resolve_adapter(cfg.adapter, cfg.run_dir)
     gate = None
@@ -110,6 +115,18 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
         from lasa.conditioning import check_adapter_conditioning
 
         check_adapter_conditioning(adapter, cfg.conditioning_text)  # before the model load
+    full = is_full_checkpoint(adapter)
+    if full:  # a full fine-tune: its own weights, evaluated as a variant of the base it records
+        from lasa.models import adapter_record, check_full_checkpoint_gate, load_full_checkpoint
+
+        base = adapter_record(adapter).get("base_model")
+        if base is not None and base != cfg.model:
+            logger.warning("%s was fine-tuned from %s, not --model %s", adapter, base, cfg.model)
+        if gate is not None:
+            check_full_checkpoint_gate(adapter, gate.ssi)  # before the load
+        if lm is None or lm.path != str(adapter):
+            lm = load_full_checkpoint(adapter, cfg.device, cfg.dtype)
+        return lm, gate, info
     if adapter and lm is None:
         from lasa.models import check_adapter_fits
 
@@ -221,10 +238,12 @@ def generation_info(
     if lm is not None:
         from lasa.models import weights_signature
 
+        # a full fine-tune is a variant of its base model (its own weights are ``adapter_digest``)
+        base = lm.full_checkpoint or {}
         info |= {
-            "model": lm.path,
+            "model": base.get("base_path", lm.path),
             # the weights' identity: the same path can hold other weights, other paths the same
-            "model_weights": weights_signature(lm.spec),
+            "model_weights": weights_signature(base["base_model"]) if base else weights_signature(lm.spec),
             "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
         }
     return info
@@ -412,7 +431,8 @@ def generate_samples(
         if backend == "vllm":
             from lasa.generate import generate_vllm
 
-            rows = generate_vllm(lm, prompts, settings, gate, adapter=str(adapter) if adapter else None)
+            lora = str(adapter) if adapter and lm.full_checkpoint is None else None  # a full model is lm
+            rows = generate_vllm(lm, prompts, settings, gate, adapter=lora)
             for (w, s), r in zip(todo, rows):
                 w.append([s | r | {"generation": gen_info}])
         else:

@@ -42,6 +42,9 @@ class LoadedModel:
     layers: nn.ModuleList
     layers_path: str
     fingerprint: dict = field(default_factory=dict)
+    #: for a full fine-tune lasa trained (:func:`load_full_checkpoint`): its record, which names the
+    #: base model it is a variant of (None for a base model, with or without a PEFT adapter)
+    full_checkpoint: dict | None = None
 
     @property
     def num_layers(self) -> int:
@@ -435,6 +438,68 @@ def _adapter_mismatch(path: Path, modules: dict[str, nn.Module]) -> str | None:
                 side = "inputs" if axis == 1 else "outputs"
                 return f"its {name} has {shape[axis]} {side}, this model's {want}"
     return None
+
+
+def adapter_record(path: str | Path) -> dict:
+    """``lasa_adapter.json`` of a directory ``lasa align`` saved (the method; for a full fine-tune
+    also its base model and frozen blocks, :func:`lasa.align.full_checkpoint_record`); {} when
+    absent or unreadable."""
+    from lasa.config.registry import ADAPTER_METHOD_FILE
+
+    try:
+        doc = json.loads((Path(path) / ADAPTER_METHOD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def is_full_checkpoint(path: str | Path | None) -> bool:
+    """A whole fine-tuned model ``lasa align --no-lora`` saved (not a PEFT adapter)."""
+    return (
+        path is not None
+        and (Path(path) / "config.json").is_file()
+        and bool(adapter_record(path).get("full_model"))
+    )
+
+
+def adapter_complete(path: str | Path) -> bool:
+    """Whether ``lasa align``'s output at ``path`` holds its weights: a PEFT adapter's config and
+    weights, or a full fine-tune's config and weights (one file or a sharded index)."""
+    path = Path(path)
+    if is_full_checkpoint(path):
+        return any(
+            (path / f).is_file()
+            for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+        )
+    return all((path / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors"))
+
+
+def load_full_checkpoint(path: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a full fine-tune as a variant of its base: the weights are the checkpoint's, and
+    :attr:`LoadedModel.full_checkpoint` keeps the record naming the base it was trained from."""
+    lm = load_model(str(path), device, dtype)
+    lm.full_checkpoint = adapter_record(path)
+    return lm
+
+
+def check_full_checkpoint_gate(path: str | Path, ssi: Any) -> None:
+    """Gating a full fine-tune is exact only when training left the SSI's layer alone: the SSI must
+    be the base model's, and its layer at or below the blocks the fine-tune froze (the default
+    ``--lora-layers above_bottleneck``). Refused otherwise, from the record alone (before a load)."""
+    rec = adapter_record(path)
+    base_fp = rec.get("base_fingerprint") or {}
+    if not fingerprints_match(ssi.meta.get("model_fingerprint") or {}, base_fp):
+        raise LasaError(
+            f"the SSI was trained on {ssi.meta.get('model')!r}, but the full fine-tune at {path} was trained "
+            f"from {rec.get('base_model')!r}; gate it with an SSI of its base model"
+        )
+    frozen = int(rec.get("frozen_blocks") or 0)
+    if ssi.layer > frozen:
+        raise LasaError(
+            f"the full fine-tune at {path} trained block {frozen + 1} and up, so the SSI's layer {ssi.layer} reads a "
+            "state the training moved; retrain with `lasa align --no-lora --lora-layers above_bottleneck` "
+            "(blocks up to L* frozen) or evaluate it without the gate"
+        )
 
 
 def check_adapter_fits(adapter: str | Path, spec: str) -> None:

@@ -33,6 +33,7 @@ from lasa.config import (
     RunConfig,
     StageConfig,
 )
+from lasa.config.registry import ADAPTER_METHOD_FILE
 from lasa.errors import LasaError
 from lasa.runs import RunDir, exclusive, files_digest, fingerprint, make_dirs, read_json_object, write_json
 
@@ -132,6 +133,20 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     methods = sorted({VARIANTS[v].get("adapter") for v in run.variants} - {None})
     for method in methods:
         acfg = AlignConfig.from_yaml(config_path, **shared, method=method)
+        gated = [v for v in run.variants if VARIANTS[v].get("adapter") == method and VARIANTS[v].get("gate")]
+        if not acfg.lora and acfg.lora_layers == "all" and gated:
+            raise LasaError(
+                f"align.lora false with lora_layers all trains the blocks the SSI reads, so {', '.join(gated)} "
+                "could not be gated exactly; set align.lora_layers: above_bottleneck (freezes blocks up to L*) "
+                "or drop the gated variant"
+            )
+        frozen = acfg.bottleneck_layer
+        if not acfg.lora and gated and frozen is not None and (interp.layer or 0) not in range(1, frozen + 1):
+            raise LasaError(
+                f"align.lora false freezes blocks 1..{frozen} (align.bottleneck_layer), but the SSI reads "
+                f"{'layer ' + str(interp.layer) if interp.layer else 'the located bottleneck'}: {', '.join(gated)} "
+                f"could not be gated exactly; set interpret.layer to {frozen} or less, or drop align.bottleneck_layer"
+            )
         # training wraps the model with LoRA in place, so it gets a fresh copy (3 s to load)
         stages.append(
             Stage(
@@ -143,6 +158,11 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 files=[
                     rd.adapter(method) / "adapter_model.safetensors",
                     rd.adapter(method) / "adapter_config.json",
+                ]
+                if acfg.lora
+                else [  # a full fine-tune: a whole checkpoint (sharded or not) and its record
+                    rd.adapter(method) / "config.json",
+                    rd.adapter(method) / ADAPTER_METHOD_FILE,
                 ],
             )
         )

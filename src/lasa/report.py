@@ -508,6 +508,7 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
     says so rather than present the pair as one experiment. Compared by content (the digests the
     completions record), so a moved run directory is not flagged."""
     from lasa.evaluate import _adapter_digest, resolve_adapter
+    from lasa.models import adapter_complete
     from lasa.runs import fingerprint
 
     notes = []
@@ -524,9 +525,7 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
             except LasaError:
                 path = None
             want = _recorded(rd, variant, "adapter_digest")
-            whole = path is not None and all(
-                (path / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors")
-            )
+            whole = path is not None and adapter_complete(path)
             current = _adapter_digest(path) if whole else None
             if not whole:
                 notes.append(

@@ -268,9 +268,15 @@ class SSI:
 
     # -- inference -----------------------------------------------------------------------
     def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
-        """Refuse a model other than the one the SSI was trained on, or a different layer."""
+        """Refuse a model other than the one the SSI was trained on, or a different layer. A full
+        fine-tune lasa trained passes when its base is the SSI's model and training froze the
+        blocks up to the SSI's layer (its state there is then the base's)."""
         fp = self.meta.get("model_fingerprint") or {}
-        if not fingerprints_match(fp, lm.fingerprint):
+        if lm.full_checkpoint is not None:
+            from lasa.models import check_full_checkpoint_gate
+
+            check_full_checkpoint_gate(lm.path, self)
+        elif not fingerprints_match(fp, lm.fingerprint):
             how = (
                 f"the same architecture (fingerprint {fp.get('id')}) with other weights"
                 if fp.get("id") == lm.fingerprint.get("id")

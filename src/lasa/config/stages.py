@@ -372,9 +372,10 @@ class AlignConfig(StageConfig):
     lora_layers: Literal["above_bottleneck", "all"] = field(
         default="above_bottleneck",
         metadata={
-            "help": "Adapt only the blocks above the bottleneck (keeps the "
+            "help": "Train only the blocks above the bottleneck (keeps the "
             "SSI's input unchanged, so the gate reads the adapted model's own "
-            "prefill) or all blocks."
+            "prefill) or all blocks. LoRA adapts them; with --no-lora the "
+            "embeddings and blocks up to L* are frozen."
         },
     )
     bottleneck_layer: int | None = field(
@@ -404,10 +405,11 @@ class AlignConfig(StageConfig):
             raise LasaError("--data is empty; give a JSONL / JSON file, or leave it out for lasa's recipe")
         if self.method not in ("lasa", "kto", "sft"):
             raise LasaError(f"--method must be lasa, kto or sft, got {self.method!r}")
-        if not self.lora and self.lora_layers == "above_bottleneck":
+        if not self.lora and self.lora_layers == "all":
             logger.warning(
-                "--no-lora trains every weight, the blocks up to the bottleneck included: the SSI then reads "
-                "a state the training moved, and the gate is not exact (--lora-layers applies to LoRA only)"
+                "--no-lora --lora-layers all trains every weight, the blocks up to the bottleneck included: "
+                "the SSI would read a state the training moved, so `lasa evaluate` will refuse to gate this "
+                "checkpoint (the default, above_bottleneck, freezes the blocks up to L*)"
             )
         if self.batch_size < 2 and self.method != "sft":
             raise LasaError("--batch-size must be >= 2 for KTO (its KL pairs are built within a batch)")

@@ -197,11 +197,15 @@ def paired_log_probs(
     keep: int | None = None,
     reference: BaseReference | None = None,
     name: str = "",
+    base_lm: LoadedModel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token log-probabilities under the adapted model and under its base (adapter disabled),
     the base pass reusing the blocks the two share (:func:`shared_blocks`). With a ``reference``
     that holds batch ``name`` the base pass is not run at all and the adapted pass starts at the
-    shared state; without one, what this base pass computed is put there."""
+    shared state; without one, what this base pass computed is put there. ``base_lm``: the base
+    as a model of its own (a full fine-tune has no adapter to disable), run on the same batch."""
+    if base_lm is not None:
+        return _forward(lm, ids, mask, keep), _forward(base_lm, ids, mask, keep)
     k = shared_blocks(lm)
     if k == 0:
         lp = _forward(lm, ids, mask, keep)
@@ -258,6 +262,7 @@ def token_drift(
     desc: str = "drift",
     reference: BaseReference | None = None,
     per_text: bool = False,
+    base_lm: LoadedModel | None = None,
 ) -> dict:
     """Teacher-forced NLL per token under the model as loaded (adapter on) and, when it has an
     adapter, under its base, plus the mean per-token KL(adapter ‖ base). Right-padded batches;
@@ -272,7 +277,7 @@ def token_drift(
     seqs = [seqs[i] for i in kept]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches = forward_batches([len(q) for q in seqs], batch_size)
-    adapter = _has_adapter(lm)
+    adapter = _has_adapter(lm) or base_lm is not None
     nll, nll_base, kl, n = 0.0, 0.0, 0.0, 0
     rows: dict[str, list] = {
         "nll": [0.0] * len(texts),
@@ -283,7 +288,10 @@ def token_drift(
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id, "left")
         if adapter:
             lp, lb = (
-                x[:, :-1] for x in paired_log_probs(lm, ids, mask, reference=reference, name=f"{desc}/{b}")
+                x[:, :-1]
+                for x in paired_log_probs(
+                    lm, ids, mask, reference=reference, name=f"{desc}/{b}", base_lm=base_lm
+                )
             )
         elif reference is not None and reference.split and reference.get(f"{desc}/{b}", count=False) is None:
             # the base variant of a run with adapters: its own pass is the base side they compare with
@@ -324,9 +332,10 @@ def first_token_kl(
     batch_size: int = 8,
     reference: BaseReference | None = None,
     name: str = "first",
+    base_lm: LoadedModel | None = None,
 ) -> float:
     """Mean KL(adapter ‖ base) of the first assistant token's distribution on chat prompts."""
-    if not _has_adapter(lm) or not prompts:
+    if not (_has_adapter(lm) or base_lm is not None) or not prompts:
         return 0.0
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -334,7 +343,10 @@ def first_token_kl(
     for b, idx in enumerate(forward_batches([len(s) for s in seqs], batch_size)):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id, "left")
         lp, lb = (
-            x[:, -1] for x in paired_log_probs(lm, ids, mask, keep=1, reference=reference, name=f"{name}/{b}")
+            x[:, -1]
+            for x in paired_log_probs(
+                lm, ids, mask, keep=1, reference=reference, name=f"{name}/{b}", base_lm=base_lm
+            )
         )
         total += float((lp.exp() * (lp - lb)).sum(-1).sum())
     return total / len(seqs)
@@ -348,6 +360,7 @@ def eval_drift(
     progress: bool = True,
     reference_path: str | Path | None = None,
     base_split: int = 0,
+    base_lm: LoadedModel | None = None,
 ) -> dict:
     """Per language: FLORES perplexity (adapter and base), token KL and first-token KL; means.
 
@@ -356,7 +369,8 @@ def eval_drift(
     ``base_split``: for a model without an adapter, how many leading blocks the run's adapters
     leave alone (:func:`run_adapter_split`): the base variant's own FLORES pass is then kept as the
     base side the adapter variants read, so the first of them runs FLORES through its adapted
-    blocks only."""
+    blocks only. ``base_lm``: the base model loaded on its own, for a full fine-tune ``lm`` (no
+    adapter to disable; both models are held for the pass)."""
     from lasa.data.safety import evaluation_prompts, flores
 
     langs = list(langs or LANGUAGES)
@@ -365,16 +379,18 @@ def eval_drift(
     chats = {lang: [p.text for p in benign if p.lang == lang and p.label == 0][:n] for lang in langs}
     reference = None
     # the base variant keeps its pass for the adapter variants that split at ``base_split``
-    base_keeps = base_split > 0 and not _has_adapter(lm) and can_restart(lm)
+    base_keeps = base_split > 0 and not _has_adapter(lm) and base_lm is None and can_restart(lm)
     split = shared_blocks(lm) if _has_adapter(lm) else (base_split if base_keeps else 0)
     if reference_path is not None and split > 0:
         key = reference_key(lm, split, batch_size, {"langs": langs, "flores": texts, "chats": chats})
         reference = BaseReference(Path(reference_path), key, split)
     per: dict[str, dict] = {}
     for lang in langs:
-        row = token_drift(lm, texts[lang], batch_size, progress, desc=f"drift {lang}", reference=reference)
+        row = token_drift(
+            lm, texts[lang], batch_size, progress, desc=f"drift {lang}", reference=reference, base_lm=base_lm
+        )
         row["first_token_kl"] = first_token_kl(
-            lm, chats[lang], batch_size, reference=reference, name=f"first {lang}"
+            lm, chats[lang], batch_size, reference=reference, name=f"first {lang}", base_lm=base_lm
         )
         per[lang] = row
     if reference is not None:
@@ -390,7 +406,8 @@ def eval_drift(
         "per_language": per,
         "mean": mean,
         "ppl_ratio_worst": {"lang": worst, "ratio": per[worst]["ppl"] / per[worst]["ppl_base"]},
-        "adapter": _has_adapter(lm),
+        "adapter": _has_adapter(lm) or base_lm is not None,
+        **({"full_fine_tune": True} if base_lm is not None else {}),
         "n_per_language": n,
         "base_batches_read": reference.hits if reference is not None else 0,
         "base_batches_kept": reference.added if reference is not None else 0,

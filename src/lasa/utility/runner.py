@@ -38,6 +38,11 @@ def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dic
     from lasa.utility.drift import REFERENCE_FILE, eval_drift, run_adapter_split
 
     reference = RunDir(cfg.run_dir).path / "eval" / REFERENCE_FILE
+    base_lm = None
+    if lm.full_checkpoint:  # a full fine-tune has no adapter to switch off: its base is loaded beside it
+        from lasa.models import load_model
+
+        base_lm = load_model(lm.full_checkpoint["base_model"], cfg.device, cfg.dtype)
     summary = eval_drift(
         lm,
         cfg.langs,
@@ -45,6 +50,7 @@ def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dic
         cfg.utility_batch_size,
         reference_path=reference,
         base_split=run_adapter_split(cfg.run_dir),
+        base_lm=base_lm,
     )
     return summary, None
 

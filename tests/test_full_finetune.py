@@ -1,0 +1,156 @@
+"""Full fine-tuning (`align.lora: false`, the paper presets' recipe) through `lasa run` on a tiny model.
+
+It used to train for hours and then fail at `evaluate:kto` ("no PEFT adapter"), and it trained the
+blocks the SSI reads (the release's flaw 3). Now the blocks up to L* are frozen, the checkpoint is
+evaluated as a variant of its base (gated exactly, drift measured against the base loaded beside it),
+and the run resumes like a LoRA run."""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lasa.cli import main
+from lasa.errors import LasaError
+from test_pipeline import PRESET
+from tiny import DEVICE
+
+FULL = deepcopy(PRESET)
+FULL["align"] = {
+    **PRESET["align"],
+    "lora": False,
+    "lora_layers": "above_bottleneck",
+    "bottleneck_layer": 2,  # of the tiny model's 4 (this small locate finds the last one)
+    "learning_rate": 1e-3,
+}
+FULL["interpret"] = {**PRESET["interpret"], "layer": 2}  # the SSI reads a frozen block
+FULL["evaluate"] = {**PRESET["evaluate"], "utility": ["drift"], "drift_n": 2}
+
+
+def _run(cfg: dict, tiny, rd, tmp_path) -> int:
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return main(
+        ["run", "--config", str(path), "--model", str(tiny), "--run-dir", str(rd), "--device", DEVICE]
+    )
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def test_full_fine_tune_freezes_up_to_the_bottleneck_and_is_evaluated_as_a_variant(tiny_qwen, tmp_path):
+    rd = tmp_path / "run"
+    assert _run(FULL, tiny_qwen, rd, tmp_path) == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert [s["status"] for s in state["_last_run"]["stages"]] == ["ran"] * 8
+
+    layer = FULL["align"]["bottleneck_layer"]
+    base = _weights(tiny_qwen)
+    for method in ("kto", "lasa"):
+        ckpt = rd / "align" / method / "adapter"
+        record = json.loads((ckpt / "lasa_adapter.json").read_text())
+        assert record["method"] == method and record["full_model"] and record["frozen_blocks"] == layer
+        assert (ckpt / "tokenizer_config.json").is_file()  # a directory transformers loads as a model
+        tuned = _weights(ckpt)
+        below = [k for k in tuned if k.startswith(tuple(f"model.layers.{i}." for i in range(layer)))]
+        above = [k for k in tuned if k.startswith(f"model.layers.{layer}.")]
+        assert below and above
+        # what the SSI reads is the base model's, exactly: embeddings and blocks 1..L* untouched
+        for k in [*below, "model.embed_tokens.weight"]:
+            assert torch.equal(tuned[k], base[k]), k
+        assert any(not torch.equal(tuned[k], base[k]) for k in above)  # and training did move the rest
+
+    # drift compares the checkpoint with its base, loaded beside it: the base side is the base
+    # variant's own perplexity, and the KL is measured (it used to read 0 "by definition")
+    base_drift = json.loads((rd / "eval" / "base" / "utility.json").read_text())["drift"]["per_language"]
+    kto = json.loads((rd / "eval" / "kto" / "utility.json").read_text())["drift"]
+    assert kto["full_fine_tune"] and kto["adapter"]
+    for lang, row in kto["per_language"].items():
+        assert row["ppl_base"] == pytest.approx(base_drift[lang]["ppl"], rel=1e-4)
+        assert row["token_kl"] > 0 and row["ppl"] != pytest.approx(row["ppl_base"], rel=1e-9)
+    # the gated checkpoint was gated (its first block above L* moved, the SSI's input did not)
+    info = json.loads((rd / "eval" / "lasa+gate" / "results.json").read_text())["variant_info"]
+    assert info["gate"] and info["adapter"].endswith("lasa/adapter")
+    row = json.loads((rd / "eval" / "kto" / "completions.jsonl").read_text().splitlines()[0])
+    base_row = json.loads((rd / "eval" / "base" / "completions.jsonl").read_text().splitlines()[0])
+    assert row["generation"]["model_weights"] == base_row["generation"]["model_weights"]  # one base model
+    report = (rd / "report.md").read_text()
+    assert "gone or incomplete" not in report and "different base models" not in report
+
+    # resume: nothing to redo
+    assert _run(FULL, tiny_qwen, rd, tmp_path) == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    assert [s["status"] for s in state["_last_run"]["stages"]] == ["skipped"] * 8
+    # a deleted checkpoint is retrained; the same seed gives the same result, so nothing after it reruns
+    (rd / "align" / "kto" / "adapter" / "config.json").unlink()
+    assert _run(FULL, tiny_qwen, rd, tmp_path) == 0
+    ran = {
+        s["stage"]
+        for s in json.loads((rd / "pipeline.json").read_text())["_last_run"]["stages"]
+        if s["status"] == "ran"
+    }
+    assert ran == {"align:kto"}
+
+
+def test_full_fine_tune_of_every_block_with_a_gated_variant_is_refused_before_any_stage(
+    tiny_qwen, tmp_path, capsys
+):
+    cfg = deepcopy(FULL)
+    cfg["align"]["lora_layers"] = "all"
+    rd = tmp_path / "run"
+    assert _run(cfg, tiny_qwen, rd, tmp_path) == 2
+    assert "could not be gated exactly" in capsys.readouterr().err
+    assert not (rd / "locate").exists()
+
+
+def test_full_fine_tune_freezing_below_the_ssi_layer_is_refused_before_any_stage(tiny_qwen, tmp_path, capsys):
+    cfg = deepcopy(FULL)
+    cfg["interpret"] = dict(PRESET["interpret"])  # the SSI at the located layer, unknown before locate
+    rd = tmp_path / "run"
+    assert _run(cfg, tiny_qwen, rd, tmp_path) == 2
+    assert "could not be gated exactly" in capsys.readouterr().err
+    assert not (rd / "locate").exists()
+
+
+def test_gating_a_full_fine_tune_checks_its_record(tmp_path):
+    from lasa.models import check_full_checkpoint_gate, is_full_checkpoint
+
+    fp = {"id": "abc", "weight_sample": [0.1, 0.2]}
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "lasa_adapter.json").write_text(
+        json.dumps(
+            {
+                "method": "lasa",
+                "full_model": True,
+                "base_model": "m",
+                "base_fingerprint": fp,
+                "frozen_blocks": 3,
+            }
+        )
+    )
+    assert is_full_checkpoint(tmp_path) and not is_full_checkpoint(tmp_path / "missing")
+    ssi = SimpleNamespace(meta={"model_fingerprint": fp, "model": "m"}, layer=3)
+    check_full_checkpoint_gate(tmp_path, ssi)  # the SSI's layer was frozen: exact
+    with pytest.raises(LasaError, match="trained block 4 and up"):
+        check_full_checkpoint_gate(tmp_path, SimpleNamespace(meta=ssi.meta, layer=4))
+    other = {"model_fingerprint": {"id": "xyz", "weight_sample": [0.1, 0.2]}, "model": "other"}
+    with pytest.raises(LasaError, match="SSI of its base model"):
+        check_full_checkpoint_gate(tmp_path, SimpleNamespace(meta=other, layer=2))
+
+
+def test_no_lora_on_every_block_warns_and_the_default_placement_does_not(caplog):
+    from lasa.config import AlignConfig
+
+    with caplog.at_level("WARNING"):
+        AlignConfig(run_dir="r", lora=False)
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        AlignConfig(run_dir="r", lora=False, lora_layers="all")
+    assert "refuse to gate" in caplog.text
