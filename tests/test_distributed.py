@@ -82,6 +82,13 @@ def test_align_under_accelerate_with_two_processes(tmp_path, tiny_qwen):
         "train_log.jsonl",
     ]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # saved through the trainer on every rank (ZeRO-3 / FSDP gather there): whole tensors, no pickled args
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert weights and all(t.numel() > 0 for t in weights.values())
+    assert any(float(t.abs().sum()) > 0 for k, t in weights.items() if "lora_B" in k)  # trained, not the init
+    assert not (out / "adapter" / "training_args.bin").exists()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len([r for r in log if "loss" in r]) == 2  # one log line per step, not one per process
 

@@ -99,7 +99,48 @@ def save_adapter(
     tokenizer: Any = None,
     record: dict | None = None,
 ) -> None:
-    """``model.save_pretrained`` into ``dest``, whole or not at all, with a byte-stable config.
+    """``model.save_pretrained`` into ``dest``, whole or not at all (:func:`_finish_save`).
+
+    For a model whose weights this process holds whole (one process, or DDP); a trainer's final
+    weights go through :func:`save_trained`, which also gathers sharded ones."""
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    _finish_save(tmp, dest, method, record)
+
+
+def save_trained(trainer: Any, dest: Path, method: str, record: dict | None = None) -> None:
+    """Save the trained adapter (or full fine-tune) with the trainer's own ``save_model``, called on
+    every process: under ZeRO-3 or FSDP each process holds a shard of the weights, and
+    ``save_model`` gathers them before the main process writes (a plain ``save_pretrained`` on rank
+    0 wrote its empty shards). The model's tokenizer is saved with it, so a full fine-tune is a
+    directory ``transformers`` loads as a model. Rank 0 then finishes the folder
+    (:func:`_finish_save`)."""
+    acc = trainer.accelerator
+    tmp = dest.parent / f".{dest.name}.tmp-save"  # one name on every rank
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled TrainingArguments: not the model
+        _finish_save(tmp, dest, method, record)
+    acc.wait_for_everyone()
+
+
+def _sharded(trainer: Any) -> bool:
+    """Whether each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and getattr(plugin, "zero_stage", 0) == 3)
+
+
+def _finish_save(tmp: Path, dest: Path, method: str | None, record: dict | None) -> None:
+    """Make a saved folder byte-stable, label it, and move it to ``dest`` in one rename.
 
     PEFT keeps ``target_modules`` as a set and writes it in the set's iteration order, which
     Python's string hashing changes from process to process: two trainings with identical weights
@@ -107,15 +148,9 @@ def save_adapter(
     evaluation keyed on the digest would regenerate for nothing. The set-valued fields are
     written sorted (the same set, so PEFT loads the same adapter).
 
-    A full fine-tune (``--no-lora``) is saved the same way, as a whole checkpoint with its
-    ``tokenizer`` (a directory ``transformers`` loads as a model) and ``record``
-    (:func:`full_checkpoint_record`) in ``lasa_adapter.json``: ``lasa evaluate`` reads it to
-    evaluate the checkpoint as the method's variant of its base model."""
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
+    ``lasa_adapter.json`` names the method, and for a full fine-tune (``--no-lora``) holds its
+    ``record`` (:func:`full_checkpoint_record`): ``lasa evaluate`` reads it to evaluate the
+    checkpoint as the method's variant of its base model."""
     for config in tmp.rglob("adapter_config.json"):
         data = json.loads(config.read_text())
         for key in ("target_modules", "exclude_modules"):
@@ -466,6 +501,11 @@ def train(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if cfg.save_adapter_at and _sharded(trainer):
+        raise LasaError(
+            "--save-adapter-at saves from the main process, which holds only its shard of the weights under "
+            "ZeRO-3 / FSDP; train with ZeRO-2 or DDP for a dose-response, or leave --save-adapter-at out"
+        )
     batches = device_batches(
         trainer, rows if cfg.method in ("lasa", "kto") else [r for r in rows if r["label"]]
     )
@@ -477,12 +517,9 @@ def train(
         shutil.rmtree(out / "trainer", ignore_errors=True)
         raise
     seconds = time.time() - t0
+    record = None if cfg.lora else full_checkpoint_record(cfg.method, lm, frozen)
+    save_trained(trainer, out / "adapter", cfg.method, record)
     if trainer.accelerator.is_main_process:
-        if cfg.lora:
-            save_adapter(trainer.model, out / "adapter", cfg.method)
-        else:
-            record = full_checkpoint_record(cfg.method, lm, frozen)
-            save_adapter(trainer.model, out / "adapter", cfg.method, tokenizer=tok, record=record)
         shutil.rmtree(out / "trainer", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     steps = int(result.global_step)
