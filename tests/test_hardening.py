@@ -95,6 +95,15 @@ def no_model_load(monkeypatch):
         (["interpret", "--cap", "0"], "--cap must be >= 1, got 0"),
         (["align", "--n-general", "-1"], "--n-general must be >= 0, got -1"),
         (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        (["locate", "--tsne-layers", "99"], "--tsne-layers 99 is out of range; this model has layers 1..4"),
+        (
+            # 12 rows in batches of 2: 6 steps, so step 7 is never reached (an --epochs run)
+            [
+                *("align", "--bottleneck-layer", "2", "--n-safety", "4", "--n-general", "2"),
+                *("--batch-size", "2", "--save-adapter-at", "7"),
+            ],
+            "--save-adapter-at 7 is past the run's last step (6: 12 rows, batch 2, 1 epoch(s))",
+        ),
     ],
 )
 def test_bad_values_fail_in_one_line_before_the_model_and_leave_no_folder(
@@ -1249,3 +1258,36 @@ def test_a_null_row_id_is_no_id(tmp_path):
         )
     )
     assert len({r["pid"] for r in load_user_rows(f)}) == 4
+
+
+def test_planned_steps_count_like_the_trainer_and_a_warmup_as_long_as_the_run_is_named(caplog):
+    from lasa.align import check_schedule, planned_steps
+    from lasa.config import AlignConfig
+
+    cfg = AlignConfig(run_dir="r", batch_size=4)
+    assert planned_steps(cfg, 52) == 13  # the quick preset: 52 rows, 13 steps (its training log)
+    assert planned_steps(AlignConfig(run_dir="r", batch_size=4, gradient_accumulation_steps=3), 52) == 5
+    assert planned_steps(AlignConfig(run_dir="r", batch_size=4, epochs=1.5), 52) == 20
+    assert planned_steps(cfg, 52, processes=2) == 7  # 26 rows per process
+    assert planned_steps(AlignConfig(run_dir="r", max_steps=3, warmup_steps=0), 52) == 3
+    with caplog.at_level("WARNING"):
+        check_schedule(AlignConfig(run_dir="r", batch_size=4, warmup_steps=13), 52)
+    assert "covers the whole run (13 steps)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_schedule(AlignConfig(run_dir="r", batch_size=4, warmup_steps=2), 52)
+    assert not caplog.records
+
+
+def test_recipe_settings_beside_a_data_file_are_named_as_ignored(caplog, tmp_path):
+    from lasa.align import _warn_recipe_ignored
+    from lasa.config import AlignConfig
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("{}\n")
+    with caplog.at_level("WARNING"):
+        _warn_recipe_ignored(AlignConfig(run_dir="r", data=str(data)))
+    assert not caplog.records  # defaults: nothing was asked of the recipe
+    with caplog.at_level("WARNING"):
+        _warn_recipe_ignored(AlignConfig(run_dir="r", data=str(data), n_safety=20, train_langs=["en", "ar"]))
+    assert "recipe settings train_langs=['en', 'ar'], n_safety=20 are ignored" in caplog.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -129,6 +130,60 @@ def save_trained(trainer: Any, dest: Path, method: str, record: dict | None = No
         (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled TrainingArguments: not the model
         _finish_save(tmp, dest, method, record)
     acc.wait_for_everyone()
+
+
+#: The settings of lasa's own row recipe, which a ``--data`` file replaces.
+RECIPE_FIELDS = ("train_langs", "n_safety", "n_general", "n_hard_negative", "rows")
+
+
+def _warn_recipe_ignored(cfg: AlignConfig) -> None:
+    """``--data`` brings its own rows: recipe settings that differ from their defaults (given on the
+    command line or by a preset) do nothing, and used to do it without a word."""
+    import dataclasses
+
+    defaults = {f.name: f for f in dataclasses.fields(AlignConfig)}
+    changed = []
+    for name in RECIPE_FIELDS:
+        f = defaults[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(cfg, name) != default:
+            changed.append(f"{name}={getattr(cfg, name)}")
+    if changed:
+        logger.warning(
+            "--data %s holds the training rows, so lasa's recipe settings %s are ignored",
+            cfg.data,
+            ", ".join(changed),
+        )
+
+
+def planned_steps(cfg: AlignConfig, n_rows: int, processes: int = 1) -> int:
+    """Optimizer steps the trainer will take on ``n_rows`` training rows: ``--max-steps``, else
+    epochs × ceil(batches per process / accumulation), as ``transformers.Trainer`` counts them."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    batches = math.ceil(n_rows / (cfg.batch_size * processes))
+    per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
+    return math.ceil(cfg.epochs * per_epoch)
+
+
+def check_schedule(cfg: AlignConfig, n_rows: int) -> None:
+    """Schedule flags the run cannot honour, before the model load: an intermediate adapter past
+    the last step of an ``--epochs`` run (never written) is an error; a warmup as long as the run
+    (the learning rate never reaches ``--learning-rate``) is a warning."""
+    steps = planned_steps(cfg, n_rows, distributed.world_size())
+    late = [n for n in cfg.save_adapter_at if n > steps]
+    if late:
+        raise LasaError(
+            f"--save-adapter-at {max(late)} is past the run's last step ({steps}: {n_rows} rows, batch "
+            f"{cfg.batch_size}, {cfg.epochs:g} epoch(s)); training would never reach it"
+        )
+    if cfg.warmup_steps >= steps:
+        logger.warning(
+            "--warmup-steps %d covers the whole run (%d steps): the learning rate never reaches %g",
+            cfg.warmup_steps,
+            steps,
+            cfg.learning_rate,
+        )
 
 
 def _sharded(trainer: Any) -> bool:
@@ -636,6 +691,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         if bottleneck == n_layers:
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
     if cfg.data:
+        _warn_recipe_ignored(cfg)
         rows, recipe = load_user_rows(cfg.data), {"file": str(Path(cfg.data).resolve())}
         kinds = {bool(r["label"]) for r in rows}
         if cfg.method == "sft" and True not in kinds:  # TRL's StopIteration, after the model load
@@ -685,6 +741,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     # a dry run writes beside the method's folder, never over it: it used to replace a trained
     # method's summary and rows while its adapter stayed (the report then lost the method, and
     # `lasa evaluate --adapter kto` still evaluated the old adapter)
+    check_schedule(cfg, sum(1 for r in rows if cfg.method != "sft" or r["label"]))
     dry = out / "dry_run"
     if distributed.is_main() and cfg.dry_run:
         dry.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,12 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     table, points = build_points(cfg)  # bad input fails here, before any directory exists
+    if cfg.tsne_layers:  # from the model's config (milliseconds), not after a load of a minute or more
+        from lasa.models import num_layers_of
+
+        n_layers = lm.num_layers if lm is not None else num_layers_of(cfg.model)
+        for t in cfg.tsne_layers:
+            validate_layer(int(t), n_layers, "--tsne-layers")
     with run.stage_dir("locate") as out:
         return _locate(cfg, lm, run, out, table, points, t0)
 
