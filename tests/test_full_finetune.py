@@ -154,3 +154,18 @@ def test_no_lora_on_every_block_warns_and_the_default_placement_does_not(caplog)
     with caplog.at_level("WARNING"):
         AlignConfig(run_dir="r", lora=False, lora_layers="all")
     assert "refuse to gate" in caplog.text
+
+
+def test_intermediate_full_checkpoints_load_as_variants_too(tiny_qwen, tmp_path):
+    from lasa.evaluate import resolve_adapter
+    from lasa.models import load_full_checkpoint
+
+    run = tmp_path / "run"
+    args = ["align", "--model", str(tiny_qwen), "--run-dir", str(run), "--method", "kto", "--no-lora"]
+    args += ["--n-safety", "4", "--n-general", "2", "--batch-size", "2", "--max-steps", "2"]
+    args += ["--warmup-steps", "0", "--save-adapter-at", "1", "--bottleneck-layer", "2", "--device", DEVICE]
+    assert main(args) == 0
+    ckpt = run / "align" / "kto" / "checkpoints" / "kto-step1"
+    assert resolve_adapter(str(ckpt), str(run)) == ckpt  # a full fine-tune, not "no PEFT adapter"
+    lm = load_full_checkpoint(ckpt, DEVICE)
+    assert lm.full_checkpoint["frozen_blocks"] == 2 and lm.full_checkpoint["base_model"] == str(tiny_qwen)

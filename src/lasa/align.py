@@ -377,13 +377,19 @@ class _JsonlLogger:
 class _AdapterCheckpoints:
     """A TrainerCallback that saves the adapter after the chosen optimizer steps (dose-response)."""
 
-    def __new__(cls, root: Path, method: str, steps: set[int]):
+    def __new__(
+        cls, root: Path, method: str, steps: set[int], tokenizer: Any = None, record: dict | None = None
+    ):
         from transformers import TrainerCallback
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step in steps and model is not None:
-                    save_adapter(model, root / f"{method}-step{state.global_step}", method)
+                    dest = root / f"{method}-step{state.global_step}"
+                    if record is None:  # a PEFT adapter
+                        save_adapter(model, dest, method)
+                    else:  # a full fine-tune: a loadable checkpoint with its record, like the final one
+                        save_adapter(model, dest, method, tokenizer=tokenizer, record=record)
 
         root.mkdir(parents=True, exist_ok=True)
         return Callback()
@@ -525,7 +531,10 @@ def train(
     log_path = out / "train_log.jsonl"
     callbacks = [_JsonlLogger(log_path)] if distributed.is_main() else []
     if cfg.save_adapter_at and distributed.is_main():
-        callbacks.append(_AdapterCheckpoints(out / "checkpoints", cfg.method, set(cfg.save_adapter_at)))
+        record = None if cfg.lora else full_checkpoint_record(cfg.method, lm, frozen)
+        callbacks.append(
+            _AdapterCheckpoints(out / "checkpoints", cfg.method, set(cfg.save_adapter_at), tok, record)
+        )
     common = _training_args_common(cfg, out, on_cpu)
     t0 = time.time()
     if cfg.method in ("lasa", "kto"):
