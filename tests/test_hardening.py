@@ -97,6 +97,11 @@ def no_model_load(monkeypatch):
         (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
         (["locate", "--tsne-layers", "99"], "--tsne-layers 99 is out of range; this model has layers 1..4"),
         (
+            ["generate", "--variant", "base+gate", "--gate", "false"],
+            "--variant base+gate is gated, but --gate false",
+        ),
+        (["evaluate", "--variant", "lasa+gate", "--gate=0"], "or use --variant lasa"),
+        (
             # 12 rows in batches of 2: 6 steps, so step 7 is never reached (an --epochs run)
             [
                 *("align", "--bottleneck-layer", "2", "--n-safety", "4", "--n-general", "2"),

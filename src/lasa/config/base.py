@@ -357,4 +357,19 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
         raise LasaError(str(err)) from None
     if unknown:  # HfArgumentParser would raise a ValueError with a traceback
         raise LasaError(f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)")
+    check = getattr(cls, "check_flags", None)
+    if check is not None:  # what only the command line shows (a flag given explicitly)
+        check(cfg, argv)
     return cfg
+
+
+def explicit_false(argv: Sequence[str], flag: str) -> bool:
+    """Whether ``argv`` sets the boolean ``flag`` to false explicitly (``--gate false``, ``--gate=0``):
+    a config cannot tell that from the default."""
+    falsy = {"false", "no", "0", "f", "n"}
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "=") and arg.split("=", 1)[1].lower() in falsy:
+            return True
+        if arg == flag and i + 1 < len(argv) and argv[i + 1].lower() in falsy:
+            return True
+    return False

@@ -160,6 +160,18 @@ class GenerateConfig(StageConfig):
         default=1.0, metadata={"gt": 0, "le": 1, "help": "Nucleus sampling (with --do-sample)."}
     )
 
+    @staticmethod
+    def check_flags(cfg: GenerateConfig, argv: list[str]) -> None:
+        """``--gate false`` beside a gated variant name: the name used to win without a word (an unset
+        and a false ``--gate`` look alike to the config)."""
+        from lasa.config.base import explicit_false
+
+        if (VARIANTS.get(cfg.variant or "") or {}).get("gate") and explicit_false(argv, "--gate"):
+            raise LasaError(
+                f"--variant {cfg.variant} is gated, but --gate false asks for no gate; drop --gate false, "
+                f"or use --variant {cfg.variant.removesuffix('+gate')}"
+            )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         from lasa.data import normalize_languages
