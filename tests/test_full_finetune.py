@@ -89,7 +89,7 @@ def test_full_fine_tune_freezes_up_to_the_bottleneck_and_is_evaluated_as_a_varia
     state = json.loads((rd / "pipeline.json").read_text())
     assert [s["status"] for s in state["_last_run"]["stages"]] == ["skipped"] * 8
     # a deleted checkpoint is retrained; the same seed gives the same result, so nothing after it reruns
-    (rd / "align" / "kto" / "adapter" / "config.json").unlink()
+    (rd / "align" / "kto" / "adapter" / "model.safetensors").unlink()  # its weights
     assert _run(FULL, tiny_qwen, rd, tmp_path) == 0
     ran = {
         s["stage"]
@@ -110,13 +110,20 @@ def test_full_fine_tune_of_every_block_with_a_gated_variant_is_refused_before_an
     assert not (rd / "locate").exists()
 
 
-def test_full_fine_tune_freezing_below_the_ssi_layer_is_refused_before_any_stage(tiny_qwen, tmp_path, capsys):
+def test_full_fine_tune_freezing_below_the_ssi_layer_is_refused_before_training(tiny_qwen, tmp_path, capsys):
     cfg = deepcopy(FULL)
-    cfg["interpret"] = dict(PRESET["interpret"])  # the SSI at the located layer, unknown before locate
+    cfg["interpret"] = {**PRESET["interpret"], "layer": 3}  # both given: refused before any stage
     rd = tmp_path / "run"
     assert _run(cfg, tiny_qwen, rd, tmp_path) == 2
-    assert "could not be gated exactly" in capsys.readouterr().err
+    assert "set align.bottleneck_layer to 3 or more" in capsys.readouterr().err
     assert not (rd / "locate").exists()
+    # the SSI at the located layer (unknown before locate): refused once locate has run, before training
+    cfg["interpret"] = dict(PRESET["interpret"])
+    cfg["align"] = {**FULL["align"], "bottleneck_layer": 1}
+    assert _run(cfg, tiny_qwen, rd, tmp_path) == 2
+    located = json.loads((rd / "locate" / "bottleneck.json").read_text())["layer"]
+    assert located > 1 and f"the SSI reads layer {located}" in capsys.readouterr().err
+    assert not (rd / "align").exists()
 
 
 def test_gating_a_full_fine_tune_checks_its_record(tmp_path):
@@ -130,6 +137,7 @@ def test_gating_a_full_fine_tune_checks_its_record(tmp_path):
                 "method": "lasa",
                 "full_model": True,
                 "base_model": "m",
+                "base_path": "m",
                 "base_fingerprint": fp,
                 "frozen_blocks": 3,
             }
@@ -169,3 +177,40 @@ def test_intermediate_full_checkpoints_load_as_variants_too(tiny_qwen, tmp_path)
     assert resolve_adapter(str(ckpt), str(run)) == ckpt  # a full fine-tune, not "no PEFT adapter"
     lm = load_full_checkpoint(ckpt, DEVICE)
     assert lm.full_checkpoint["frozen_blocks"] == 2 and lm.full_checkpoint["base_model"] == str(tiny_qwen)
+
+
+def test_a_full_checkpoint_keeps_its_base_wherever_it_is_loaded_from(tiny_qwen, tmp_path, monkeypatch):
+    """A relative --model at training time, the checkpoint then evaluated from another directory: the
+    base is found by its recorded absolute path and checked against its fingerprint; an incomplete
+    record is one line; the Python API's load_model attaches the record."""
+    import shutil
+
+    from lasa.models import load_base_of, load_model
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_qwen, work / "tinyq")
+    monkeypatch.chdir(work)
+    run = work / "run"
+    args = ["align", "--model", "./tinyq", "--run-dir", str(run), "--method", "kto", "--no-lora"]
+    args += ["--n-safety", "4", "--n-general", "2", "--batch-size", "2", "--max-steps", "1"]
+    args += ["--warmup-steps", "0", "--bottleneck-layer", "2", "--device", DEVICE]
+    assert main(args) == 0
+    ckpt = run / "align" / "kto" / "adapter"
+    monkeypatch.chdir(tmp_path)  # ./tinyq means nothing here
+    lm = load_model(str(ckpt), DEVICE)
+    assert lm.full_checkpoint["base_path"] == str((work / "tinyq").resolve())
+    assert load_base_of(lm, DEVICE).path == str((work / "tinyq").resolve())
+    # another model under the recorded path is refused, not used as the drift's base
+    state = load_file(str(work / "tinyq" / "model.safetensors"))
+    for k in [k for k in state if k.startswith("model.layers.0.") and state[k].dim() == 2]:
+        state[k] = state[k] + 1.0  # the fingerprint samples block 0's first matrix
+    from safetensors.torch import save_file
+
+    save_file(state, str(work / "tinyq" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LasaError, match="is not the model .* was fine-tuned from"):
+        load_base_of(lm, DEVICE)
+    record = json.loads((ckpt / "lasa_adapter.json").read_text())
+    del record["base_model"]
+    (ckpt / "lasa_adapter.json").write_text(json.dumps(record))
+    with pytest.raises(LasaError, match="lacks base_model"):
+        load_model(str(ckpt), DEVICE)

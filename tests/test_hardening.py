@@ -1296,3 +1296,16 @@ def test_recipe_settings_beside_a_data_file_are_named_as_ignored(caplog, tmp_pat
     with caplog.at_level("WARNING"):
         _warn_recipe_ignored(AlignConfig(run_dir="r", data=str(data), n_safety=20, train_langs=["en", "ar"]))
     assert "recipe settings train_langs=['en', 'ar'], n_safety=20 are ignored" in caplog.text
+
+
+def test_a_checkpoint_at_the_first_warmup_step_is_named_as_the_starting_model(caplog):
+    from lasa.align import check_schedule
+    from lasa.config import AlignConfig
+
+    with caplog.at_level("WARNING"):
+        check_schedule(AlignConfig(run_dir="r", batch_size=4, save_adapter_at=[1]), 52)  # warmup 2
+    assert "that checkpoint is the starting model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_schedule(AlignConfig(run_dir="r", batch_size=4, save_adapter_at=[1], warmup_steps=0), 52)
+    assert not caplog.records

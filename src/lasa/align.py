@@ -177,6 +177,12 @@ def check_schedule(cfg: AlignConfig, n_rows: int) -> None:
             f"--save-adapter-at {max(late)} is past the run's last step ({steps}: {n_rows} rows, batch "
             f"{cfg.batch_size}, {cfg.epochs:g} epoch(s)); training would never reach it"
         )
+    if 1 in cfg.save_adapter_at and cfg.warmup_steps >= 1:
+        logger.warning(
+            "--save-adapter-at 1 with --warmup-steps %d: a linear warmup's first step has learning rate 0, so "
+            "that checkpoint is the starting model",
+            cfg.warmup_steps,
+        )
     if cfg.warmup_steps >= steps:
         logger.warning(
             "--warmup-steps %d covers the whole run (%d steps): the learning rate never reaches %g",
@@ -234,10 +240,12 @@ def full_checkpoint_record(method: str, lm: Any, frozen: int) -> dict:
     """What ``lasa evaluate`` needs to evaluate a full fine-tune as a variant of its base model:
     the base (spec, resolved path, fingerprint: the SSI trained on the base is checked against it)
     and how many leading blocks training left untouched (the gate is exact up to there)."""
+    base_path = Path(lm.path)
     return {
         "full_model": True,
         "base_model": lm.spec,
-        "base_path": lm.path,
+        # absolute: a relative --model would name another directory from another working directory
+        "base_path": str(base_path.resolve()) if base_path.exists() else lm.path,
         "base_fingerprint": lm.fingerprint,
         "frozen_blocks": frozen,
     }

@@ -117,10 +117,10 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
         check_adapter_conditioning(adapter, cfg.conditioning_text)  # before the model load
     full = is_full_checkpoint(adapter)
     if full:  # a full fine-tune: its own weights, evaluated as a variant of the base it records
-        from lasa.models import adapter_record, check_full_checkpoint_gate, load_full_checkpoint
+        from lasa.models import check_full_checkpoint_gate, load_full_checkpoint, read_full_record
 
-        base = adapter_record(adapter).get("base_model")
-        if base is not None and base != cfg.model:
+        base = read_full_record(adapter)["base_model"]  # a one-line error for an incomplete record
+        if base != cfg.model:
             logger.warning("%s was fine-tuned from %s, not --model %s", adapter, base, cfg.model)
         if gate is not None:
             check_full_checkpoint_gate(adapter, gate.ssi)  # before the load
@@ -236,14 +236,14 @@ def generation_info(
         ),
     }
     if lm is not None:
-        from lasa.models import weights_signature
-
         # a full fine-tune is a variant of its base model (its own weights are ``adapter_digest``)
-        base = lm.full_checkpoint or {}
+        from lasa.models import full_checkpoint_base, weights_signature
+
+        base = full_checkpoint_base(lm.full_checkpoint) if lm.full_checkpoint else None
         info |= {
-            "model": base.get("base_path", lm.path),
+            "model": base or lm.path,
             # the weights' identity: the same path can hold other weights, other paths the same
-            "model_weights": weights_signature(base["base_model"]) if base else weights_signature(lm.spec),
+            "model_weights": weights_signature(base or lm.spec),
             "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
         }
     return info

@@ -400,6 +400,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto")
         layers=layers,
         layers_path=layers_path,
         fingerprint=fp,
+        # a full fine-tune lasa saved is a variant of its base, however it is loaded
+        full_checkpoint=read_full_record(path) if is_full_checkpoint(path) else None,
     )
 
 
@@ -453,6 +455,31 @@ def adapter_record(path: str | Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+#: What a full fine-tune's record must hold for lasa to evaluate it as a variant of its base.
+_FULL_RECORD_KEYS = ("base_model", "base_path", "base_fingerprint", "frozen_blocks")
+
+
+def read_full_record(path: str | Path) -> dict:
+    """The record of a full fine-tune (:func:`is_full_checkpoint`), or a one-line error when it lacks
+    what the evaluation reads (a hand-edited or hand-written ``lasa_adapter.json``)."""
+    rec = adapter_record(path)
+    missing = [k for k in _FULL_RECORD_KEYS if k not in rec]
+    if missing:
+        raise LasaError(
+            f"{Path(path) / 'lasa_adapter.json'} marks a full fine-tune but lacks {', '.join(missing)}; "
+            "retrain it with `lasa align --no-lora`, or evaluate it as a model of its own with --model"
+        )
+    return rec
+
+
+def full_checkpoint_base(rec: dict) -> str:
+    """Where a full fine-tune's base model is: the resolved directory recorded at training time
+    (absolute, so the working directory does not matter) while it exists, else its ``--model``
+    spec (a hub id or an embedded name)."""
+    base_path = Path(str(rec["base_path"]))
+    return str(base_path) if base_path.is_absolute() and base_path.exists() else str(rec["base_model"])
+
+
 def is_full_checkpoint(path: str | Path | None) -> bool:
     """A whole fine-tuned model ``lasa align --no-lora`` saved (not a PEFT adapter)."""
     return (
@@ -462,31 +489,56 @@ def is_full_checkpoint(path: str | Path | None) -> bool:
     )
 
 
+def checkpoint_weight_files(path: str | Path) -> list[Path]:
+    """The weight files of a full fine-tune at ``path``: the shards its index names (and the index),
+    else ``model.safetensors`` (listed even when missing, so a check that needs it sees it gone)."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            return [index]
+        return [index, *(path / s for s in shards)]
+    return [path / "model.safetensors"]
+
+
 def adapter_complete(path: str | Path) -> bool:
     """Whether ``lasa align``'s output at ``path`` holds its weights: a PEFT adapter's config and
-    weights, or a full fine-tune's config and weights (one file or a sharded index)."""
+    weights, or a full fine-tune's config and weights (one file or the shards its index names)."""
     path = Path(path)
     if is_full_checkpoint(path):
-        return any(
-            (path / f).is_file()
-            for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-        )
+        return all(f.is_file() for f in checkpoint_weight_files(path))
     return all((path / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors"))
 
 
 def load_full_checkpoint(path: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a full fine-tune as a variant of its base: the weights are the checkpoint's, and
-    :attr:`LoadedModel.full_checkpoint` keeps the record naming the base it was trained from."""
-    lm = load_model(str(path), device, dtype)
-    lm.full_checkpoint = adapter_record(path)
-    return lm
+    :attr:`LoadedModel.full_checkpoint` keeps the record naming the base it was trained from
+    (:func:`load_model` attaches it to any directory lasa saved this way)."""
+    if not is_full_checkpoint(path):
+        raise LasaError(f"{path} is not a full fine-tune saved by `lasa align --no-lora`")
+    return load_model(str(path), device, dtype)
+
+
+def load_base_of(lm: LoadedModel, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """The base model a full fine-tune was trained from, checked against the fingerprint recorded at
+    training time: another model under the same name would give drift against the wrong base."""
+    rec = lm.full_checkpoint or {}
+    base = load_model(full_checkpoint_base(rec), device, dtype)
+    if not fingerprints_match(base.fingerprint, rec.get("base_fingerprint") or {}):
+        raise LasaError(
+            f"{base.spec} is not the model {lm.path} was fine-tuned from (its weights differ from the recorded "
+            "base fingerprint); put that base back there, or evaluate without the drift utility"
+        )
+    return base
 
 
 def check_full_checkpoint_gate(path: str | Path, ssi: Any) -> None:
     """Gating a full fine-tune is exact only when training left the SSI's layer alone: the SSI must
     be the base model's, and its layer at or below the blocks the fine-tune froze (the default
     ``--lora-layers above_bottleneck``). Refused otherwise, from the record alone (before a load)."""
-    rec = adapter_record(path)
+    rec = read_full_record(path)
     base_fp = rec.get("base_fingerprint") or {}
     if not fingerprints_match(ssi.meta.get("model_fingerprint") or {}, base_fp):
         raise LasaError(
@@ -497,8 +549,8 @@ def check_full_checkpoint_gate(path: str | Path, ssi: Any) -> None:
     if ssi.layer > frozen:
         raise LasaError(
             f"the full fine-tune at {path} trained block {frozen + 1} and up, so the SSI's layer {ssi.layer} reads a "
-            "state the training moved; retrain with `lasa align --no-lora --lora-layers above_bottleneck` "
-            "(blocks up to L* frozen) or evaluate it without the gate"
+            f"state the training moved; retrain it with --bottleneck-layer {ssi.layer} or more (blocks up to it "
+            f"frozen), gate with an SSI at layer {frozen} or less, or evaluate it without the gate"
         )
 
 
@@ -509,6 +561,8 @@ def check_adapter_fits(adapter: str | Path, spec: str) -> None:
     safetensors header; an adapter saved another way, or an architecture without a skeleton, is
     left to PEFT."""
     path = Path(adapter)
+    if is_full_checkpoint(path):
+        return  # a whole model, loaded as such (lasa.evaluate.load_variant)
     if not (path / "adapter_model.safetensors").is_file():
         return
     skeleton = meta_skeleton(spec)
@@ -528,6 +582,11 @@ def check_adapter_fits(adapter: str | Path, spec: str) -> None:
 def load_adapter(lm: LoadedModel, path: str | Path) -> LoadedModel:
     """Wrap ``lm`` with a trained PEFT adapter (inference mode); the base fingerprint is kept."""
     from peft import PeftModel
+
+    if is_full_checkpoint(path):
+        raise LasaError(
+            f"{path} is a full fine-tune, not an adapter: load it with lasa.load_model({str(path)!r})"
+        )
 
     problem = (
         _adapter_mismatch(Path(path), dict(lm.model.named_modules()))

@@ -130,7 +130,10 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             files=[rd.ssi(interp.out_name) / "ssi.safetensors", rd.ssi(interp.out_name) / "ssi.json"],
         )
     )
+    from lasa.models import checkpoint_weight_files
+
     methods = sorted({VARIANTS[v].get("adapter") for v in run.variants} - {None})
+    gated_adapters = [v for v in run.variants if VARIANTS[v].get("adapter") and VARIANTS[v].get("gate")]
     for method in methods:
         acfg = AlignConfig.from_yaml(config_path, **shared, method=method)
         gated = [v for v in run.variants if VARIANTS[v].get("adapter") == method and VARIANTS[v].get("gate")]
@@ -140,13 +143,8 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 "could not be gated exactly; set align.lora_layers: above_bottleneck (freezes blocks up to L*) "
                 "or drop the gated variant"
             )
-        frozen = acfg.bottleneck_layer
-        if not acfg.lora and gated and frozen is not None and (interp.layer or 0) not in range(1, frozen + 1):
-            raise LasaError(
-                f"align.lora false freezes blocks 1..{frozen} (align.bottleneck_layer), but the SSI reads "
-                f"{'layer ' + str(interp.layer) if interp.layer else 'the located bottleneck'}: {', '.join(gated)} "
-                f"could not be gated exactly; set interpret.layer to {frozen} or less, or drop align.bottleneck_layer"
-            )
+        if not acfg.lora and gated:  # both layers given: known before any stage
+            _check_frozen_covers_ssi(acfg.bottleneck_layer, interp.layer, gated)
         # training wraps the model with LoRA in place, so it gets a fresh copy (3 s to load)
         stages.append(
             Stage(
@@ -154,15 +152,28 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 acfg,
                 rd.align_summary(method),
                 ["locate"],
-                lambda acfg=acfg: run_align(acfg),
+                (lambda acfg=acfg: run_align(acfg))
+                if acfg.lora or not gated_adapters
+                # the located bottleneck is known once locate has run: checked before any training
+                else (
+                    lambda acfg=acfg: (
+                        _check_frozen_covers_ssi(
+                            acfg.bottleneck_layer or _located(rd),
+                            interp.layer or _located(rd),
+                            gated_adapters,
+                        ),
+                        run_align(acfg),
+                    )[1]
+                ),
                 files=[
                     rd.adapter(method) / "adapter_model.safetensors",
                     rd.adapter(method) / "adapter_config.json",
                 ]
                 if acfg.lora
-                else [  # a full fine-tune: a whole checkpoint (sharded or not) and its record
+                else [  # a full fine-tune: its record and its weights (one file, or the shards an index names)
                     rd.adapter(method) / "config.json",
                     rd.adapter(method) / ADAPTER_METHOD_FILE,
+                    *checkpoint_weight_files(rd.adapter(method)),
                 ],
             )
         )
@@ -401,3 +412,24 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
     state["_last_run"] = {"seconds": total, "stages": summary}
     write_json(state_path, state)
     return {"stages": summary, "report": report, "seconds": total}
+
+
+def _located(rd: RunDir) -> int | None:
+    """The layer `lasa locate` chose in this run (None before it has run)."""
+    if not rd.bottleneck.is_file():
+        return None
+    from lasa.locate import Bottleneck
+
+    return Bottleneck.load(rd.path).layer
+
+
+def _check_frozen_covers_ssi(frozen: int | None, ssi_layer: int | None, gated: list[str]) -> None:
+    """A full fine-tune freezes blocks 1..``frozen``; a gated variant of it is exact only when the SSI
+    reads one of them. Refused before the training (its hours) instead of at the gated evaluation."""
+    if frozen is None or ssi_layer is None or ssi_layer <= frozen:
+        return
+    raise LasaError(
+        f"align.lora false freezes blocks 1..{frozen}, but the SSI reads layer {ssi_layer}: {', '.join(gated)} "
+        f"could not be gated exactly; set align.bottleneck_layer to {ssi_layer} or more, interpret.layer to "
+        f"{frozen} or less, or drop the gated variant"
+    )

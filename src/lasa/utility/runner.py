@@ -40,9 +40,9 @@ def _drift(cfg: EvaluateConfig, lm: LoadedModel, gate: Gate | None) -> tuple[dic
     reference = RunDir(cfg.run_dir).path / "eval" / REFERENCE_FILE
     base_lm = None
     if lm.full_checkpoint:  # a full fine-tune has no adapter to switch off: its base is loaded beside it
-        from lasa.models import load_model
+        from lasa.models import load_base_of
 
-        base_lm = load_model(lm.full_checkpoint["base_model"], cfg.device, cfg.dtype)
+        base_lm = load_base_of(lm, cfg.device, cfg.dtype)
     summary = eval_drift(
         lm,
         cfg.langs,
