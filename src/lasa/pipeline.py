@@ -155,16 +155,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 (lambda acfg=acfg: run_align(acfg))
                 if acfg.lora or not gated_adapters
                 # the located bottleneck is known once locate has run: checked before any training
-                else (
-                    lambda acfg=acfg: (
-                        _check_frozen_covers_ssi(
-                            acfg.bottleneck_layer or _located(rd),
-                            interp.layer or _located(rd),
-                            gated_adapters,
-                        ),
-                        run_align(acfg),
-                    )[1]
-                ),
+                else (lambda acfg=acfg: _align_full(acfg, interp.layer, rd, gated_adapters)),
                 files=[
                     rd.adapter(method) / "adapter_model.safetensors",
                     rd.adapter(method) / "adapter_config.json",
@@ -421,6 +412,15 @@ def _located(rd: RunDir) -> int | None:
     from lasa.locate import Bottleneck
 
     return Bottleneck.load(rd.path).layer
+
+
+def _align_full(acfg: AlignConfig, ssi_layer: int | None, rd: RunDir, gated: list[str]) -> Any:
+    """A full fine-tune's align stage: the frozen blocks checked against the SSI's layer once
+    `locate` has run (either may be the located bottleneck), then the training."""
+    from lasa.align import run_align
+
+    _check_frozen_covers_ssi(acfg.bottleneck_layer or _located(rd), ssi_layer or _located(rd), gated)
+    return run_align(acfg)
 
 
 def _check_frozen_covers_ssi(frozen: int | None, ssi_layer: int | None, gated: list[str]) -> None:
