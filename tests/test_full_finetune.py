@@ -78,6 +78,7 @@ def test_full_fine_tune_freezes_up_to_the_bottleneck_and_is_evaluated_as_a_varia
     # the gated checkpoint was gated (its first block above L* moved, the SSI's input did not)
     info = json.loads((rd / "eval" / "lasa+gate" / "results.json").read_text())["variant_info"]
     assert info["gate"] and info["adapter"].endswith("lasa/adapter")
+    assert info["full_fine_tune"] == {"base_model": str(tiny_qwen), "frozen_blocks": layer}
     row = json.loads((rd / "eval" / "kto" / "completions.jsonl").read_text().splitlines()[0])
     base_row = json.loads((rd / "eval" / "base" / "completions.jsonl").read_text().splitlines()[0])
     assert row["generation"]["model_weights"] == base_row["generation"]["model_weights"]  # one base model

@@ -119,7 +119,10 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
     if full:  # a full fine-tune: its own weights, evaluated as a variant of the base it records
         from lasa.models import check_full_checkpoint_gate, load_full_checkpoint, read_full_record
 
-        base = read_full_record(adapter)["base_model"]  # a one-line error for an incomplete record
+        rec = read_full_record(adapter)  # a one-line error for an incomplete record
+        base = rec["base_model"]
+        # results.json's config names --model; what ran is the checkpoint, a fine-tune of this base
+        info["full_fine_tune"] = {"base_model": base, "frozen_blocks": rec["frozen_blocks"]}
         if base != cfg.model:
             logger.warning("%s was fine-tuned from %s, not --model %s", adapter, base, cfg.model)
         if gate is not None:
