@@ -64,3 +64,29 @@ def test_strict_json_writes_what_other_tools_can_read(tmp_path):
         "n": 3,
         "label": "safe",
     }
+
+
+def test_large_files_are_hashed_once_per_version(tmp_path, monkeypatch):
+    """A full fine-tune's weights are read by the stage digest, every completion record and the
+    report: hashed once per (path, size, mtime), and again as soon as the file changes."""
+    import hashlib
+    import os
+
+    from lasa import runs
+
+    runs._sha256_memo.cache_clear()
+    monkeypatch.setattr(runs, "_HASH_MEMO_BYTES", 1)  # everything counts as large here
+    reads = []
+    original = runs._sha256_read
+    monkeypatch.setattr(runs, "_sha256_read", lambda p, chunk=1 << 22: reads.append(p) or original(p, chunk))
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 100)
+    first = runs.sha256_file(f)
+    assert runs.sha256_file(f) == first == hashlib.sha256(b"a" * 100).hexdigest() and len(reads) == 1
+    f.write_bytes(b"b" * 100)  # same size, new bytes, a later mtime
+    st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert runs.sha256_file(f) == hashlib.sha256(b"b" * 100).hexdigest() and len(reads) == 2
+    monkeypatch.setattr(runs, "_HASH_MEMO_BYTES", 1 << 30)  # small files are always read
+    runs.sha256_file(f), runs.sha256_file(f)
+    assert len(reads) == 4

@@ -393,11 +393,9 @@ class _AdapterCheckpoints:
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step in steps and model is not None:
+                    # a full fine-tune's carries its tokenizer and record, like the final checkpoint
                     dest = root / f"{method}-step{state.global_step}"
-                    if record is None:  # a PEFT adapter
-                        save_adapter(model, dest, method)
-                    else:  # a full fine-tune: a loadable checkpoint with its record, like the final one
-                        save_adapter(model, dest, method, tokenizer=tokenizer, record=record)
+                    save_adapter(model, dest, method, tokenizer=tokenizer, record=record)
 
         root.mkdir(parents=True, exist_ok=True)
         return Callback()
@@ -538,10 +536,12 @@ def train(
     trl_rows = to_trl_rows(rows, tok)
     log_path = out / "train_log.jsonl"
     callbacks = [_JsonlLogger(log_path)] if distributed.is_main() else []
+    record = None if cfg.lora else full_checkpoint_record(cfg.method, lm, frozen)  # a full fine-tune's
     if cfg.save_adapter_at and distributed.is_main():
-        record = None if cfg.lora else full_checkpoint_record(cfg.method, lm, frozen)
         callbacks.append(
-            _AdapterCheckpoints(out / "checkpoints", cfg.method, set(cfg.save_adapter_at), tok, record)
+            _AdapterCheckpoints(
+                out / "checkpoints", cfg.method, set(cfg.save_adapter_at), tok if record else None, record
+            )
         )
     common = _training_args_common(cfg, out, on_cpu)
     t0 = time.time()
@@ -589,7 +589,6 @@ def train(
         shutil.rmtree(out / "trainer", ignore_errors=True)
         raise
     seconds = time.time() - t0
-    record = None if cfg.lora else full_checkpoint_record(cfg.method, lm, frozen)
     save_trained(trainer, out / "adapter", cfg.method, record)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(out / "trainer", ignore_errors=True)

@@ -539,13 +539,12 @@ def check_full_checkpoint_gate(path: str | Path, ssi: Any) -> None:
     be the base model's, and its layer at or below the blocks the fine-tune froze (the default
     ``--lora-layers above_bottleneck``). Refused otherwise, from the record alone (before a load)."""
     rec = read_full_record(path)
-    base_fp = rec.get("base_fingerprint") or {}
-    if not fingerprints_match(ssi.meta.get("model_fingerprint") or {}, base_fp):
+    if not fingerprints_match(ssi.meta.get("model_fingerprint") or {}, rec["base_fingerprint"]):
         raise LasaError(
             f"the SSI was trained on {ssi.meta.get('model')!r}, but the full fine-tune at {path} was trained "
-            f"from {rec.get('base_model')!r}; gate it with an SSI of its base model"
+            f"from {rec['base_model']!r}; gate it with an SSI of its base model"
         )
-    frozen = int(rec.get("frozen_blocks") or 0)
+    frozen = int(rec["frozen_blocks"])
     if ssi.layer > frozen:
         raise LasaError(
             f"the full fine-tune at {path} trained block {frozen + 1} and up, so the SSI's layer {ssi.layer} reads a "

@@ -9,6 +9,7 @@ interrupted stage never leaves a half-written artefact that a later stage would 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -192,13 +193,32 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+#: Files at least this large are hashed once per process for a given (path, size, mtime): a full
+#: fine-tune's weights (16 GB for an 8B model) are otherwise read again by `lasa run`'s stage
+#: digest, each completion record and the report. Small files (markers, adapters) are always read:
+#: one rewritten twice within the clock's tick at the same size would keep its mtime.
+_HASH_MEMO_BYTES = 64 << 20
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes, read in chunks (model parts, adapters, stage markers)."""
+    st = os.stat(path)
+    if st.st_size >= _HASH_MEMO_BYTES:
+        return _sha256_memo(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return _sha256_read(path, chunk)
+
+
+def _sha256_read(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_memo(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return _sha256_read(path)
 
 
 def files_digest(paths: Iterator[Path] | list[Path]) -> str:
