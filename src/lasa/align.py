@@ -555,7 +555,7 @@ def train(
             desirable_weight=cfg.desirable_weight,
             undesirable_weight=cfg.undesirable_weight,
             train_sampling_strategy="sequential",
-            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            precompute_ref_log_probs=precompute_reference(cfg),
             disable_dropout=True,
         )
         data = trl_rows
@@ -604,6 +604,7 @@ def train(
         "n_rows": len(trl_rows),
         "adapter": str(out / "adapter"),
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
+        "reference_model": _reference_kind(trainer, cfg),
         **({"full_fine_tuning": {"frozen_blocks": frozen}} if not cfg.lora else {}),
         "shared_frozen_prefix": (
             {"blocks": prefix.k, "replayed_passes": prefix.hits, "computed_passes": prefix.misses}
@@ -638,11 +639,32 @@ def _completion_positions_only() -> Iterator[None]:
         trl_utils._use_triton = original
 
 
+def precompute_reference(cfg: AlignConfig) -> bool:
+    """Whether KTO reads reference log-probs computed once before training: when asked, and always
+    for a full fine-tune. There the reference is the starting model, and the alternative is TRL's
+    frozen copy of it kept for every step — a second 16 GB for an 8B model in bf16 (under ZeRO-3,
+    a second sharded engine). The precomputed values are the same (dropout is off), computed in one
+    pass before the first step instead of one per step. Under LoRA the reference is the model with
+    the adapter disabled, which costs no memory, so it stays a per-step pass by default."""
+    return cfg.method in ("lasa", "kto") and (cfg.precompute_ref_log_probs or not cfg.lora)
+
+
+def _reference_kind(trainer: Any, cfg: AlignConfig) -> str | None:
+    """What KTO's reference was, read off the trainer (recorded in align.json)."""
+    if cfg.method not in ("lasa", "kto"):
+        return None
+    if getattr(trainer, "ref_model", None) is not None:
+        return "a frozen copy of the model"
+    if getattr(trainer, "precompute_ref_logps", False):
+        return "log-probs precomputed before training"
+    return "the model with the adapter disabled"
+
+
 def _shared_prefix(cfg: AlignConfig, lm: Any, peft_config: Any) -> SharedFrozenPrefix | None:
     """The policy / reference sharing of the blocks below the adapter, where it applies: KTO
     (lasa or kto) with reference passes during training and LoRA that leaves the first blocks
     alone (``above_bottleneck``)."""
-    if cfg.method not in ("lasa", "kto") or cfg.precompute_ref_log_probs or peft_config is None:
+    if cfg.method not in ("lasa", "kto") or precompute_reference(cfg) or peft_config is None:
         return None
     layers = getattr(peft_config, "layers_to_transform", None)
     k = min(layers) if layers else 0

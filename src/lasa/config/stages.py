@@ -382,7 +382,11 @@ class AlignConfig(StageConfig):
         default=None, metadata={"ge": 1, "help": "Override RUN/locate/bottleneck.json."}
     )
     precompute_ref_log_probs: bool = field(
-        default=False, metadata={"help": "TRL: reference log-probs once before training."}
+        default=False,
+        metadata={
+            "help": "TRL: reference log-probs once before training. Always on with --no-lora (full "
+            "fine-tuning), where the alternative is a frozen copy of the whole model in memory."
+        },
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (off on CPU when memory allows)."}
