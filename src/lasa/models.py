@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lasa import default_model
+from lasa.config.registry import adapter_record
 from lasa.errors import LasaError
 
 logger = logging.getLogger(__name__)
@@ -440,19 +441,6 @@ def _adapter_mismatch(path: Path, modules: dict[str, nn.Module]) -> str | None:
                 side = "inputs" if axis == 1 else "outputs"
                 return f"its {name} has {shape[axis]} {side}, this model's {want}"
     return None
-
-
-def adapter_record(path: str | Path) -> dict:
-    """``lasa_adapter.json`` of a directory ``lasa align`` saved (the method; for a full fine-tune
-    also its base model and frozen blocks, :func:`lasa.align.full_checkpoint_record`); {} when
-    absent or unreadable."""
-    from lasa.config.registry import ADAPTER_METHOD_FILE
-
-    try:
-        doc = json.loads((Path(path) / ADAPTER_METHOD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 #: What a full fine-tune's record must hold for lasa to evaluate it as a variant of its base.

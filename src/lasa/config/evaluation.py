@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -9,12 +10,12 @@ from typing import ClassVar, Literal
 from lasa.conditioning import CONDITIONING_TEXT
 from lasa.config.base import StageConfig, nonempty_langs, safe_name
 from lasa.config.registry import (
-    ADAPTER_METHOD_FILE,
     DEFAULT_JUDGE,
     JUDGES,
     METHODS,
     UTILITY_TASKS,
     VARIANTS,
+    adapter_record,
 )
 from lasa.data import MULTIJAIL_N, XSTEST_N, XSTEST_SAFE_N
 from lasa.errors import LasaError
@@ -56,22 +57,16 @@ def _trained_by(adapter: str | None) -> str | None:
     (``RUN/align/<method>/``, beside ``adapter/``); None for an adapter lasa did not train."""
     if not adapter:
         return None
-    from pathlib import Path
-
-    for f in (
-        Path(adapter) / ADAPTER_METHOD_FILE,  # travels with a copy of the adapter
-        Path(adapter) / "summary.json",
-        Path(adapter).parent / "summary.json",
-    ):
-        if f.is_file():
-            try:
-                import json
-
-                method = json.loads(f.read_text(encoding="utf-8")).get("method")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return method if method in METHODS else None
-    return None
+    method = adapter_record(adapter).get("method")  # travels with a copy of the adapter
+    if method is None:
+        for f in (Path(adapter) / "summary.json", Path(adapter).parent / "summary.json"):
+            if f.is_file():
+                try:
+                    method = json.loads(f.read_text(encoding="utf-8")).get("method")
+                except (OSError, ValueError, AttributeError):
+                    return None
+                break
+    return method if method in METHODS else None
 
 
 @dataclass

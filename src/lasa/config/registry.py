@@ -4,6 +4,8 @@ in :mod:`lasa.judges` and :mod:`lasa.utility.runner`; tests keep the two in step
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 #: The variants lasa evaluates, as the generate / evaluate settings that make each one. ``lasa run``
@@ -26,6 +28,17 @@ METHODS: tuple[str, ...] = tuple(dict.fromkeys(v["adapter"] for v in VARIANTS.va
 #: Written into every adapter folder ``lasa align`` saves: which method trained it, so a copied
 #: adapter given as another method's variant (``--variant lasa --adapter COPY_OF_KTO``) is refused.
 ADAPTER_METHOD_FILE = "lasa_adapter.json"
+
+
+def adapter_record(path: str | Path) -> dict:
+    """``lasa_adapter.json`` of a directory ``lasa align`` saved (the method; for a full fine-tune
+    also its base model and frozen blocks, :func:`lasa.align.full_checkpoint_record`); {} when
+    absent or unreadable. Torch-free, so configs read it while they validate."""
+    try:
+        doc = json.loads((Path(path) / ADAPTER_METHOD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 #: Judges by name -> "module:Class", built lazily by ``lasa.judges.get_judge`` (the e5 judges load a
