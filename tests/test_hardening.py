@@ -120,6 +120,25 @@ def test_bad_values_fail_in_one_line_before_the_model_and_leave_no_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lasa-cache"] or not list(tmp_path.iterdir())
 
 
+def test_a_presets_gate_false_beside_a_gated_variant_is_refused_and_a_flag_overrides_it(
+    capsys, no_model_load, tiny_qwen, tmp_path
+):
+    """`gate: false` in the --config preset beside a +gate variant name: the name won without a word."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("evaluate:\n  gate: false\n")
+    common = ("--config", cfg, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
+    rc, _, err = run_cli(capsys, "evaluate", "--variant", "base+gate", *common)
+    assert rc == 2 and "the preset's `gate: false` asks for no gate" in err and one_line(err), err
+    assert "or use --variant base" in err and not (tmp_path / "r").exists()
+    # an ungated variant is what the preset asks for; an explicit --gate turns it back on
+    from lasa.config import EvaluateConfig
+    from lasa.config.base import parse_stage_args
+
+    assert parse_stage_args(EvaluateConfig, ["--config", str(cfg), "--variant", "base"], "e").gate is False
+    argv = ["--config", str(cfg), "--variant", "base+gate", "--gate"]
+    assert parse_stage_args(EvaluateConfig, argv, "e").gate is True
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
@@ -1100,6 +1119,10 @@ def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
         ("interpret:\n  cap: 50\n  cap: 500\n", "key 'cap' is given twice (lines 2 and 3); keep one"),
         ("align:\n  method: sft\n", "align.method is not used by `lasa run`"),
         ("evaluate:\n  variant: lasa+gate\n", "evaluate.variant is not used by `lasa run`"),
+        # overridden by every +gate variant without a word
+        ("evaluate:\n  gate: false\n", "evaluate.gate is not used by `lasa run`"),
+        ("gate: false\n", "gate is not used by `lasa run`"),
+        ("evaluate:\n  adapter: runs/x/align/kto/adapter\n", "evaluate.adapter is not used by `lasa run`"),
     ],
 )
 def test_run_refuses_preset_keys_it_would_ignore(

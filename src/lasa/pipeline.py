@@ -73,8 +73,14 @@ def _shared(run: RunConfig) -> dict[str, Any]:
 #: Keys a stage's own command takes that ``lasa run`` sets itself per stage: in a preset they would
 #: be ignored without a word (``align: {method: sft}`` still trained lasa and kto).
 _RUN_SETS = {
-    "align": ("method", "the methods its --variants need (kto, sft, lasa)"),
-    "evaluate": ("variant", "each of --variants in turn (run: {variants: [...]} in the preset)"),
+    "align": [("method", "the methods its --variants need (kto, sft, lasa)")],
+    "evaluate": [
+        ("variant", "each of --variants in turn (run: {variants: [...]} in the preset)"),
+        # `gate: false` was overridden by every +gate variant without a word (and `gate: true` /
+        # `adapter:` refused only for the variants they contradict): each variant's name sets them
+        ("gate", "each variant's own (the +gate variants gate with this run's SSI, the others do not)"),
+        ("adapter", "each variant's own (RUN/align/<method>/adapter, trained by the run)"),
+    ],
 }
 
 
@@ -82,9 +88,9 @@ def _check_run_keys(config_path: str) -> None:
     from lasa.config.base import load_yaml_doc
 
     doc = load_yaml_doc(config_path)
-    for section, (key, what) in _RUN_SETS.items():
+    for section, key, what in ((s, k, w) for s, keys in _RUN_SETS.items() for k, w in keys):
         body = doc.get(section)
-        if key in doc:  # top-level keys apply to every stage that has them: these two, to none here
+        if key in doc:  # top-level keys apply to every stage that has them: these, to none here
             raise LasaError(
                 f"{config_path}: {key} is not used by `lasa run`, which sets it to {what}; remove it "
                 f"(it is for `lasa {section}` alone)"

@@ -343,11 +343,13 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
     argv = list(argv)
     if argv.count("--config") > 1:
         raise LasaError("--config given twice; merge the files into one (flags override it)")
+    preset: dict[str, Any] = {}
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise LasaError("--config needs a file path")
-        parser.set_defaults_with_config(**load_yaml_for(cls, argv[i + 1]))
+        preset = load_yaml_for(cls, argv[i + 1])
+        parser.set_defaults_with_config(**preset)
         del argv[i : i + 2]
     try:
         cfg, *_, unknown = parser.parse_args_into_dataclasses(
@@ -358,8 +360,8 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
     if unknown:  # HfArgumentParser would raise a ValueError with a traceback
         raise LasaError(f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)")
     check = getattr(cls, "check_flags", None)
-    if check is not None:  # what only the command line shows (a flag given explicitly)
-        check(cfg, argv)
+    if check is not None:  # what only the command line and the preset show (a value given explicitly)
+        check(cfg, argv, preset)
     return cfg
 
 

@@ -156,15 +156,25 @@ class GenerateConfig(StageConfig):
     )
 
     @staticmethod
-    def check_flags(cfg: GenerateConfig, argv: list[str]) -> None:
-        """``--gate false`` beside a gated variant name: the name used to win without a word (an unset
-        and a false ``--gate`` look alike to the config)."""
+    def check_flags(cfg: GenerateConfig, argv: list[str], preset: dict | None = None) -> None:
+        """``--gate false`` (or ``gate: false`` in the ``--config`` preset, unless a flag turns it back
+        on) beside a gated variant name: the name used to win without a word (an unset and a false
+        ``gate`` look alike to the config)."""
         from lasa.config.base import explicit_false
 
-        if (VARIANTS.get(cfg.variant or "") or {}).get("gate") and explicit_false(argv, "--gate"):
+        if not (VARIANTS.get(cfg.variant or "") or {}).get("gate"):
+            return
+        plain = cfg.variant.removesuffix("+gate")
+        if explicit_false(argv, "--gate"):
             raise LasaError(
                 f"--variant {cfg.variant} is gated, but --gate false asks for no gate; drop --gate false, "
-                f"or use --variant {cfg.variant.removesuffix('+gate')}"
+                f"or use --variant {plain}"
+            )
+        flag_on = any(a == "--gate" or a.startswith("--gate=") for a in argv)
+        if (preset or {}).get("gate") is False and not flag_on:
+            raise LasaError(
+                f"--variant {cfg.variant} is gated, but the preset's `gate: false` asks for no gate; remove "
+                f"it from the preset, or use --variant {plain}"
             )
 
     def __post_init__(self) -> None:
