@@ -265,6 +265,31 @@ def test_a_bad_judge_endpoint_is_refused_before_generation_and_keeps_the_results
     assert results.read_text() == '{"variant": "base"}'
 
 
+def test_a_judge_endpoint_behind_a_proxy_checks_the_proxy(monkeypatch):
+    """With a proxy set, the proxy reaches the endpoint: the check used to be skipped; now the
+    proxy itself must answer (a dead proxy fails in one line before generation)."""
+    import socket
+
+    from lasa.judges.llm import check_reachable
+
+    for env in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(LasaError, match=r"proxy 127\.0\.0\.1:9 \(\$https_proxy\) for judge endpoint") as e:
+        check_reachable("https://judge.example.org/v1")
+    assert "fix $https_proxy, or add judge.example.org to $no_proxy" in str(e.value) and "\n" not in str(
+        e.value
+    )
+    with socket.socket() as listener:  # a live proxy: the check passes without resolving the host
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        monkeypatch.setenv("https_proxy", f"127.0.0.1:{listener.getsockname()[1]}")
+        check_reachable("https://judge.example.org/v1")
+    monkeypatch.setenv("no_proxy", "judge.example.org")  # bypassed: the host itself is checked
+    with pytest.raises(LasaError, match="judge endpoint https://judge.example.org/v1 unreachable"):
+        check_reachable("https://judge.example.org/v1", timeout=2)
+
+
 def test_llm_judge_with_a_local_model(tiny_qwen, monkeypatch):
     judge = LLMJudge(model=str(tiny_qwen))
     items = [JudgeItem("a", "b", "en"), JudgeItem("c", "d", "sw")]

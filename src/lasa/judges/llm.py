@@ -67,21 +67,26 @@ def _plain_http_to_remote(url: str) -> bool:
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
     """Open (and close) a TCP connection to the endpoint's host and port, so an unreachable judge
-    fails before generation and before a finished ``results.json`` is set aside; skipped when a
-    proxy carries the request (the proxy, not this machine, reaches the host)."""
+    fails before generation and before a finished ``results.json`` is set aside. When a proxy
+    carries the request (``$https_proxy`` / ``$http_proxy``, the host not in ``$no_proxy``), the
+    proxy reaches the host, not this machine: then the proxy is what must answer."""
     import socket
 
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
-    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        target = (p.hostname or "", p.port or (443 if p.scheme == "https" else 80))
+        what = f"proxy {p.hostname}:{target[1]} (${parts.scheme}_proxy) for judge endpoint {url}"
+        fix = f"fix ${parts.scheme}_proxy, or add {host} to $no_proxy"
+    else:
+        target = (host, parts.port or (443 if parts.scheme == "https" else 80))
+        what, fix = f"judge endpoint {url}", "start it or fix --judge-url"
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        socket.create_connection(target, timeout=timeout).close()
     except OSError as err:
-        raise LasaError(
-            f"judge endpoint {url} unreachable ({getattr(err, 'strerror', None) or err}); start it or fix --judge-url"
-        ) from None
+        raise LasaError(f"{what} unreachable ({getattr(err, 'strerror', None) or err}); {fix}") from None
 
 
 def preflight(judges: Sequence[str], judge_url: str | None) -> None:
