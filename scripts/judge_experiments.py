@@ -81,10 +81,18 @@ def features(rows: list[dict]) -> dict[str, np.ndarray]:
     return blocks
 
 
+def probe_cache(model: str, layers: list[int]) -> Path:
+    return Path(tempfile.gettempdir()) / f"lasa_probe_{model}_{'-'.join(map(str, layers))}.npz"
+
+
+def probe_key(row: dict) -> str:
+    return hashlib.sha256(json.dumps([row["prompt"], row["response"]]).encode()).hexdigest()[:16]
+
+
 def probe_block(rows: list[dict], model: str, layers: list[int]) -> np.ndarray:
     """The probe judge's features per row, cached per (prompt, response) so new rows cost only themselves."""
-    cache = Path(tempfile.gettempdir()) / f"lasa_probe_{model}_{'-'.join(map(str, layers))}.npz"
-    keys = [hashlib.sha256(json.dumps([r["prompt"], r["response"]]).encode()).hexdigest()[:16] for r in rows]
+    cache = probe_cache(model, layers)
+    keys = [probe_key(r) for r in rows]
     known: dict[str, np.ndarray] = {}
     if cache.is_file():
         doc = np.load(cache)

@@ -77,10 +77,16 @@ def main() -> None:
     ap.add_argument("--probe-model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--probe-layers", nargs="+", type=int, default=[9, 14])
     ap.add_argument("--out", default=None, help="write every figure here (JSON) and a table beside it (.md)")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train on the pooled rows whose probe features are already cached (every candidate on the "
+        "same rows), instead of extracting the rest first; the fresh sets must be cached",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    from judge_experiments import probe_block
+    from judge_experiments import probe_block, probe_cache, probe_key
 
     from lasa.judges.corpus import HELD_OUT_FILES, corpus_rows, split_group
     from lasa.judges.pair import MEMBERS, corpus_blocks
@@ -92,7 +98,18 @@ def main() -> None:
         f: [r for r in read_jsonl(data / f) if r.get("label") in ("safe", "unsafe", "invalid")]
         for f in HELD_OUT_FILES
     }
-    blocks = corpus_blocks(rows)
+    if args.cached_only:
+        cache = probe_cache(args.probe_model, args.probe_layers)
+        known = set(np.load(cache)["keys"].tolist()) if cache.is_file() else set()
+        missing = [f for f, fr in fresh.items() if any(probe_key(r) not in known for r in fr)]
+        if missing:
+            raise SystemExit(f"--cached-only: the probe features of {', '.join(missing)} are not all cached")
+    blocks = corpus_blocks(rows)  # cached for the whole pooled corpus: a subset is an index
+    if args.cached_only:
+        keep = np.array([probe_key(r) in known for r in rows])
+        logging.info("--cached-only: %d of %d pooled rows have probe features", keep.sum(), len(rows))
+        rows = [r for r, k in zip(rows, keep) if k]
+        blocks = {k: v[keep] for k, v in blocks.items()}
     blocks["probe"] = probe_block(rows, args.probe_model, args.probe_layers)
     fresh_blocks = {}
     for f, fr in fresh.items():
@@ -109,6 +126,7 @@ def main() -> None:
         "probe_layers": args.probe_layers,
         "probe_c": PROBE_C,
         "n_training_rows": len(rows),
+        "training_rows": "cached rows only (--cached-only)" if args.cached_only else "every pooled label",
         "grouped": {},
         "fresh": {},
     }
