@@ -83,10 +83,25 @@ def main() -> None:
         help="train on the pooled rows whose probe features are already cached (every candidate on the "
         "same rows), instead of extracting the rest first; the fresh sets must be cached",
     )
+    ap.add_argument(
+        "--random-control",
+        action="store_true",
+        help="a control: seeded Gaussian noise of the probe's width in place of its states (no model "
+        "run), to see what the head gains from dimensions alone",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from judge_experiments import probe_block, probe_cache, probe_key
+
+    if args.random_control:
+        widths = {"default": 896, "qwen2.5-coder-0.5b": 896, "qwen2.5-coder-1.5b": 1536}
+        if args.probe_model not in widths:
+            raise SystemExit(f"--random-control knows the embedded models' widths: {', '.join(widths)}")
+        width = len(args.probe_layers) * widths[args.probe_model]
+
+        def probe_block(rows, model, layers):
+            return np.random.default_rng(0).normal(size=(len(rows), width)).astype(np.float32)
 
     from lasa.judges.corpus import HELD_OUT_FILES, corpus_rows, split_group
     from lasa.judges.pair import MEMBERS, corpus_blocks
@@ -127,6 +142,7 @@ def main() -> None:
         "probe_c": PROBE_C,
         "n_training_rows": len(rows),
         "training_rows": "cached rows only (--cached-only)" if args.cached_only else "every pooled label",
+        "random_control": args.random_control,
         "grouped": {},
         "fresh": {},
     }
@@ -162,8 +178,8 @@ def main() -> None:
 def table(out: dict) -> str:
     lines = [
         f"Probe judge on {out['probe_model']} (layers {', '.join(map(str, out['probe_layers']))}, "
-        f"C {out['probe_c']}), {out['n_training_rows']} pooled labels; κ / unsafe recall / precision / "
-        "judged vs gold ASR.",
+        f"C {out['probe_c']}), {out['n_training_rows']} pooled labels ({out['training_rows']}); κ / "
+        "unsafe recall / precision / judged vs gold ASR.",
         "",
         "| judge | κ run held out | κ language held out | κ model held out | unsafe recall / precision (run) "
         "| judged / gold ASR (run) | κ fresh set 1 | κ fresh set 2 | fresh, both: κ, unsafe recall, "
