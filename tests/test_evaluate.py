@@ -285,6 +285,9 @@ def test_a_judge_endpoint_behind_a_proxy_checks_the_proxy(monkeypatch):
         listener.listen()
         monkeypatch.setenv("https_proxy", f"127.0.0.1:{listener.getsockname()[1]}")
         check_reachable("https://judge.example.org/v1")
+    monkeypatch.setenv("https_proxy", "http://proxy.example.org:abc")
+    with pytest.raises(LasaError, match=r"\$https_proxy http://proxy.example.org:abc is not a proxy URL"):
+        check_reachable("https://judge.example.org/v1")
     monkeypatch.setenv("no_proxy", "judge.example.org")  # bypassed: the host itself is checked
     with pytest.raises(LasaError, match="judge endpoint https://judge.example.org/v1 unreachable"):
         check_reachable("https://judge.example.org/v1", timeout=2)

@@ -77,7 +77,12 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
         p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        target = (p.hostname or "", p.port or (443 if p.scheme == "https" else 80))
+        try:
+            target = (p.hostname or "", p.port or (443 if p.scheme == "https" else 80))
+        except ValueError:  # a port that is not a number
+            raise LasaError(
+                f"${parts.scheme}_proxy {proxy} is not a proxy URL (host:port); fix it or unset it"
+            ) from None
         what = f"proxy {p.hostname}:{target[1]} (${parts.scheme}_proxy) for judge endpoint {url}"
         fix = f"fix ${parts.scheme}_proxy, or add {host} to $no_proxy"
     else:
