@@ -56,22 +56,6 @@ def _summary(gold: list[str], pred: list[str]) -> dict:
     }
 
 
-class Ensemble:
-    """The shipped ensemble's rule (each member a standardised logistic head over its blocks, the
-    verdict the argmax of the mean probability) over any blocks, the probe's included."""
-
-    def __init__(self, blocks: dict[str, np.ndarray], y: list[str], spec) -> None:
-        from lasa.judges.pair import PairHead
-
-        self.heads = [(use, PairHead.fit(np.hstack([blocks[b] for b in use]), y, c=c)) for use, c in spec]
-
-    def labels(self, blocks: dict[str, np.ndarray]) -> list[str]:
-        from lasa.judges.base import LABELS
-
-        p = np.mean([h.proba(np.hstack([blocks[b] for b in use])) for use, h in self.heads], axis=0)
-        return [LABELS[i] for i in p.argmax(1)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probe-model", default="qwen2.5-coder-1.5b")
@@ -104,7 +88,7 @@ def main() -> None:
             return np.random.default_rng(0).normal(size=(len(rows), width)).astype(np.float32)
 
     from lasa.judges.corpus import HELD_OUT_FILES, corpus_rows, split_group
-    from lasa.judges.pair import MEMBERS, corpus_blocks
+    from lasa.judges.pair import MEMBERS, PairEnsemble, corpus_blocks
     from lasa.runs import read_jsonl
 
     rows = corpus_rows()
@@ -153,11 +137,11 @@ def main() -> None:
             pred = np.empty(len(rows), dtype=object)
             for g in dict.fromkeys(groups):
                 test = groups == g
-                judge = Ensemble({k: v[~test] for k, v in blocks.items()}, list(y[~test]), spec)
+                judge = PairEnsemble.fit({k: v[~test] for k, v in blocks.items()}, list(y[~test]), spec)
                 pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
             out["grouped"][name][split] = _summary(list(y), list(pred))
             logging.info("%s, %s held out: %s", name, split, out["grouped"][name][split])
-        judge = Ensemble(blocks, list(y), spec)
+        judge = PairEnsemble.fit(blocks, list(y), spec)
         out["fresh"][name] = {}
         gold_all: list[str] = []
         pred_all: list[str] = []

@@ -75,6 +75,9 @@ def test_head_round_trips_through_json_and_learns_separable_classes():
 def test_stack_rejects_unknown_blocks():
     with pytest.raises(LasaError, match="unknown feature block"):
         stack({"scalars": np.zeros((1, 2))}, ["scalars", "tfidf"])
+    # an experiment's own block stacks beside the shipped ones
+    x = stack({"scalars": np.zeros((1, 2)), "probe": np.ones((1, 3))}, ["scalars", "probe"])
+    assert x.shape == (1, 5) and x.dtype == np.float32
 
 
 def test_grouped_oof_never_trains_on_the_held_out_group():

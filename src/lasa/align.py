@@ -655,7 +655,7 @@ def _reference_kind(trainer: Any, cfg: AlignConfig) -> str | None:
         return None
     if getattr(trainer, "ref_model", None) is not None:
         return "a frozen copy of the model"
-    if getattr(trainer, "precompute_ref_logps", False):
+    if trainer.args.precompute_ref_log_probs:
         return "log-probs precomputed before training"
     return "the model with the adapter disabled"
 

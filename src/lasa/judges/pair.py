@@ -135,9 +135,11 @@ RELATIONAL_NAMES = (
 
 
 def stack(blocks: dict[str, np.ndarray], use: Sequence[str]) -> np.ndarray:
-    unknown = sorted(set(use) - set(BLOCKS))
+    """The blocks ``use`` names, side by side (any the caller computed: the shipped judge's
+    :data:`BLOCKS`, or an experiment's own, such as the probe judge's states)."""
+    unknown = sorted(set(use) - set(blocks))
     if unknown:
-        raise LasaError(f"unknown feature block(s) {unknown}; choose from {', '.join(BLOCKS)}")
+        raise LasaError(f"unknown feature block(s) {unknown}; choose from {', '.join(blocks)}")
     return np.hstack([blocks[b] for b in use]).astype(np.float32)
 
 
