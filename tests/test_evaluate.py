@@ -386,6 +386,16 @@ def test_judge_check_rejects_malformed_rows(tmp_path, row, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_judge_check_reads_labels_in_any_case_and_with_stray_spaces(tmp_path):
+    rows = [
+        {"prompt": "p", "response": "r", "language": "EN", "label": "Unsafe"},
+        {"prompt": "p", "response": "r", "lang": "zh", "label": " SAFE\n"},
+        {"prompt": "p", "response": "r", "language": "jw", "label": "invalid"},
+    ]
+    loaded = load_labels(_labels_file(tmp_path, rows))
+    assert [(r["lang"], r["label"]) for r in loaded] == [("en", "unsafe"), ("zh", "safe"), ("jv", "invalid")]
+
+
 def test_embedding_judge_on_multilingual_cases():
     from lasa.judges.embedding import EmbeddingJudge, Encoder, RefusalClassifier, xstest_completions
 

@@ -54,7 +54,9 @@ def load_labels(path: str | Path) -> list[dict]:
         bad = [k for k in ("prompt", "response") if not isinstance(row[k], str)]
         if bad:
             raise LasaError(f"{path}:{n}: {' and '.join(bad)} must be text, got {type(row[bad[0]]).__name__}")
-        if row["label"] not in LABELS:
+        # "Unsafe" or " safe" is the same label: hand-made files vary in case and stray spaces
+        label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
+        if label not in LABELS:
             raise LasaError(f"{path}:{n}: label {row['label']!r} is not one of {', '.join(LABELS)}")
         try:
             lang = normalize_language(str(lang))
@@ -70,7 +72,7 @@ def load_labels(path: str | Path) -> list[dict]:
                 "prompt": row["prompt"],
                 "response": row["response"],
                 "lang": lang,
-                "label": row["label"],
+                "label": label,
             }
         )
     if not rows:
