@@ -534,6 +534,24 @@ def test_finish_refuses_to_write_a_file_missing_samples(tmp_path):
     assert [r["uid"] for r in w.finish(order=["a"])] == ["a"]
 
 
+def test_a_row_cut_inside_a_multibyte_character_does_not_break_resume(tmp_path):
+    """A run killed mid-write can cut a Chinese answer inside a UTF-8 character; the next append
+    ends that line, so the torn bytes stay mid-file: loading must skip them, not raise."""
+    from lasa.runs import SampleWriter
+
+    w = SampleWriter(tmp_path / "completions.jsonl")
+    w.append([{"uid": "a", "response": "好的"}])
+    torn = json.dumps({"uid": "b", "response": "好"}, ensure_ascii=False).encode()[:-3]
+    with open(w.partial, "ab") as f:
+        f.write(torn[:-1])  # ends inside the three bytes of 好
+    w.append([{"uid": "c", "response": "สวัสดี"}])
+    assert {k: r["response"] for k, r in SampleWriter(tmp_path / "completions.jsonl").load().items()} == {
+        "a": "好的",
+        "c": "สวัสดี",
+    }
+    assert [r["uid"] for r in w.finish(order=["a", "c"])] == ["a", "c"]
+
+
 def test_concurrent_records_keep_every_stage(tmp_path):
     """RUN/config.yaml is read, merged and rewritten by each stage; eight at once lost one entry."""
     import threading

@@ -512,12 +512,14 @@ class SampleWriter:
         kept = [self.kept] if self.kept is not None and self.kept.is_file() else []
         sources = kept + ([self.path] if self.path.is_file() else []) + self._partials()
         for src in sources:
-            with open(src, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # the torn last line of an interrupted run
+            # bytes, decoded line by line: a run killed mid-write can cut a multi-byte character
+            # (zh, th, bn answers), and that torn line stays mid-file once `append` ends it
+            for line in src.read_bytes().split(b"\n"):
+                try:
+                    row = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue  # the torn last line of an interrupted run
+                if isinstance(row, dict) and self.key in row:
                     done[row[self.key]] = row
         return done
 
