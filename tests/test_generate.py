@@ -32,13 +32,19 @@ class StubSSI:
     """Flags the prompts whose chat-format state at ``layer`` is close to one of ``targets``;
     records every state it is shown so tests can count scoring calls."""
 
-    def __init__(self, lm, layer, flag_prompts, chat_template=True, pooling="last"):
+    def __init__(self, lm, layer, flag_prompts, chat_template=True, pooling="last", max_length=512):
         self.layer = layer
-        self.meta = {"chat_template": chat_template, "pooling": pooling}
+        self.meta = {"chat_template": chat_template, "pooling": pooling, "max_length": max_length}
         self.threshold = 0.5
         self.targets = (
             extract_states(
-                lm, flag_prompts, layers=[layer], chat_template=chat_template, pooling=pooling, progress=False
+                lm,
+                flag_prompts,
+                layers=[layer],
+                chat_template=chat_template,
+                pooling=pooling,
+                max_length=max_length,
+                progress=False,
             )[:, 0]
             if flag_prompts
             else torch.zeros(0, lm.hidden_size)
@@ -354,6 +360,40 @@ def test_user_pooled_ssi_is_read_off_the_prefill_at_the_users_tokens(lm, pooling
     assert [r["gated"] for r in gated] == [False, True, False, False, True]
     # no extra pass over the prompt: exactly the token positions of the prefill-reading gate
     assert sum(counted) == prefill_tokens and len(ssi.seen) == 1
+
+
+def test_a_prompt_longer_than_the_ssis_states_is_scored_on_its_truncated_state(lm):
+    """The SSI read the last `max_length` tokens of each prompt; a longer prompt's prefill state
+    differs (the model saw its start), so its batch is scored by the truncated pass instead."""
+    long = " ".join(PROMPTS)
+    n = len(format_prompts(lm.tokenizer, [long], chat_template=True)[0])
+    ssi = StubSSI(lm, layer=2, flag_prompts=[long], max_length=n // 2)
+    gated = generate_all(lm, [PROMPTS[0], long], SETTINGS, Gate(ssi), progress=False)
+    assert [r["gated"] for r in gated] == [False, True]
+
+
+def test_user_last_gate_reads_the_users_token_when_every_prompt_starts_alike(lm, monkeypatch):
+    """Prompts that share their opening words share more than the system turn; the shared prefix
+    must stop before a row's last user token, or that row's state is read at a padding position."""
+    import lasa.generate
+
+    monkeypatch.setattr(lasa.generate, "MIN_SHARED_PREFIX", 2)
+    prompts = ["How do I kill a Python process", "How do I kill a Python process on Linux?"]
+    ssi = StubSSI(lm, layer=2, flag_prompts=[prompts[0]], pooling="user_last")
+    gated = generate_all(lm, prompts, SETTINGS, Gate(ssi), progress=False)
+    assert [r["gated"] for r in gated] == [True, False]
+
+
+def test_user_mean_gate_where_the_shared_prefix_cannot_be_kept(lm, monkeypatch):
+    """A model whose cache layers cannot be moved between caches (sliding windows) prefills every
+    row whole; the user_mean pooling must then count the template's head from the row's start."""
+    import lasa.generate
+
+    monkeypatch.setattr(lasa.generate, "MIN_SHARED_PREFIX", 2)
+    monkeypatch.setattr(lasa.generate, "_plain_layers", lambda cache: False)
+    ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1], PROMPTS[4]], pooling="user_mean")
+    gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
+    assert [r["gated"] for r in gated] == [False, True, False, False, True]
 
 
 def test_raw_format_ssi_gets_its_own_truncated_pass(lm):

@@ -38,6 +38,7 @@ from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefi
 from lasa.errors import LasaError
 from lasa.hidden import format_prompts, length_batches, pad_batch, pool, position_ids_from_mask, user_span
 from lasa.models import LoadedModel, base_model, merged_adapter
+from lasa.ssi import state_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ class ConstantSSI:
 
     def __init__(self, flag: bool = True):
         self.flag = flag
-        self.meta = {"chat_template": True, "layer": 1, "threshold": 0.5}
+        # reads no state, so no prompt is too long for it (never the truncated pass of a real SSI)
+        self.meta = {"chat_template": True, "layer": 1, "threshold": 0.5, "max_length": 1 << 30}
 
     @property
     def digest(self) -> str:
@@ -315,10 +317,10 @@ def _prefill(
             shared = 0
         elif capture.pooling == "user_mean":
             shared = min(shared, capture.head)
+        elif capture.pooling == "user_last":  # rows that start alike: each keeps its last user token
+            shared = min(shared, min(len(q) for q in seqs) - capture.offset - 1)
     if shared < MIN_SHARED_PREFIX or shared >= min(len(q) for q in seqs):  # every row keeps a token
         shared = 0
-    if capture is not None:
-        capture.shared = shared
     prefix = None
     if shared:
         prefix = DynamicCache(config=model.config)
@@ -330,6 +332,8 @@ def _prefill(
         )
         if not _plain_layers(prefix):
             shared, prefix = 0, None
+    if capture is not None:  # after the fallback above, which shares nothing
+        capture.shared = shared
     rest = [q[shared:] for q in seqs]
     groups = forward_batches([len(q) for q in rest], group_size)
 
@@ -481,12 +485,14 @@ def _generate_batch(
         and gate.from_prefill
         and gate.pooling != "mean"
         and not _gate_needs_base_pass(lm, gate)
+        # the SSI read the last `max_length` tokens of each prompt; a longer one's prefill state
+        # differs (the model saw its start), so that batch takes the truncated pass instead
+        and max(len(q) for q in seqs) <= state_max_length(gate.ssi.meta)
     )
     memo = gate.known_scores if gate is not None and not read_prefill else None
     known = np.array([memo[p] for p in raw]) if memo is not None and all(p in memo for p in raw) else None
     if gate is not None and not read_prefill and known is None:
         from lasa.hidden import extract_states
-        from lasa.ssi import state_max_length
 
         # the adapter off only where it changes the state at L* (an adapter above L* cannot): this
         # keeps a merged adapter merged (entering base_model would unmerge it, see merged_adapter)
