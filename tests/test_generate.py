@@ -181,6 +181,23 @@ def test_shared_chat_prefix_is_prefilled_once_and_changes_no_answer(lm, monkeypa
         assert [r["response"] for r in rows] == [r["response"] for r in gated_w[pooling]], pooling
 
 
+@pytest.mark.parametrize("path", ["greedy loop", "generate"])
+@pytest.mark.parametrize("m", [1, 4])
+def test_min_new_tokens_allows_a_stop_from_the_m_th_token_on_as_generate_does(lm, monkeypatch, path, m):
+    """``min_new_tokens=m`` (transformers' meaning): no stop among the first m tokens, so an answer
+    that wants to stop at once has exactly m tokens. Here every token but one stops a row."""
+    import lasa.generate
+
+    keep = 7
+    stops = [i for i in range(lm.model.config.vocab_size) if i != keep]
+    monkeypatch.setattr(lasa.generate, "_stop_ids", lambda tok: stops)
+    if path == "generate":
+        monkeypatch.setattr(lasa.generate, "_plain_layers", lambda cache: False)
+    settings = GenerationSettings(max_new_tokens=10, min_new_tokens=m, batch_size=5)
+    rows = generate_all(lm, PROMPTS, settings, progress=False)
+    assert [(r["n_tokens"], r["finish"]) for r in rows] == [(m, "stop")] * len(PROMPTS)
+
+
 def test_greedy_decoding_drops_finished_rows_and_gives_generates_tokens(lm):
     """lasa's greedy loop drops rows that have stopped; every row's tokens must be those of
     ``generate``, which decodes all rows to the end, including the pad after each stop token."""

@@ -27,6 +27,10 @@ def test_wilson_edges():
     with pytest.raises(ValueError):
         wilson(5, 4)
     assert wilson(3, 8).fmt() == "37.5 [13.7, 69.4]"
+    # every interval holds its own rate, exactly at 0 / n and n / n (rounding once left 1e-17 out)
+    for n in (1, 3, 7, 10, 100, 1000):
+        assert wilson(0, n).low == 0.0 and wilson(n, n).high == 1.0
+        assert all(wilson(k, n).low <= k / n <= wilson(k, n).high for k in range(n + 1))
 
 
 def test_rogan_gladen_worked_example():

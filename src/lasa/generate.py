@@ -564,13 +564,13 @@ def _generate_batch(
     ids = torch.cat([ids, first[:, None]], 1)
     mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], 1)
     budget = settings.max_new_tokens - 1
+    rest_min = max(0, settings.min_new_tokens - 1)  # the first token already counts toward the minimum
     if budget > 0 and not settings.do_sample and _plain_layers(cache):
-        new = _greedy_decode(
-            model, cache, ids, mask, budget, _stop_ids(tok), tok.pad_token_id, settings.min_new_tokens
-        )
+        new = _greedy_decode(model, cache, ids, mask, budget, _stop_ids(tok), tok.pad_token_id, rest_min)
     elif budget > 0:
-        if settings.min_new_tokens:
-            hf["min_new_tokens"] = min(settings.min_new_tokens, budget)
+        hf.pop("min_new_tokens", None)  # counted from the first token, which is decoded already
+        if rest_min:
+            hf["min_new_tokens"] = min(rest_min, budget)
         gen = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=budget, **{_cache_kw(): cache}, **hf
         )

@@ -51,7 +51,10 @@ def wilson(k: int, n: int, z: float = Z95) -> Rate:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
+    # exact at the edges: rounding put 0/n's lower bound at ~1e-17 and n/n's upper at 1 - 1e-16
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Rate(k, n, p, low, high)
 
 
 def rogan_gladen(q: float, se: float, sp: float) -> float:
