@@ -123,6 +123,48 @@ def test_evaluation_sets_are_disjoint_from_training_halves():
     assert harmful_ids["en"] == harmful_ids["jv"] == [f"multijail:{i}" for i in range(10)]
 
 
+def test_the_states_cache_is_missed_when_the_weights_under_the_same_path_change(
+    tiny_qwen, tmp_path, monkeypatch
+):
+    """Replacing a checkpoint in place (same --model path) must not train the SSI on the old
+    weights' cached states, nor give its scores.json the new model's key."""
+    import shutil
+
+    import lasa.hidden
+    from tiny import build_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_qwen, model_dir)
+    extracted: list[int] = []
+    real = lasa.hidden.extract_states
+    monkeypatch.setattr(
+        lasa.hidden,
+        "extract_states",
+        lambda lm, texts, *a, **k: extracted.append(len(texts)) or real(lm, texts, *a, **k),
+    )
+    argv = ["interpret", "--model", str(model_dir), "--run-dir", str(tmp_path / "run"), "--layer", "2"]
+    argv += [
+        "--cap",
+        "10",
+        "--eval-n-harmful",
+        "4",
+        "--eval-n-benign",
+        "4",
+        "--epochs",
+        "2",
+        "--calibration",
+        "none",
+    ]
+    assert main(argv) == 0
+    first = sum(extracted)
+    assert main(argv) == 0
+    assert sum(extracted) == first  # the same weights: every state came from the cache
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    build_model("qwen2", vocab, seed=7).save_pretrained(model_dir)  # other weights, same path
+    assert main(argv) == 0
+    assert sum(extracted) == 2 * first
+
+
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory, tiny_qwen):
     run = tmp_path_factory.mktemp("run")

@@ -34,7 +34,7 @@ from lasa.interpret.calibrate import calibration_prompts, fit_language_calibrati
 from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_metrics
 from lasa.interpret.sweep import run_sweep, transfer_layer
 from lasa.interpret.train import Split, fit_and_evaluate, group_split
-from lasa.models import LoadedModel, base_model, validate_layer
+from lasa.models import LoadedModel, base_model, numerics_identity, validate_layer
 from lasa.results import InterpretResult
 from lasa.runs import RunDir, atomic_path, fingerprint, write_json
 from lasa.ssi import INDEX_CONVENTION, SCORES_FILE, SSI, scores_key, write_scores
@@ -521,6 +521,8 @@ def _interpret(
         {
             "model": cfg.model,
             "fp": lm.fingerprint.get("id"),
+            # other weights under the same name, or another dtype or device, give other states
+            **numerics_identity(lm),
             "pooling": cfg.pooling,
             "max_length": cfg.max_length,
             **({"chat_template": True} if cfg.chat_template else {}),

@@ -91,12 +91,14 @@ def _locate(
     cfg: LocateConfig, lm: Any, run: RunDir, out: Path, table: ParallelTable, points: list[dict], t0: float
 ) -> Bottleneck:
     from lasa.hidden import extract_states
-    from lasa.models import weights_signature
+    from lasa.models import resolve_device, resolve_dtype, weights_signature
 
+    device = resolve_device(cfg.device)
     key = fingerprint(
         {
             "model": cfg.model,
             "weights": weights_signature(cfg.model),  # the same name over other weights is a miss
+            "numerics": [device.type, str(resolve_dtype(cfg.dtype, device))],  # known before loading
             "texts": [p["text"] for p in points],
             "pooling": cfg.pooling,
             "chat_template": cfg.chat_template,
