@@ -366,6 +366,49 @@ def test_a_damaged_bottleneck_is_one_line(tmp_path):
             Bottleneck.load(tmp_path)
 
 
+def test_damaged_ssi_side_files_are_one_line_or_ignored(tmp_path):
+    """Hand-edited or torn files next to an SSI: its architecture, its scores memo, its states cache."""
+    from safetensors.torch import save_file
+
+    from lasa.interpret.stage import CachedStates
+    from lasa.ssi import SSI, read_scores
+
+    (tmp_path / "ssi.json").write_text(json.dumps({"architecture": ["not", "a", "dict"], "layer": 2}))
+    save_file({"w": torch.zeros(1)}, tmp_path / "ssi.safetensors")
+    with pytest.raises(LasaError, match="is damaged") as e:
+        SSI.load(tmp_path)
+    assert "\n" not in str(e.value)
+    for content in ("[1, 2]", '{"key": "k", "scores": [0.5]}', '{"key": "k", "scores": {"a": "x"}}'):
+        (tmp_path / "scores.json").write_text(content)
+        assert read_scores(tmp_path / "scores.json", "k") == {}  # scored afresh, not a traceback
+    save_file({"layer_2": torch.zeros(1, 4)}, tmp_path / "states.safetensors")  # no text_keys
+    with pytest.raises(LasaError, match="states.safetensors is damaged.*rerun `lasa interpret`"):
+        CachedStates(tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["interpret", "align"])
+def test_a_bottleneck_located_on_another_model_is_refused_before_loading(
+    capsys, no_model_load, tiny_qwen, tmp_path, stage
+):
+    """A run directory reused with a new --model: the old model's layer is a layer of the wrong network."""
+    from dataclasses import fields
+
+    from lasa.locate.bottleneck import Bottleneck
+
+    run = tmp_path / "r"
+    (run / "locate").mkdir(parents=True)
+    doc = {f.name: None for f in fields(Bottleneck)} | {"layer": 2, "model": "qwen2.5-coder-1.5b"}
+    (run / "locate" / "bottleneck.json").write_text(json.dumps(doc))
+    rc, _, err = run_cli(capsys, stage, "--model", tiny_qwen, "--run-dir", run)
+    assert rc == 2 and "was located on qwen2.5-coder-1.5b, not" in err and one_line(err), err
+    assert f"--force`, or pass {'--layer' if stage == 'interpret' else '--bottleneck-layer'} N" in err
+    assert sorted(p.name for p in run.iterdir()) == ["locate"]
+    # the same model under another name is the same model
+    doc["model"] = str(Path(tiny_qwen).parent / ".." / Path(tiny_qwen).parent.name / Path(tiny_qwen).name)
+    assert Bottleneck(**doc).layer_for(str(tiny_qwen), run) == 2
+    assert Bottleneck(**(doc | {"model": "default"})).layer_for("qwen2.5-coder-0.5b", run) == 2
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [

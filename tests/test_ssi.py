@@ -47,6 +47,18 @@ def test_ssi_learns_separable_data_and_calibrates():
     assert len(log) <= 30
 
 
+def test_a_validation_split_without_both_classes_or_finite_states_is_one_line():
+    x, y = blobs()
+    xv, yv = blobs(seed=1)
+    with pytest.raises(LasaError, match="validation split has 0 prompts.*raise --cap"):
+        train_ssi(x, y, xv[:0], yv[:0], cfg())
+    with pytest.raises(LasaError, match="not both classes"):
+        train_ssi(x, y, xv[yv == 1], yv[yv == 1], cfg())
+    xv[0, 3] = float("inf")
+    with pytest.raises(LasaError, match="input states hold inf or nan.*--dtype float32"):
+        train_ssi(x, y, xv, yv, cfg())
+
+
 def test_training_is_deterministic_under_a_seed():
     x, y = blobs()
     xv, yv = blobs(seed=1)

@@ -720,7 +720,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
     if bottleneck is None and run.bottleneck.is_file():
         from lasa.locate import Bottleneck
 
-        bottleneck = Bottleneck.load(cfg.run_dir).layer
+        bottleneck = Bottleneck.load(cfg.run_dir).layer_for(cfg.model, cfg.run_dir, "--bottleneck-layer")
     if bottleneck is not None and cfg.lora_layers == "above_bottleneck":  # from the config alone
         from lasa.models import num_layers_of, validate_layer
 

@@ -297,6 +297,16 @@ def numerics_identity(lm: LoadedModel) -> dict:
     }
 
 
+def canonical_spec(spec: str) -> str:
+    """One name per model for comparing two ``--model`` values: the embedded name for an alias
+    ('default'), the resolved path for a local checkpoint, else the hub id as given."""
+    embedded = default_model.embedded_name(spec)
+    if embedded:
+        return embedded
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec.strip()
+
+
 def weights_signature(spec: str) -> str:
     """A cheap identity of the weights behind ``spec``, for cache keys checked before any model load.
 

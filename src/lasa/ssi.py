@@ -257,7 +257,15 @@ class SSI:
                 calibration = LanguageCalibration(langs, t["weight"], t["bias"], t["offsets"])
         except LasaError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as err:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            RuntimeError,
+            OSError,
+            SafetensorError,
+        ) as err:
             # a hand-edited or truncated ssi.json, or a damaged ssi.safetensors
             raise LasaError(
                 f"the SSI in {path} is damaged ({type(err).__name__}: {err}); rerun `lasa interpret`"
@@ -355,7 +363,13 @@ def read_scores(path: Path, key: str) -> dict[str, float]:
     except (OSError, ValueError):
         logger.warning("ignoring unreadable %s", path)
         return {}
-    return {str(k): float(v) for k, v in kept.get("scores", {}).items()} if kept.get("key") == key else {}
+    if not isinstance(kept, dict) or kept.get("key") != key or not isinstance(kept.get("scores"), dict):
+        return {}  # another key, or not what write_scores writes: scored afresh
+    try:
+        return {str(k): float(v) for k, v in kept["scores"].items()}
+    except (TypeError, ValueError):
+        logger.warning("ignoring damaged %s", path)
+        return {}
 
 
 def write_scores(path: Path, key: str, scores: dict[str, float]) -> None:

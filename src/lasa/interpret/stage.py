@@ -199,14 +199,19 @@ class CachedStates:
     prompt's state there, keyed by a hash of its text): states by prompt text, no model needed."""
 
     def __init__(self, ssi_dir: str | Path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.path = Path(ssi_dir) / "states.safetensors"
         if not self.path.is_file():
             raise LasaError(f"no {self.path}; run `lasa interpret` for that directory first")
-        with safe_open(str(self.path), framework="pt") as f:
-            self.row = {h: i for i, h in enumerate(json.loads((f.metadata() or {})["text_keys"]))}
-            self.layers = sorted(int(k.split("_")[1]) for k in f.keys())  # noqa: SIM118
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                self.row = {h: i for i, h in enumerate(json.loads((f.metadata() or {})["text_keys"]))}
+                self.layers = sorted(int(k.split("_")[1]) for k in f.keys())  # noqa: SIM118
+        except (KeyError, IndexError, TypeError, ValueError, SafetensorError) as err:
+            raise LasaError(
+                f"{self.path} is damaged ({type(err).__name__}); rerun `lasa interpret` for that directory"
+            ) from None
 
     def rows(self, texts: Sequence[str]) -> torch.Tensor:
         """Row index of each text; a one-line error when any was never extracted."""
@@ -458,10 +463,10 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
     run = RunDir(cfg.run_dir)
     train_langs = validate_train_langs(cfg.train_langs)
     bottleneck_layer = None
-    if run.bottleneck.is_file():
+    if cfg.layer is None and run.bottleneck.is_file():
         from lasa.locate import Bottleneck
 
-        bottleneck_layer = Bottleneck.load(cfg.run_dir).layer
+        bottleneck_layer = Bottleneck.load(cfg.run_dir).layer_for(cfg.model, cfg.run_dir)
     layer = cfg.layer if cfg.layer is not None else bottleneck_layer
     if layer is None:
         raise LasaError(

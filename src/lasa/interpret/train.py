@@ -49,6 +49,16 @@ def train_ssi(
     n_neg = float(len(y_train) - n_pos)
     if n_pos == 0 or n_neg == 0:
         raise LasaError("SSI training data has a single class; check --train-langs")
+    if not (torch.isfinite(x_train).all() and torch.isfinite(x_val).all()):
+        raise LasaError(
+            "the SSI's input states hold inf or nan (a half-precision overflow?); rerun with --dtype float32"
+        )
+    if len(y_val) == 0 or not 0 < float(y_val.sum()) < len(y_val):
+        # early stopping and the threshold are chosen on validation: both classes must be there
+        raise LasaError(
+            f"the SSI's validation split has {len(y_val)} prompts and not both classes; "
+            "raise --cap or --val-fraction"
+        )
     pos_weight = torch.tensor(n_neg / n_pos) if abs(n_neg / n_pos - 1) > 0.1 else None
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     val_loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -83,7 +93,8 @@ def train_ssi(
             bad += 1
             if bad >= cfg.patience:
                 break
-    assert best_state is not None
+    if best_state is None:
+        raise LasaError("the SSI's validation loss was never finite; rerun with --dtype float32")
     model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():

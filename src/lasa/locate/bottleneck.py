@@ -56,6 +56,18 @@ class Bottleneck:
             )
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
 
+    def layer_for(self, model: str, run_dir: str | Path, flag: str = "--layer") -> int:
+        """The located layer, if it was located on ``model``: another model's bottleneck (a run
+        directory reused with a new ``--model``) is a layer of the wrong network."""
+        from lasa.models import canonical_spec
+
+        if canonical_spec(self.model) != canonical_spec(model):
+            raise LasaError(
+                f"{RunDir(run_dir).bottleneck} was located on {self.model}, not {model}; run "
+                f"`lasa locate --model {model} --run-dir {run_dir} --force`, or pass {flag} N"
+            )
+        return self.layer
+
 
 def load_layer_scores(run_dir: str | Path) -> list[dict]:
     path = RunDir(run_dir).locate / "layer_scores.json"
