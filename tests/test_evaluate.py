@@ -763,6 +763,10 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     assert t.rows[-1] == ["invalid (avg)", "43.8%"]  # sw: 7 of 8 invalid, en: none
     avg = wilson(3, 16)
     assert ["average", f"18.8 [{100 * avg.low:.1f}, {100 * avg.high:.1f}]"] in t.rows
+    assert t.header[1] == "base" and t.source.endswith("asr.pair")
+    # variants counted by different default judges: each column names its judge
+    mixed = language_table({"base": res, "kto": {**res, "default_judge": "lexicon", "asr": {"lexicon": a}}})
+    assert mixed.header[1:] == ["base (pair)", "kto (lexicon)"] and "default judge" in mixed.source
     s = summary_table({"base": res})
     assert s.rows[0][0] == "base" and s.rows[0][4] == t.rows[t.rows.index(["average", s.rows[0][4]])][1]
     assert render_text(s).splitlines()[0].startswith("variant")

@@ -86,9 +86,13 @@ def language_table(results: Mapping[str, Mapping], judge: str | None = None) -> 
             ]
         )
     rows.append(["invalid (avg)", *[pct(_asr(results[v], judge)["invalid_rate"]["average"]) for v in order]])
-    name = judge or results[order[0]]["default_judge"]
+    judges = {v: judge or results[v]["default_judge"] for v in order}
+    if len(set(judges.values())) > 1:  # variants evaluated with different --default-judge: say which
+        header, source = [f"{v} ({judges[v]})" for v in order], "asr.<the variant's default judge>"
+    else:
+        header, source = order, f"asr.{judges[order[0]]}"
     return Table(
-        [f"lang ({one_prompt_points(results)})", *order], rows, f"eval/<variant>/results.json → asr.{name}"
+        [f"lang ({one_prompt_points(results)})", *header], rows, f"eval/<variant>/results.json → {source}"
     )
 
 
