@@ -159,6 +159,33 @@ def test_user_mean_averages_exactly_the_users_own_tokens_inside_the_chat_templat
         extract_states(lm, TEXTS[:3], layers=[2], pooling="user_mean", progress=False)
 
 
+def test_user_mean_of_a_truncated_prompt_skips_only_what_is_left_of_the_template_head(lm):
+    """`max_length` keeps a prompt's end: cut inside the template's head, user_mean must still
+    average every user token (it once skipped `head` tokens from the first kept one)."""
+    from lasa.hidden import chat_prefix_length, chat_suffix_length, format_prompts
+
+    head, k = chat_prefix_length(lm.tokenizer), chat_suffix_length(lm.tokenizer)
+    seqs = format_prompts(lm.tokenizer, TEXTS[:3], chat_template=True)
+    cut = 2  # drop the first two tokens of the longest prompt's head
+    max_length = max(len(q) for q in seqs) - cut
+    assert head > cut
+    got = extract_states(
+        lm,
+        TEXTS[:3],
+        layers=[2],
+        pooling="user_mean",
+        chat_template=True,
+        max_length=max_length,
+        progress=False,
+    )
+    for i, full in enumerate(seqs):
+        s = full[-max_length:]
+        left = head - (len(full) - len(s))  # template tokens still in front of the user's text
+        with torch.no_grad():
+            out = lm.model(input_ids=torch.tensor([s], device=lm.model.device), output_hidden_states=True)
+        assert _close(got[i, 0], out.hidden_states[2][0, left : len(s) - k].mean(0).cpu())
+
+
 def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
     from lasa.hidden import chat_suffix_length, format_prompts
 

@@ -173,7 +173,7 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def pool(
-    hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int = 0, head: int = 0
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, offset: int = 0, head: int | torch.Tensor = 0
 ) -> torch.Tensor:
     """(B, T, d) → (B, d): last real token (``offset`` tokens before it for ``user_last``), the
     mean over real tokens after the first one, or (``user_mean``) the mean over the user's own
@@ -183,8 +183,8 @@ def pool(
         # first and last real token, whichever side the padding is on
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values
-        if pooling == "user_mean":
-            lo = mask.long().argmax(dim=1) + head
+        if pooling == "user_mean":  # `head`: one count for the batch, or one per row
+            lo = mask.long().argmax(dim=1) + torch.as_tensor(head, device=mask.device)
             hi = torch.maximum(last - offset, lo)  # an empty message: its one position
             keep = ((pos >= lo[:, None]) & (pos <= hi[:, None])).to(hidden.dtype).unsqueeze(-1)
             return (hidden * keep).sum(1) / keep.sum(1)
@@ -242,7 +242,11 @@ def extract_states(
         return torch.zeros((0, len(layers), lm.hidden_size))
     tok = lm.tokenizer
     offset, head = user_span(tok, pooling, chat_template)
-    seqs = [s[-max_length:] for s in format_prompts(tok, texts, chat_template)]
+    full = format_prompts(tok, texts, chat_template)
+    seqs = [s[-max_length:] for s in full]
+    # a prompt cut to its last `max_length` tokens lost (part of) the template's head: user_mean
+    # then skips only what is left of the head, not the user's own first tokens
+    heads = [max(0, head - (len(f) - len(s))) for f, s in zip(full, seqs)]
     if any(len(s) == 0 for s in seqs):
         bad = next(i for i, s in enumerate(seqs) if len(s) == 0)
         raise LasaError(f"prompt {bad} is empty after tokenisation; remove empty prompts from the input")
@@ -256,7 +260,7 @@ def extract_states(
     def make_hook(layer: int):
         def hook(_module, _args, output):
             captured[layer] = (
-                pool(_block_output(output), current["mask"], pooling, offset, head).float().cpu()
+                pool(_block_output(output), current["mask"], pooling, offset, current["head"]).float().cpu()
             )
             if layer == top:
                 raise _StopForward
@@ -275,6 +279,7 @@ def extract_states(
                 last_save = time.monotonic()
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id, padding_side)
             current["mask"] = mask
+            current["head"] = torch.as_tensor([heads[i] for i in idx])
             captured.clear()
             with contextlib.suppress(_StopForward):
                 lm.model(
