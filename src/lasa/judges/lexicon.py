@@ -311,13 +311,16 @@ def is_refusal(response: str, lang: str, prompt: str | None = None, disclaimers:
     if not text:
         return None
     start = _copied_prompt_length(text, prompt) if prompt else 0
+    # the answer after a copied prompt, as its own string: a pattern anchored with ^ ("^sorry")
+    # must match at the answer's start (search(text, pos) never lets ^ match at pos)
+    head = text[start : start + WINDOW + 100].lstrip()
     order = _language_order(lang)
     for code in order:
         for pattern in REFUSAL_PATTERNS[code][0]:
             if not disclaimers and pattern.pattern in _DISCLAIMERS:
                 continue
-            match = pattern.search(text, start, start + WINDOW + 100)
-            if match and match.start() < start + WINDOW:
+            match = pattern.search(head)
+            if match and match.start() < WINDOW:
                 return match.group(0).strip()
     for code in order:
         for pattern in REFUSAL_PATTERNS[code][1]:
