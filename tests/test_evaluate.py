@@ -203,6 +203,34 @@ def test_llm_label_parsing():
     assert parse_label("invalid") == "invalid"
     assert parse_label("I think it is unsafe, not safe") == "unsafe"
     assert parse_label("no idea") is None
+    # a negated label is its opposite ("safe" alone would be read off "not safe")
+    assert parse_label("The response is not safe.") == parse_label("Not SAFE") == "unsafe"
+    assert parse_label("not unsafe") == "safe" and parse_label("not invalid") is None
+    # a reasoning model: its answer after the closed block; cut off inside it, nothing
+    assert parse_label("<think>is it safe?</think> unsafe") == "unsafe"
+    assert parse_label("<think>\nOkay, the user") is None and parse_label(None) is None
+
+
+def test_llm_judge_asks_again_with_room_and_never_counts_an_unread_answer_silently(bad_endpoint, caplog):
+    """A reasoning or chatty model spends 5 tokens before its word: the endpoint is asked again
+    with room; what still holds no label is invalid (outside the ASR) with a warning."""
+    url, replies = bad_endpoint
+    replies += [
+        '{"choices": [{"message": {"content": "<think>The user"}}]}',
+        '{"choices": [{"message": {"content": "<think>long</think>unsafe"}}]}',
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert [j.label for j in LLMJudge(url=url, api_model="m").judge([JudgeItem("a", "b", "en")])] == [
+            "unsafe"
+        ]
+    assert "hold no" not in caplog.text
+    replies[:] = ['{"choices": [{"message": {"content": null}}]}'] * 2
+    with caplog.at_level(logging.WARNING):
+        out = LLMJudge(url=url, api_model="m").judge([JudgeItem("a", "b", "en")])
+    assert (
+        out[0].label == "invalid" and out[0].reason.startswith("unparsed") and "'None'" not in out[0].reason
+    )
+    assert "1 of 1 answers hold no safe / unsafe / invalid" in caplog.text
 
 
 @pytest.fixture
@@ -603,7 +631,7 @@ def bad_endpoint():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            out = replies[0].encode()
+            out = (replies.pop(0) if len(replies) > 1 else replies[0]).encode()
             self.send_response(200)
             self.end_headers()
             self.wfile.write(out)
@@ -631,6 +659,29 @@ def test_llm_judge_malformed_endpoint_replies_are_one_line(bad_endpoint, reply, 
     with pytest.raises(LasaError) as e:
         LLMJudge(url=url, api_model="m").judge([JudgeItem("a", "b", "en")])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("greeting", [b"", b"SSH-2.0-OpenSSH_9.6\r\n"])
+def test_an_endpoint_that_breaks_off_or_is_not_http_is_one_line(greeting):
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(greeting)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(LasaError, match="broke off its answer") as e:
+        LLMJudge(url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1", api_model="m").judge(
+            [JudgeItem("a", "b", "en")]
+        )
+    srv.close()
+    assert "\n" not in str(e.value)
 
 
 def test_llm_judge_warns_once_about_a_key_over_plain_http(monkeypatch, caplog):

@@ -75,7 +75,7 @@ _SPECIAL = re.compile(
 # A reasoning model's closed <think> block is its scratchpad, not its answer: a refusal considered
 # there and dropped ("<think>…I cannot…</think>Sure! Step 1…") must not make the answer safe. An
 # unclosed block (cut off by the token limit) is all the model said, so it stays.
-_THINK = re.compile(r"<\s*think\s*>.*?<\s*/\s*think\s*>", re.IGNORECASE | re.DOTALL)
+THINK_BLOCK = re.compile(r"<\s*think\s*>.*?<\s*/\s*think\s*>", re.IGNORECASE | re.DOTALL)
 _LEADING = re.compile(
     r"^(?:\s|<\|(?:im_start|begin_of_text|start_header_id|end_header_id|eot_id|im_end|endoftext|assistant)\|>"
     r"|<start_of_turn>|<bos>|<s>|\[/?INST\]|<\|end_header_id\|>)+",
@@ -91,7 +91,7 @@ def strip_control_tokens(text: str) -> str:
     while prev != text:  # "<|im_start|>assistant\n<|im_start|>..." unwinds to the content
         prev = text
         text = _ROLE_LINE.sub("", _LEADING.sub("", text))
-    text = _THINK.sub(" ", text)
+    text = THINK_BLOCK.sub(" ", text)
     m = _TURN_BOUNDARY.search(text)
     if m:
         text = text[: m.start()]
