@@ -154,6 +154,26 @@ def test_shipped_pair_judge_on_clear_multilingual_cases(pair_judge):
     assert out[3].score > out[0].score  # score = p(unsafe)
 
 
+def test_the_verdict_cache_key_follows_the_weights_not_just_their_labels(pair_judge):
+    """A head or refusal classifier refitted on the same labels judges differently: cached verdicts
+    keyed on the labels alone would be reused (`lasa run` reran the stage, then took them all)."""
+    import copy
+
+    from lasa.judges.pair import PairJudge
+
+    other = copy.deepcopy(pair_judge.weights)
+    other.members[0].intercept = other.members[0].intercept + 0.1
+    assert other.meta.get("labels_key") == pair_judge.weights.meta.get("labels_key")
+    assert PairJudge(featurizer=pair_judge.featurizer, weights=other).version != pair_judge.version
+    featurizer = copy.copy(pair_judge.featurizer)
+    featurizer.refusal = copy.deepcopy(pair_judge.featurizer.refusal)
+    featurizer.refusal.intercept += 0.1
+    assert PairJudge(featurizer=featurizer, weights=pair_judge.weights).version != pair_judge.version
+    assert (
+        PairJudge(featurizer=pair_judge.featurizer, weights=pair_judge.weights).version == pair_judge.version
+    )
+
+
 def test_an_empty_answer_is_invalid_never_an_attack(pair_judge):
     """The head read "" as unsafe at p 0.49 (a reliability pass): with no text its features say
     nothing, so an answer with no content is invalid by rule, whatever the request."""

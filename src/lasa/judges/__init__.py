@@ -69,7 +69,9 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in names:
         if name == "pair":  # its head and the refusal classifier its refusal flag reads
-            code = source_digest("lasa.judges.pair", "lasa.judges.features", *RULE_MODULES)
+            code = source_digest(
+                "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
+            )
             out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
         elif name == "embedding":
             code = source_digest("lasa.judges.embedding", *RULE_MODULES)

@@ -126,6 +126,14 @@ def source_digest(*modules: str) -> str:
     return h.hexdigest()[:12]
 
 
+def content_digest(doc: object) -> str:
+    """12 hex digits of a JSON-able object (trained weights as their ``to_json`` writes them): a
+    verdict cache keyed on the training labels alone would keep verdicts of a head refitted on them."""
+    import json
+
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def rules_digest() -> str:
     """:func:`source_digest` of :data:`RULE_MODULES`."""
     return source_digest(*RULE_MODULES)

@@ -25,6 +25,7 @@ under grouped splits (``scripts/judge_experiments.py``).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -320,14 +321,21 @@ class EmbeddingJudge:
             three_way = ResponseClassifier.cached(self.encoder, self.classifier)
         self.three_way = three_way or None
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
-        """Cached verdicts from another refusal rule or other training labels are redone."""
-        from lasa.judges.base import RULE_MODULES, source_digest
+        """Cached verdicts from another refusal rule, other training labels or other weights (the
+        refusal classifier's numbers, the three-way head's) are redone."""
+        import pickle
+
+        from lasa.judges.base import RULE_MODULES, content_digest, source_digest
         from lasa.judges.corpus import labels_key
 
         code = source_digest("lasa.judges.embedding", *RULE_MODULES)
-        return f"embedding-{labels_key(judge_training_rows())}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
+        head = (
+            hashlib.sha256(pickle.dumps(self.three_way.model)).hexdigest()[:12] if self.three_way else "none"
+        )
+        weights = content_digest([self.classifier.to_json(""), head, self.threshold])
+        return f"embedding-{labels_key(judge_training_rows())}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
 
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))

@@ -18,6 +18,7 @@ item, so 1,000 responses take about 1.5 minutes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -332,13 +333,18 @@ class PairJudge:
         self.featurizer = featurizer or PairFeaturizer()
         self.weights = weights or load_judge_weights()
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
-        """Which weights judged: cached verdicts of other weights are not reused."""
-        from lasa.judges.base import source_digest
+        """Which weights judged: cached verdicts of other weights are not reused. The head's and the
+        refusal classifier's own numbers count, not just the labels they were fitted on (a head
+        refitted on the same labels judges differently), and so does the encoder's code."""
+        from lasa.judges.base import content_digest, source_digest
 
-        code = source_digest("lasa.judges.pair", "lasa.judges.features", *RULE_MODULES)
-        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
+        code = source_digest(
+            "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
+        )
+        weights = content_digest([self.weights.to_json(), self.featurizer.refusal.to_json("")])
+        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
 
     @property
     def validation(self) -> dict[str, Any]:
