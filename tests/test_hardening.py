@@ -193,6 +193,19 @@ def test_a_run_with_no_variants_is_refused(capsys, no_model_load, tiny_qwen, tmp
     assert not (tmp_path / "r").exists()
 
 
+def test_config_equals_file_loads_the_preset_as_the_spaced_spelling_does(tmp_path):
+    """argparse takes `--config=FILE` too; it once went to a namespace nobody read (preset ignored)."""
+    from lasa.config import LocateConfig, parse_stage_args
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run_dir: runs/from-preset\nlocate:\n  n_queries: 7\n")
+    spaced = parse_stage_args(LocateConfig, ["--config", str(preset)], prog="lasa locate")
+    joined = parse_stage_args(LocateConfig, [f"--config={preset}"], prog="lasa locate")
+    assert joined == spaced and (joined.n_queries, joined.run_dir) == (7, "runs/from-preset")
+    with pytest.raises(LasaError, match="--config given twice"):
+        parse_stage_args(LocateConfig, ["--config", str(preset), f"--config={preset}"], prog="lasa locate")
+
+
 def test_config_files_twice_and_not_utf8(capsys, tmp_path):
     a = tmp_path / "a.yaml"
     a.write_text("seed: 1\n")

@@ -327,8 +327,10 @@ def _judge_check(argv: list[str]) -> int:
 
 def _run(argv: list[str]) -> int:
     from lasa.config import RunConfig, parse_stage_args
+    from lasa.config.base import split_config_flag
     from lasa.pipeline import run_pipeline
 
+    argv = split_config_flag(argv)
     config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
     cfg = parse_stage_args(
         RunConfig,

@@ -330,6 +330,15 @@ def _stage_parser(cls: type[T], prog: str, description: str | None) -> Any:
     return StageParser(dataclass_types=[cls], prog=prog, description=description, allow_abbrev=False)
 
 
+def split_config_flag(argv: Sequence[str]) -> list[str]:
+    """``--config=FILE`` as ``--config FILE``: argparse takes both spellings, and the joined one
+    would otherwise reach a namespace nobody reads (the preset silently not loaded)."""
+    out: list[str] = []
+    for arg in argv:
+        out += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
+    return out
+
+
 def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
     """Parse ``--config FILE`` and flags into ``cls`` (flags win), with a one-line error on bad input."""
     parser = _stage_parser(cls, prog, description)
@@ -340,7 +349,7 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
         "flags override it.",
     )
     _tidy_help(parser)
-    argv = list(argv)
+    argv = split_config_flag(argv)
     if argv.count("--config") > 1:
         raise LasaError("--config given twice; merge the files into one (flags override it)")
     preset: dict[str, Any] = {}
