@@ -1197,6 +1197,13 @@ def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
         ("evaluate:\n  gate: false\n", "evaluate.gate is not used by `lasa run`"),
         ("gate: false\n", "gate is not used by `lasa run`"),
         ("evaluate:\n  adapter: runs/x/align/kto/adapter\n", "evaluate.adapter is not used by `lasa run`"),
+        # the run's own seed / dtype / model reach every stage and would win without a word
+        (
+            "align:\n  seed: 7\n",
+            "align.seed is set for the whole run by `lasa run`; move it to the top level",
+        ),
+        ("locate:\n  dtype: float32\n", "locate.dtype is set for the whole run"),
+        ("evaluate:\n  run_dir: elsewhere\n", "or pass --run-dir"),
     ],
 )
 def test_run_refuses_preset_keys_it_would_ignore(

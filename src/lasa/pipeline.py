@@ -60,14 +60,12 @@ class Stage:
         return self.artefact.parent
 
 
+#: What `lasa run` gives every stage from its own settings (top level of the preset, or flags).
+_SHARED_KEYS = ("model", "run_dir", "seed", "device", "dtype")
+
+
 def _shared(run: RunConfig) -> dict[str, Any]:
-    return {
-        "model": run.model,
-        "run_dir": run.run_dir,
-        "seed": run.seed,
-        "device": run.device,
-        "dtype": run.dtype,
-    }
+    return {k: getattr(run, k) for k in _SHARED_KEYS}
 
 
 #: Keys a stage's own command takes that ``lasa run`` sets itself per stage: in a preset they would
@@ -88,6 +86,15 @@ def _check_run_keys(config_path: str) -> None:
     from lasa.config.base import load_yaml_doc
 
     doc = load_yaml_doc(config_path)
+    for section in ("locate", "interpret", "align", "evaluate"):
+        body = doc.get(section)
+        shared = [k for k in _SHARED_KEYS if isinstance(body, dict) and k in body]
+        if shared:  # the run's value would win without a word
+            key = shared[0]
+            raise LasaError(
+                f"{config_path}: {section}.{key} is set for the whole run by `lasa run`; move it to the "
+                f"top level (`{key}: ...`) or pass --{key.replace('_', '-')}"
+            )
     for section, key, what in ((s, k, w) for s, keys in _RUN_SETS.items() for k, w in keys):
         body = doc.get(section)
         if key in doc:  # top-level keys apply to every stage that has them: these, to none here
