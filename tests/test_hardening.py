@@ -1204,6 +1204,9 @@ def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
         ),
         ("locate:\n  dtype: float32\n", "locate.dtype is set for the whole run"),
         ("evaluate:\n  run_dir: elsewhere\n", "or pass --run-dir"),
+        # more rows than the vendored data holds: refused before locate and interpret spend their hours
+        ("align:\n  n_safety: 5000\n", "--n-safety 5000: the training languages (en, zh) have 1716 harmful"),
+        ("align:\n  n_general: 99999\n", "--n-general 99999: lasa's Alpaca prompts number"),
     ],
 )
 def test_run_refuses_preset_keys_it_would_ignore(

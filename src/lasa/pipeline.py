@@ -158,6 +158,10 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             )
         if not acfg.lora and gated:  # both layers given: known before any stage
             _check_frozen_covers_ssi(acfg.bottleneck_layer, interp.layer, gated)
+        if not acfg.data:  # a row count the vendored data cannot fill, before locate's and interpret's hours
+            from lasa.data.rows import check_row_counts
+
+            check_row_counts(acfg.train_langs, acfg.n_safety, acfg.n_general, acfg.seed)
         # training wraps the model with LoRA in place, so it gets a fresh copy (3 s to load)
         stages.append(
             Stage(
