@@ -571,7 +571,7 @@ def test_gated_variant_takes_loglik_utility_from_its_twin_only_with_the_same_ada
     import lasa.utility
     from lasa.config import EvaluateConfig
     from lasa.evaluate import twin_dir
-    from lasa.utility.runner import run_utility
+    from lasa.utility.runner import run_utility, utility_keys
 
     cfg = EvaluateConfig(run_dir=str(tmp_path), gate=True, utility=["xcopa"], xcopa_n=20)
     twin = twin_dir(cfg)
@@ -580,18 +580,54 @@ def test_gated_variant_takes_loglik_utility_from_its_twin_only_with_the_same_ada
         EvaluateConfig(run_dir=str(tmp_path), variant="lasa+gate", adapter="lasa", gate=True)
     ).name == ("lasa")
     twin.mkdir(parents=True)
-    measured = {"accuracy": {"it": 0.6}, "mean": 0.6, "key": 20}
+    base = {
+        "model": "m",
+        "model_weights": "w1",
+        "dtype": "float32",
+        "adapter_digest": None,
+        "gate_digest": None,
+    }
+    measured = {"accuracy": {"it": 0.6}, "mean": 0.6, "key": utility_keys(cfg, base)["xcopa"]}
     (twin / "results.json").write_text(
         json.dumps({"variant_info": {"adapter": None}, "utility": {"xcopa": measured}})
     )
     calls = []
     monkeypatch.setattr(lasa.utility, "eval_xcopa", lambda *a, **k: calls.append(a) or {"mean": 0.1})
     out = tmp_path / "eval" / "base+gate"
-    res = run_utility(cfg, None, object(), out, twin=twin, adapter=None)
+    gated = base | {"gated": True, "gate_digest": "g1"}  # the gate does not touch log-likelihoods
+    res = run_utility(cfg, None, object(), out, twin=twin, info=gated)
     assert res["xcopa"]["mean"] == 0.6 and res["xcopa"]["copied_from"] == "base" and not calls
     # another adapter: measured, not copied
-    res = run_utility(cfg, None, object(), tmp_path / "eval" / "x+gate", twin=twin, adapter="runs/x/adapter")
+    other = tmp_path / "eval" / "x+gate"
+    res = run_utility(cfg, None, object(), other, twin=twin, info=gated | {"adapter_digest": "a1"})
     assert res["xcopa"]["mean"] == 0.1 and len(calls) == 1
+    # a stored figure of other weights (an adapter retrained at the same path) is measured again,
+    # one of the same weights is kept
+    run_utility(cfg, None, object(), other, twin=None, info=gated | {"adapter_digest": "a2"})
+    assert len(calls) == 2
+    run_utility(cfg, None, object(), other, twin=None, info=gated | {"adapter_digest": "a2"})
+    assert len(calls) == 2
+
+
+def test_utility_keys_follow_what_each_figure_depends_on():
+    from lasa.config import EvaluateConfig
+    from lasa.utility.runner import utility_keys
+
+    cfg = EvaluateConfig(utility=["mgsm", "xcopa", "drift"])
+    info = {
+        "model": "m",
+        "model_weights": "w",
+        "dtype": "float32",
+        "adapter_digest": None,
+        "gate_digest": None,
+    }
+    k = utility_keys(cfg, info)
+    gated = utility_keys(cfg, info | {"gate_digest": "g"})
+    assert gated["mgsm"] != k["mgsm"] and gated["xcopa"] == k["xcopa"] and gated["drift"] == k["drift"]
+    longer = utility_keys(EvaluateConfig(mgsm_max_new_tokens=cfg.mgsm_max_new_tokens + 1), info)
+    assert longer["mgsm"] != k["mgsm"] and longer["xcopa"] == k["xcopa"]
+    assert utility_keys(EvaluateConfig(langs=["en", "zh"]), info)["drift"] != k["drift"]
+    assert all(utility_keys(cfg, info | {"model_weights": "other"})[t] != k[t] for t in k)
 
 
 def test_asr_carries_wilson_intervals_and_a_corrected_rate():

@@ -617,7 +617,7 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
         twin = twin_dir(cfg) if gate is not None and cfg.reuse_ungated else None
         from lasa.utility.runner import run_utility
 
-        utility = run_utility(cfg, lm, gate, out, twin=twin, adapter=gen.info["adapter"])
+        utility = run_utility(cfg, lm, gate, out, twin=twin, info=gen.info)
     timings["utility_seconds"] = round(time.time() - t1, 1)
     timings["total_seconds"] = round(time.time() - t0, 1)
     results = {

@@ -67,35 +67,58 @@ UTILITY_RUNNERS: dict[
 }
 
 
+#: what, besides its own settings, a utility figure depends on: the model's weights and dtype and
+#: the adapter's (from :func:`lasa.evaluate.generation_info`); MGSM also on the gate
+_IDENTITY = ("model", "model_weights", "dtype", "adapter_digest")
+
+
+def utility_keys(cfg: EvaluateConfig, info: dict) -> dict[str, str]:
+    """Per task, what its stored figure was measured with: a figure whose key differs is measured
+    again (the item count alone kept a retrained adapter's, a new SSI's or a longer MGSM budget's
+    figures stale). XCOPA, MMLU and drift do not read the gate, so a gated variant's keys equal its
+    ungated twin's and the twin's figures are taken."""
+    from lasa.runs import fingerprint
+
+    who = {k: info.get(k) for k in _IDENTITY}
+    gate = info.get("gate_digest")  # MGSM decodes greedily, gated like the variant
+    return {
+        "mgsm": fingerprint(
+            {"n": cfg.mgsm_n, "max_new_tokens": cfg.mgsm_max_new_tokens, **who, "gate": gate}
+        ),
+        "xcopa": fingerprint({"n": cfg.xcopa_n, **who}),
+        "mmlu": fingerprint({"n": cfg.mmlu_n, **who}),
+        "drift": fingerprint({"n": cfg.drift_n, "langs": list(cfg.langs), **who}),
+    }
+
+
 def run_utility(
     cfg: EvaluateConfig,
     lm: LoadedModel,
     gate: Gate | None,
     out: Path,
     twin: Path | None = None,
-    adapter: str | None = None,
+    info: dict | None = None,
 ) -> dict:
     """MGSM (generation, gated like the variant), XCOPA and MMLU (log-likelihood; the gate does not
     apply: there is no assistant turn to condition, so a gated variant takes them from its ungated
-    ``twin`` when that was measured with the same adapter)."""
+    ``twin`` when that was measured with the same model and adapter). ``info``: the variant's
+    generation record (:func:`lasa.evaluate.generation_info`), which keys every stored figure."""
     from lasa.runs import write_jsonl
 
     res: dict[str, Any] = {}
     cache = out / "utility.json"
     done = read_json(cache) if cache.is_file() else {}
+    key = utility_keys(cfg, info or {})
     if twin is not None and (twin / "results.json").is_file():
         other = read_json(twin / "results.json")
-        if other.get("variant_info", {}).get("adapter") == adapter:
-            for task in ("xcopa", "mmlu", "drift"):
-                if task in other.get("utility", {}) and task not in done:
-                    done[task] = other["utility"][task] | {"copied_from": twin.name}
-    key = {
-        "mgsm": cfg.mgsm_n,
-        "xcopa": cfg.xcopa_n,
-        "mmlu": cfg.mmlu_n,
-        "drift": cfg.drift_n,
-        "mgsm_max_new_tokens": cfg.mgsm_max_new_tokens,
-    }
+        for task in ("xcopa", "mmlu", "drift"):
+            theirs = other.get("utility", {}).get(task)
+            if (
+                isinstance(theirs, dict)
+                and theirs.get("key") == key[task]
+                and done.get(task, {}).get("key") != key[task]
+            ):
+                done[task] = theirs | {"copied_from": twin.name}
     for task in cfg.utility:
         if done.get(task, {}).get("key") == key.get(task):
             res[task] = done[task]
