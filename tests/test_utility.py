@@ -46,6 +46,12 @@ from tiny import DEVICE, TOL
         ("Read pages 3-5", 5),
         ("so \\boxed{72}, then 5 more checks", 72),
         ("12,34", 34),  # not a thousands group: two numbers
+        ("উত্তর হল ২,৭৬,০০০", 276000),  # Indian lakh grouping
+        ("It costs 1,14,200 rupees", 114200),
+        ("1,2345", 2345),  # a group of three ends where its digits do
+        ("The answer is −5", -5),  # the Unicode minus sign
+        ("To get the answer: 16 - 3 - 4 = 9 eggs, and 9 * 2 = 18 dollars.", 18),
+        ("Answer: 2.5 + 2.5 = 5. Then 7 more.", 5),
         ("no number here", None),
         ("x² and ①", None),  # superscripts and circled numbers are not decimal digits
         ("", None),

@@ -25,9 +25,14 @@ MGSM_INSTRUCTION = "Solve the problem step by step and end with 'The answer is <
 
 # -- MGSM ------------------------------------------------------------------------------------
 
-# one number: "1,234.5" (thousands groups of three), "1234", "-3", "0.25"; a minus sign only when it
-# does not follow a word character ("3-5" is a range, not 3 and -5)
-_NUMBER = re.compile(r"(?:(?<!\w)-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+# one number: "1,234.5" (thousands groups of three), "2,76,000" (Indian lakh groups, as Bengali
+# answers write them), "1234", "-3", "0.25"; a group ends where its digits do ("1,2345" is not
+# 1,234); a minus sign only when it does not follow a word character ("3-5" is a range)
+_NUMBER = re.compile(
+    r"(?:(?<!\w)-)?(?:\d{1,2}(?:,\d{2})+,\d{3}(?!\d)|\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+)
+# the end of the sentence after an "answer" anchor (a full stop that is not a decimal point)
+_SENTENCE_END = re.compile(r"(?<!\d)[.。।!?\n]|[.。।!?](?!\d)")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 # "The answer is 42", "Answer: 42", and the same phrase in the MGSM languages
 _ANSWER_IS = re.compile(
@@ -64,14 +69,19 @@ def extract_answer(text: str) -> int | float | None:
     In order of preference: the last ``\\boxed{...}``; the first number after the last "answer is" /
     "Answer:" (or its zh/th/bn/sw equivalent); the last number in the text.
     """
-    text = normalize_digits(text)
+    text = normalize_digits(text).replace("\u2212", "-")  # the Unicode minus sign
     for boxed in reversed(_BOXED.findall(text)):
         found = _numbers(boxed)
         if found:
             return parse_number(found[-1])
     anchors = list(_ANSWER_IS.finditer(text))
     if anchors:
-        found = _numbers(text[anchors[-1].end() :])
+        after = text[anchors[-1].end() :]
+        end = _SENTENCE_END.search(after)
+        sentence = after[: end.start()] if end else after
+        # "the answer: 16 - 3 - 4 = 9 eggs, and 9 * 2 = 18": a worked equation ends in its result
+        found = _numbers(sentence.rsplit("=", 1)[1]) if "=" in sentence else []
+        found = found or _numbers(after)
         if found:
             return parse_number(found[0])
     found = _numbers(text)
