@@ -379,6 +379,24 @@ def test_a_damaged_bottleneck_is_one_line(tmp_path):
             Bottleneck.load(tmp_path)
 
 
+def test_a_safetensors_header_of_the_wrong_shape_is_damage_not_a_traceback(tmp_path):
+    from safetensors.torch import save_file
+
+    from lasa.default_model import _safetensors_damage
+
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.zeros(3)}, good)
+    assert _safetensors_damage(good) is None
+    for name, header in (
+        ("list", b"[1, 2]"),
+        ("no_offsets", b'{"w": {"dtype": "F32"}}'),
+        ("text", b'{"w": {"data_offsets": ["a", "b"]}}'),
+    ):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(len(header).to_bytes(8, "little") + header)
+        assert _safetensors_damage(bad) == f"{bad.name} has an unreadable header"
+
+
 def test_damaged_ssi_side_files_are_one_line_or_ignored(tmp_path):
     """Hand-edited or torn files next to an SSI: its architecture, its scores memo, its states cache."""
     from safetensors.torch import save_file

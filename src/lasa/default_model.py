@@ -168,9 +168,9 @@ def _safetensors_damage(path: Path) -> str | None:
             if n <= 0 or 8 + n > size:
                 return f"{path.name} is truncated ({size:,} bytes)"
             header = json.loads(f.read(n))
-    except (OSError, ValueError):
+        end = int(max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):  # JSON, not a header
         return f"{path.name} has an unreadable header"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if size != 8 + n + end:
         return f"{path.name} is {size:,} bytes, its header needs {8 + n + end:,}"
     return None
