@@ -870,6 +870,10 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     # variants counted by different default judges: each column names its judge
     mixed = language_table({"base": res, "kto": {**res, "default_judge": "lexicon", "asr": {"lexicon": a}}})
     assert mixed.header[1:] == ["base (pair)", "kto (lexicon)"] and "default judge" in mixed.source
+    # a variant run on fewer languages: every measured language keeps its row, "–" where not measured
+    en_only = asr_metrics(samples[:8], [{"label": x} for x in labels[:8]], ["en"])
+    t2 = language_table({"en-only": {**res, "asr": {"pair": en_only}}, "base": res})
+    assert [r[0] for r in t2.rows][:2] == ["en", "sw"] and t2.rows[1][1] == "–" and t2.rows[1][2] != "–"
     s = summary_table({"base": res})
     assert s.rows[0][0] == "base" and s.rows[0][4] == t.rows[t.rows.index(["average", s.rows[0][4]])][1]
     assert render_text(s).splitlines()[0].startswith("variant")

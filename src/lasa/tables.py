@@ -67,15 +67,16 @@ def language_table(results: Mapping[str, Mapping], judge: str | None = None) -> 
     """MultiJail ASR % [95% interval]: languages, tiers and the average down, variants across; then
     the judge-corrected average (Rogan–Gladen) where present and the invalid rate."""
     order = list(results)
-    first = _asr(results[order[0]], judge)
-    langs = [g for g in LANGUAGES if g in first["per_language"]] + [
-        g for g in first["per_language"] if g not in LANGUAGES
-    ]
+    # every language and tier any variant measured (a variant run on fewer shows "–" there)
+    measured = [results[v]["asr"].get(judge or results[v]["default_judge"]) or {} for v in order]
+    seen = {g for a in measured for g in a.get("per_language", {})}
+    tiers = {t for a in measured for t in a.get("per_tier", {})}
+    langs = [g for g in LANGUAGES if g in seen] + sorted(seen - set(LANGUAGES))
     rows = [[g, *[asr_cell(results[v], "per_language", g, judge) for v in order]] for g in langs]
     rows += [
         [f"tier {t}", *[asr_cell(results[v], "per_tier", t, judge) for v in order]]
         for t in TIERS
-        if t in first["per_tier"]
+        if t in tiers
     ]
     rows.append(["average", *[asr_cell(results[v], "average", None, judge) for v in order]])
     if any("corrected" in _asr(results[v], judge) for v in order):
@@ -253,7 +254,7 @@ def gate_table(results: Mapping[str, Mapping]) -> Table | None:
     gated = {v: r for v, r in results.items() if r.get("gate")}
     if not gated:
         return None
-    langs = list(next(iter(gated.values()))["gate"]["multijail_flag_rate"])
+    langs = list(dict.fromkeys(g for r in gated.values() for g in r["gate"]["multijail_flag_rate"]))
     return Table(
         ["variant", *langs, "XSTest safe"],
         [

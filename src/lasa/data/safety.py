@@ -40,7 +40,9 @@ from lasa.errors import LasaError
 TRAINABLE_LANGUAGES = ("en", "zh", "ar", "bn")
 XQUAD_LANGS = ("en", "zh", "vi", "ar", "th")
 MGSM_LANGS = ("en", "zh", "th", "bn", "sw")
-XQUAD_TRAIN_ROWS = 595  # grouped by article: rows [:595] train, [595:] evaluate (one article straddles it: SOURCE.md)
+XQUAD_TRAIN_ROWS = (
+    595  # grouped by article: rows [:595] train, [595:] evaluate (one article straddles it: SOURCE.md)
+)
 MGSM_TRAIN_ROWS = 100  # rows [:100] train, [100:] evaluate
 FORMS = ("question", "instruction", "statement")
 
