@@ -1119,6 +1119,14 @@ def test_report_warns_when_variants_come_from_different_models(tmp_path):
     )
 
 
+def test_report_warns_when_variants_were_counted_by_different_judges():
+    from lasa.report import mixed_judges
+
+    assert mixed_judges({"base": "pair", "kto": "pair"}) is None
+    note = mixed_judges({"base": "pair", "kto": "lexicon"})
+    assert note and "base: `pair`, kto: `lexicon`" in note and "one `--default-judge`" in note
+
+
 def test_report_flags_an_ssi_trained_at_a_bottleneck_locate_has_since_moved(tmp_path):
     from lasa.report import ssi_layer_moved
 
