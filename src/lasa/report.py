@@ -619,9 +619,9 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
         "language, the same ids in every language."
     )
-    note = mixed_judges(judge_of)
-    if note:
-        doc.p(f"**Warning: {note}.**")
+    judges_note = mixed_judges(judge_of)
+    if judges_note:
+        doc.p(f"**Warning: {judges_note}.**")
     val = results[order[0]].get("judge_validation", {}).get(j0)
     if val:
         doc.p(f"Judge validation (`{j0}`, stored with its weights): {val}.")
