@@ -438,6 +438,12 @@ def test_a_bottleneck_located_on_another_model_is_refused_before_loading(
     doc["model"] = str(Path(tiny_qwen).parent / ".." / Path(tiny_qwen).parent.name / Path(tiny_qwen).name)
     assert Bottleneck(**doc).layer_for(str(tiny_qwen), run) == 2
     assert Bottleneck(**(doc | {"model": "default"})).layer_for("qwen2.5-coder-0.5b", run) == 2
+    # an embedded model named by its cache directory is that model
+    from lasa.default_model import cache_dir
+
+    (cache_dir() / "models" / "qwen2.5-coder-0.5b").mkdir(parents=True, exist_ok=True)
+    by_path = str(cache_dir() / "models" / "qwen2.5-coder-0.5b")
+    assert Bottleneck(**(doc | {"model": "default"})).layer_for(by_path, run) == 2
 
 
 @pytest.mark.parametrize(

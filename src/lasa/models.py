@@ -304,7 +304,13 @@ def canonical_spec(spec: str) -> str:
     if embedded:
         return embedded
     path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec.strip()
+    if not path.exists():
+        return spec.strip()
+    path = path.resolve()
+    cached = (default_model.cache_dir() / "models").resolve()
+    if path.parent == cached and default_model.embedded_name(path.name):  # an embedded model by its path
+        return str(default_model.embedded_name(path.name))
+    return str(path)
 
 
 def weights_signature(spec: str) -> str:
