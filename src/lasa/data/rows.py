@@ -69,6 +69,11 @@ def _training_pool(train_langs: tuple[str, ...], seed: int) -> tuple:
     return tuple(training_prompts(train_langs, cap=10_000, seed=seed)[0])
 
 
+def _harmful_requests(pool: Sequence) -> list:
+    """The pool's harmful requests and questions (statements are no requests to refuse)."""
+    return [p for p in pool if p.label == 1 and p.form != "statement"]
+
+
 def _general_pool(pool: Sequence) -> list[dict]:
     """Alpaca rows with a short reference answer whose prompt survived MultiJail de-duplication."""
     from lasa.data.safety import alpaca
@@ -83,7 +88,7 @@ def check_row_counts(train_langs: Sequence[str], n_safety: int, n_general: int, 
     vendored data cannot fill is one line, and `lasa run` asks before locate and interpret spend
     their hours (the paper presets once asked for 2,000 harmful requests of en + zh's 1,716)."""
     pool = _training_pool(tuple(train_langs), seed)
-    n_harmful = sum(p.label == 1 and p.form != "statement" for p in pool)
+    n_harmful = len(_harmful_requests(pool))
     if n_safety > n_harmful:
         raise LasaError(
             f"--n-safety {n_safety}: the training languages ({', '.join(train_langs)}) have {n_harmful} "
@@ -125,7 +130,7 @@ def build_rows(
     rng = random.Random(seed)
     pool = list(_training_pool(tuple(train_langs), seed))
     check_row_counts(train_langs, n_safety, n_general, seed)
-    harmful = [p for p in pool if p.label == 1 and p.form != "statement"]  # requests and questions
+    harmful = _harmful_requests(pool)
     rng.shuffle(harmful)
     harmful = _balanced(harmful, n_safety, train_langs, rng)
     targets = {normalize_text(k): v for k, v in english_affirmative_targets().items()}
