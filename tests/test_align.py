@@ -16,7 +16,7 @@ from lasa.conditioning import (
     check_adapter_conditioning,
 )
 from lasa.data.rows import build_rows, condition_rows, kl_pairs, load_user_rows, order_for_kl
-from lasa.data.safety import overlaps_multijail
+from lasa.data.safety import hard_negatives, overlaps_multijail
 from lasa.errors import LasaError
 from tiny import DEVICE, TOL
 
@@ -542,6 +542,10 @@ def test_hard_negative_rows_make_a_refusal_of_a_safe_scary_prompt_undesirable():
     assert all(not r["label"] and r["source"] == "general" for r in scary)
     assert all(r["completion"] in REFUSALS[r["language"]] for r in scary)
     assert recipe["hard_negatives"]["prompts"] == 4
+    # statements (the vendored form field) are no requests: never a needless-refusal row
+    many, _ = build_rows(["en", "zh"], 2, 0, seed=0, n_hard_negative=800)
+    statements = {p.text for p in hard_negatives(["en", "zh"]) if p.form == "statement"}
+    assert statements and not statements & {r["prompt"] for r in many}
     with_own, _ = build_rows(["en", "zh"], 2, 0, seed=0, n_hard_negative=4, own_answers=True)
     placeholders = [r for r in with_own if r["origin"] == OWN_ANSWER_PLACEHOLDER]
     assert len(placeholders) == 4 and all(r["label"] for r in placeholders)

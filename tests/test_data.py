@@ -66,3 +66,39 @@ def test_translated_xstest_is_complete_and_aligned(lang):
     # translated, not copied: at most a handful of prompts (names, code) survive verbatim
     same = sum(a["prompt"] == b["prompt"] for a, b in zip(en, tr))
     assert same <= 10, same
+
+
+def test_xquad_split_is_at_an_article_boundary():
+    """No article's questions on both sides: a probe trained on one side must not have read
+    the evaluation side's article (the split was row 595, which cut Newcastle_upon_Tyne)."""
+    from lasa.data.safety import XQUAD_TRAIN_ROWS, _read_csv, xquad
+
+    rows = _read_csv("xquad", "xquad_questions_parallel.csv")
+    train = {r["title"] for r in rows[:XQUAD_TRAIN_ROWS]}
+    held = {r["title"] for r in rows[XQUAD_TRAIN_ROWS:]}
+    assert not train & held
+    assert abs(XQUAD_TRAIN_ROWS - len(rows) / 2) < 20  # still about half and half
+    ids = {p.id for p in xquad("en", "train")} & {p.id for p in xquad("en", "eval")}
+    assert not ids
+
+
+def test_hard_negatives_keep_the_vendored_form(tmp_path, monkeypatch):
+    """The authors' form field wins over the question-mark guess: statements stay statements,
+    so align's statement filter and the SSI's form cells see them."""
+    from lasa.data import safety
+
+    hard = safety.hard_negatives(["en", "zh"])
+    forms = {p.form for p in hard}
+    assert forms == {"question", "instruction", "statement"}
+    statements = [p for p in hard if p.form == "statement"]
+    assert len(statements) == 109
+    assert all(not p.text.rstrip().endswith(("?", "？")) for p in statements)
+    # a corrupt form value is a one-line error naming the file
+    (tmp_path / "hard_negatives").mkdir()
+    (tmp_path / "hard_negatives" / "en.jsonl").write_text(
+        '{"id": "X-1", "lang": "en", "category": "c", "form": "shout", "text": "Kill the process."}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(safety, "data_path", lambda *parts: tmp_path.joinpath(*parts))
+    with pytest.raises(LasaError, match=r"en.jsonl line 1: form 'shout'"):
+        safety.hard_negatives(["en"])

@@ -40,9 +40,9 @@ from lasa.errors import LasaError
 TRAINABLE_LANGUAGES = ("en", "zh", "ar", "bn")
 XQUAD_LANGS = ("en", "zh", "vi", "ar", "th")
 MGSM_LANGS = ("en", "zh", "th", "bn", "sw")
-XQUAD_TRAIN_ROWS = (
-    595  # grouped by article: rows [:595] train, [595:] evaluate (one article straddles it: SOURCE.md)
-)
+#: The file is grouped by article; rows [:607] train, [607:] evaluate. 607 is the article
+#: boundary nearest the middle (595 split *Newcastle_upon_Tyne* 13 / 12 until 2026-12: SOURCE.md).
+XQUAD_TRAIN_ROWS = 607
 MGSM_TRAIN_ROWS = 100  # rows [:100] train, [100:] evaluate
 FORMS = ("question", "instruction", "statement")
 
@@ -174,18 +174,27 @@ def alpaca_prompts() -> list[Prompt]:
 
 def hard_negatives(langs: Iterable[str]) -> list[Prompt]:
     """Safe prompts that sound harmful, written for lasa (``data/hard_negatives/SOURCE.md``):
-    benign SSI training rows, so that scary words alone stop reading as harm. en and zh only."""
+    benign SSI training rows, so that scary words alone stop reading as harm. en and zh only.
+
+    The surface form is the file's own ``form`` field (question / instruction / statement, set
+    by the authors): :func:`guess_form` only sees a question mark, so it would call the 109
+    statements instructions, and the form-capped SSI cells and align's statement filter (a
+    statement is no request to answer or refuse) would treat them as requests."""
     out = []
     for lang in langs:
         path = data_path("hard_negatives", f"{lang}.jsonl")
         if not path.is_file():
             continue
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 r = json.loads(line)
-                out.append(
-                    Prompt(r["text"], lang, 0, "hard_negatives", guess_form(r["text"]), f"hardneg:{r['id']}")
-                )
+                form = r.get("form") or guess_form(r["text"])
+                if form not in FORMS:
+                    raise LasaError(
+                        f"{path.name} line {n}: form {form!r} is not one of {', '.join(FORMS)}; "
+                        "the vendored file is corrupt (reinstall lasa)"
+                    )
+                out.append(Prompt(r["text"], lang, 0, "hard_negatives", form, f"hardneg:{r['id']}"))
     return out
 
 
