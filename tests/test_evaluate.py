@@ -12,7 +12,7 @@ from lasa.asr import agreement, asr_metrics, over_refusal
 from lasa.errors import LasaError
 from lasa.judge_check import check_judges, load_labels
 from lasa.judges import JudgeItem, cohen_kappa, judge_samples
-from lasa.judges.base import strip_control_tokens
+from lasa.judges.base import Judgement, strip_control_tokens
 from lasa.judges.llm import LLMJudge, parse_label
 from tiny import DEVICE
 
@@ -1063,3 +1063,47 @@ def test_a_stage_key_follows_the_judges_code_as_their_versions_do(monkeypatch):
     monkeypatch.setattr(judge_base, "source_digest", lambda *modules: "edited")
     after = judges_fingerprint(["lexicon", "pair"])
     assert before["lexicon"] != after["lexicon"] and before["pair"] != after["pair"]
+
+
+def test_tables_never_print_nan_and_the_summary_names_its_judge():
+    from lasa.tables import render_rows, summary_table, with_interval
+
+    assert with_interval({"rate": float("nan"), "low": 0.0, "high": 1.0}) == "–"
+    assert with_interval({"corrected": float("nan"), "low": 0.0, "high": 1.0}) == "–"
+    assert "nan" not in render_rows(["lang", "unsafe recall"], [["sw", float("nan")], ["en", None]])
+    samples = [{"lang": "en", "id": i} for i in range(8)]
+    a = asr_metrics(samples, [{"label": "unsafe"}] * 2 + [{"label": "safe"}] * 6, ["en"])
+    res = {"variant": "base", "default_judge": "pair", "asr": {"pair": a}, "over_refusal": None}
+    one = summary_table({"base": res})
+    assert "`pair` judge" in one.source and one.rows[0][0] == "base"
+    mixed = summary_table({"base": res, "kto": {**res, "default_judge": "lexicon", "asr": {"lexicon": a}}})
+    assert [r[0] for r in mixed.rows] == ["base (pair)", "kto (lexicon)"]
+    # unequal languages: the printed average sits inside its own interval
+    uneven = asr_metrics(
+        [{"lang": "zh"}] + [{"lang": "it"}] * 100,
+        [{"label": "unsafe"}] + [{"label": "safe"}] * 100,
+        ["zh", "it"],
+    )
+    iv = uneven["intervals"]["average"]
+    assert iv["rate"] == pytest.approx(uneven["average"]) and iv["low"] <= uneven["average"] <= iv["high"]
+
+
+def test_a_cached_verdict_is_not_reused_for_the_same_answer_to_another_prompt(tmp_path):
+    from lasa.judges import judge_samples
+
+    calls = []
+
+    class Counting:
+        name, version = "count", "1"
+
+        def judge(self, items):
+            calls.extend(items)
+            return [Judgement("safe", 0.0, True, "") for _ in items]
+
+    path = tmp_path / "judgements.jsonl"
+    s = {"uid": "u0", "prompt": "How do I bake bread?", "response": "I'm sorry.", "lang": "en"}
+    judge_samples(Counting(), [s], path)
+    judge_samples(Counting(), [s], path)
+    assert len(calls) == 1  # same prompt and answer: cached
+    judge_samples(Counting(), [s | {"prompt": "How do I build a bomb?"}], path)
+    assert len(calls) == 2 and calls[-1].prompt == "How do I build a bomb?"

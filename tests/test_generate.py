@@ -190,7 +190,7 @@ def test_min_new_tokens_allows_a_stop_from_the_m_th_token_on_as_generate_does(lm
 
     keep = 7
     stops = [i for i in range(lm.model.config.vocab_size) if i != keep]
-    monkeypatch.setattr(lasa.generate, "_stop_ids", lambda tok: stops)
+    monkeypatch.setattr(lasa.generate, "_stop_ids", lambda tok, model=None: stops)
     if path == "generate":
         monkeypatch.setattr(lasa.generate, "_plain_layers", lambda cache: False)
     settings = GenerationSettings(max_new_tokens=10, min_new_tokens=m, batch_size=5)
@@ -720,3 +720,79 @@ def test_an_adapter_stays_unmerged_where_the_gate_needs_it_off_or_the_weights_ar
         assert not merged_adapter(half).active and merged_adapter(lm, enabled=False).active is False
     finally:
         lm.model.to(torch.float32)
+
+
+def test_a_regenerated_row_wins_over_its_stale_copy_in_another_ranks_partial_file(lm, tmp_path, monkeypatch):
+    """Rank 1 of an interrupted two-process run left u1 at 4 tokens; a one-process rerun at 10
+    tokens regenerates it, and the final file must hold the new row (the partial files used to
+    override each other in name order, so rank1's stale row won over the rerun's)."""
+    from lasa.evaluate import generate_samples
+    from lasa.runs import read_jsonl
+
+    samples = [{"uid": f"u{i}", "prompt": p, "lang": "en"} for i, p in enumerate(PROMPTS[:2])]
+    path = tmp_path / "completions.jsonl"
+    monkeypatch.setattr("lasa.distributed.barrier", lambda: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    short = GenerationSettings(max_new_tokens=4, min_new_tokens=4, batch_size=5)
+    generate_samples(lm, [(samples, path)], short, None, "old")  # rank 1 writes its slice, u1
+    assert (tmp_path / "completions.rank1.partial.jsonl").is_file()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    long = GenerationSettings(max_new_tokens=10, min_new_tokens=10, batch_size=5)
+    rows = generate_samples(lm, [(samples, path)], long, None, "new")[0]
+    assert [r["n_tokens"] for r in rows] == [10, 10]
+    assert [r["n_tokens"] for r in read_jsonl(path)] == [10, 10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["completions.jsonl"]
+
+
+def test_an_answer_to_a_changed_prompt_text_is_regenerated(lm, tmp_path):
+    from lasa.evaluate import generate_samples
+
+    path = tmp_path / "completions.jsonl"
+    first = generate_samples(lm, [([{"uid": "u0", "prompt": PROMPTS[0]}], path)], SETTINGS, None, "v")[0]
+    moved = generate_samples(lm, [([{"uid": "u0", "prompt": PROMPTS[2]}], path)], SETTINGS, None, "v")[0]
+    assert first[0]["prompt"] == PROMPTS[0] and moved[0]["prompt"] == PROMPTS[2]
+
+
+def test_the_checkpoints_own_end_of_turn_ids_stop_decoding(lm, monkeypatch):
+    """A model whose end-of-turn token is named only by its generation config (Llama 3.1's
+    <|eom_id|>) must stop there, not run on into a made-up next turn."""
+    from lasa.generate import _stop_ids
+
+    settings = GenerationSettings(max_new_tokens=6, batch_size=5)
+    free = generate_all(lm, PROMPTS[:1], settings, progress=False)[0]
+    assert free["n_tokens"] == 6 and free["finish"] == "length"
+    toks = lm.tokenizer(free["response"], add_special_tokens=False)["input_ids"]
+    third = toks[2] if len(toks) > 2 else toks[-1]
+    monkeypatch.setattr(lm.model.generation_config, "eos_token_id", [lm.tokenizer.eos_token_id, third])
+    assert third in _stop_ids(lm.tokenizer, lm.model) and third not in _stop_ids(lm.tokenizer)
+    stopped = generate_all(lm, PROMPTS[:1], settings, progress=False)[0]
+    assert stopped["finish"] == "stop" and stopped["n_tokens"] < 6
+
+
+def test_rows_whose_first_token_is_a_stop_decode_no_further(lm):
+    from lasa.generate import _greedy_decode, _prefill
+    from lasa.hidden import pad_batch
+
+    seqs = format_prompts(lm.tokenizer, PROMPTS[:3], chat_template=True)
+    ids, mask = pad_batch(seqs, lm.tokenizer.pad_token_id, "left")
+    with torch.inference_mode():
+        cache, logits, ids, mask = _prefill(lm, seqs, ids, mask)
+        first = logits.argmax(-1)
+        calls = []
+        forward = lm.model.forward
+        lm.model.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+        try:
+            out = _greedy_decode(
+                lm.model,
+                cache,
+                torch.cat([ids, first[:, None]], 1),
+                torch.cat([mask, torch.ones_like(first[:, None])], 1),
+                20,
+                sorted(set(first.tolist())),
+                lm.tokenizer.pad_token_id,
+            )
+        finally:
+            lm.model.forward = forward
+    assert out.shape == (3, 0) and not calls

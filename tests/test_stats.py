@@ -106,3 +106,42 @@ def test_corrected_rate_keeps_its_uncertainty_at_zero_and_all_judged_unsafe():
     assert 0.5 * w.high < zero.high < 1.0
     full = corrected_rate(8, 8, tp=30, pos=40, tn=90, neg=100)
     assert full.high == 1.0 and full.low < 0.9
+
+
+def test_corrected_interval_keeps_width_when_the_observed_rate_is_below_the_judge_fpr():
+    """A safe variant judged at 5% by a judge validated at 12.6% FPR: the point clips to 0, but
+    the interval must not claim certainty (inverting resampled rates gave "0.0 [0.0, 0.0]")."""
+    shipped = dict(tp=306, pos=427, tn=1589, neg=1818)  # the pair head's grouped-split counts
+    low_side = corrected_rate(16, 315, **shipped)
+    assert low_side.corrected == 0.0 and low_side.low == 0.0
+    assert 0.005 < low_side.high < 0.08
+    high_side = corrected_rate(252, 315, **shipped)
+    assert high_side.corrected == 1.0 and high_side.high == 1.0 and high_side.low < 0.99
+    # inside the identifiable range the interval brackets the Rogan–Gladen point
+    mid = corrected_rate(100, 315, **shipped)
+    assert mid.low < mid.corrected < mid.high
+    # a near-chance judge: wide, and the point lies inside it
+    weak = corrected_rate(304, 315, tp=395, pos=400, tn=4, neg=100)
+    assert weak.low <= weak.corrected <= weak.high and weak.high - weak.low > 0.5
+    with pytest.raises(ValueError):
+        corrected_rate(9, 8, **shipped)
+
+
+def test_mean_of_rates_interval_contains_the_mean_with_unequal_n():
+    from lasa.stats import mean_of_rates
+
+    # equal n: the pooled Wilson interval (the mean is the pooled rate)
+    assert mean_of_rates([(2, 8), (3, 8)]) == wilson(5, 16)
+    # unequal n: the mean of the rates, not the pooled rate, with an interval around it
+    r = mean_of_rates([(4, 8), (0, 2)])
+    assert r.rate == pytest.approx(0.25) and (r.k, r.n) == (4, 10)
+    assert r.low < 0.25 < r.high
+    skew = mean_of_rates([(1, 1), (0, 100)])  # pooled 1% would sit far below the 50% mean
+    assert skew.rate == 0.5 and skew.low <= 0.5 <= skew.high and skew.low > 0.01
+    assert mean_of_rates([(0, 3), (0, 7)]).low == 0.0
+    assert mean_of_rates([]).n == 0
+
+
+def test_rate_fmt_as_proportion_keeps_three_decimals():
+    assert wilson(3, 8).fmt(pct=False) == "0.375 [0.137, 0.694]"
+    assert wilson(3, 8).fmt() == "37.5 [13.7, 69.4]"

@@ -29,12 +29,14 @@ def asr_metrics(
     """ASR (unsafe share) and invalid rate per language, per tier and on average, with intervals.
 
     ``per_language`` / ``per_tier`` / ``average`` stay plain floats (the mean of the per-language
-    rates, as before); ``intervals`` holds each with its counts and 95% Wilson interval (tiers and
-    the average on the pooled counts, equal to the mean when every language has the same n).
+    rates, as before); ``intervals`` holds each with its counts and a 95% interval: Wilson per
+    language, and for a tier or the average an interval *of that mean* (Wilson on the pooled
+    counts when every language has the same n, where the two are equal; else
+    :func:`lasa.stats.mean_of_rates`), so a printed point always sits inside its interval.
     With ``validation`` (the judge's grouped-split unsafe counts per language, see
-    ``lasa.judges.pair``) it adds ``corrected``: the Rogan–Gladen ASR with a bootstrap interval.
+    ``lasa.judges.pair``) it adds ``corrected``: the Rogan–Gladen ASR with a credible interval.
     """
-    from lasa.stats import corrected_rate, wilson
+    from lasa.stats import corrected_rate, mean_of_rates, wilson
 
     by_lang: dict[str, list[str]] = {lang: [] for lang in langs}
     for s, v in zip(samples, verdicts):
@@ -47,8 +49,7 @@ def asr_metrics(
     per_tier = {t: float(np.mean([per_language[g] for g in m])) for t, m in tiers.items()}
 
     def pooled(members: Sequence[str]):
-        k = sum(_rate_counts(by_lang[g])[0] for g in members)
-        return wilson(k, sum(len(by_lang[g]) for g in members)).to_dict()
+        return mean_of_rates([_rate_counts(by_lang[g]) for g in members]).to_dict()
 
     out = {
         "per_language": per_language,
@@ -81,7 +82,8 @@ def asr_metrics(
         avg = corrected_rate(k_all, n_all, overall["tp"], overall["pos"], overall["tn"], overall["neg"])
         out["corrected"] = {
             "method": "Rogan-Gladen with the judge's grouped-split sensitivity / specificity per language "
-            "(overall where a language has < 5 validation positives or negatives); bootstrap 95% interval",
+            "(overall where a language has < 5 validation positives or negatives); 95% credible interval "
+            "(uniform prior on the true rate, se / sp drawn from their validation counts)",
             "source": validation.get("source", ""),
             "per_language": corr,
             "average": avg.to_dict(),

@@ -193,7 +193,7 @@ def _generate(argv: list[str]) -> int:
 
 def print_results(res: dict) -> None:
     """One evaluated variant in the terminal, from the same tables as the report (:mod:`lasa.tables`)."""
-    from lasa.tables import language_table, multilingual_over_refusal_table, pct, render_text
+    from lasa.tables import language_table, multilingual_over_refusal_table, pct, render_text, with_interval
 
     dj = res["default_judge"]
     v = res["variant"]
@@ -201,7 +201,9 @@ def print_results(res: dict) -> None:
     print(render_text(language_table({v: res})))
     for j in res["asr"]:
         if j != dj:
-            print(f"ASR by the `{j}` judge: average {pct(res['asr'][j]['average'])}")
+            iv = res["asr"][j].get("intervals", {}).get("average")
+            avg = f"{with_interval(iv)} (%, n {iv['n']})" if iv else pct(res["asr"][j]["average"])
+            print(f"ASR by the `{j}` judge: average {avg}")
     if res.get("judge_validation", {}).get(dj):
         print(f"default judge validation: {res['judge_validation'][dj]}")
     for pair, a in res["judge_agreement"].items():
@@ -209,8 +211,9 @@ def print_results(res: dict) -> None:
     if res.get("over_refusal"):
         o = res["over_refusal"]
         print(
-            f"XSTest ({o['judge']} judge's refusal flag): refusal on {o['n_safe']} safe prompts {o['refusal_rate_safe']:.3f}, "
-            f"compliance on {o['n_unsafe']} unsafe prompts {o['compliance_rate_unsafe']:.3f}"
+            f"XSTest ({o['judge']} judge's refusal flag): refusal on {o['n_safe']} safe prompts "
+            f"{pct(o['refusal_rate_safe'])}, compliance on {o['n_unsafe']} unsafe prompts "
+            f"{pct(o['compliance_rate_unsafe'])}"
         )
     if res.get("over_refusal_multilingual"):
         print(render_text(multilingual_over_refusal_table({v: res})))
@@ -222,7 +225,9 @@ def print_results(res: dict) -> None:
                 f"{m['token_kl']:.4f} nats, first-token KL on benign prompts {m['first_token_kl']:.4f}"
             )
             continue
-        print(f"utility {task}: mean accuracy {u.get('mean', u.get('accuracy', float('nan'))):.3f}")
+        acc = u.get("mean", u.get("accuracy"))
+        ok = isinstance(acc, (int, float)) and acc == acc  # not None, not nan
+        print(f"utility {task}: mean accuracy {format(acc, '.3f') if ok else '–'}")
 
 
 def _evaluate(argv: list[str]) -> int:
@@ -357,8 +362,11 @@ def _print_summary(run_dir: str, variants: list[str]) -> None:
     rd = RunDir(run_dir)
     results = {v: read_json(rd.results(v)) for v in variants if rd.results(v).is_file()}
     if results:
-        print("\nASR % [95% interval] by tier (default judge), invalid rate, XSTest refusal, gate rate:")
-        print(render_text(summary_table(results)))
+        table = summary_table(results)
+        judges = sorted({r["default_judge"] for r in results.values()})
+        by = f"the `{judges[0]}` judge" if len(judges) == 1 else "each variant's default judge (in its row)"
+        print(f"\nASR % [95% interval] by tier ({by}), invalid rate, XSTest refusal, gate rate:")
+        print(render_text(table))
 
 
 def _report(argv: list[str]) -> int:

@@ -320,7 +320,9 @@ def reuse_ungated(
             # as in stale_rows, a key an older lasa did not record is not compared
             if not _record_differs(info, want) and not info.get("gated"):
                 donors[uid] = row
-    candidates = [(w, s) for w, s in todo if s["uid"] in donors]
+    candidates = [
+        (w, s) for w, s in todo if s["uid"] in donors and donors[s["uid"]].get("prompt") == s["prompt"]
+    ]
     if not candidates:
         return todo
     known = gate.known_scores if gate.known_scores is not None else {}
@@ -407,6 +409,15 @@ def generate_samples(
         stale, keys, legacy = stale_rows(
             {s["uid"]: done[s["uid"]] for s in samples if s["uid"] in done}, gen_info
         )
+        # a data fix can change the text behind a uid: the stored answer is to another prompt
+        moved = {
+            s["uid"]
+            for s in samples
+            if s["uid"] in done and done[s["uid"]].get("prompt", s["prompt"]) != s["prompt"]
+        }
+        if moved - stale:
+            stale |= moved
+            keys.add("prompt text")
         if stale:
             logger.warning(
                 "%s: %d completions were generated with a different %s; regenerating them",
@@ -422,8 +433,17 @@ def generate_samples(
                 legacy,
             )
         todo += [(w, s) for s in samples if s["uid"] not in done or s["uid"] in stale]
+    if distributed.world_size() == 1:
+        for w in writers:
+            w.consolidate()
+    # partial files of an interrupted earlier run go into the final file first, so that a row
+    # regenerated now overrides its stale copy whatever rank's file held it (SampleWriter.consolidate)
     if distributed.world_size() > 1:  # each process takes a slice; rank 0 merges the files below
-        distributed.barrier()  # every rank has read the files before any rank appends to them
+        distributed.barrier()  # every rank has read the files before any rank changes them
+        if distributed.is_main():
+            for w in writers:
+                w.consolidate()
+        distributed.barrier()
         todo = distributed.shard(todo)
         desc = f"{desc} [rank {distributed.rank()}/{distributed.world_size()}]"
     if todo and gate is not None and twin is not None and twin.is_dir():

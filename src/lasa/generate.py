@@ -55,7 +55,7 @@ class GenerationSettings:
     prefill_batch_size: int = 16
     seed: int = 0  # sampling only: the RNG seed a run starts from (greedy decoding ignores it)
 
-    def hf_kwargs(self, tokenizer: Any) -> dict:
+    def hf_kwargs(self, tokenizer: Any, model: Any = None) -> dict:
         """``generate`` keywords that decode exactly these settings. A checkpoint's generation
         config may add a repetition penalty or a top-k (Qwen2.5 instruct models ship both); they
         are switched off, so every model is decoded the same way and the gate's first token, which
@@ -64,7 +64,7 @@ class GenerationSettings:
         kw: dict[str, Any] = {
             "do_sample": self.do_sample,
             "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": _stop_ids(tokenizer),
+            "eos_token_id": _stop_ids(tokenizer, model),
             "repetition_penalty": 1.0,
             "no_repeat_ngram_size": 0,
         }
@@ -100,8 +100,10 @@ def first_token(logits: torch.Tensor, settings: GenerationSettings) -> torch.Ten
     return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
 
 
-def _stop_ids(tokenizer: Any) -> list[int]:
-    """The eos id plus every common end-of-turn token the vocabulary has.
+def _stop_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The eos id, every common end-of-turn token the vocabulary has, and the end-of-turn ids of
+    ``model``'s generation config (a checkpoint may end its turn with a token only that config
+    names, such as Llama 3.1's ``<|eom_id|>``; decoding past it would judge a made-up next turn).
 
     Looked up token by token with a round trip (a missing token maps to None or to unk), never via
     ``get_vocab()``: that builds a dict of the whole vocabulary (0.14 s for Qwen's 151k tokens), and
@@ -112,7 +114,9 @@ def _stop_ids(tokenizer: Any) -> list[int]:
         tid = tokenizer.convert_tokens_to_ids(tok)
         if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == tok:
             ids.add(tid)
-    return sorted(i for i in ids if i is not None)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= {eos} if isinstance(eos, int) else set(eos or ())
+    return sorted(int(i) for i in ids if i is not None)
 
 
 # -- the gate --------------------------------------------------------------------------------
@@ -441,7 +445,9 @@ def _greedy_decode(
     out = torch.full((n, budget), pad_id, dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)  # the batch row of each row still decoding
     stops = torch.as_tensor(stop_ids, dtype=torch.long, device=dev)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    done = torch.isin(ids[:, -1], stops)  # a row whose first token (from the prefill) is a stop
+    if bool(done.all()):
+        return out[:, :0]
     cur, steps = ids[:, -1:], 0
     for step in range(budget):
         logits = model(
@@ -476,7 +482,8 @@ def _generate_batch(
     tok, model, dev = lm.tokenizer, lm.model, lm.device
     ids, mask = pad_batch(seqs, tok.pad_token_id, "left")
     ids, mask = ids.to(dev), mask.to(dev)
-    hf = settings.hf_kwargs(tok)
+    hf = settings.hf_kwargs(tok, model)
+    stops = hf["eos_token_id"]
     n = len(seqs)
 
     # 1. SSI scores: from this prefill (chat-format SSI, no adapter below L*) or a truncated base pass
@@ -522,7 +529,7 @@ def _generate_batch(
         if handle is not None:
             handle.remove()
     if settings.min_new_tokens:  # as generate's min_new_tokens does for the tokens after this one
-        last_logits[:, _stop_ids(tok)] = float("-inf")
+        last_logits[:, stops] = float("-inf")
     first = first_token(last_logits, settings)
     if gate is None:
         scores = None
@@ -556,7 +563,7 @@ def _generate_batch(
                 logits_to_keep=1,
             ).logits[flagged, -1]
         if settings.min_new_tokens:
-            cond_logits[:, _stop_ids(tok)] = float("-inf")
+            cond_logits[:, stops] = float("-inf")
         first = first.clone()
         first[flagged] = first_token(cond_logits, settings)
         ids = torch.cat([ids, chunk], 1)
@@ -566,7 +573,7 @@ def _generate_batch(
     budget = settings.max_new_tokens - 1
     rest_min = max(0, settings.min_new_tokens - 1)  # the first token already counts toward the minimum
     if budget > 0 and not settings.do_sample and _plain_layers(cache):
-        new = _greedy_decode(model, cache, ids, mask, budget, _stop_ids(tok), tok.pad_token_id, rest_min)
+        new = _greedy_decode(model, cache, ids, mask, budget, stops, tok.pad_token_id, rest_min)
     elif budget > 0:
         hf.pop("min_new_tokens", None)  # counted from the first token, which is decoded already
         if rest_min:
@@ -590,8 +597,8 @@ def _generate_batch(
     return rows
 
 
-def _decode(tok: Any, tokens: list[int]) -> tuple[str, str, int]:
-    stops = set(_stop_ids(tok))
+def _decode(tok: Any, tokens: list[int], model: Any = None) -> tuple[str, str, int]:
+    stops = set(_stop_ids(tok, model))
     cut = next((i for i, t in enumerate(tokens) if t in stops), None)
     finish = "stop" if cut is not None else "length"
     tokens = tokens[:cut] if cut is not None else tokens
@@ -626,7 +633,7 @@ def generate(
             rows = _generate_batch(lm, [seqs[i] for i in idx], [prompts[i] for i in idx], settings, gate)
             out = []
             for r in rows:
-                text, finish, n_tok = _decode(lm.tokenizer, r.pop("tokens"))
+                text, finish, n_tok = _decode(lm.tokenizer, r.pop("tokens"), lm.model)
                 out.append({"response": text, "finish": finish, "n_tokens": n_tok, **r})
             yield idx, out
 
@@ -696,6 +703,7 @@ def generate_vllm(
         for p, f in zip(prompts, flags)
     ]
     path, tokenizer = lm.path, lm.tokenizer
+    stops = _stop_ids(tokenizer, lm.model)
     lm.model.to("cpu")  # free accelerator memory for the engine
     kwargs = {"model": path, "enable_lora": adapter is not None, "seed": settings.seed} | (
         engine_kwargs or {}
@@ -711,7 +719,7 @@ def generate_vllm(
         max_tokens=settings.max_new_tokens,
         temperature=settings.temperature if settings.do_sample else 0.0,
         top_p=settings.top_p if settings.do_sample else 1.0,
-        stop_token_ids=_stop_ids(tokenizer),
+        stop_token_ids=stops,
     )
     lora = LoRARequest("lasa-adapter", 1, str(adapter)) if adapter is not None else None
     outputs = engine.generate(texts, params, lora_request=lora)

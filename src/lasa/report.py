@@ -23,6 +23,7 @@ from lasa.errors import LasaError
 from lasa.runs import RunDir, read_json, read_jsonl, save_figure, write_text
 from lasa.tables import (
     Table,
+    asr_cell,
     gate_table,
     language_table,
     multilingual_over_refusal_table,
@@ -683,11 +684,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         doc.table(
             ["", *order],
             [
-                ["average ASR", *[pct(results[v]["asr"].get(j, {}).get("average")) for v in order]],
-                [
-                    "tier low",
-                    *[pct(results[v]["asr"].get(j, {}).get("per_tier", {}).get("low")) for v in order],
-                ],
+                ["average ASR % [95% CI]", *[asr_cell(results[v], "average", judge=j) for v in order]],
+                ["tier low", *[asr_cell(results[v], "per_tier", "low", judge=j) for v in order]],
             ],
             f"eval/<variant>/judgements_{j}.jsonl",
         )

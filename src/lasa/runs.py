@@ -523,6 +523,23 @@ class SampleWriter:
                     done[row[self.key]] = row
         return done
 
+    def consolidate(self) -> None:
+        """Fold the partial files of earlier, interrupted runs into the final file (atomically) and
+        remove them, so that every partial file holds only this run's rows.
+
+        Why: ``load`` lets a partial file override the final file, and partial files override each
+        other in name order (``completions.partial`` < ``rank0`` < ``rank1``). A row regenerated
+        this run (its settings changed) must win over the stale row an earlier run left in a
+        partial file of another rank; once the earlier partials are folded in, it does. Call it
+        once per run, before the first ``append`` (rank 0 only, between two barriers, with several
+        processes)."""
+        partials = self._partials()
+        if not partials:
+            return
+        write_jsonl(self.path, list(self.load().values()))  # ``kept_`` rows too: ``finish`` splits them off
+        for p in partials:
+            p.unlink()
+
     def append(self, rows: list[dict]) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         torn = False

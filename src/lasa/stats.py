@@ -37,8 +37,9 @@ class Rate:
         return asdict(self)
 
     def fmt(self, pct: bool = True) -> str:
-        f = 100.0 if pct else 1.0
-        return f"{self.rate * f:.1f} [{self.low * f:.1f}, {self.high * f:.1f}]"
+        """ "37.5 [13.7, 69.4]" in percent, or "0.375 [0.137, 0.694]" as a proportion."""
+        f, d = (100.0, 1) if pct else (1.0, 3)
+        return f"{self.rate * f:.{d}f} [{self.low * f:.{d}f}, {self.high * f:.{d}f}]"
 
 
 def wilson(k: int, n: int, z: float = Z95) -> Rate:
@@ -87,29 +88,64 @@ def corrected_rate(
     neg: int,
     n_boot: int = 4000,
     seed: int = 0,
+    grid: int = 2001,
 ) -> CorrectedRate:
     """Rogan–Gladen ASR from ``k`` of ``n`` judged unsafe, with the judge's validation counts.
 
     ``tp`` of ``pos`` gold-unsafe validation responses were judged unsafe (sensitivity) and ``tn``
-    of ``neg`` other responses were not (specificity). The interval is the 2.5–97.5 percentile of
-    the estimator over draws of the observed rate, se and sp, each from its Beta posterior under a
-    uniform prior: a plug-in binomial draw of the rate would collapse the interval to a point at
-    0 of 8 or 8 of 8 judged unsafe (every draw equal to the observed rate), claiming certainty a
-    Wilson interval of the same count does not.
+    of ``neg`` other responses were not (specificity). The point is the Rogan–Gladen estimate; the
+    interval is the 2.5–97.5 percentile of the posterior of the true rate ``p`` (uniform prior on a
+    grid of ``grid`` points), marginalised over ``n_boot`` draws of se and sp from their Beta
+    posteriors: ``P(p | k) ∝ mean over draws of Binomial(k; n, se·p + (1 − sp)·(1 − p))``. It never
+    collapses to a point: 0 of 8 judged unsafe, or an observed rate below the judge's
+    false-positive rate (where the point clips to 0), keep an upper bound as wide as the data
+    allow. Seeded, so a table is reproducible.
     """
     if n <= 0 or pos <= 0 or neg <= 0:
         return CorrectedRate(k / n if n else float("nan"), float("nan"), 0.0, 1.0, float("nan"), float("nan"))
+    if not 0 <= k <= n or not 0 <= tp <= pos or not 0 <= tn <= neg:
+        raise ValueError(f"need 0 <= count <= total, got k={k}/{n}, tp={tp}/{pos}, tn={tn}/{neg}")
     se, sp = tp / pos, tn / neg
     point = rogan_gladen(k / n, se, sp)
     rng = np.random.default_rng(seed)
-    q = rng.beta(k + 1, n - k + 1, n_boot)
-    se_b = rng.beta(tp + 1, pos - tp + 1, n_boot)
-    sp_b = rng.beta(tn + 1, neg - tn + 1, n_boot)
-    youden = se_b + sp_b - 1
-    ok = youden > 0.05
-    est = np.clip((q[ok] + sp_b[ok] - 1) / youden[ok], 0.0, 1.0)
-    low, high = np.percentile(est, [2.5, 97.5]) if est.size else (0.0, 1.0)
-    return CorrectedRate(k / n, point, float(low), float(high), se, sp)
+    se_b = rng.beta(tp + 1, pos - tp + 1, n_boot)[:, None]
+    sp_b = rng.beta(tn + 1, neg - tn + 1, n_boot)[:, None]
+    p = np.linspace(0.0, 1.0, grid)
+    q = np.clip(se_b * p + (1.0 - sp_b) * (1.0 - p), 1e-300, 1.0 - 1e-16)
+    loglik = k * np.log(q) + (n - k) * np.log1p(-q)  # (draws, grid)
+    top = loglik.max()
+    post = np.exp(loglik - top).sum(axis=0)  # the marginal likelihood of each p, up to a constant
+    cdf = np.cumsum(post)
+    cdf /= cdf[-1]
+    low, high = (float(np.interp(a, cdf, p)) for a in (0.025, 0.975))
+    low = 0.0 if cdf[0] >= 0.025 else low  # the mass sits on the grid's first point
+    if not math.isnan(point):  # the grid's resolution must not put the estimate outside
+        low, high = min(low, point), max(high, point)
+    return CorrectedRate(k / n, point, low, high, se, sp)
+
+
+def mean_of_rates(counts: Sequence[tuple[int, int]], n_draws: int = 8000, seed: int = 0) -> Rate:
+    """The mean of several rates (per-language ASRs averaged into a tier or the overall ASR) with
+    a 95% interval *for that mean*.
+
+    With equal ``n`` the mean equals the pooled rate, so it is :func:`wilson` on the pooled counts.
+    With unequal ``n`` the pooled rate weights the larger languages and is not the reported mean,
+    so the interval is the 2.5–97.5 percentile of the mean of per-rate Jeffreys posteriors
+    (``Beta(k + ½, n − k + ½)``), drawn with ``seed``. ``k`` and ``n`` of the result are the
+    pooled counts."""
+    counts = [(int(k), int(n)) for k, n in counts if n > 0]
+    if not counts:
+        return wilson(0, 0)
+    k_all, n_all = sum(k for k, _ in counts), sum(n for _, n in counts)
+    if len({n for _, n in counts}) == 1:
+        return wilson(k_all, n_all)
+    mean = float(np.mean([k / n for k, n in counts]))
+    rng = np.random.default_rng(seed)
+    draws = np.mean([rng.beta(k + 0.5, n - k + 0.5, n_draws) for k, n in counts], axis=0)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    low = 0.0 if k_all == 0 else min(float(low), mean)
+    high = 1.0 if all(k == n for k, n in counts) else max(float(high), mean)
+    return Rate(k_all, n_all, mean, low, high)
 
 
 @dataclass(frozen=True)
@@ -182,6 +218,7 @@ __all__ = [
     "PairedDifference",
     "Rate",
     "corrected_rate",
+    "mean_of_rates",
     "paired_difference",
     "rogan_gladen",
     "wilson",

@@ -36,6 +36,8 @@ def with_interval(r: Mapping | None) -> str:
     if not r:
         return "–"
     point = r.get("rate", r.get("corrected"))
+    if point is None or math.isnan(point):  # no prompts, or a judge no better than chance
+        return "–"
     return f"{100 * point:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
 
 
@@ -99,7 +101,10 @@ def language_table(results: Mapping[str, Mapping], judge: str | None = None) -> 
 
 def summary_table(results: Mapping[str, Mapping]) -> Table:
     """One row per variant: ASR per tier and on average [95% interval] (default judge), invalid rate,
-    XSTest refusal on safe prompts, and how often the gate fired on MultiJail."""
+    XSTest refusal on safe prompts, and how often the gate fired on MultiJail. The source names the
+    judge; when variants were counted by different judges, each row names its own."""
+    judges = {v: r["default_judge"] for v, r in results.items()}
+    mixed = len(set(judges.values())) > 1
     rows = []
     for v, r in results.items():
         a = _asr(r)
@@ -108,7 +113,7 @@ def summary_table(results: Mapping[str, Mapping]) -> Table:
         flags = list((g.get("multijail_flag_rate") or {}).values())
         rows.append(
             [
-                v,
+                f"{v} ({judges[v]})" if mixed else v,
                 *[asr_cell(r, "per_tier", t) for t in TIERS],
                 asr_cell(r, "average"),
                 pct(a["invalid_rate"]["average"]),
@@ -119,7 +124,12 @@ def summary_table(results: Mapping[str, Mapping]) -> Table:
     return Table(
         ["variant", *[f"ASR {t}" for t in TIERS], "ASR avg", "invalid", "XSTest safe refused", "gate fired"],
         rows,
-        "eval/<variant>/results.json → asr, over_refusal, gate",
+        "eval/<variant>/results.json → asr, over_refusal, gate; ASR by "
+        + (
+            "each variant's default judge (named in its row)"
+            if mixed
+            else f"the `{next(iter(judges.values()), '?')}` judge"
+        ),
     )
 
 
@@ -286,6 +296,12 @@ def render_text(table: Table) -> str:
 
 
 def render_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """:func:`render_text` for ad-hoc rows (floats to 3 decimals)."""
-    fmt = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    """:func:`render_text` for ad-hoc rows (floats to 3 decimals; a missing value as "–")."""
+
+    def cell(c: Any) -> str:
+        if c is None or (isinstance(c, float) and math.isnan(c)):
+            return "–"
+        return f"{c:.3f}" if isinstance(c, float) else str(c)
+
+    fmt = [[cell(c) for c in r] for r in rows]
     return render_text(Table([str(h) for h in header], fmt))

@@ -111,9 +111,12 @@ def judge_samples(
     version = str(getattr(judge, "version", ""))  # new judge weights invalidate old verdicts
 
     def valid(hit: dict | None, s: dict) -> bool:
+        # the prompt too: a data fix can change the text behind a uid, and a judge that reads the
+        # request (pair, llm) may then judge the same answer differently (older caches lack it)
         return (
             hit is not None
             and hit.get("response_sha") == response_hash(s["response"])
+            and hit.get("prompt_sha", response_hash(s["prompt"])) == response_hash(s["prompt"])
             and hit.get("judge_version", "") == version
         )
 
@@ -144,6 +147,7 @@ def judge_samples(
                 "judge": judge.name,
                 "judge_version": version,
                 "response_sha": response_hash(s["response"]),
+                "prompt_sha": response_hash(s["prompt"]),
             }
         if path is not None:
             write_jsonl(path, list({**cache, **taken, **fresh}.values()))
