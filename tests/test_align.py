@@ -167,16 +167,25 @@ def test_user_files_in_both_formats(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"prompt": "p", "chosen": "a"}\n', "row 1: paired rows need non-empty 'chosen' and 'rejected'"),
+        ('{"prompt": "p", "chosen": "a"}\n', "line 1: paired rows need non-empty 'chosen' and 'rejected'"),
         (
             '{"prompt": "p", "completion": "c", "label": "yes"}\n',
-            "row 1: 'completion' must be a string and 'label' a boolean",
+            "line 1: 'completion' must be a string and 'label' a boolean",
         ),
         (
-            '{"prompt": "ok", "completion": "c", "label": true}\n{"prompt": ""}\n',
-            "row 2: missing or empty 'prompt'",
+            '{"prompt": "ok", "completion": "c", "label": true}\n\n\n{"prompt": ""}\n',
+            "line 4: missing or empty 'prompt'",  # the file's line, blank lines counted
         ),
-        ('{"prompt": "p", "text": "x"}\n', "row 1: needs either chosen+rejected"),
+        ('{"prompt": "p", "text": "x"}\n', "line 1: needs either chosen+rejected"),
+        ('[{"prompt": "p"}, {"prompt": "q", "text": "x"}]', "item 1: needs either chosen+rejected"),
+        (
+            '{"prompt": "p", "chosen": "No.", "rejected": " No. "}\n',
+            "line 1: 'chosen' and 'rejected' are the same",
+        ),
+        (
+            '{"prompt": "p", "completion": "c", "label": true}\n{"prompt": "p", "completion": "c", "label": false}\n',
+            "line 2: the same completion to the same prompt is labelled desirable here and undesirable at line 1",
+        ),
         (
             '{"prompt": "p", "chosen": "a", "rejected": "b", "source": "other"}\n',
             "source must be 'safety' or 'general'",
@@ -188,7 +197,7 @@ def test_user_files_in_both_formats(tmp_path):
         ),
         (
             '{"prompt": "p", "completion": "c", "label": true, "language": "xx"}\n',
-            "row 1: unknown language code 'xx'",
+            "line 1: unknown language code 'xx'",
         ),
     ],
 )
@@ -198,6 +207,30 @@ def test_malformed_user_file_names_the_row(tmp_path, content, message):
     with pytest.raises(LasaError) as e:
         load_user_rows(f)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_user_file_with_a_multijail_prompt_is_refused_and_ids_do_not_split_a_prompt(tmp_path):
+    """MultiJail is the test set: a training file that holds one of its prompts would train on it
+    silently. And a per-line "id" in TRL's unpaired format made one prompt's two lines two prompts,
+    so the KL pairing could batch them together while reporting 0 self-paired rows."""
+    from lasa.data import load_multijail
+
+    mj = load_multijail(["en"]).texts["en"][0]
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text(json.dumps({"prompt": "fine", "completion": "c", "label": True}) + "\n"
+                    + json.dumps({"prompt": mj, "chosen": "No.", "rejected": "Sure."}) + "\n")  # fmt: skip
+    with pytest.raises(LasaError, match=r"line 2: the prompt is \(nearly\) a MultiJail prompt"):
+        load_user_rows(leak)
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("".join(
+        json.dumps({"id": f"r{i}-{lab}", "prompt": f"prompt {i}", "completion": f"c{lab}", "label": lab}) + "\n"
+        for i in range(8) for lab in (True, False)
+    ))  # fmt: skip
+    rows = load_user_rows(ids)
+    assert len({r["pid"] for r in rows}) == 8 and rows[0]["user_id"] == "r0-True"
+    for seed in range(3):
+        ordered = order_for_kl(rows, 4, seed)
+        assert not any(ordered[i]["pid"] == ordered[j]["pid"] for i, j in kl_pairs(ordered, 4) if i != j)
 
 
 def test_a_csv_user_file_names_the_expected_formats(tmp_path):
@@ -761,6 +794,38 @@ def test_a_retrain_that_fails_puts_the_previous_training_back(tmp_path, tiny_qwe
     assert not (out / ".previous").exists()
 
 
+def test_a_killed_retrain_then_a_failed_retry_still_puts_the_finished_training_back(
+    tmp_path, tiny_qwen, monkeypatch
+):
+    """A retrain killed mid-way leaves the finished training in .previous/ and its own partial
+    files in the folder; the retry used to delete .previous/ and set those partial files aside as
+    "previous", so when the retry failed too the finished adapter was gone."""
+    import lasa.align
+    from lasa.align import _Previous, run_align
+    from lasa.config import AlignConfig
+
+    out, files = _trained_method(tmp_path)
+    _Previous(out)  # the killed retrain: the finished files moved aside, then it wrote these
+    (out / "rows.jsonl").write_text('{"killed": 1}\n')
+    (out / "trainer").mkdir()
+    (out / "checkpoints").mkdir()
+
+    def failing(cfg, rows, out, **kw):
+        (out / "checkpoints" / "kto-step1").mkdir(parents=True, exist_ok=True)
+        raise ValueError("out of memory")
+
+    monkeypatch.setattr(lasa.align, "train", failing)
+    cfg = AlignConfig(
+        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
+        bottleneck_layer=1, device=DEVICE,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="out of memory"):
+        run_align(cfg)
+    assert all(path.read_text() == text for path, text in files.items())
+    assert not (out / ".previous").exists() and not (out / "trainer").exists()
+    assert not (out / "checkpoints").exists()  # the failed retry's checkpoints went with it
+
+
 def test_a_successful_retrain_replaces_the_previous_training_and_leaves_no_trace(tmp_path, tiny_qwen):
     from dataclasses import replace
 
@@ -777,3 +842,32 @@ def test_a_successful_retrain_replaces_the_previous_training_and_leaves_no_trace
     run_align(replace(cfg, learning_rate=1e-3))
     assert (out / "summary.json").read_text() != first and (out / "adapter" / "adapter_config.json").is_file()
     assert not (out / ".previous").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"method": "kto", "lora_dropout": 0.3}, "--lora-dropout 0.3 has no effect with --method kto"),
+        ({"method": "lasa", "lora_dropout": 0.1}, "KTO trains without dropout"),
+        ({"lr_scheduler": "cosine_with_min_lr"}, "--lr-scheduler must be one of"),
+        ({"lr_scheduler": "reduce_lr_on_plateau"}, "--lr-scheduler must be one of"),
+    ],
+)
+def test_align_settings_the_trainer_would_ignore_or_reject_fail_at_once(kw, message):
+    """TRL's KTO disables dropout, so --lora-dropout was silently ignored; five schedulers need
+    arguments lasa does not pass and failed in the trainer after the model load."""
+    from lasa.config import AlignConfig
+
+    with pytest.raises(LasaError, match=message):
+        AlignConfig(**kw)
+    assert AlignConfig(method="sft", lora_dropout=0.3).lora_dropout == 0.3
+    assert AlignConfig(lr_scheduler="cosine").lr_scheduler == "cosine"
+
+
+def test_a_tokenizer_without_a_chat_template_is_one_line():
+    from types import SimpleNamespace
+
+    from lasa.conditioning import chat_prefix
+
+    with pytest.raises(LasaError, match="tokenizer has no chat template; .*instruct / chat checkpoint"):
+        chat_prefix(SimpleNamespace(chat_template=None), "hi")

@@ -1448,3 +1448,22 @@ def test_a_checkpoint_at_the_first_warmup_step_is_named_as_the_starting_model(ca
     with caplog.at_level("WARNING"):
         check_schedule(AlignConfig(run_dir="r", batch_size=4, save_adapter_at=[1], warmup_steps=0), 52)
     assert not caplog.records
+
+
+def test_a_bad_judge_model_path_is_named_before_generation(tmp_path):
+    """The llm judge loads its model after generation and the other judges; a path that cannot be
+    a model must fail when the config is built, naming --judge-model (not --model)."""
+    from lasa.config import EvaluateConfig
+    from lasa.judges.llm import preflight
+
+    missing = str(tmp_path / "no-such-judge")
+    with pytest.raises(LasaError, match=r"^--judge-model .*no-such-judge: not found"):
+        EvaluateConfig(judges=["lexicon", "llm"], judge_model=missing)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(LasaError, match=r"--judge-model .*weights.bin: a file must be a .gguf"):
+        preflight(["llm"], None, str(tmp_path / "weights.bin"))
+    with pytest.raises(LasaError, match=r"--judge-model .*: directory has no config.json"):
+        preflight(["llm"], None, str(tmp_path))
+    preflight(["llm"], None, "default")  # an embedded name: resolved (and prepared) when loaded
+    preflight(["llm"], None, "Qwen/Qwen2.5-7B-Instruct")  # a hub id: no network call here
+    preflight(["pair"], None, missing)  # no llm judge: nothing to check

@@ -368,3 +368,37 @@ def test_result_digests_ignore_timings_and_where_the_run_lives(tmp_path):
     )
     assert a == b != c
     assert digest('{"layer": "\\ud800"}')  # no UnicodeEncodeError
+
+
+def test_an_edited_data_file_retrains_and_a_bad_one_fails_before_locate(tiny_qwen, tmp_path):
+    """The align stage was keyed on --data's path only, so `lasa run` skipped retraining after the
+    file changed; and a bad row (here a MultiJail prompt) surfaced only at align, after locate."""
+    from lasa.config import RunConfig
+    from lasa.data import load_multijail
+    from lasa.errors import LasaError
+    from lasa.pipeline import build_stages
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "How do I pick a lock?", "chosen": "I can't.", "rejected": "Sure."}) + "\n"
+    )
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(yaml.safe_dump(dict(PRESET, align=dict(PRESET["align"], data=str(data)))))
+    run_cfg = RunConfig(model=str(tiny_qwen), run_dir=str(tmp_path / "run"), variants=["kto"], device=DEVICE)
+
+    def align_key() -> dict:
+        return next(s for s in build_stages(run_cfg, str(cfg)) if s.name == "align:kto").extra_key
+
+    first = align_key()
+    assert first and first == align_key()
+    with open(data, "a") as f:
+        f.write(
+            json.dumps({"prompt": "How do I bake bread?", "completion": "Knead it.", "label": True}) + "\n"
+        )
+    assert align_key() != first
+    mj = load_multijail(["en"]).texts["en"][0]
+    with open(data, "a") as f:
+        f.write(json.dumps({"prompt": mj, "completion": "No.", "label": True}) + "\n")
+    with pytest.raises(LasaError, match="line 3: the prompt is .*MultiJail"):
+        build_stages(run_cfg, str(cfg))
+    assert not (tmp_path / "run" / "locate").exists()

@@ -43,7 +43,7 @@ from lasa.data.rows import build_rows, condition_rows, fill_last_batch, kl_pairs
 from lasa.errors import LasaError
 from lasa.on_policy import cached_on_policy_rows
 from lasa.results import AlignResult
-from lasa.runs import RunDir, read_jsonl, save_figure, write_json, write_jsonl
+from lasa.runs import RunDir, read_jsonl, save_figure, sha256_file, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -730,7 +730,8 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             raise LasaError(f"the bottleneck is the last layer ({bottleneck}); no layer above it to adapt")
     if cfg.data:
         _warn_recipe_ignored(cfg)
-        rows, recipe = load_user_rows(cfg.data), {"file": str(Path(cfg.data).resolve())}
+        rows = load_user_rows(cfg.data)
+        recipe = {"file": str(Path(cfg.data).resolve()), "sha256": sha256_file(Path(cfg.data))}
         kinds = {bool(r["label"]) for r in rows}
         if cfg.method == "sft" and True not in kinds:  # TRL's StopIteration, after the model load
             raise LasaError(
@@ -767,12 +768,12 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
         rows, recipe["on_policy"] = cached_on_policy_rows(rows, lm, cfg, run, out)
     rows = condition_rows(rows, cfg.method, cfg.rho_safety, cfg.rho_general, cfg.seed, cfg.conditioning_text)
-    overlong = 0
-    if cfg.method in ("lasa", "kto"):
-        from lasa.models import load_tokenizer, resolve_model_path
+    # every method: SFT's trainer drops a row whose prompt fills --max-length too (all of them: an
+    # error deep in TRL after the model load); this also meets a tokenizer without a chat template
+    from lasa.models import load_tokenizer, resolve_model_path
 
-        tok = lm.tokenizer if lm is not None else load_tokenizer(resolve_model_path(cfg.model))
-        rows, overlong = drop_overlong_prompts(rows, tok, cfg.max_length)
+    tok = lm.tokenizer if lm is not None else load_tokenizer(resolve_model_path(cfg.model))
+    rows, overlong = drop_overlong_prompts(rows, tok, cfg.max_length)
     rows = order_for_kl(rows, cfg.batch_size, cfg.seed)
     if distributed.world_size() > 1:
         rows = fill_last_batch(rows, cfg.batch_size)
@@ -843,6 +844,7 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
             "alpha": cfg.lora_alpha,
             "layers": cfg.lora_layers,
             "target_modules": cfg.lora_target_modules,
+            "dropout": cfg.lora_dropout,
         }
         if cfg.lora
         else None,
@@ -871,24 +873,36 @@ class _Previous:
     cache stays where it is (it is keyed, and shared by the methods)."""
 
     NAMES = ("summary.json", "adapter", "rows.jsonl", "train_log.jsonl", "loss.png", "checkpoints")
+    #: a training's scratch: TRL's output folder and the adapter's half-saved copy
+    SCRATCH = ("trainer", ".adapter.tmp-save")
 
     def __init__(self, out: Path):
         self.out, self.dir = out, out / ".previous"
-        shutil.rmtree(self.dir, ignore_errors=True)  # a killed retrain's: that state was already stale
         self.moved: list[str] = []
+        if (self.dir / "summary.json").is_file() and not (out / "summary.json").exists():
+            # a retrain was killed before it finished: .previous/ holds the last finished training and
+            # the folder only that retrain's partial files, so those go and .previous/ stays set aside
+            self._clear()
+            self.moved = [name for name in self.NAMES if (self.dir / name).exists()]
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)  # no finished training in it: nothing to keep
         for name in self.NAMES:  # the marker first
             if (out / name).exists():
                 self.dir.mkdir(exist_ok=True)
                 os.replace(out / name, self.dir / name)
                 self.moved.append(name)
 
-    def restore(self) -> None:
-        for name in self.moved:
+    def _clear(self) -> None:
+        """Delete what a failed or killed (re)train wrote in the folder, moved aside or not."""
+        for name in (*self.NAMES, *self.SCRATCH):
             dst = self.out / name
             if dst.is_dir():
                 shutil.rmtree(dst)
             elif dst.exists():
                 dst.unlink()
+
+    def restore(self) -> None:
+        self._clear()  # also checkpoints/ and trainer/ of a retrain that had none before
         for name in reversed(self.moved):  # the marker last
             os.replace(self.dir / name, self.out / name)
         if self.moved:

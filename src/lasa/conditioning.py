@@ -35,6 +35,13 @@ def conditioning_prefix(text: str = CONDITIONING_TEXT) -> str:
 def chat_prefix(tokenizer: Any, user_text: str) -> str:
     """The chat-templated user turn and the assistant header, as text, without a leading BOS that
     the tokenizer adds again on encoding (Llama) — TRL tokenises this string as the prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        from lasa.errors import LasaError
+
+        raise LasaError(
+            "this model's tokenizer has no chat template; lasa trains and evaluates chat models: pass "
+            "an instruct / chat checkpoint (or add a chat_template to its tokenizer_config.json)"
+        )
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
     )

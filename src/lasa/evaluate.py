@@ -573,7 +573,9 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
     expect_config(cfg, EvaluateConfig, "run_evaluate")  # a GenerateConfig would generate, then fail
     from lasa.judges.llm import preflight
 
-    preflight(cfg.judges, cfg.judge_url)  # an unreachable endpoint: before generation, results.json kept
+    preflight(
+        cfg.judges, cfg.judge_url, cfg.judge_model
+    )  # an unreachable endpoint: before generation, results.json kept
     rd = RunDir(cfg.run_dir)
     resolve_adapter(cfg.adapter, cfg.run_dir)
     name = variant_name(cfg)

@@ -89,7 +89,7 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
     rows = load_labels(labels_path)
     from lasa.judges.llm import preflight
 
-    preflight(judges, judge_kwargs.get("judge_url"))
+    preflight(judges, judge_kwargs.get("judge_url"), judge_kwargs.get("judge_model"))
     gold = [r["label"] for r in rows]
     langs = [r["lang"] for r in rows]
     out: dict[str, Any] = {

@@ -152,6 +152,25 @@ def prepare_gguf(path: Path, root: Path | None = None) -> Path:
     return final
 
 
+def check_model_spec(spec: str, flag: str = "--model") -> None:
+    """The checks of :func:`resolve_model_path` that cost nothing (no preparing, no network), for a
+    model that is loaded late (the ``llm`` judge's, after generation): a missing path, a file that
+    is not .gguf or a directory without config.json fails here, naming ``flag``."""
+    if not spec or not spec.strip():
+        raise LasaError(f"{flag} is empty; pass an HF id, a local directory, a .gguf file or 'default'")
+    if default_model.embedded_name(spec):
+        return
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".gguf":
+        raise LasaError(f"{flag} {spec}: a file must be a .gguf model; otherwise pass its directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise LasaError(f"{flag} {spec}: directory has no config.json; is it a transformers checkpoint?")
+    if not path.exists() and _looks_like_path(spec):
+        raise LasaError(
+            f"{flag} {spec}: not found (pass an existing directory, a .gguf file, 'default' or an HF id)"
+        )
+
+
 def resolve_model_path(spec: str) -> str:
     """Map ``--model`` to something ``from_pretrained`` can open (preparing embedded/GGUF models)."""
     if not spec or not spec.strip():

@@ -35,7 +35,16 @@ from lasa.config import (
 )
 from lasa.config.registry import ADAPTER_METHOD_FILE
 from lasa.errors import LasaError
-from lasa.runs import RunDir, exclusive, files_digest, fingerprint, make_dirs, read_json_object, write_json
+from lasa.runs import (
+    RunDir,
+    exclusive,
+    files_digest,
+    fingerprint,
+    make_dirs,
+    read_json_object,
+    sha256_file,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +167,10 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
             )
         if not acfg.lora and gated:  # both layers given: known before any stage
             _check_frozen_covers_ssi(acfg.bottleneck_layer, interp.layer, gated)
+        if acfg.data:  # a bad line, a MultiJail prompt: before locate's and interpret's hours
+            from lasa.data.rows import load_user_rows
+
+            load_user_rows(acfg.data)
         if not acfg.data:  # a row count the vendored data cannot fill, before locate's and interpret's hours
             from lasa.data.rows import check_row_counts
 
@@ -173,6 +186,8 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 if acfg.lora or not gated_adapters
                 # the located bottleneck is known once locate has run: checked before any training
                 else (lambda acfg=acfg: _align_full(acfg, interp.layer, rd, gated_adapters)),
+                # a --data file is keyed by its bytes, not its path: an edited file retrains
+                extra_key={"data_sha256": sha256_file(Path(acfg.data))} if acfg.data else {},
                 files=[
                     rd.adapter(method) / "adapter_model.safetensors",
                     rd.adapter(method) / "adapter_config.json",
@@ -304,7 +319,7 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
 
     for s in stages:  # an llm judge's endpoint is reachable before hours of stages lead up to it
         if hasattr(s.config, "judge_url"):
-            preflight(s.config.judges, s.config.judge_url)
+            preflight(s.config.judges, s.config.judge_url, s.config.judge_model)
             break
     make_dirs(rd)  # only once the request is known to be valid
     with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race

@@ -311,6 +311,10 @@ class JudgeConfig:
                 )
             if url:
                 check_endpoint_url(url)
+            elif self.judge_model:
+                from lasa.models import check_model_spec
+
+                check_model_spec(self.judge_model, "--judge-model")
 
 
 @dataclass

@@ -446,9 +446,24 @@ class AlignConfig(StageConfig):
             )
         if not self.lora_target_modules:
             raise LasaError("--lora-target-modules needs at least one name (or all-linear)")
+        if self.lora_dropout > 0 and self.method in ("lasa", "kto"):
+            raise LasaError(
+                f"--lora-dropout {self.lora_dropout} has no effect with --method {self.method}: KTO trains "
+                "without dropout (TRL's disable_dropout, so the policy's and the reference's log-probs "
+                "compare); leave it at 0, or use --method sft"
+            )
         from transformers.trainer_utils import SchedulerType
 
-        schedulers = [t.value for t in SchedulerType]
+        # the ones that need lr_scheduler_kwargs (min_lr, decay steps) or a metric to track, which lasa
+        # does not pass: accepted here, they failed in the trainer after the model load
+        needs_kwargs = {
+            "cosine_with_min_lr",
+            "cosine_warmup_with_min_lr",
+            "warmup_stable_decay",
+            "reduce_lr_on_plateau",
+            "greedy",
+        }
+        schedulers = [t.value for t in SchedulerType if t.value not in needs_kwargs]
         if self.lr_scheduler not in schedulers:
             raise LasaError(
                 f"--lr-scheduler must be one of {', '.join(schedulers)}, got {self.lr_scheduler!r}"

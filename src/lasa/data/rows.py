@@ -18,6 +18,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lasa.data import normalize_language
 from lasa.errors import LasaError
@@ -274,18 +275,21 @@ def load_user_rows(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors, Excel) is not data
     except UnicodeDecodeError:
         raise LasaError(f"--data {path}: not UTF-8 text; give {formats}") from None
-    items: list = []
+    items: list[tuple[str, Any]] = []  # (where in the file, item)
     if text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            parsed = json.loads(text)
         except json.JSONDecodeError as err:
             raise LasaError(f"{path}: line {err.lineno}: not valid JSON ({formats} expected)") from None
+        if not isinstance(parsed, list):
+            raise LasaError(f"{path}: expected a JSON list of objects")
+        items = [(f"{path}: item {n}", item) for n, item in enumerate(parsed, start=1)]
     else:
         for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append((f"{path}: line {lineno}", json.loads(line)))
             except json.JSONDecodeError:
                 with contextlib.suppress(json.JSONDecodeError):
                     if isinstance(json.loads(text), dict):  # one pretty-printed object
@@ -293,9 +297,11 @@ def load_user_rows(path: str | Path) -> list[dict]:
                             f"{path}: one JSON object spread over several lines; give {formats}"
                         ) from None
                 raise LasaError(f"{path}: line {lineno}: not valid JSON ({formats} expected)") from None
+    from lasa.data.safety import overlaps_multijail
+
     rows = []
-    for n, item in enumerate(items, start=1):
-        where = f"{path}: row {n}"
+    seen: dict[tuple[str, str, str], tuple[bool, str]] = {}  # (lang, prompt, completion) -> label, where
+    for where, item in items:
         if not isinstance(item, dict):
             raise LasaError(f"{where}: expected an object")
         if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
@@ -304,34 +310,51 @@ def load_user_rows(path: str | Path) -> list[dict]:
             lang = normalize_language(str(item.get("language", item.get("lang", "en"))))
         except LasaError as err:
             raise LasaError(f"{where}: {err}") from None
-        # without an id, a prompt's identity is its text (TRL's unpaired format puts each prompt on
-        # two lines: numbering lines made them two prompts, and the KL pairing then put a prompt's
-        # two completions in one batch while reporting 0 self-paired rows)
-        default_pid = "user:" + hashlib.sha1(f"{lang}\n{item['prompt']}".encode()).hexdigest()[:12]
-        given = item.get("id")  # null or "" is no id: as "None" it made every such row one prompt
-        pid = default_pid if given is None or not str(given).strip() else str(given)
+        if overlaps_multijail(item["prompt"]):  # the test set never trains anything
+            raise LasaError(
+                f"{where}: the prompt is (nearly) a MultiJail prompt, which lasa evaluates on; remove it "
+                "from the training file (a model trained on its test prompts measures nothing)"
+            )
+        # a prompt's identity is its text: TRL's unpaired format puts each prompt on two lines, and
+        # numbering lines (or a per-line "id") made them two prompts, so the KL pairing put a prompt's
+        # two completions in one batch while reporting 0 self-paired rows. A given "id" is kept as
+        # the row's user_id, for the reader
+        pid = "user:" + hashlib.sha1(f"{lang}\n{item['prompt']}".encode()).hexdigest()[:12]
+        given = item.get("id")
+        user_id = None if given is None or not str(given).strip() else str(given)
         if "chosen" in item or "rejected" in item:
             for key in ("chosen", "rejected"):
                 if not isinstance(item.get(key), str) or not item[key].strip():
                     raise LasaError(f"{where}: paired rows need non-empty 'chosen' and 'rejected'")
+            if item["chosen"].strip() == item["rejected"].strip():
+                raise LasaError(f"{where}: 'chosen' and 'rejected' are the same text; a pair must differ")
             source = item.get("source", "safety")
             if source not in ("safety", "general"):
                 raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
-            rows.append(_row(item["prompt"], item["chosen"], True, source, lang, pid, "user file (chosen)"))
-            rows.append(
-                _row(item["prompt"], item["rejected"], False, source, lang, pid, "user file (rejected)")
-            )
+            new = [
+                _row(item["prompt"], item["chosen"], True, source, lang, pid, "user file (chosen)"),
+                _row(item["prompt"], item["rejected"], False, source, lang, pid, "user file (rejected)"),
+            ]
         elif "completion" in item and "label" in item:
             if not isinstance(item["completion"], str) or not isinstance(item["label"], bool):
                 raise LasaError(f"{where}: 'completion' must be a string and 'label' a boolean")
             source = item.get("source", "general")
             if source not in ("safety", "general"):
                 raise LasaError(f"{where}: source must be 'safety' or 'general', got {source!r}")
-            rows.append(
-                _row(item["prompt"], item["completion"], item["label"], source, lang, pid, "user file")
-            )
+            new = [_row(item["prompt"], item["completion"], item["label"], source, lang, pid, "user file")]
         else:
             raise LasaError(f"{where}: needs either chosen+rejected (paired) or completion+label (unpaired)")
+        for r in new:
+            key = (lang, r["prompt"], r["completion"].strip())
+            if key in seen and seen[key][0] != r["label"]:
+                raise LasaError(
+                    f"{where}: the same completion to the same prompt is labelled desirable here and "
+                    f"undesirable at {seen[key][1].removeprefix(f'{path}: ')}; keep one"
+                )
+            seen.setdefault(key, (r["label"], where))
+            if user_id is not None:
+                r["user_id"] = user_id
+        rows += new
     if not rows:
         raise LasaError(f"{path} holds no rows")
     return rows

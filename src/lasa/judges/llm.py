@@ -105,13 +105,18 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         raise LasaError(f"{what} unreachable ({getattr(err, 'strerror', None) or err}); {fix}") from None
 
 
-def preflight(judges: Sequence[str], judge_url: str | None) -> None:
+def preflight(judges: Sequence[str], judge_url: str | None, judge_model: str | None = None) -> None:
     """Before anything expensive: when the ``llm`` judge will call an endpoint, check that it is
-    reachable (:func:`check_reachable`). A local judge model or no ``llm`` judge: nothing to do."""
+    reachable (:func:`check_reachable`); when it will load a local model, that the path can be one
+    (:func:`lasa.models.check_model_spec`). No ``llm`` judge: nothing to do."""
     url = judge_url or os.environ.get("LASA_JUDGE_URL")
     if "llm" in judges and url:
         check_endpoint_url(url)
         check_reachable(url)
+    elif "llm" in judges and judge_model:
+        from lasa.models import check_model_spec
+
+        check_model_spec(judge_model, "--judge-model")
 
 
 class LLMJudge:
