@@ -1467,3 +1467,10 @@ def test_a_bad_judge_model_path_is_named_before_generation(tmp_path):
     preflight(["llm"], None, "default")  # an embedded name: resolved (and prepared) when loaded
     preflight(["llm"], None, "Qwen/Qwen2.5-7B-Instruct")  # a hub id: no network call here
     preflight(["pair"], None, missing)  # no llm judge: nothing to check
+
+
+def test_an_empty_judge_list_says_what_to_do():
+    from lasa.config import EvaluateConfig
+
+    with pytest.raises(LasaError, match=r"^--judges is empty; name at least one \(e.g. --judges pair\)$"):
+        EvaluateConfig(judges=[])

@@ -744,6 +744,14 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
                 cfg.data,
                 "desirable" if True in kinds else "undesirable",
             )
+        if cfg.method == "lasa" and not any(r["source"] == "safety" for r in rows):
+            logger.warning(
+                'no row of %s has "source": "safety" (unpaired rows default to general), so --method '
+                "lasa conditions only --rho-general %.0f%% of them on the refusal-intent text; mark the "
+                "harmful-prompt rows as safety",
+                cfg.data,
+                100 * cfg.rho_general,
+            )
     else:
         rows, recipe = build_rows(
             cfg.train_langs,

@@ -369,6 +369,8 @@ class EvaluateConfig(JudgeConfig, GenerateConfig):
             raise LasaError(
                 f"unknown utility task(s) {', '.join(bad)}; choose from {', '.join(UTILITY_TASKS)} (or 'none')"
             )
+        if not self.judges:
+            raise LasaError(f"--judges is empty; name at least one (e.g. --judges {self.default_judge})")
         if self.default_judge not in self.judges:
             raise LasaError(
                 f"--default-judge {self.default_judge} must be one of --judges {' '.join(self.judges)}"
