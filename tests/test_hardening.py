@@ -1452,13 +1452,19 @@ def test_a_checkpoint_at_the_first_warmup_step_is_named_as_the_starting_model(ca
 
 def test_a_bad_judge_model_path_is_named_before_generation(tmp_path):
     """The llm judge loads its model after generation and the other judges; a path that cannot be
-    a model must fail when the config is built, naming --judge-model (not --model)."""
+    a model must fail before generation (run_evaluate, judge-check and lasa run call preflight
+    first), naming --judge-model (not --model)."""
     from lasa.config import EvaluateConfig
+    from lasa.evaluate import run_evaluate
     from lasa.judges.llm import preflight
 
     missing = str(tmp_path / "no-such-judge")
+    cfg = EvaluateConfig(
+        run_dir=str(tmp_path / "run"), judges=["lexicon", "llm"], default_judge="lexicon", judge_model=missing
+    )
     with pytest.raises(LasaError, match=r"^--judge-model .*no-such-judge: not found"):
-        EvaluateConfig(judges=["lexicon", "llm"], judge_model=missing)
+        run_evaluate(cfg)
+    assert not (tmp_path / "run" / "eval").exists()  # nothing generated or created
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(LasaError, match=r"--judge-model .*weights.bin: a file must be a .gguf"):
         preflight(["llm"], None, str(tmp_path / "weights.bin"))

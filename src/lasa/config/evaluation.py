@@ -311,10 +311,8 @@ class JudgeConfig:
                 )
             if url:
                 check_endpoint_url(url)
-            elif self.judge_model:
-                from lasa.models import check_model_spec
-
-                check_model_spec(self.judge_model, "--judge-model")
+            # a --judge-model path is checked by lasa.judges.llm.preflight, which every entry point
+            # runs before generation (lasa.models sits above this config layer)
 
 
 @dataclass
