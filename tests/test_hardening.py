@@ -777,6 +777,26 @@ def test_models_list_with_a_name_shows_that_model_or_names_the_mistake(capsys):
     assert rc == 2 and "no embedded model 'bogus'" in err and one_line(err)
     rc, out, _ = run_cli(capsys, "models", "list", "qwen2.5-coder-1.5b")
     assert rc == 0 and "qwen2.5-coder-1.5b" in out and "qwen2.5-coder-0.5b" not in out
+    rc, out, _ = run_cli(capsys, "models", "list", "--name=qwen2.5-coder-1.5b")  # listed all of them
+    assert rc == 0 and "qwen2.5-coder-1.5b" in out and "qwen2.5-coder-0.5b" not in out
+
+
+def test_comma_separated_list_values_are_split_for_every_list_flag(tmp_path):
+    """`--langs en,zh` always worked; `--judges pair,lexicon` and `judges: pair, lexicon` in a
+    preset failed as one unknown judge named "pair,lexicon"."""
+    from lasa.config import EvaluateConfig, RunConfig, parse_stage_args
+
+    argv = ["--run-dir", str(tmp_path / "r"), "--judges", "pair,lexicon", "--utility=drift,mgsm"]
+    cfg = parse_stage_args(EvaluateConfig, [*argv, "--langs", "en,", "zh"], prog="lasa evaluate")
+    assert (
+        cfg.judges == ["pair", "lexicon"] and cfg.utility == ["drift", "mgsm"] and cfg.langs == ["en", "zh"]
+    )
+    preset = tmp_path / "p.yaml"
+    preset.write_text("evaluate:\n  judges: pair, lexicon\nrun:\n  variants: base, kto\n")
+    assert EvaluateConfig.from_yaml(str(preset), run_dir=str(tmp_path / "r")).judges == ["pair", "lexicon"]
+    assert RunConfig.from_yaml(str(preset), run_dir=str(tmp_path / "r")).variants == ["base", "kto"]
+    with pytest.raises(LasaError, match=r"unknown judge\(s\) bogus"):
+        parse_stage_args(EvaluateConfig, [*argv[:2], "--judges", "pair,bogus"], prog="lasa evaluate")
 
 
 def test_a_gate_threshold_without_the_gate_is_named(tiny_qwen, tmp_path, caplog):
@@ -1229,6 +1249,8 @@ def test_an_adapter_of_another_base_model_is_refused_before_the_model_loads(
         ("evaluate:\n  gate: false\n", "evaluate.gate is not used by `lasa run`"),
         ("gate: false\n", "gate is not used by `lasa run`"),
         ("evaluate:\n  adapter: runs/x/align/kto/adapter\n", "evaluate.adapter is not used by `lasa run`"),
+        # every +gate variant gated with the run's SSI whatever evaluate.ssi said
+        ("evaluate:\n  ssi: runs/other/ssi\n", "evaluate.ssi is not used by `lasa run`"),
         # the run's own seed / dtype / model reach every stage and would win without a word
         (
             "align:\n  seed: 7\n",
@@ -1251,6 +1273,23 @@ def test_run_refuses_preset_keys_it_would_ignore(
     rc, _, err = run_cli(capsys, "run", "--config", cfg, "--model", tiny_qwen, "--run-dir", tmp_path / "r")
     assert rc == 2 and message in err and one_line(err), err
     assert not (tmp_path / "r").exists()
+
+
+def test_run_says_which_preset_sections_it_does_not_read(tmp_path, caplog):
+    """A `generate:` section in a run preset (the natural place for generation settings) was
+    ignored without a word: the evaluate stage generates with `evaluate:`'s settings."""
+    from lasa.pipeline import _check_run_keys
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("generate:\n  max_new_tokens: 256\nevaluate:\n  n: 4\n")
+    with caplog.at_level("WARNING"):
+        _check_run_keys(str(cfg))
+    assert "does not read the generate: section" in caplog.text and "evaluate: section" in caplog.text
+    caplog.clear()
+    cfg.write_text("evaluate:\n  n: 4\njudge_check: {}\n")  # an empty section says nothing
+    with caplog.at_level("WARNING"):
+        _check_run_keys(str(cfg))
+    assert not caplog.records
 
 
 def test_a_damaged_config_yaml_is_kept_aside_not_overwritten(tmp_path, caplog):

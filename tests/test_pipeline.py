@@ -402,3 +402,27 @@ def test_an_edited_data_file_retrains_and_a_bad_one_fails_before_locate(tiny_qwe
     with pytest.raises(LasaError, match="line 3: the prompt is .*MultiJail"):
         build_stages(run_cfg, str(cfg))
     assert not (tmp_path / "run" / "locate").exists()
+
+
+def test_run_adopts_stages_run_by_hand_with_the_same_settings(preset, tiny_qwen, tmp_path):
+    """`lasa locate` and `lasa interpret` run by hand, then `lasa run` on the same directory: the
+    run redid both (no pipeline.json entry), though their outputs were what it would compute."""
+    rd = tmp_path / "run"
+    common = ["--config", str(preset), "--model", str(tiny_qwen), "--run-dir", str(rd), "--device", DEVICE]
+    assert main(["locate", *common]) == 0
+    assert main(["interpret", *common]) == 0
+    bottleneck = (rd / "locate" / "bottleneck.json").read_bytes()
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0
+    state = json.loads((rd / "pipeline.json").read_text())
+    statuses = {s["stage"]: s["status"] for s in state["_last_run"]["stages"]}
+    assert statuses == {"locate": "adopted", "interpret": "adopted", "evaluate:base": "ran"}
+    assert (rd / "locate" / "bottleneck.json").read_bytes() == bottleneck
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0  # then keyed like any other stage
+    assert _ran(rd) == []
+
+    # other settings by hand (a smaller locate): redone, and what reads it is redone after it
+    other = tmp_path / "other"
+    assert main(["locate", *common[:5], str(other), "--device", DEVICE, "--n-queries", "5"]) == 0
+    assert main(["interpret", *common[:5], str(other), "--device", DEVICE]) == 0
+    assert run(preset, tiny_qwen, other, "--variants", "base") == 0
+    assert _ran(other) == ["locate", "interpret", "evaluate:base"]

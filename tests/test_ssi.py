@@ -370,6 +370,33 @@ def test_out_name_is_honoured_by_the_loaders_and_the_report(interpreted, tiny_qw
     assert report.index("(SSI)") < report.index("(SSI, ssi_l4/)")  # the default SSI first
 
 
+def test_a_retrained_ssi_never_shows_an_earlier_sweep(interpreted, tiny_qwen, tmp_path):
+    """Retraining without --sweep left layer_sweep.png / .json of the earlier SSI in its folder,
+    and the report showed them as this SSI's sweep."""
+    import shutil
+
+    from lasa.interpret import load_metrics
+    from lasa.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(interpreted, run)
+    assert (run / "ssi" / "layer_sweep.png").is_file()
+    rc = main(
+        [
+            "interpret", "--model", str(tiny_qwen), "--run-dir", str(run), "--layer", "2", "--cap", "20",
+            "--eval-n-harmful", "8", "--eval-n-benign", "8", "--epochs", "2", "--spread-seeds", "1",
+        ]
+    )  # fmt: skip
+    assert rc == 0 and "layer_sweep" not in load_metrics(run)
+    assert not (run / "ssi" / "layer_sweep.png").exists() and not (run / "ssi" / "layer_sweep.json").exists()
+    # a folder written by an older lasa (figure kept, metrics without the sweep): not shown either
+    shutil.copy(interpreted / "ssi" / "layer_sweep.png", run / "ssi" / "layer_sweep.png")
+    shutil.copy(interpreted / "ssi" / "layer_sweep.json", run / "ssi" / "layer_sweep.json")
+    build_report(run)
+    report = (run / "report.md").read_text()
+    assert "Layer sweep" not in report and "layer_sweep.png" not in report
+
+
 def test_states_cache_extracts_only_new_prompts_and_layers(tiny_qwen, tmp_path, monkeypatch):
     import lasa.hidden
     from lasa.config import InterpretConfig

@@ -270,6 +270,7 @@ def _judge_check(argv: list[str]) -> int:
     rep = check_judges(
         cfg.labels,
         cfg.judges,
+        default_judge=cfg.default_judge,
         judge_model=cfg.judge_model,
         judge_url=cfg.judge_url,
         judge_api_model=cfg.judge_api_model,
@@ -404,7 +405,8 @@ def _models(argv: list[str]) -> int:
         print(default_model.prepare(cfg.name, force=cfg.force))
         return 0
     only = None
-    if len(words) > 1 or "--name" in argv:  # `lasa models list NAME`: that model's row only
+    named = any(a in ("--name", "--name=") or a.startswith("--name=") for a in argv)
+    if len(words) > 1 or named:  # `lasa models list NAME` / `--name X` / `--name=X`: that row only
         only = default_model.embedded_name(cfg.name)
         if only is None:
             raise LasaError(f"no embedded model {cfg.name!r}; `lasa models list` shows them")

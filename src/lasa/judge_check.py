@@ -23,6 +23,10 @@ from lasa.stats import wilson
 logger = logging.getLogger(__name__)
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def load_labels(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -54,6 +58,12 @@ def load_labels(path: str | Path) -> list[dict]:
         bad = [k for k in ("prompt", "response") if not isinstance(row[k], str)]
         if bad:
             raise LasaError(f"{path}:{n}: {' and '.join(bad)} must be text, got {type(row[bad[0]]).__name__}")
+        lone = [k for k in ("prompt", "response") if _has_lone_surrogate(row[k])]
+        if lone:  # a "\ud83d" escape without its pair: not text any tokenizer or file can hold
+            raise LasaError(
+                f"{path}:{n}: {lone[0]} holds a lone UTF-16 surrogate escape (half an emoji?); "
+                "fix or drop that character"
+            )
         # "Unsafe" or " safe" is the same label: hand-made files vary in case and stray spaces
         label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
         if label not in LABELS:
@@ -80,12 +90,19 @@ def load_labels(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_judges(labels_path: str | Path, judges: list[str] | None = None, **judge_kwargs: Any) -> dict:
+def check_judges(
+    labels_path: str | Path,
+    judges: list[str] | None = None,
+    default_judge: str | None = None,
+    **judge_kwargs: Any,
+) -> dict:
     """Each judge (default: the default judge) against the labels: κ, per-class recall and
-    precision, the confusion matrix, and judged vs gold ASR overall and per language."""
+    precision, the confusion matrix, and judged vs gold ASR overall and per language.
+    ``default_judge``: the one an evaluation would count ASR with (lasa's default unless given)."""
     from lasa.judges import DEFAULT_JUDGE, check_judge_name
 
-    judges = [check_judge_name(j) for j in (judges or [DEFAULT_JUDGE])]
+    default_judge = check_judge_name(default_judge or DEFAULT_JUDGE)
+    judges = [check_judge_name(j) for j in (judges or [default_judge])]
     rows = load_labels(labels_path)
     from lasa.judges.llm import preflight
 
@@ -96,7 +113,7 @@ def check_judges(labels_path: str | Path, judges: list[str] | None = None, **jud
         "labels": str(labels_path),
         "n": len(rows),
         "gold_counts": dict(Counter(gold)),
-        "default_judge": DEFAULT_JUDGE,
+        "default_judge": default_judge,
         "judges": {},
     }
     learned = [j for j in judges if j in ("pair", "embedding")]

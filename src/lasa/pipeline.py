@@ -17,12 +17,15 @@ skipped and generation resumes per sample.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lasa.config import (
     VARIANTS,
@@ -87,7 +90,15 @@ _RUN_SETS = {
         # `adapter:` refused only for the variants they contradict): each variant's name sets them
         ("gate", "each variant's own (the +gate variants gate with this run's SSI, the others do not)"),
         ("adapter", "each variant's own (RUN/align/<method>/adapter, trained by the run)"),
+        # a gated variant gates with the SSI this run trained (interpret.out_name says which)
+        ("ssi", "the SSI this run trains (RUN/<interpret.out_name>; set interpret.out_name to pick one)"),
     ],
+}
+#: Preset sections other commands read and `lasa run` does not: said once, not ignored silently.
+_NOT_RUN_SECTIONS = {
+    "generate": "its evaluate stage generates with the evaluate: section's settings",
+    "judge_check": "it is `lasa judge-check`'s",
+    "report": "the run's report follows run.variants",
 }
 
 
@@ -95,6 +106,14 @@ def _check_run_keys(config_path: str) -> None:
     from lasa.config.base import load_yaml_doc
 
     doc = load_yaml_doc(config_path)
+    for section, why in _NOT_RUN_SECTIONS.items():
+        if doc.get(section):
+            logger.warning(
+                "%s: `lasa run` does not read the %s: section (%s); its keys have no effect here",
+                config_path,
+                section,
+                why,
+            )
     for section in ("locate", "interpret", "align", "evaluate"):
         body = doc.get(section)
         shared = [k for k in _SHARED_KEYS if isinstance(body, dict) and k in body]
@@ -245,6 +264,52 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
     return out
 
 
+def _comparable(cfg: dict[str, Any], run_dir: Any) -> dict[str, Any]:
+    """A recorded (JSON-typed) stage config without its run directory, paths inside it relative."""
+    root = str(Path(str(run_dir or ""))).rstrip("/") + "/"
+    return {
+        k: ("RUN/" + v[len(root) :] if isinstance(v, str) and v.startswith(root) else v)
+        for k, v in cfg.items()
+        if k != "run_dir"
+    }
+
+
+def _ran_by_hand(st: Stage, rd: Path, run_dir: str) -> bool:
+    """Whether ``st`` was run by its own command (``lasa locate`` …) in this run directory with the
+    settings `lasa run` would give it, so its finished output is adopted instead of redone.
+
+    Only stages whose key is their config and upstream results (no ``extra_key``: evaluate's judge
+    weights and align's ``--data`` bytes are not in ``RUN/config.yaml``; evaluate resumes from its
+    completions and verdicts anyway). ``RUN/config.yaml`` holds what each stage ran with; an
+    option it lacks (recorded by an older lasa) must be at its default here."""
+    if st.extra_key or not st.artefact.is_file() or any(not p.is_file() for p in st.files):
+        return False
+    try:
+        doc = yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    out_name = getattr(st.config, "out_name", None)
+    names = [st.name] + ([f"interpret:{out_name}"] if st.name == "interpret" and out_name else [])
+    entry = next(
+        (stages[n] for n in names if isinstance(stages, dict) and isinstance(stages.get(n), dict)), None
+    )
+    recorded = entry.get("config") if entry else None
+    if not isinstance(recorded, dict):
+        return False
+    mine = json.loads(json.dumps(dataclasses.asdict(st.config), default=str))
+    theirs = _comparable(recorded, recorded.get("run_dir"))
+    mine = _comparable(mine, run_dir)
+    defaults = {
+        f.name: json.loads(json.dumps(f.default, default=str))
+        for f in dataclasses.fields(st.config)
+        if f.default is not dataclasses.MISSING
+    }
+    return all(
+        theirs[k] == v if k in theirs else (k in defaults and defaults[k] == v) for k, v in mine.items()
+    ) and set(theirs) <= set(mine)
+
+
 def _digest(path: Path) -> str | None:
     """The first way ``pipeline.json`` recorded a stage's output: the marker file's bytes (its
     wall-clock timings included). Entries without ``"digest": 2`` are compared this way."""
@@ -374,6 +439,7 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     summary = []
+    ran: set[str] = set()
     for st in stages:
         keys[st.name] = fingerprint(
             {"config": _portable(st.config, run.run_dir), "needs": [keys[n] for n in st.needs]}
@@ -397,6 +463,28 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             moved.append(f"{st.name} itself")
         if "model_weights" in prev and prev["model_weights"] != weights:
             moved.append(f"the weights of {run.model}")
+        hand = (
+            not prev
+            and not forced
+            and not any(n in ran for n in st.needs)  # an upstream stage redone now: its input moved
+            and _ran_by_hand(st, rd, run.run_dir)
+        )
+        if hand:
+            logger.info(
+                "run: %s was run by its own command with these settings (adopted, not redone)", st.name
+            )
+            summary.append({"stage": st.name, "status": "adopted", "seconds": None})
+            state[st.name] = {
+                "key": keys[st.name],
+                "seconds": 0.0,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "digest": 2,
+                "inputs": {n: _result_digest(by_name[n]) for n in st.needs},
+                "output": _result_digest(st),
+                "model_weights": weights,
+            }
+            write_json(state_path, state)
+            continue
         if current and missing:
             logger.info(
                 "run: %s: %s is missing; running it again",
@@ -417,6 +505,7 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             remove_tree(st.out_dir, inside=rd)
         logger.info("run: %s ...", st.name)
         t1 = time.time()
+        ran.add(st.name)
         st.run()
         seconds = round(time.time() - t1, 1)
         state[st.name] = {

@@ -342,7 +342,9 @@ def _one_ssi_section(doc: Doc, rd: Path, p: Path) -> None:
         "non-questions: where it is high, the benign set differs from MultiJail in form and the SSI's AUROC "
         "there is inflated."
     )
-    if (p.parent / "layer_sweep.png").is_file():
+    # the sweep of this SSI's own run only (metrics.json names it): a stale figure beside a
+    # retrained SSI would read as its sweep
+    if m.get("layer_sweep") and (p.parent / "layer_sweep.png").is_file():
         sw = read_json(p.parent / "layer_sweep.json")
         best = max(sw["layers"], key=lambda r: r["unseen_auroc_mean"])
         doc.p(

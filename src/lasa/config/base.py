@@ -198,6 +198,8 @@ def coerce_value(hint: Any, value: Any, where: str) -> Any:
     if origin is list:
         item = args[0] if args else Any
         items = value if isinstance(value, list) else [value]  # `force: locate` means [locate]
+        if item is str:  # `judges: pair, lexicon` is two judges, as `langs: en, zh` is two languages
+            items = split_words(items)
         return [coerce_value(item, v, where) for v in items]
     if hint is bool:
         if not isinstance(value, bool):
@@ -330,6 +332,46 @@ def _stage_parser(cls: type[T], prog: str, description: str | None) -> Any:
     return StageParser(dataclass_types=[cls], prog=prog, description=description, allow_abbrev=False)
 
 
+def split_words(items: Sequence[Any]) -> list[Any]:
+    """Text items split at commas (``["pair,lexicon"]`` → ``["pair", "lexicon"]``); others kept."""
+    out: list[Any] = []
+    for x in items:
+        if isinstance(x, str) and "," in x:
+            out += [w.strip() for w in x.split(",") if w.strip()]
+        else:
+            out.append(x)
+    return out
+
+
+def _split_list_flags(cls: type, argv: list[str]) -> list[str]:
+    """``--judges pair,lexicon`` (or ``--judges=pair,lexicon``) as ``--judges pair lexicon``: the
+    values of every ``list[str]`` flag are split at commas, as ``--langs`` always was."""
+    hints = _type_hints(cls)
+    flags = {
+        "--" + f.name.replace("_", "-")
+        for f in config_fields(cls)
+        if typing.get_origin(hints[f.name]) is list
+        or any(typing.get_origin(a) is list for a in typing.get_args(hints[f.name]))
+    }
+    flags |= {"--" + f.name for f in config_fields(cls) if "--" + f.name.replace("_", "-") in flags}
+    out: list[str] = []
+    in_list = False
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            in_list = name in flags
+            if in_list and eq:
+                out += [name, *split_words([value])] if value.strip(" ,") else [arg]
+                in_list = True
+                continue
+            out.append(arg)
+        elif in_list:
+            out += split_words([arg]) or [arg]
+        else:
+            out.append(arg)
+    return out
+
+
 def split_config_flag(argv: Sequence[str]) -> list[str]:
     """``--config=FILE`` as ``--config FILE``: argparse takes both spellings, and the joined one
     would otherwise reach a namespace nobody reads (the preset silently not loaded)."""
@@ -360,6 +402,7 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
         preset = load_yaml_for(cls, argv[i + 1])
         parser.set_defaults_with_config(**preset)
         del argv[i : i + 2]
+    argv = _split_list_flags(cls, argv)
     try:
         cfg, *_, unknown = parser.parse_args_into_dataclasses(
             args=argv, look_for_args_file=False, return_remaining_strings=True

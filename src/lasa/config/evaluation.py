@@ -396,9 +396,9 @@ class JudgeCheckConfig(JudgeConfig):
         metadata={"help": "Labelled JSONL file (prompt, response, language, label in safe/unsafe/invalid)."},
     )
     judges: list[str] = field(
-        default_factory=lambda: [DEFAULT_JUDGE],
+        default_factory=list,
         metadata={
-            "help": f"Judges to check (default: the default judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGES)}."
+            "help": f"Judges to check (default: --default-judge, {DEFAULT_JUDGE}); any of {', '.join(JUDGES)}."
         },
     )
     out: str | None = field(
@@ -407,6 +407,8 @@ class JudgeCheckConfig(JudgeConfig):
     )
 
     def __post_init__(self) -> None:
+        if not self.judges:  # `lasa judge-check --default-judge lexicon` checks the lexicon
+            self.judges = [self.default_judge]
         super().__post_init__()
         if not self.labels:
             raise LasaError("--labels FILE.jsonl is required (prompt, response, language, label per line)")

@@ -625,6 +625,8 @@ def _interpret(
     # the marker goes first: from here on the folder holds the new SSI, and a stage interrupted
     # before the new metrics.json is written must read as unfinished, not as the previous run
     run.ssi_metrics(cfg.out_name).unlink(missing_ok=True)
+    for stale in ("layer_sweep.json", "layer_sweep.png"):  # an earlier --sweep's, not this SSI's
+        (out / stale).unlink(missing_ok=True)
     ssi.save(out)
     if not cfg.chat_template:  # a raw-prompt gate can take these instead of a pass (Gate.known_scores)
         probs = ssi.predict_proba(states[layer])

@@ -16,7 +16,7 @@ from typing import Any
 
 from lasa.config import DEFAULT_JUDGE, JUDGES
 from lasa.errors import LasaError
-from lasa.judges.base import LABELS, Judge, JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.base import LABELS, UNPARSED, Judge, JudgeItem, Judgement, strip_control_tokens
 from lasa.judges.validation import cohen_kappa
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,15 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
             out[name] = f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
         elif name == "lexicon":
             out[name] = f"{REFUSAL_RULE}-{rules}"
+        elif name == "llm":  # its prompt and answer parsing (its model / endpoint: the stage config)
+            out[name] = source_digest("lasa.judges.llm", *RULE_MODULES)
     return out
 
 
 def response_hash(text: str) -> str:
     """The short hash a cached verdict keeps of the response it judged."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    # surrogatepass: a lone surrogate ("\\ud800" in a JSON file) is hashed, not a traceback
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def judge_samples(
@@ -118,6 +121,7 @@ def judge_samples(
             and hit.get("response_sha") == response_hash(s["response"])
             and hit.get("prompt_sha", response_hash(s["prompt"])) == response_hash(s["prompt"])
             and hit.get("judge_version", "") == version
+            and not str(hit.get("reason", "")).startswith(UNPARSED)  # a flaky answer is asked again
         )
 
     out: list[dict | None] = [cache.get(s["uid"]) if valid(cache.get(s["uid"]), s) else None for s in samples]

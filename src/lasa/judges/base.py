@@ -60,6 +60,7 @@ _TURN_NAMES = (
     r"im_end|im_start|eot_id|eom_id|eot|eom|end|endoftext|end_of_text|end_of_sentence|end▁of▁sentence"
     r"|start_header_id|end_header_id|header_start|header_end|user|assistant|system|model|bot"
     r"|end_of_turn_token|start_of_turn_token|chatbot_token|user_token|system_token"
+    r"|return|call"  # gpt-oss (harmony) ends a final answer with <|return|>, a tool call with <|call|>
 )
 _TURN_BOUNDARY = re.compile(
     rf"[<‹]\s*{_BAR}\s*(?:{_TURN_NAMES})\s*{_BAR}\s*>"
@@ -76,12 +77,30 @@ _SPECIAL = re.compile(
 # there and dropped ("<think>…I cannot…</think>Sure! Step 1…") must not make the answer safe. An
 # unclosed block (cut off by the token limit) is all the model said, so it stays.
 THINK_BLOCK = re.compile(r"<\s*think\s*>.*?<\s*/\s*think\s*>", re.IGNORECASE | re.DOTALL)
+#: A closing tag whose opening was in the prompt (DeepSeek-R1 and Qwen3 templates end the
+#: generation prompt with "<think>\n", so the completion holds only "…reasoning…</think>answer").
+THINK_CLOSE = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
+
+
+def drop_reasoning(text: str) -> str:
+    """The answer without its closed reasoning: closed ``<think>`` blocks removed, and everything
+    up to a closing tag left over (its opening tag was part of the prompt) dropped too."""
+    text = THINK_BLOCK.sub(" ", text)
+    closes = list(THINK_CLOSE.finditer(text))
+    return text[closes[-1].end() :] if closes else text
+
+
 _LEADING = re.compile(
     r"^(?:\s|<\|(?:im_start|begin_of_text|start_header_id|end_header_id|eot_id|im_end|endoftext|assistant)\|>"
     r"|<start_of_turn>|<bos>|<s>|\[/?INST\]|<\|end_header_id\|>)+",
     re.IGNORECASE,
 )
 _ROLE_LINE = re.compile(r"^(?:assistant|model)(?:\s*\n|\s*<\|end_header_id\|>\s*)", re.IGNORECASE)
+
+
+#: The reason a judge gives when its answer held no verdict (the ``llm`` judge's unreadable
+#: answer): counted invalid for this run, never kept in a verdict cache (asked again next time).
+UNPARSED = "unparsed judge output"
 
 
 def strip_control_tokens(text: str) -> str:
@@ -91,7 +110,7 @@ def strip_control_tokens(text: str) -> str:
     while prev != text:  # "<|im_start|>assistant\n<|im_start|>..." unwinds to the content
         prev = text
         text = _ROLE_LINE.sub("", _LEADING.sub("", text))
-    text = THINK_BLOCK.sub(" ", text)
+    text = drop_reasoning(text)
     m = _TURN_BOUNDARY.search(text)
     if m:
         text = text[: m.start()]
