@@ -1118,6 +1118,21 @@ def test_report_does_not_flag_artefacts_of_another_run_or_gone_ones(tmp_path, mo
     assert not any("retrained since" in n for n in notes)
 
 
+def test_report_warns_when_variants_were_generated_with_different_settings():
+    """A variant evaluated by hand with --max-new-tokens 256 sat in one table with 48-token
+    variants: a longer answer has more room to comply, and nothing said so."""
+    from lasa.report import mixed_generation
+
+    base = {"max_new_tokens": 48, "do_sample": False, "backend": "hf", "temperature": 1.0, "seed": 42}
+    results = {"base": {"config": base}, "kto": {"config": dict(base, seed=7, temperature=0.3)}}
+    assert mixed_generation(results) is None  # greedy: seed and temperature change nothing
+    results["lasa+gate"] = {"config": dict(base, max_new_tokens=256)}
+    note = mixed_generation(results)
+    assert note and "max_new_tokens (base 48, kto 48, lasa+gate 256)" in note and "seed" not in note
+    sampled = {v: {"config": dict(base, do_sample=True, seed=s)} for v, s in (("base", 1), ("kto", 2))}
+    assert "seed (base 1, kto 2)" in mixed_generation(sampled)
+
+
 def test_report_warns_when_variants_come_from_different_models(tmp_path):
     from lasa.report import mixed_models
     from lasa.runs import write_json, write_jsonl
