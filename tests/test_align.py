@@ -771,8 +771,6 @@ def test_a_retrain_that_fails_puts_the_previous_training_back(tmp_path, tiny_qwe
     after the model load (or an interruption) cost the previous training; they are now set aside
     and put back, and a successful retrain leaves no trace of them."""
     import lasa.align
-    from lasa.align import run_align
-    from lasa.config import AlignConfig
 
     out, files = _trained_method(tmp_path)
 
@@ -783,15 +781,23 @@ def test_a_retrain_that_fails_puts_the_previous_training_back(tmp_path, tiny_qwe
         raise ValueError("TRL says no")
 
     monkeypatch.setattr(lasa.align, "train", failing)
+    _retrain_fails(tmp_path, tiny_qwen, "TRL says no")
+    assert all(path.read_text() == text for path, text in files.items())
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json"]
+    assert not (out / ".previous").exists()
+
+
+def _retrain_fails(tmp_path, tiny_qwen, message: str) -> None:
+    """A kto retrain in ``tmp_path/run`` whose (patched) training raises ``message``."""
+    from lasa.align import run_align
+    from lasa.config import AlignConfig
+
     cfg = AlignConfig(
         model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
         bottleneck_layer=1, device=DEVICE,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="TRL says no"):
+    with pytest.raises(ValueError, match=message):
         run_align(cfg)
-    assert all(path.read_text() == text for path, text in files.items())
-    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json"]
-    assert not (out / ".previous").exists()
 
 
 def test_a_killed_retrain_then_a_failed_retry_still_puts_the_finished_training_back(
@@ -801,8 +807,7 @@ def test_a_killed_retrain_then_a_failed_retry_still_puts_the_finished_training_b
     files in the folder; the retry used to delete .previous/ and set those partial files aside as
     "previous", so when the retry failed too the finished adapter was gone."""
     import lasa.align
-    from lasa.align import _Previous, run_align
-    from lasa.config import AlignConfig
+    from lasa.align import _Previous
 
     out, files = _trained_method(tmp_path)
     _Previous(out)  # the killed retrain: the finished files moved aside, then it wrote these
@@ -815,12 +820,7 @@ def test_a_killed_retrain_then_a_failed_retry_still_puts_the_finished_training_b
         raise ValueError("out of memory")
 
     monkeypatch.setattr(lasa.align, "train", failing)
-    cfg = AlignConfig(
-        model=str(tiny_qwen), run_dir=str(tmp_path / "run"), method="kto", n_safety=2, n_general=2,
-        bottleneck_layer=1, device=DEVICE,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="out of memory"):
-        run_align(cfg)
+    _retrain_fails(tmp_path, tiny_qwen, "out of memory")
     assert all(path.read_text() == text for path, text in files.items())
     assert not (out / ".previous").exists() and not (out / "trainer").exists()
     assert not (out / "checkpoints").exists()  # the failed retry's checkpoints went with it
