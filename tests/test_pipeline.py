@@ -426,3 +426,20 @@ def test_run_adopts_stages_run_by_hand_with_the_same_settings(preset, tiny_qwen,
     assert main(["interpret", *common[:5], str(other), "--device", DEVICE]) == 0
     assert run(preset, tiny_qwen, other, "--variants", "base") == 0
     assert _ran(other) == ["locate", "interpret", "evaluate:base"]
+
+
+def test_an_embedded_model_keys_a_stage_under_any_of_its_names(tmp_path):
+    """`lasa run --model qwen2.5-coder-0.5b` on a run made with `--model default` redid every
+    stage: the same weights under another spelling."""
+    from lasa.config import LocateConfig
+    from lasa.pipeline import _portable
+
+    run_dir = str(tmp_path / "r")
+    keys = {
+        json.dumps(_portable(LocateConfig(model=m, run_dir=run_dir), run_dir), sort_keys=True)
+        for m in ("default", "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct")
+    }
+    assert len(keys) == 1 and '"model": "default"' in keys.pop()
+    other = _portable(LocateConfig(model="qwen2.5-coder-1.5b", run_dir=run_dir), run_dir)
+    assert other["model"] == "qwen2.5-coder-1.5b"
+    assert _portable(LocateConfig(model="some/hub-id", run_dir=run_dir), run_dir)["model"] == "some/hub-id"

@@ -243,6 +243,18 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
     return stages
 
 
+def _model_key(spec: str) -> str:
+    """One spelling per embedded model (``default``, ``qwen2.5-coder-0.5b`` and
+    ``Qwen2.5-Coder-0.5B-Instruct`` are the same weights: a run resumed under another spelling
+    redid every stage). The default model keeps the key ``default``, so existing runs keep theirs."""
+    from lasa.default_model import DEFAULT_MODEL, embedded_name
+
+    name = embedded_name(spec)
+    if name is None:
+        return spec
+    return "default" if name == DEFAULT_MODEL else name
+
+
 def _portable(config: Any, run_dir: str) -> dict[str, Any]:
     """A stage config as its inputs key sees it: without the run directory, and with paths inside
     it written relative to it, so a run directory that is moved or copied still resumes."""
@@ -258,6 +270,8 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
     for k, v in dataclasses.asdict(config).items():
         if k == "run_dir" or k in quiet:
             continue
+        if k == "model" and isinstance(v, str):
+            v = _model_key(v)
         if isinstance(v, str) and v.startswith(root):
             v = "RUN/" + v[len(root) :]
         out[k] = v
