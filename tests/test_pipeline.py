@@ -443,3 +443,31 @@ def test_an_embedded_model_keys_a_stage_under_any_of_its_names(tmp_path):
     other = _portable(LocateConfig(model="qwen2.5-coder-1.5b", run_dir=run_dir), run_dir)
     assert other["model"] == "qwen2.5-coder-1.5b"
     assert _portable(LocateConfig(model="some/hub-id", run_dir=run_dir), run_dir)["model"] == "some/hub-id"
+
+
+def test_a_setting_kto_does_not_read_does_not_retrain_it(preset, tiny_qwen, tmp_path):
+    """Changing LASA's conditioning (ρ, the conditioning text) in a preset retrained the KTO
+    baseline too, which reads neither; a setting KTO reads (β) still retrains it."""
+    rd = tmp_path / "run"
+    assert run(preset, tiny_qwen, rd, "--variants", "kto") == 0
+    changed = dict(PRESET, align=dict(PRESET["align"], rho_safety=0.9, conditioning_text="Refuse this."))
+    p2 = tmp_path / "conditioning.yaml"
+    p2.write_text(yaml.safe_dump(changed))
+    assert run(p2, tiny_qwen, rd, "--variants", "kto") == 0
+    assert _ran(rd) == []
+    p3 = tmp_path / "beta.yaml"
+    p3.write_text(yaml.safe_dump(dict(changed, align=dict(changed["align"], beta=0.2))))
+    assert run(p3, tiny_qwen, rd, "--variants", "kto") == 0
+    assert _ran(rd) == ["align:kto", "evaluate:kto"]
+
+
+def test_unused_align_settings_by_method():
+    from lasa.config import AlignConfig
+
+    kto = AlignConfig(run_dir="r", method="kto").unused_settings()
+    assert {"rho_safety", "rho_general", "conditioning_text", "on_policy_judge"} <= kto and "beta" not in kto
+    assert "beta" in AlignConfig(run_dir="r", method="sft").unused_settings()
+    lasa = AlignConfig(run_dir="r", method="lasa").unused_settings()
+    assert "rho_safety" not in lasa and "conditioning_text" not in lasa
+    on_policy = AlignConfig(run_dir="r", method="kto", rows="on_policy").unused_settings()
+    assert "conditioning_text" not in on_policy and "on_policy_judge" not in on_policy

@@ -66,6 +66,8 @@ class Stage:
     #: Outputs besides the marker that what reads the stage needs (the SSI's and adapter's weights):
     #: one missing means the stage is unfinished, whatever its marker says
     files: list[Path] = dataclasses.field(default_factory=list)
+    #: Settings the stage does not read: keyed at their defaults (a change to one redoes nothing)
+    unused: frozenset[str] = frozenset()
 
     @property
     def out_dir(self) -> Path:
@@ -207,6 +209,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
                 else (lambda acfg=acfg: _align_full(acfg, interp.layer, rd, gated_adapters)),
                 # a --data file is keyed by its bytes, not its path: an edited file retrains
                 extra_key={"data_sha256": sha256_file(Path(acfg.data))} if acfg.data else {},
+                unused=acfg.unused_settings(),
                 files=[
                     rd.adapter(method) / "adapter_model.safetensors",
                     rd.adapter(method) / "adapter_config.json",
@@ -255,9 +258,10 @@ def _model_key(spec: str) -> str:
     return "default" if name == DEFAULT_MODEL else name
 
 
-def _portable(config: Any, run_dir: str) -> dict[str, Any]:
+def _portable(config: Any, run_dir: str, unused: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A stage config as its inputs key sees it: without the run directory, and with paths inside
-    it written relative to it, so a run directory that is moved or copied still resumes."""
+    it written relative to it, so a run directory that is moved or copied still resumes. Settings
+    in ``unused`` are keyed at their defaults (not dropped: a run keyed before keeps its key)."""
     root = str(Path(run_dir)).rstrip("/") + "/"
     # an option added after runs were keyed says so in its metadata: at its default it is left out,
     # so adding it does not redo every existing run's stage
@@ -266,10 +270,13 @@ def _portable(config: Any, run_dir: str) -> dict[str, Any]:
         for f in dataclasses.fields(config)
         if f.metadata.get("key_omits_default") and getattr(config, f.name) == f.default
     }
+    defaults = {f.name: f for f in dataclasses.fields(config)}
     out: dict[str, Any] = {}
     for k, v in dataclasses.asdict(config).items():
         if k == "run_dir" or k in quiet:
             continue
+        if k in unused and defaults[k].default is not dataclasses.MISSING:
+            v = defaults[k].default
         if k == "model" and isinstance(v, str):
             v = _model_key(v)
         if isinstance(v, str) and v.startswith(root):
@@ -456,7 +463,7 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
     ran: set[str] = set()
     for st in stages:
         keys[st.name] = fingerprint(
-            {"config": _portable(st.config, run.run_dir), "needs": [keys[n] for n in st.needs]}
+            {"config": _portable(st.config, run.run_dir, st.unused), "needs": [keys[n] for n in st.needs]}
             | ({"extra": st.extra_key} if st.extra_key else {})
         )
         legacy[st.name] = fingerprint(

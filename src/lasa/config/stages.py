@@ -479,6 +479,21 @@ class AlignConfig(StageConfig):
                     f"got {self.on_policy_judge!r}"
                 )
 
+    def unused_settings(self) -> frozenset[str]:
+        """The settings this method does not read (the conditioning's ρ for the baselines, KTO's
+        β and weights for SFT, the on-policy generation's for vendored rows): `lasa run` keys the
+        stage as if they were at their defaults, so changing one for LASA does not retrain KTO."""
+        unused = set()
+        if self.rows != "on_policy":
+            unused |= {"on_policy_max_new_tokens", "on_policy_judge"}
+        if self.method != "lasa":  # condition_rows draws nothing for the baselines
+            unused |= {"rho_safety", "rho_general"}
+            if self.rows != "on_policy":  # on-policy rows answer under the conditioning text
+                unused.add("conditioning_text")
+        if self.method == "sft":
+            unused |= {"beta", "desirable_weight", "undesirable_weight", "precompute_ref_log_probs"}
+        return frozenset(unused)
+
 
 @dataclass
 class RunConfig(StageConfig):
