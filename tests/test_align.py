@@ -564,6 +564,15 @@ def test_on_policy_align_caches_the_generated_rows(tiny_qwen, tmp_path, monkeypa
     assert (tmp_path / "align" / "kto" / "on_policy_rows.jsonl").read_text() == (
         out / "on_policy_rows.jsonl"
     ).read_text()
+    # another generation batch pads the prompts differently (greedy answers can move): regenerated
+    regenerated = []
+    monkeypatch.setattr(
+        lasa.on_policy,
+        "on_policy_rows",
+        lambda rows, *a, **k: regenerated.append(1) or (rows, {"prompts": 3}),
+    )
+    other = run_align(replace(cfg, method="sft", batch_size=2)).summary
+    assert regenerated and other["recipe"]["on_policy"]["key"] != first["recipe"]["on_policy"]["key"]
 
 
 def test_hard_negative_rows_make_a_refusal_of_a_safe_scary_prompt_undesirable():

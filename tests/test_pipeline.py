@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -427,6 +428,46 @@ def test_run_adopts_stages_run_by_hand_with_the_same_settings(preset, tiny_qwen,
     assert run(preset, tiny_qwen, other, "--variants", "base") == 0
     assert _ran(other) == ["locate", "interpret", "evaluate:base"]
 
+    # locate redone by hand (with the run's settings) after interpret: the SSI may sit at the old
+    # layer, so locate is adopted and interpret redone
+    third = tmp_path / "third"
+    assert main(["locate", *common[:5], str(third), "--device", DEVICE, "--n-queries", "5"]) == 0
+    assert main(["interpret", *common[:5], str(third), "--device", DEVICE]) == 0
+    doc = yaml.safe_load((third / "config.yaml").read_text())
+    doc["stages"]["interpret"]["recorded_at"] = "2000-01-01T00:00:00+0000"  # clearly before locate
+    (third / "config.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["locate", *common[:5], str(third), "--device", DEVICE]) == 0
+    assert run(preset, tiny_qwen, third, "--variants", "base") == 0
+    statuses = {
+        s["stage"]: s["status"]
+        for s in json.loads((third / "pipeline.json").read_text())["_last_run"]["stages"]
+    }
+    assert statuses == {"locate": "adopted", "interpret": "ran", "evaluate:base": "ran"}
+
+    # a hand run on other weights under the same --model (recorded signature differs): redone
+    fourth = tmp_path / "fourth"
+    assert main(["locate", *common[:5], str(fourth), "--device", DEVICE]) == 0
+    doc = yaml.safe_load((fourth / "config.yaml").read_text())
+    assert doc["stages"]["locate"]["model_weights"]
+    doc["stages"]["locate"]["model_weights"] = "weights replaced since"
+    (fourth / "config.yaml").write_text(yaml.safe_dump(doc))
+    assert run(preset, tiny_qwen, fourth, "--variants", "base") == 0
+    assert _ran(fourth)[0] == "locate"
+
+
+def test_a_hand_run_ssi_is_looked_up_under_its_own_name():
+    from lasa.config import InterpretConfig, LocateConfig
+    from lasa.pipeline import Stage, _record_name
+
+    def stage(name, cfg):
+        return Stage(name=name, config=cfg, artefact=Path("x"), needs=[], run=lambda: None)
+
+    assert _record_name(stage("interpret", InterpretConfig(run_dir="r"))) == "interpret"
+    assert (
+        _record_name(stage("interpret", InterpretConfig(run_dir="r", out_name="ssi_b"))) == "interpret:ssi_b"
+    )
+    assert _record_name(stage("locate", LocateConfig(run_dir="r"))) == "locate"
+
 
 def test_an_embedded_model_keys_a_stage_under_any_of_its_names(tmp_path):
     """`lasa run --model qwen2.5-coder-0.5b` on a run made with `--model default` redid every
@@ -459,6 +500,27 @@ def test_a_setting_kto_does_not_read_does_not_retrain_it(preset, tiny_qwen, tmp_
     p3.write_text(yaml.safe_dump(dict(changed, align=dict(changed["align"], beta=0.2))))
     assert run(p3, tiny_qwen, rd, "--variants", "kto") == 0
     assert _ran(rd) == ["align:kto", "evaluate:kto"]
+
+
+def test_a_run_keyed_by_the_previous_lasa_is_not_redone(preset, tiny_qwen, tmp_path, monkeypatch):
+    """Keys now normalise model names and unused settings; a run keyed before that (a KTO stage with
+    a non-default ρ, which the new key reads at its default) must still be recognised, not redone."""
+    import lasa.pipeline as pl
+
+    changed = dict(PRESET, align=dict(PRESET["align"], rho_safety=0.9))
+    p2 = tmp_path / "rho.yaml"
+    p2.write_text(yaml.safe_dump(changed))
+    rd = tmp_path / "run"
+    real = pl._portable
+
+    def previous(config, run_dir, unused=frozenset(), normalise=True):  # how the last release keyed
+        return real(config, run_dir, unused, normalise=False)
+
+    monkeypatch.setattr(pl, "_portable", previous)
+    assert run(p2, tiny_qwen, rd, "--variants", "kto") == 0
+    monkeypatch.undo()
+    assert run(p2, tiny_qwen, rd, "--variants", "kto") == 0
+    assert _ran(rd) == []
 
 
 def test_unused_align_settings_by_method():

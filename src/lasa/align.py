@@ -860,7 +860,12 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
         "seconds": round(time.time() - t0, 1),
     }
     write_json(run.align_summary(cfg.method), summary)  # written last: the stage is done
-    run.record(f"align:{cfg.method}", cfg, {"training": training})
+    from lasa.models import weights_signature
+
+    # the weights it trained on: `lasa run` adopts a hand-run stage only on the same weights
+    run.record(
+        f"align:{cfg.method}", cfg, {"training": training, "model_weights": weights_signature(cfg.model)}
+    )
     logger.info(
         "align %s: %d steps in %.0f s (%.1f s/step), loss %.3f",
         cfg.method,

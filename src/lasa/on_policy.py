@@ -20,6 +20,12 @@ from lasa.runs import RunDir, fingerprint, read_json, read_jsonl, write_json, wr
 logger = logging.getLogger(__name__)
 
 
+def generation_batch(cfg: AlignConfig) -> int:
+    """The batch the on-policy answers are generated in (4 training batches: generation needs no
+    gradients, so it fits more rows)."""
+    return cfg.batch_size * 4
+
+
 def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[dict], dict]:
     """Replace the recipe's template completions with the model's own, where the judge agrees.
 
@@ -41,7 +47,9 @@ def on_policy_rows(rows: list[dict], lm: Any, cfg: AlignConfig) -> tuple[list[di
 
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     lang = {r["prompt"]: r["language"] for r in rows}
-    settings = GenerationSettings(max_new_tokens=cfg.on_policy_max_new_tokens, batch_size=cfg.batch_size * 4)
+    settings = GenerationSettings(
+        max_new_tokens=cfg.on_policy_max_new_tokens, batch_size=generation_batch(cfg)
+    )
     gate = Gate(ConstantSSI(), conditioning_text=cfg.conditioning_text)
     logger.info("on-policy rows: %d prompts, answered with and without the conditioning text", len(prompts))
     conditioned_rows = generate_all(lm, prompts, settings, gate)
@@ -109,6 +117,8 @@ def cached_on_policy_rows(
     rows: list[dict], lm: Any, cfg: AlignConfig, run: RunDir, out: Path
 ) -> tuple[list[dict], dict]:
     """:func:`on_policy_rows`, or the rows an earlier run of any method generated with the same key."""
+    from lasa.models import numerics_identity
+
     cache, meta = out / "on_policy_rows.jsonl", out / "on_policy.json"
     key = fingerprint(
         {
@@ -120,6 +130,9 @@ def cached_on_policy_rows(
             "judge": cfg.on_policy_judge,
             "tokens": cfg.on_policy_max_new_tokens,
             "text": cfg.conditioning_text,
+            # greedy answers differ in bf16 and fp32, on CPU and GPU, and with the batch's padding
+            "numerics": {k: v for k, v in numerics_identity(lm).items() if k in ("dtype", "device")},
+            "batch_size": generation_batch(cfg),
         }
     )
     # kto / sft / lasa share the recipe and the generation: reuse another method's rows

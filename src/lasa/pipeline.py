@@ -258,10 +258,14 @@ def _model_key(spec: str) -> str:
     return "default" if name == DEFAULT_MODEL else name
 
 
-def _portable(config: Any, run_dir: str, unused: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _portable(
+    config: Any, run_dir: str, unused: frozenset[str] = frozenset(), normalise: bool = True
+) -> dict[str, Any]:
     """A stage config as its inputs key sees it: without the run directory, and with paths inside
     it written relative to it, so a run directory that is moved or copied still resumes. Settings
-    in ``unused`` are keyed at their defaults (not dropped: a run keyed before keeps its key)."""
+    in ``unused`` are keyed at their defaults (not dropped: a run keyed before keeps its key), and
+    an embedded model under one name (:func:`_model_key`). ``normalise=False`` gives the key as
+    lasa wrote it before those two rules (a run keyed then is still recognised)."""
     root = str(Path(run_dir)).rstrip("/") + "/"
     # an option added after runs were keyed says so in its metadata: at its default it is left out,
     # so adding it does not redo every existing run's stage
@@ -275,9 +279,9 @@ def _portable(config: Any, run_dir: str, unused: frozenset[str] = frozenset()) -
     for k, v in dataclasses.asdict(config).items():
         if k == "run_dir" or k in quiet:
             continue
-        if k in unused and defaults[k].default is not dataclasses.MISSING:
+        if normalise and k in unused and defaults[k].default is not dataclasses.MISSING:
             v = defaults[k].default
-        if k == "model" and isinstance(v, str):
+        if normalise and k == "model" and isinstance(v, str):
             v = _model_key(v)
         if isinstance(v, str) and v.startswith(root):
             v = "RUN/" + v[len(root) :]
@@ -295,14 +299,36 @@ def _comparable(cfg: dict[str, Any], run_dir: Any) -> dict[str, Any]:
     }
 
 
-def _ran_by_hand(st: Stage, rd: Path, run_dir: str) -> bool:
+def _record_name(st: Stage) -> str:
+    """The name a stage's own command records it under in ``RUN/config.yaml``."""
+    out_name = getattr(st.config, "out_name", None)
+    if st.name == "interpret" and out_name and out_name != "ssi":
+        return f"interpret:{out_name}"
+    return st.name
+
+
+def _recorded_time(entry: dict) -> float | None:
+    """When a ``RUN/config.yaml`` entry was recorded (seconds since the epoch), if it says."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(str(entry.get("recorded_at")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return None
+
+
+def _ran_by_hand(st: Stage, rd: Path, run_dir: str, weights: str, by_name: dict[str, Stage]) -> bool:
     """Whether ``st`` was run by its own command (``lasa locate`` …) in this run directory with the
-    settings `lasa run` would give it, so its finished output is adopted instead of redone.
+    settings `lasa run` would give it, on the same weights, after the upstream results it read, so
+    its finished output is adopted instead of redone.
 
     Only stages whose key is their config and upstream results (no ``extra_key``: evaluate's judge
     weights and align's ``--data`` bytes are not in ``RUN/config.yaml``; evaluate resumes from its
     completions and verdicts anyway). ``RUN/config.yaml`` holds what each stage ran with; an
-    option it lacks (recorded by an older lasa) must be at its default here."""
+    option it lacks (recorded by an older lasa) must be at its default here. The stage must have
+    recorded the model's weight signature (lasa records it since adoption exists) and be recorded
+    no earlier than every upstream stage: ``lasa locate`` rerun by hand after ``lasa interpret``
+    may have moved the layer the SSI was trained at, so the SSI is redone, not adopted."""
     if st.extra_key or not st.artefact.is_file() or any(not p.is_file() for p in st.files):
         return False
     try:
@@ -310,17 +336,24 @@ def _ran_by_hand(st: Stage, rd: Path, run_dir: str) -> bool:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     stages = doc.get("stages") if isinstance(doc, dict) else None
-    out_name = getattr(st.config, "out_name", None)
-    names = [st.name] + ([f"interpret:{out_name}"] if st.name == "interpret" and out_name else [])
-    entry = next(
-        (stages[n] for n in names if isinstance(stages, dict) and isinstance(stages.get(n), dict)), None
-    )
-    recorded = entry.get("config") if entry else None
-    if not isinstance(recorded, dict):
+    if not isinstance(stages, dict):
         return False
+    entry = stages.get(_record_name(st))
+    recorded = entry.get("config") if isinstance(entry, dict) else None
+    if not isinstance(recorded, dict) or entry.get("model_weights") != weights:
+        return False
+    when = _recorded_time(entry)
+    for n in st.needs:
+        up = stages.get(_record_name(by_name[n]))
+        up_when = _recorded_time(up) if isinstance(up, dict) else None
+        if when is None or up_when is None or up_when > when:
+            return False
     mine = json.loads(json.dumps(dataclasses.asdict(st.config), default=str))
     theirs = _comparable(recorded, recorded.get("run_dir"))
     mine = _comparable(mine, run_dir)
+    for side in (mine, theirs):  # one embedded model under any of its names
+        if isinstance(side.get("model"), str):
+            side["model"] = _model_key(side["model"])
     defaults = {
         f.name: json.loads(json.dumps(f.default, default=str))
         for f in dataclasses.fields(st.config)
@@ -459,11 +492,19 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             raise LasaError(f"{state_path} is damaged (an entry of the wrong shape); delete it and rerun")
     keys: dict[str, str] = {}
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
+    prior: dict[str, str] = {}  # ... and before model names and unused settings were normalised
     summary = []
     ran: set[str] = set()
     for st in stages:
         keys[st.name] = fingerprint(
             {"config": _portable(st.config, run.run_dir, st.unused), "needs": [keys[n] for n in st.needs]}
+            | ({"extra": st.extra_key} if st.extra_key else {})
+        )
+        prior[st.name] = fingerprint(
+            {
+                "config": _portable(st.config, run.run_dir, normalise=False),
+                "needs": [prior[n] for n in st.needs],
+            }
             | ({"extra": st.extra_key} if st.extra_key else {})
         )
         legacy[st.name] = fingerprint(
@@ -476,7 +517,9 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
         digest = _result_digest if prev.get("digest") == 2 else (lambda t: _digest(t.artefact))
         inputs = {n: digest(by_name[n]) for n in st.needs}
         missing = [p for p in st.files if not p.is_file()]
-        current = prev.get("key") in (keys[st.name], legacy[st.name]) and st.artefact.is_file()
+        current = (
+            prev.get("key") in (keys[st.name], prior[st.name], legacy[st.name]) and st.artefact.is_file()
+        )
         # what it read, and what it wrote, as they were when it ran (older runs did not record them)
         old = prev.get("inputs") or {}
         moved = [n for n in st.needs if n in old and old[n] != inputs[n]]
@@ -488,7 +531,7 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             not prev
             and not forced
             and not any(n in ran for n in st.needs)  # an upstream stage redone now: its input moved
-            and _ran_by_hand(st, rd, run.run_dir)
+            and _ran_by_hand(st, rd, run.run_dir, weights, by_name)
         )
         if hand:
             logger.info(

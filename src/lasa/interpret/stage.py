@@ -34,7 +34,7 @@ from lasa.interpret.calibrate import calibration_prompts, fit_language_calibrati
 from lasa.interpret.metrics import form_control, macro, per_language, xstest_mt_metrics
 from lasa.interpret.sweep import run_sweep, transfer_layer
 from lasa.interpret.train import Split, fit_and_evaluate, group_split
-from lasa.models import LoadedModel, base_model, numerics_identity, validate_layer
+from lasa.models import LoadedModel, base_model, numerics_identity, validate_layer, weights_signature
 from lasa.results import InterpretResult
 from lasa.runs import RunDir, atomic_path, fingerprint, write_json
 from lasa.ssi import INDEX_CONVENTION, SCORES_FILE, SSI, scores_key, write_scores
@@ -680,7 +680,7 @@ def _interpret(
     metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
     write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
     stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
-    run.record(stage, cfg, {"timings": metrics["timings"]})
+    run.record(stage, cfg, {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)})
     logger.info(
         "interpret: layer %d, threshold %.2f; AUROC seen %.3f, unseen %.3f (worst %.3f); XSTest FPR %.3f",
         layer,

@@ -203,7 +203,7 @@ def _locate(
         timings["total_seconds"] = round(time.time() - t0, 2)
         doc = asdict(bn) | {"model_info": model_info, "timings": timings}
         write_json(stage / "bottleneck.json", doc)  # the marker: moved in last
-    run.record("locate", cfg, {"timings": timings})
+    run.record("locate", cfg, {"timings": timings, "model_weights": weights_signature(cfg.model)})
     logger.info(
         "locate: bottleneck = layer %d of %d (depth %.0f%%), score %.3f [%.3f, %.3f]; %d layer(s) within CI",
         layer,
