@@ -301,10 +301,7 @@ def _comparable(cfg: dict[str, Any], run_dir: Any) -> dict[str, Any]:
 
 def _record_name(st: Stage) -> str:
     """The name a stage's own command records it under in ``RUN/config.yaml``."""
-    out_name = getattr(st.config, "out_name", None)
-    if st.name == "interpret" and out_name and out_name != "ssi":
-        return f"interpret:{out_name}"
-    return st.name
+    return getattr(st.config, "record_name", st.name)
 
 
 def _recorded_time(entry: dict) -> float | None:

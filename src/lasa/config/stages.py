@@ -239,6 +239,11 @@ class InterpretConfig(StageConfig):
         default=False, metadata={"help": "Re-extract states even if RUN/ssi/states.safetensors matches."}
     )
 
+    @property
+    def record_name(self) -> str:
+        """The stage's entry in ``RUN/config.yaml`` (one per SSI folder)."""
+        return "interpret" if self.out_name == "ssi" else f"interpret:{self.out_name}"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         from lasa.data.safety import validate_train_langs

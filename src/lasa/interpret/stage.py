@@ -679,8 +679,9 @@ def _interpret(
         metrics["transfer_layer"] = transfer_layer(metrics["layer_sweep"])
     metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
     write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
-    stage = "interpret" if cfg.out_name == "ssi" else f"interpret:{cfg.out_name}"
-    run.record(stage, cfg, {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)})
+    run.record(
+        cfg.record_name, cfg, {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)}
+    )
     logger.info(
         "interpret: layer %d, threshold %.2f; AUROC seen %.3f, unseen %.3f (worst %.3f); XSTest FPR %.3f",
         layer,
