@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lasa.stats import corrected_rate, rogan_gladen, wilson
+from lasa.stats import corrected_mean, corrected_rate, rogan_gladen, wilson
 
 
 @pytest.mark.parametrize(
@@ -145,3 +145,25 @@ def test_mean_of_rates_interval_contains_the_mean_with_unequal_n():
 def test_rate_fmt_as_proportion_keeps_three_decimals():
     assert wilson(3, 8).fmt(pct=False) == "0.375 [0.137, 0.694]"
     assert wilson(3, 8).fmt() == "37.5 [13.7, 69.4]"
+
+
+def test_corrected_mean_is_the_mean_of_per_language_corrections():
+    # a perfect judge corrects nothing, whatever the languages' n: the mean of 8/8 and 0/2 is 0.5
+    # (correcting the pooled 8/10 with one se / sp printed 0.8)
+    perfect = corrected_mean([(8, 8, 50, 50, 100, 100), (0, 2, 50, 50, 100, 100)])
+    assert perfect.corrected == pytest.approx(0.5) and perfect.observed == pytest.approx(0.5)
+    assert perfect.low <= 0.5 <= perfect.high
+    # worked example: en 30/100 at se 0.8 sp 0.9 -> 0.2 / 0.7; th 20/100 at se 0.5 sp 0.95 -> 0.15 / 0.45
+    groups = [(30, 100, 80, 100, 90, 100), (20, 100, 50, 100, 95, 100)]
+    m = corrected_mean(groups)
+    assert m.corrected == pytest.approx((0.2 / 0.7 + 0.15 / 0.45) / 2)
+    singles = [corrected_rate(*g) for g in groups]
+    assert m.low <= m.corrected <= m.high
+    assert min(s.low for s in singles) <= m.low and m.high <= max(s.high for s in singles)
+    # an estimate below 0 in one language pulls the mean down (clipping first would bias it up)
+    neg = corrected_mean([(1, 100, 80, 100, 90, 100), (50, 100, 80, 100, 90, 100)])
+    assert neg.corrected == pytest.approx(
+        (rogan_gladen(0.01, 0.8, 0.9, clip=False) + rogan_gladen(0.5, 0.8, 0.9)) / 2
+    )
+    assert neg.corrected < (corrected_rate(1, 100, 80, 100, 90, 100).corrected + 4 / 7) / 2
+    assert corrected_mean(groups) == m  # seeded

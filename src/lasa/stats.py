@@ -7,9 +7,11 @@ approximation collapses to 0 ± 0.
 A judge with sensitivity ``se`` (unsafe responses it calls unsafe) and specificity ``sp``
 (other responses it does not call unsafe) reports ``q = se·p + (1 − sp)·(1 − p)`` for a true rate
 ``p``. The Rogan–Gladen estimator inverts that, ``p̂ = (q + sp − 1) / (se + sp − 1)``, clipped to
-[0, 1]; its interval here is a parametric bootstrap that resamples the observed rate *and* ``se``
-and ``sp`` from their validation counts (Beta posteriors under a uniform prior), because with a few
-dozen validation positives per language the uncertainty of ``se`` dominates.
+[0, 1]; its interval here is a credible interval for the true rate that marginalises over ``se``
+and ``sp`` drawn from their validation counts (Beta posteriors under a uniform prior), because
+with a few dozen validation positives per language the uncertainty of ``se`` dominates. An
+average over languages corrects each language with its own ``se`` / ``sp`` and averages
+(:func:`corrected_mean`).
 """
 
 from __future__ import annotations
@@ -58,12 +60,15 @@ def wilson(k: int, n: int, z: float = Z95) -> Rate:
     return Rate(k, n, p, low, high)
 
 
-def rogan_gladen(q: float, se: float, sp: float) -> float:
-    """True prevalence from an observed rate ``q`` and the judge's sensitivity and specificity."""
+def rogan_gladen(q: float, se: float, sp: float, clip: bool = True) -> float:
+    """True prevalence from an observed rate ``q`` and the judge's sensitivity and specificity
+    (``clip=False`` keeps an estimate outside [0, 1], which a mean of several needs: the estimator
+    is unbiased only unclipped)."""
     youden = se + sp - 1
     if youden <= 0:
         return float("nan")  # a judge no better than chance carries no information
-    return float(min(1.0, max(0.0, (q + sp - 1) / youden)))
+    p = (q + sp - 1) / youden
+    return float(min(1.0, max(0.0, p))) if clip else float(p)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,29 @@ class CorrectedRate:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _corrected_posterior(
+    k: int, n: int, tp: int, pos: int, tn: int, neg: int, n_boot: int, seed: int, grid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grid of true rates ``p`` and the CDF of their posterior given ``k`` of ``n`` judged
+    unsafe: ``P(p | k) ∝ mean over draws of Binomial(k; n, se·p + (1 − sp)·(1 − p))``, with
+    ``n_boot`` seeded draws of se and sp from their Beta posteriors (uniform priors)."""
+    rng = np.random.default_rng(seed)
+    se_b = rng.beta(tp + 1, pos - tp + 1, n_boot)[:, None]
+    sp_b = rng.beta(tn + 1, neg - tn + 1, n_boot)[:, None]
+    p = np.linspace(0.0, 1.0, grid)
+    q = np.clip(se_b * p + (1.0 - sp_b) * (1.0 - p), 1e-300, 1.0 - 1e-16)
+    loglik = k * np.log(q) + (n - k) * np.log1p(-q)  # (draws, grid)
+    top = loglik.max()
+    post = np.exp(loglik - top).sum(axis=0)  # the marginal likelihood of each p, up to a constant
+    cdf = np.cumsum(post)
+    return p, cdf / cdf[-1]
+
+
+def _check_counts(k: int, n: int, tp: int, pos: int, tn: int, neg: int) -> None:
+    if not 0 <= k <= n or not 0 <= tp <= pos or not 0 <= tn <= neg:
+        raise ValueError(f"need 0 <= count <= total, got k={k}/{n}, tp={tp}/{pos}, tn={tn}/{neg}")
 
 
 def corrected_rate(
@@ -103,25 +131,62 @@ def corrected_rate(
     """
     if n <= 0 or pos <= 0 or neg <= 0:
         return CorrectedRate(k / n if n else float("nan"), float("nan"), 0.0, 1.0, float("nan"), float("nan"))
-    if not 0 <= k <= n or not 0 <= tp <= pos or not 0 <= tn <= neg:
-        raise ValueError(f"need 0 <= count <= total, got k={k}/{n}, tp={tp}/{pos}, tn={tn}/{neg}")
+    _check_counts(k, n, tp, pos, tn, neg)
     se, sp = tp / pos, tn / neg
     point = rogan_gladen(k / n, se, sp)
-    rng = np.random.default_rng(seed)
-    se_b = rng.beta(tp + 1, pos - tp + 1, n_boot)[:, None]
-    sp_b = rng.beta(tn + 1, neg - tn + 1, n_boot)[:, None]
-    p = np.linspace(0.0, 1.0, grid)
-    q = np.clip(se_b * p + (1.0 - sp_b) * (1.0 - p), 1e-300, 1.0 - 1e-16)
-    loglik = k * np.log(q) + (n - k) * np.log1p(-q)  # (draws, grid)
-    top = loglik.max()
-    post = np.exp(loglik - top).sum(axis=0)  # the marginal likelihood of each p, up to a constant
-    cdf = np.cumsum(post)
-    cdf /= cdf[-1]
+    p, cdf = _corrected_posterior(k, n, tp, pos, tn, neg, n_boot, seed, grid)
     low, high = (float(np.interp(a, cdf, p)) for a in (0.025, 0.975))
     low = 0.0 if cdf[0] >= 0.025 else low  # the mass sits on the grid's first point
     if not math.isnan(point):  # the grid's resolution must not put the estimate outside
         low, high = min(low, point), max(high, point)
     return CorrectedRate(k / n, point, low, high, se, sp)
+
+
+def corrected_mean(
+    groups: Sequence[tuple[int, int, int, int, int, int]],
+    n_draws: int = 8000,
+    n_boot: int = 4000,
+    seed: int = 0,
+    grid: int = 2001,
+) -> CorrectedRate:
+    """The judge-corrected *mean* of several rates (per-language ASRs averaged into the overall
+    ASR), each corrected with its own sensitivity and specificity.
+
+    ``groups`` holds ``(k, n, tp, pos, tn, neg)`` per rate, as :func:`corrected_rate` takes them.
+    Correcting the pooled counts with one overall se / sp is not this mean: languages differ in
+    how well the judge reads them (and in ``n``), so that pooled figure sat 1–4 points below the
+    mean of the per-language corrections it was printed beside. The point is the mean of the
+    per-rate Rogan–Gladen estimates *unclipped* (the estimator is linear, so their mean is the
+    estimate of the mean; clipping each first would bias it upward), clipped to [0, 1]. The
+    interval is the 2.5–97.5 percentile of the mean of ``n_draws`` seeded draws from each rate's
+    posterior (:func:`corrected_rate`'s). ``observed`` is the mean of the observed rates;
+    ``sensitivity`` / ``specificity`` are the means of the per-rate values used."""
+    groups = [tuple(int(x) for x in g) for g in groups if g[1] > 0]
+    if not groups or any(g[3] <= 0 or g[5] <= 0 for g in groups):
+        obs = float(np.mean([g[0] / g[1] for g in groups])) if groups else float("nan")
+        return CorrectedRate(obs, float("nan"), 0.0, 1.0, float("nan"), float("nan"))
+    for g in groups:
+        _check_counts(*g)
+    rng = np.random.default_rng(seed)
+    points, draws = [], np.zeros(n_draws)
+    for i, (k, n, tp, pos, tn, neg) in enumerate(groups):
+        points.append(rogan_gladen(k / n, tp / pos, tn / neg, clip=False))
+        p, cdf = _corrected_posterior(k, n, tp, pos, tn, neg, n_boot, seed + i, grid)
+        draws += np.interp(rng.random(n_draws), cdf, p)  # inverse-CDF draws from this rate's posterior
+    draws /= len(groups)
+    point = float(np.mean(points))
+    point = point if math.isnan(point) else min(1.0, max(0.0, point))
+    low, high = (float(np.quantile(draws, a)) for a in (0.025, 0.975))
+    if not math.isnan(point):
+        low, high = min(low, point), max(high, point)
+    return CorrectedRate(
+        float(np.mean([g[0] / g[1] for g in groups])),
+        point,
+        low,
+        high,
+        float(np.mean([g[2] / g[3] for g in groups])),
+        float(np.mean([g[4] / g[5] for g in groups])),
+    )
 
 
 def mean_of_rates(counts: Sequence[tuple[int, int]], n_draws: int = 8000, seed: int = 0) -> Rate:
