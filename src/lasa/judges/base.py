@@ -90,12 +90,20 @@ def drop_reasoning(text: str) -> str:
     return text[closes[-1].end() :] if closes else text
 
 
-_LEADING = re.compile(
-    r"^(?:\s|<\|(?:im_start|begin_of_text|start_header_id|end_header_id|eot_id|im_end|endoftext|assistant)\|>"
-    r"|<start_of_turn>|<bos>|<s>|\[/?INST\]|<\|end_header_id\|>)+",
-    re.IGNORECASE,
+# What may precede the model's words at the very start of a response: whitespace and any boundary
+# or special token of the grammars above (a header such as "‹｜Assistant｜>" or "<|header_start|>"
+# must be stripped as leading, never taken as the turn's end, which would cut the answer to nothing)
+_LEADING = re.compile(rf"^(?:\s+|{_TURN_BOUNDARY.pattern}|{_SPECIAL.pattern})", re.IGNORECASE)
+# a role name left between header tokens ("<|start_header_id|>assistant<|end_header_id|>")
+_ROLE_LINE = re.compile(r"^(?:assistant|model)[ \t]*(?:\n|(?=[<‹]))", re.IGNORECASE)
+# gpt-oss (harmony): "<|channel|>analysis<|message|>…<|end|>" is reasoning, like a closed <think>
+# block, and "<|channel|>final<|message|>" opens the answer; only at the start of the response
+_HARMONY_ANALYSIS = re.compile(
+    r"^<\|channel\|>\s*analysis\s*<\|message\|>.*?<\|end\|>", re.IGNORECASE | re.DOTALL
 )
-_ROLE_LINE = re.compile(r"^(?:assistant|model)(?:\s*\n|\s*<\|end_header_id\|>\s*)", re.IGNORECASE)
+_HARMONY_HEADER = re.compile(
+    r"^<\|channel\|>\s*\w+\s*(?:<\|constrain\|>\s*\w+\s*)?<\|message\|>", re.IGNORECASE
+)
 
 
 #: The reason a judge gives when its answer held no verdict (the ``llm`` judge's unreadable
@@ -104,17 +112,20 @@ UNPARSED = "unparsed judge output"
 
 
 def strip_control_tokens(text: str) -> str:
-    """The model's own turn: no leading role header, nothing after the first turn boundary, and
-    no special tokens (so a leaked or injected next turn cannot change the verdict)."""
+    """The model's own turn: no leading role header, nothing after the first turn boundary, no
+    closed reasoning, and no special tokens (so a leaked or injected next turn cannot change the
+    verdict). The turn is cut *before* reasoning is dropped: a "</think>" in an injected next turn
+    must not discard the model's real answer before it."""
     prev = None
     while prev != text:  # "<|im_start|>assistant\n<|im_start|>..." unwinds to the content
         prev = text
-        text = _ROLE_LINE.sub("", _LEADING.sub("", text))
-    text = drop_reasoning(text)
+        text = _HARMONY_ANALYSIS.sub("", text, count=1)
+        text = _HARMONY_HEADER.sub("", text, count=1)
+        text = _ROLE_LINE.sub("", _LEADING.sub("", text, count=1), count=1)
     m = _TURN_BOUNDARY.search(text)
     if m:
         text = text[: m.start()]
-    return _SPECIAL.sub("", text).strip()
+    return _SPECIAL.sub("", drop_reasoning(text)).strip()
 
 
 def is_empty_text(text: str) -> bool:
