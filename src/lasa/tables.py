@@ -89,6 +89,9 @@ def language_table(results: Mapping[str, Mapping], judge: str | None = None) -> 
             ]
         )
     rows.append(["invalid (avg)", *[pct(_asr(results[v], judge)["invalid_rate"]["average"]) for v in order]])
+    unjudged = [(_asr(results[v], judge).get("unjudged") or {}).get("total", 0) for v in order]
+    if any(unjudged):  # the judge's unreadable answers, outside every rate above
+        rows.append(["unjudged (no verdict, not counted)", *[str(n) for n in unjudged]])
     judges = {v: judge or results[v]["default_judge"] for v in order}
     if len(set(judges.values())) > 1:  # variants evaluated with different --default-judge: say which
         header, source = [f"{v} ({judges[v]})" for v in order], "asr.<the variant's default judge>"

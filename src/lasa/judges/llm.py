@@ -318,10 +318,11 @@ class LLMJudge:
                 for p, a in zip(prompts, answers)
             ]
         unread = sum(parse_label(a) is None for a in answers)
-        if unread:  # counted as invalid, so outside the ASR: never silently
+        if unread:  # left out of the ASR, numerator and denominator: never silently
             logger.warning(
-                "llm judge: %d of %d answers hold no safe / unsafe / invalid; they count as invalid "
-                "(not in the ASR; reason 'unparsed judge output' in the verdicts file)",
+                "llm judge: %d of %d answers hold no safe / unsafe / invalid; those responses are left "
+                "out of the ASR and counted as 'unjudged' in results.json (reason 'unparsed judge "
+                "output' in the verdicts file; asked again next run)",
                 unread,
                 len(answers),
             )
