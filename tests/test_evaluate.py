@@ -1120,6 +1120,9 @@ def test_run_evaluate_returns_a_typed_result_that_matches_its_artefact(tiny_qwen
     on_disk = read_json(res.path / "results.json")
     assert res.results == on_disk and res.default_judge == "lexicon"
     assert res.asr == on_disk["asr"]["lexicon"]["average"]
+    from lasa.judges.lexicon import LexiconJudge
+
+    assert on_disk["judge_versions"] == {"lexicon": LexiconJudge().version}  # the report compares them
     low, high = res.asr_interval
     assert 0 <= low <= res.asr <= high <= 1 and high > low  # 4 responses: a wide interval
     # the translated XSTest: 2 safe + 2 unsafe Swahili prompts (none for English: that is XSTest itself)

@@ -1166,6 +1166,12 @@ def test_report_warns_when_variants_were_counted_by_different_judges():
     assert mixed_judges({"base": "pair", "kto": "pair"}) is None
     note = mixed_judges({"base": "pair", "kto": "lexicon"})
     assert note and "base: `pair`, kto: `lexicon`" in note and "one `--default-judge`" in note
+    # the same judge, retrained between two evaluations: its verdicts are not comparable either
+    v1, v2 = "pair-aaaa-111111111111", "pair-aaaa-222222222222"
+    assert mixed_judges({"base": "pair", "kto": "pair"}, {"base": v1, "kto": v1}) is None
+    assert mixed_judges({"base": "pair", "kto": "pair"}, {"base": v1, "kto": None}) is None  # not recorded
+    note = mixed_judges({"base": "pair", "kto": "pair"}, {"base": v1, "kto": v2})
+    assert note and "different versions of the `pair` judge" in note and "base: 111111111111" in note
 
 
 def test_report_flags_an_ssi_trained_at_a_bottleneck_locate_has_since_moved(tmp_path):

@@ -606,12 +606,14 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
     xs_verdicts: dict[str, list[dict]] = {}
     mt_verdicts: dict[str, list[dict]] = {}
     judge_info: dict[str, str] = {}
+    judge_versions: dict[str, str] = {}
     validation: dict[str, dict] = {}
     for jname in cfg.judges:
         judge = get_judge(
             jname, judge_model=cfg.judge_model, judge_url=cfg.judge_url, judge_api_model=cfg.judge_api_model
         )
         judge_info[jname] = getattr(judge, "description", jname)
+        judge_versions[jname] = str(getattr(judge, "version", ""))
         validation[jname] = getattr(judge, "validation", None) or {}
         verdicts[jname] = _judged(judge, gen.multijail, out, f"judgements_{jname}.jsonl")
         if gen.xstest and jname != "llm":
@@ -656,6 +658,7 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
         },
         "default_judge": cfg.default_judge,
         "judges": judge_info,
+        "judge_versions": judge_versions,  # the report warns when variants' verdicts came from different ones
         "judge_validation": {j: v.get("summary") for j, v in validation.items() if v.get("summary")},
         "asr": asr,
         "judge_agreement": agreement(verdicts),

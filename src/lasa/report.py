@@ -473,11 +473,23 @@ def _moved(recorded: str, recorded_run: str | None, run_dir: Path) -> Path | Non
     return rec if rec.exists() else None
 
 
-def mixed_judges(judge_of: dict[str, str]) -> str | None:
+def mixed_judges(judge_of: dict[str, str], versions: dict[str, str | None] | None = None) -> str | None:
     """A warning when the variants' ASRs were counted by different default judges (a variant evaluated
-    by hand with another ``--default-judge``): their differences would compare judges too."""
+    by hand with another ``--default-judge``), or by different versions of the same one (its weights
+    or rules changed between two ``lasa evaluate`` runs): their differences would compare judges too.
+    ``versions`` is each variant's ``judge_versions`` entry for its default judge (None: not recorded,
+    results.json from before lasa recorded it)."""
     if len(set(judge_of.values())) < 2:
-        return None
+        known = {v: x for v, x in (versions or {}).items() if x}
+        if len(set(known.values())) < 2:
+            return None
+        listed = ", ".join(f"{v}: {x[-12:]}" for v, x in known.items())
+        return (
+            f"the variants were counted by different versions of the `{next(iter(judge_of.values()))}` "
+            f"judge ({listed}); their ASRs and the paired differences below compare judge versions as well "
+            "as variants; rerun `lasa evaluate` for the older variants (their answers are re-judged, not "
+            "regenerated)"
+        )
     mixed = ", ".join(f"{v}: `{j}`" for v, j in judge_of.items())
     return (
         f"the variants were counted by different default judges ({mixed}); their ASRs, and the paired "
@@ -649,7 +661,9 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
         "language, the same ids in every language."
     )
-    judges_note = mixed_judges(judge_of)
+    judges_note = mixed_judges(
+        judge_of, {v: (r.get("judge_versions") or {}).get(judge_of[v]) for v, r in results.items()}
+    )
     if judges_note:
         doc.p(f"**Warning: {judges_note}.**")
     val = results[order[0]].get("judge_validation", {}).get(j0)
