@@ -293,6 +293,52 @@ def test_gate_conditions_only_flagged_rows(lm, monkeypatch):
             _assert_greedy_under_teacher_forcing(lm, ids, _gated_tokens(lm, PROMPTS[i], ssi))
 
 
+def test_the_gate_leaves_unflagged_rows_untouched_on_a_sliding_window_model(tmp_path):
+    """A sliding-window cache counts masked holes as window slots: the conditioning chunk pushed the
+    unflagged rows' own prompt out of their window, and their answers changed (13 of 13 in a
+    reviewer's batch). Those rows must still match ungated generation token for token."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0,
+        eos_token_id=2, bos_token_id=None, use_sliding_window=True, sliding_window=24, max_window_layers=0,
+    )  # fmt: skip
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "sw")
+    tok.save_pretrained(tmp_path / "sw")
+    lm = load_model(str(tmp_path / "sw"), device=DEVICE)
+    plain = generate_all(lm, PROMPTS, SETTINGS, progress=False)
+    ssi = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[0], PROMPTS[3]])
+    gated = generate_all(lm, PROMPTS, SETTINGS, Gate(ssi), progress=False)
+    assert [r["gated"] for r in gated] == [True, False, False, True, False]
+    assert [gated[i]["response"] for i in (1, 2, 4)] == [plain[i]["response"] for i in (1, 2, 4)]
+    # the flagged rows are what the model says after prompt + conditioning tokens, alone
+    gate = Gate(ssi)
+    gate.prepare(lm)
+    cond = list(gate.conditioning_ids)
+    for i in (0, 3):
+        ids = lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i]}], add_generation_prompt=True, tokenize=True
+        )
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids) + cond
+        out = lm.model.generate(
+            input_ids=torch.tensor([ids], device=lm.model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=lm.model.device),
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            eos_token_id=lm.tokenizer.eos_token_id,
+        )
+        assert (
+            gated[i]["response"]
+            == lm.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True).strip()
+        )
+
+
 def _gated_tokens(lm, prompt, ssi):
     from lasa.generate import _generate_batch
     from lasa.hidden import format_prompts

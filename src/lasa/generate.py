@@ -12,7 +12,8 @@ the model continues. lasa does this inside one generation call:
 2. for the flagged rows, the conditioning tokens are pushed through the cache in one chunk, whose
    last position gives them their first token (an unflagged row has its own from the prefill);
    unflagged rows receive masked "holes" in that chunk (attention mask 0, no position advance),
-   so their continuation is bit-identical to ungated generation;
+   so their continuation is bit-identical to ungated generation (a sliding-window cache would
+   count the holes as window slots: there the flagged rows are generated apart instead);
 3. greedy decoding (or ``model.generate`` when sampling) continues all rows from that cache, one
    token already generated in each: a gated batch decodes no more steps than an ungated one.
 
@@ -546,6 +547,19 @@ def _generate_batch(
     # 2. conditioning tokens for flagged rows, masked holes for the others; the chunk's last position
     #    gives a flagged row its first token, so every row enters decoding with one token generated
     cond = torch.as_tensor(gate.conditioning_ids if gate is not None else [], dtype=torch.long, device=dev)
+    apart: dict[int, dict] = {}
+    if len(cond) and bool(flagged.any()) and not bool(flagged.all()) and not _plain_layers(cache):
+        # a sliding-window (or other non-plain) cache counts the unflagged rows' masked holes as
+        # window slots, pushing their own prompt out of the window: they would no longer match
+        # ungated generation. So here the unflagged rows decode from this cache with no chunk, and
+        # the flagged ones are generated apart, from prompt + conditioning tokens (their decode in
+        # this batch is thrown away: the price of exactness on these models only)
+        assert gate is not None
+        idx = flagged.nonzero()[:, 0].tolist()
+        cond_ids = [int(t) for t in cond]
+        sub = _generate_batch(lm, [seqs[i] + cond_ids for i in idx], [raw[i] for i in idx], settings, None)
+        apart = dict(zip(idx, sub))
+        flagged_rows, flagged = flagged, torch.zeros_like(flagged)
     if bool(flagged.any()) and len(cond) > 0:
         k = len(cond)
         chunk = torch.full((n, k), tok.pad_token_id, dtype=torch.long, device=dev)
@@ -584,9 +598,11 @@ def _generate_batch(
         new = gen[:, ids.shape[1] :]
     else:
         new = torch.zeros((n, 0), dtype=torch.long, device=dev)
+    if apart:
+        flagged = flagged_rows
     rows = []
     for i in range(n):
-        toks = [int(first[i]), *new[i].tolist()]
+        toks = apart[i]["tokens"] if i in apart else [int(first[i]), *new[i].tolist()]
         rows.append(
             {
                 "tokens": toks[: settings.max_new_tokens],
