@@ -842,3 +842,32 @@ def test_rows_whose_first_token_is_a_stop_decode_no_further(lm):
         finally:
             lm.model.forward = forward
     assert out.shape == (3, 0) and not calls
+
+
+def test_the_gates_conditioning_tokens_are_the_ones_a_training_row_holds():
+    """align (TRL) tokenises chat_prefix + conditioning text as one string; the gate appends the
+    text's ids to the tokenised prompt. With a SentencePiece-style (Metaspace) tokenizer the text
+    tokenised alone gets a leading "▁" it does not get after the header: the adapter saw one cue in
+    training and another at inference. The gate's ids are now read off the joined string."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lasa.conditioning import chat_prefix, conditioning_prefix, conditioning_token_ids
+    from lasa.hidden import format_prompts
+    from tiny import corpus
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    special = ["<unk>", "[INST]", "[/INST]", "</s>"]
+    t.train_from_iterator(
+        corpus() + [conditioning_prefix()] * 5, trainers.BpeTrainer(vocab_size=800, special_tokens=special)
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", pad_token="<unk>")
+    tok.chat_template = "{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}"
+    alone = tok(conditioning_prefix(), add_special_tokens=False)["input_ids"]
+    ids = conditioning_token_ids(tok)
+    assert ids != alone  # the case this guards: tokenised alone, the cue differs
+    for p in PROMPTS:
+        trained = tok(chat_prefix(tok, p) + conditioning_prefix(), add_special_tokens=False)["input_ids"]
+        assert format_prompts(tok, [p], True)[0] + ids == trained

@@ -55,6 +55,30 @@ def chat_prefix(tokenizer: Any, user_text: str) -> str:
     return text
 
 
+def conditioning_token_ids(tokenizer: Any, text: str = CONDITIONING_TEXT) -> list[int]:
+    """The conditioning prefix's token ids *as they follow the assistant header* in a training row.
+
+    The gate appends these ids to a tokenised prompt, while ``align`` (TRL) tokenises the joined
+    string ``chat_prefix + conditioning_prefix``. Tokenised alone, the text can come out otherwise:
+    a SentencePiece-style tokenizer (Metaspace, Llama-2 / Mistral-v0.1) gives it a leading "▁" it
+    does not get after the header, and the adapter would see at inference a cue it never saw in
+    training. So the ids are read off the joined string; where the tokenizer merges across the
+    header's end (no clean split), the text alone is used, with a warning."""
+    cue = conditioning_prefix(text)
+    alone = tokenizer(cue, add_special_tokens=False)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        return list(alone)
+    head = tokenizer(chat_prefix(tokenizer, "Hi"), add_special_tokens=False)["input_ids"]
+    joined = tokenizer(chat_prefix(tokenizer, "Hi") + cue, add_special_tokens=False)["input_ids"]
+    if list(joined[: len(head)]) != list(head):
+        logger.warning(
+            "this tokenizer merges the conditioning text with the end of the chat template; the gate "
+            "appends the text's own tokens, which differ from what a LASA adapter was trained on"
+        )
+        return list(alone)
+    return list(joined[len(head) :])
+
+
 def check_adapter_conditioning(adapter: str | Path, text: str) -> None:
     """Refuse to gate with ``text`` an adapter that ``lasa align --method lasa`` trained with another.
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix
+from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix, conditioning_token_ids
 from lasa.errors import LasaError
 from lasa.hidden import format_prompts, length_batches, pad_batch, pool, position_ids_from_mask, user_span
 from lasa.models import LoadedModel, base_model, merged_adapter
@@ -145,10 +145,8 @@ class Gate:
     def prepare(self, lm: LoadedModel) -> None:
         """Check that the SSI was trained on ``lm`` and tokenise the conditioning text once."""
         self.ssi.check_model(lm)
-        if not self.conditioning_ids:
-            self.conditioning_ids = lm.tokenizer(
-                conditioning_prefix(self.conditioning_text), add_special_tokens=False
-            )["input_ids"]
+        if not self.conditioning_ids:  # as they follow the assistant header in a training row
+            self.conditioning_ids = conditioning_token_ids(lm.tokenizer, self.conditioning_text)
 
     @property
     def from_prefill(self) -> bool:
