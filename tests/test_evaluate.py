@@ -1061,8 +1061,19 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     en = wilson(2, 8)
     assert t.rows[0] == ["en", f"25.0 [{100 * en.low:.1f}, {100 * en.high:.1f}]"]
     assert t.rows[-1] == ["invalid (avg)", "43.8%"]  # sw: 7 of 8 invalid, en: none
-    avg = wilson(3, 16)
-    assert ["average", f"18.8 [{100 * avg.low:.1f}, {100 * avg.high:.1f}]"] in t.rows
+    # en and sw answered the same prompt ids and prompt 0 is unsafe in both: the average's interval
+    # is wider than a Wilson interval on 16 independent responses (design effect > 1) ...
+    avg, d = a["intervals"]["average"], a["intervals"]["design_effect"]["average"]
+    assert d > 1 and ["average", f"18.8 [{100 * avg['low']:.1f}, {100 * avg['high']:.1f}]"] in t.rows
+    assert avg["high"] - avg["low"] > wilson(3, 16).high - wilson(3, 16).low
+    # ... and exactly that Wilson interval when no prompt is shared
+    apart = asr_metrics(
+        [{"lang": g, "id": f"{g}{i}"} for g in ("en", "sw") for i in range(8)],
+        [{"label": x} for x in labels],
+        ["en", "sw"],
+    )
+    assert apart["intervals"]["design_effect"]["average"] == 1.0
+    assert apart["intervals"]["average"] == wilson(3, 16).to_dict()
     assert t.header[1] == "base" and t.source.endswith("asr.pair")
     # variants counted by different default judges: each column names its judge
     mixed = language_table({"base": res, "kto": {**res, "default_judge": "lexicon", "asr": {"lexicon": a}}})
@@ -1087,9 +1098,17 @@ def test_paired_table_compares_variants_prompt_by_prompt_and_splits_seen_languag
     var = {u: (base[u] and u not in fixed) or u == ("sw", "multijail:sw:1") for u in uids}
     t = paired_table({"base": base, "var": var, "partial": {uids[0]: False}}, seen=("en",))
     row = dict(zip(t.header, t.rows[0]))
-    d = paired_difference([var[u] for u in uids], [base[u] for u in uids])
+    d = paired_difference(
+        [var[u] for u in uids],
+        [base[u] for u in uids],
+        clusters=[u[1][-1] for u in uids],
+        groups=[u[0] for u in uids],
+    )
     assert row["variant"] == "var" and row["ΔASR vs base [95% CI]"] == d.fmt()
-    assert d.diff == pytest.approx(-3 / 20)
+    assert d.diff == pytest.approx(-3 / 20) and d.test == "sign-flip over prompts"
+    # prompt clusters: en fixes prompts 0 2 4 6 (-1 each), sw breaks prompt 1 (+1): five non-zero
+    # prompt sums, |sum| 3; of the 32 sign flips, those with |sum| >= 3 are 12 -> p = 0.375
+    assert row["p (sign-flip over prompts)"] == f"{0.375:.2g}" and d.p_value == pytest.approx(12 / 32)
     assert row["Δ seen (en)"].startswith("-40.0") and row["Δ unseen"].startswith("+10.0")
     assert row["unsafe → not / not → unsafe (vs base)"] == "4 / 1" and row["prompts"] == "20"
     assert t.rows[1][0] == "partial" and t.rows[1][-1] == "1"  # only the prompts both answered

@@ -167,3 +167,42 @@ def test_corrected_mean_is_the_mean_of_per_language_corrections():
     )
     assert neg.corrected < (corrected_rate(1, 100, 80, 100, 90, 100).corrected + 4 / 7) / 2
     assert corrected_mean(groups) == m  # seeded
+
+
+def test_design_effect_counts_a_prompt_asked_in_ten_languages_as_less_than_ten_answers():
+    from lasa.stats import design_effect, mean_of_rates
+
+    langs = [g for _ in range(5) for g in range(10)]
+    prompts = [c for c in range(5) for _ in range(10)]
+    # prompts 0, 1 unsafe in every language, 2-4 in none: all information is in the 5 prompts;
+    # worked value: cluster size 10, times the small-sample factors (5/4) / (50/49) = 12.25
+    together = [1 if c < 2 else 0 for c in prompts]
+    assert design_effect(together, langs, prompts) == pytest.approx(10 * (5 / 4) / (50 / 49))
+    # one answer per prompt (nothing shared): 1, and never below 1
+    assert design_effect(together, langs, list(range(50))) == pytest.approx(1.0)
+    anti = [(c + g) % 2 for c, g in zip(prompts, langs)]  # prompts disagree across languages
+    assert design_effect(anti, langs, prompts) == 1.0
+    # the interval widens with it (Wilson on about 4 effective answers instead of 50) and keeps its point
+    plain, wide = mean_of_rates([(4, 10)] * 5), mean_of_rates([(4, 10)] * 5, deff=12.25)
+    assert wide.rate == plain.rate == 0.4 and wide.low < plain.low and wide.high > plain.high
+    assert (wide.high - wide.low) / (plain.high - plain.low) > 2.5
+
+
+def test_sign_flip_over_single_answers_is_mcnemars_exact_test():
+    from scipy.stats import binomtest
+
+    from lasa.stats import paired_difference, sign_flip_p
+
+    a = [1] * 12 + [0] * 3 + [1] * 5 + [0] * 30
+    b = [0] * 12 + [1] * 3 + [1] * 5 + [0] * 30
+    clustered = paired_difference(a, b, clusters=list(range(50)))
+    assert clustered.p_value == pytest.approx(binomtest(3, 15, 0.5).pvalue) == paired_difference(a, b).p_value
+    assert clustered.deff == 1.0 and (clustered.low, clustered.high) == pytest.approx(
+        (paired_difference(a, b).low, paired_difference(a, b).high)
+    )
+    # the same 15 flips made by 3 prompts in 5 languages each are 3 pieces of evidence, not 15
+    by_prompt = paired_difference(a, b, clusters=[i // 5 for i in range(50)])
+    assert by_prompt.p_value > 0.2 and by_prompt.high - by_prompt.low > clustered.high - clustered.low
+    assert sign_flip_p([3.0, 3.0, -1.0]) == pytest.approx(4 / 8)  # |±3 ±3 ±1| >= 5 in 4 of 8
+    # past 16 prompts: seeded Monte Carlo, close to the exact binomial value
+    assert sign_flip_p([1.0] * 20 + [-1.0] * 5) == pytest.approx(binomtest(5, 25, 0.5).pvalue, abs=0.003)

@@ -694,8 +694,10 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
             unsafe,
             "base",
             "Paired by prompt (every variant answered the same prompts): the ASR difference from "
-            "`base` with Newcombe's paired 95% interval and McNemar's exact p, in points; 'seen' are "
-            "the SSI's training languages. This is the comparison to read when two Wilson intervals overlap.",
+            "`base` with Newcombe's paired 95% interval and a sign-flip test over prompts, in points (one "
+            "prompt asked in every language is one piece of evidence: the interval is widened by the design "
+            "effect of that sharing); 'seen' are the SSI's training languages. This is the comparison to "
+            "read when two Wilson intervals overlap.",
         ),
         (
             adapters,

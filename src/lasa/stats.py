@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -189,34 +190,89 @@ def corrected_mean(
     )
 
 
-def mean_of_rates(counts: Sequence[tuple[int, int]], n_draws: int = 8000, seed: int = 0) -> Rate:
+def design_effect(values: Sequence[float], groups: Sequence[Any], clusters: Sequence[Any]) -> float:
+    """How much sharing a prompt across languages inflates the variance of a mean of per-language
+    rates, against treating every response as independent (>= 1; 1 when nothing is shared).
+
+    MultiJail asks the *same* prompts in every language, and a prompt that draws a harmful answer
+    in one language tends to in others, so the ``L × n`` responses behind an average ASR carry less
+    information than ``L × n`` independent ones. ``values`` are the responses' outcomes (1 unsafe,
+    0 not; or a paired difference in {-1, 0, 1}), ``groups`` their language (each language's mean
+    weighs ``1 / L``) and ``clusters`` their prompt id. The estimate is the standard linearised
+    (sandwich) one: the variance of the weighted mean from cluster sums of residuals about each
+    language's mean, ``C / (C − 1) · Σ_c (Σ_{j∈c} w_j r_j)²``, divided by the same sum over single
+    responses (``N / (N − 1) · Σ_j (w_j r_j)²``); floored at 1, so it only ever widens an interval."""
+    y = np.asarray(values, dtype=float)
+    if len(y) < 2:
+        return 1.0
+    g_index: dict[Any, list[int]] = {}
+    for j, g in enumerate(groups):
+        g_index.setdefault(g, []).append(j)
+    w = np.empty(len(y))
+    r = np.empty(len(y))
+    for idx in g_index.values():
+        w[idx] = 1.0 / (len(g_index) * len(idx))
+        r[idx] = y[idx] - y[idx].mean()
+    ind = float(np.sum((w * r) ** 2))
+    sums: dict[Any, float] = {}
+    for j, c in enumerate(clusters):
+        sums[c] = sums.get(c, 0.0) + float(w[j] * r[j])
+    n_c = len(sums)
+    if ind <= 0 or n_c < 2:
+        return 1.0
+    clustered = n_c / (n_c - 1) * float(np.sum(np.square(list(sums.values()))))
+    ind *= len(y) / (len(y) - 1)  # the same small-sample factor: one response per prompt gives 1
+    return max(1.0, clustered / ind)
+
+
+def _wilson_bounds(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson bounds for (possibly fractional, effective) counts."""
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_of_rates(
+    counts: Sequence[tuple[int, int]], n_draws: int = 8000, seed: int = 0, deff: float = 1.0
+) -> Rate:
     """The mean of several rates (per-language ASRs averaged into a tier or the overall ASR) with
     a 95% interval *for that mean*.
 
     With equal ``n`` the mean equals the pooled rate, so it is :func:`wilson` on the pooled counts.
     With unequal ``n`` the pooled rate weights the larger languages and is not the reported mean,
     so the interval is the 2.5–97.5 percentile of the mean of per-rate Jeffreys posteriors
-    (``Beta(k + ½, n − k + ½)``), drawn with ``seed``. ``k`` and ``n`` of the result are the
-    pooled counts."""
+    (``Beta(k + ½, n − k + ½)``), drawn with ``seed``. A design effect ``deff`` > 1 (the languages
+    answered the same prompts: :func:`design_effect`) divides every count by it first, the usual
+    effective-sample-size correction, so the interval is as wide as the prompts allow. ``k`` and
+    ``n`` of the result are the pooled counts."""
     counts = [(int(k), int(n)) for k, n in counts if n > 0]
     if not counts:
         return wilson(0, 0)
     k_all, n_all = sum(k for k, _ in counts), sum(n for _, n in counts)
+    deff = max(1.0, float(deff))
     if len({n for _, n in counts}) == 1:
-        return wilson(k_all, n_all)
-    mean = float(np.mean([k / n for k, n in counts]))
-    rng = np.random.default_rng(seed)
-    draws = np.mean([rng.beta(k + 0.5, n - k + 0.5, n_draws) for k, n in counts], axis=0)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    low = 0.0 if k_all == 0 else min(float(low), mean)
-    high = 1.0 if all(k == n for k, n in counts) else max(float(high), mean)
+        if deff == 1.0:
+            return wilson(k_all, n_all)
+        mean = k_all / n_all
+        low, high = _wilson_bounds(k_all / deff, n_all / deff)
+    else:
+        mean = float(np.mean([k / n for k, n in counts]))
+        rng = np.random.default_rng(seed)
+        draws = np.mean([rng.beta(k / deff + 0.5, (n - k) / deff + 0.5, n_draws) for k, n in counts], axis=0)
+        low, high = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
+    low = 0.0 if k_all == 0 else min(low, mean)
+    high = 1.0 if all(k == n for k, n in counts) else max(high, mean)
     return Rate(k_all, n_all, mean, low, high)
 
 
 @dataclass(frozen=True)
 class PairedDifference:
     """Rate of A minus rate of B on the same n items, with Newcombe's paired score interval and
-    McNemar's exact p-value (only the discordant items, ``a_only`` and ``b_only``, carry evidence)."""
+    McNemar's exact p-value (only the discordant items, ``a_only`` and ``b_only``, carry evidence);
+    with items clustered by prompt, the interval is widened by the design effect ``deff`` and the
+    p-value is a sign-flip test over prompts (``test`` says which)."""
 
     n: int
     a_only: int
@@ -226,6 +282,8 @@ class PairedDifference:
     low: float
     high: float
     p_value: float
+    deff: float = 1.0
+    test: str = "McNemar exact"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +293,32 @@ class PairedDifference:
         return f"{self.diff * f:+.1f} [{self.low * f:+.1f}, {self.high * f:+.1f}]"
 
 
-def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = Z95) -> PairedDifference:
+def sign_flip_p(cluster_sums: Sequence[float], n_perm: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value that per-cluster paired differences are symmetric about 0 (randomisation
+    test: flip each cluster's sign). Exact up to 16 non-zero clusters, else ``n_perm`` seeded draws
+    (``(1 + hits) / (1 + n_perm)``). With one item per cluster it is McNemar's exact test."""
+    s = np.array([x for x in cluster_sums if x != 0], dtype=float)
+    if len(s) == 0:
+        return 1.0
+    t = abs(s.sum()) - 1e-9
+    if len(s) <= 16:
+        signs = ((np.arange(2 ** len(s))[:, None] >> np.arange(len(s))) & 1) * 2 - 1
+        return float(np.mean(np.abs(signs @ s) >= t))
+    rng = np.random.default_rng(seed)
+    hits = sum(
+        int(np.sum(np.abs(rng.choice((-1.0, 1.0), size=(m, len(s))) @ s) >= t))
+        for m in [5000] * (n_perm // 5000) + ([n_perm % 5000] if n_perm % 5000 else [])
+    )
+    return (1 + hits) / (1 + n_perm)
+
+
+def paired_difference(
+    a: Sequence[bool],
+    b: Sequence[bool],
+    z: float = Z95,
+    clusters: Sequence[Any] | None = None,
+    groups: Sequence[Any] | None = None,
+) -> PairedDifference:
     """Difference of two rates measured on the *same* items (two variants on the same prompts).
 
     Two Wilson intervals that overlap say little when the items are shared: most prompts get the
@@ -243,6 +326,12 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = Z95) -> P
     method 10 (Statistics in Medicine 17:2873, 1998) combines the two Wilson intervals with the
     phi correlation of the paired outcomes; McNemar's exact test (a two-sided binomial test on the
     discordant items) gives the p-value.
+
+    With ``clusters`` (each item's prompt id; ``groups`` its language) the items are not
+    independent: one prompt asked in ten languages flips together. Then the counts enter Newcombe's
+    interval divided by the design effect of the paired differences (:func:`design_effect`), and
+    the p-value is a sign-flip test over prompts (:func:`sign_flip_p`) instead of McNemar's over
+    responses, which overstated the evidence by one to two orders of magnitude on MultiJail.
     """
     if len(a) != len(b):
         raise ValueError(f"paired rates need the same items: {len(a)} vs {len(b)}")
@@ -253,27 +342,38 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = Z95) -> P
     neither = n - both - a_only - b_only
     if n == 0:
         return PairedDifference(0, 0, 0, 0, float("nan"), -1.0, 1.0, 1.0)
-    ra, rb = wilson(both + a_only, n, z), wilson(both + b_only, n, z)
-    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    deff = 1.0
+    if clusters is not None:
+        d = [float(x) - float(y) for x, y in zip(a, b)]
+        deff = design_effect(d, groups if groups is not None else [0] * n, clusters)
+    e_both, e_a, e_b, e_nei = (x / deff for x in (both, a_only, b_only, neither))
+    e_n = n / deff
+    (la, ha), (lb, hb) = _wilson_bounds(e_both + e_a, e_n, z), _wilson_bounds(e_both + e_b, e_n, z)
+    ra, rb = (both + a_only) / n, (both + b_only) / n
+    margins = (e_both + e_a) * (e_b + e_nei) * (e_both + e_b) * (e_a + e_nei)
     # Newcombe's phi: the cross-product shrunk by n/2 when positive (his continuity correction),
     # as in Altman et al., "Statistics with confidence", 2nd ed., p. 52
-    cross = both * neither - a_only * b_only
-    cross = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    cross = e_both * e_nei - e_a * e_b
+    cross = cross - e_n / 2 if cross > e_n / 2 else (cross if cross < 0 else 0.0)
     phi = cross / math.sqrt(margins) if margins else 0.0
-    da, ua = ra.rate - ra.low, ra.high - ra.rate
-    db, ub = rb.rate - rb.low, rb.high - rb.rate
-    diff = ra.rate - rb.rate
+    da, ua = ra - min(la, ra), max(ha, ra) - ra
+    db, ub = rb - min(lb, rb), max(hb, rb) - rb
+    diff = ra - rb
     lower = math.sqrt(max(0.0, da * da - 2 * phi * da * ub + ub * ub))
     upper = math.sqrt(max(0.0, ua * ua - 2 * phi * ua * db + db * db))
-    m = a_only + b_only
-    if m == 0:
-        p_value = 1.0
+    if clusters is not None:
+        sums: dict[Any, float] = {}
+        for x, y, c in zip(a, b, clusters):
+            sums[c] = sums.get(c, 0.0) + float(x) - float(y)
+        p_value, test = sign_flip_p(list(sums.values())), "sign-flip over prompts"
+    elif a_only + b_only == 0:
+        p_value, test = 1.0, "McNemar exact"
     else:
         from scipy.stats import binomtest
 
-        p_value = float(binomtest(min(a_only, b_only), m, 0.5).pvalue)
+        p_value, test = float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue), "McNemar exact"
     return PairedDifference(
-        n, a_only, b_only, both, diff, max(-1.0, diff - lower), min(1.0, diff + upper), p_value
+        n, a_only, b_only, both, diff, max(-1.0, diff - lower), min(1.0, diff + upper), p_value, deff, test
     )
 
 
@@ -282,9 +382,12 @@ __all__ = [
     "CorrectedRate",
     "PairedDifference",
     "Rate",
+    "corrected_mean",
     "corrected_rate",
+    "design_effect",
     "mean_of_rates",
     "paired_difference",
     "rogan_gladen",
+    "sign_flip_p",
     "wilson",
 ]

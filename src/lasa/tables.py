@@ -136,10 +136,23 @@ def summary_table(results: Mapping[str, Mapping]) -> Table:
     )
 
 
+def _prompt_id(uid: str) -> str:
+    """The prompt behind a MultiJail sample uid (``multijail:<lang>:<id>``, lasa.evaluate): the same
+    id in every language, the unit the paired test resamples."""
+    return uid.rsplit(":", 1)[-1]
+
+
 def _paired(mine: Mapping[Any, bool], ref: Mapping[Any, bool], keys: Sequence[Any]) -> Any:
     from lasa.stats import paired_difference
 
-    return paired_difference([mine[k] for k in keys], [ref[k] for k in keys]) if keys else None
+    if not keys:
+        return None
+    return paired_difference(
+        [mine[k] for k in keys],
+        [ref[k] for k in keys],
+        clusters=[_prompt_id(k[1]) for k in keys],
+        groups=[k[0] for k in keys],
+    )
 
 
 def paired_table(
@@ -148,8 +161,10 @@ def paired_table(
     seen: Sequence[str] = ("en", "zh"),
 ) -> Table | None:
     """Each variant against ``reference`` on the prompts both answered: the ASR difference with
-    Newcombe's paired 95% interval and McNemar's p, overall and split into the SSI's training
-    (seen) languages and the rest, and how many prompts flipped each way.
+    Newcombe's paired 95% interval (widened by the design effect of prompts shared across
+    languages) and a sign-flip test over prompts (McNemar's over single responses treated one
+    prompt in ten languages as ten pieces of evidence), overall and split into the SSI's training
+    (seen) languages and the rest, and how many responses flipped each way.
 
     ``unsafe`` maps variant -> {(language, sample uid) -> judged unsafe}. Variants share their
     prompts, so this is the comparison to read: two overlapping Wilson intervals hide a consistent
@@ -180,7 +195,7 @@ def paired_table(
         [
             "variant",
             f"ΔASR vs {reference} [95% CI]",
-            "McNemar p",
+            "p (sign-flip over prompts)",
             f"Δ seen ({', '.join(seen)})",
             "Δ unseen",
             f"unsafe → not / not → unsafe (vs {reference})",
