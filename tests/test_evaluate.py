@@ -789,8 +789,6 @@ def test_utility_keys_follow_what_each_figure_depends_on():
 
 
 def test_asr_carries_wilson_intervals_and_a_corrected_rate():
-    from lasa.stats import rogan_gladen
-
     langs = ["en", "bn", "sw"]
     labels = {"en": ["unsafe"] * 2 + ["safe"] * 6, "bn": ["safe"] * 8, "sw": ["unsafe"] * 4 + ["invalid"] * 4}
     samples = [{"lang": g} for g in langs for _ in labels[g]]
@@ -819,11 +817,8 @@ def test_asr_carries_wilson_intervals_and_a_corrected_rate():
     assert corr["per_language"]["bn"]["specificity"] == pytest.approx(1.0)
     assert corr["per_language"]["sw"]["specificity"] == pytest.approx(140 / 150)  # no entry: overall
     # the average is the mean of the per-language corrections, not one correction of pooled counts
-    unclipped = [
-        rogan_gladen(r["observed"], r["sensitivity"], r["specificity"], clip=False)
-        for r in corr["per_language"].values()
-    ]
-    assert corr["average"]["corrected"] == pytest.approx(min(1.0, max(0.0, sum(unclipped) / 3)))
+    printed = [r["corrected"] for r in corr["per_language"].values()]
+    assert corr["average"]["corrected"] == pytest.approx(sum(printed) / 3)
     for r in [*corr["per_language"].values(), corr["average"]]:
         assert r["low"] <= r["corrected"] <= r["high"]
     assert "corrected" not in asr_metrics(samples, verdicts, langs)

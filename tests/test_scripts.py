@@ -289,3 +289,41 @@ def test_ssi_examples_table_says_what_the_gate_got_wrong():
     assert lines[2].endswith("| 0.980 | yes | right |") and lines[3].endswith("| 0.005 | no | **missed** |")
     assert lines[4].endswith("| yes | **false alarm** |") and lines[5].endswith("| no | right |")
     assert {kind for _, _, kind in mod.EXAMPLES} == {"harmful", "benign"}
+
+
+def test_reevaluate_rebuilds_results_from_the_recorded_settings_without_generating(
+    tmp_path, tiny_qwen, monkeypatch
+):
+    """scripts/reevaluate.py reruns each recorded evaluation: results.json is rewritten (here it
+    had been damaged) while the completions are reused as they are."""
+    import json
+    import sys
+
+    from lasa.cli import main as lasa_main
+
+    run = tmp_path / "run"
+    args = ["evaluate", "--model", str(tiny_qwen), "--run-dir", str(run), "--langs", "en", "sw", "--n", "2"]
+    args += [
+        "--max-new-tokens",
+        "3",
+        "--xstest",
+        "false",
+        "--judges",
+        "lexicon",
+        "--default-judge",
+        "lexicon",
+    ]
+    args += ["--utility", "none"]
+    assert lasa_main(args) == 0
+    results = run / "eval" / "base" / "results.json"
+    completions = (run / "eval" / "base" / "completions.jsonl").read_text()
+    good = json.loads(results.read_text())
+    results.write_text(json.dumps({**good, "asr": {}}))
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(run)])
+    _script("reevaluate").main()
+    again = json.loads(results.read_text())
+    assert again["asr"] == good["asr"] and "design_effect" in again["asr"]["lexicon"]["intervals"]
+    assert (run / "eval" / "base" / "completions.jsonl").read_text() == completions
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(run), "--variants", "kto"])
+    with pytest.raises(SystemExit, match="records no evaluation of kto"):
+        _script("reevaluate").main()

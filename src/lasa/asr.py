@@ -110,11 +110,12 @@ def asr_metrics(
             "method": "Rogan-Gladen with the judge's grouped-split sensitivity and specificity per language "
             "(each falls back to the overall figure where a language has < 5 validation positives, resp. "
             "negatives); 95% credible interval (uniform prior on the true rate, se / sp drawn from their "
-            "validation counts); the average is the mean of the per-language corrections (unclipped, then "
-            "clipped), its interval from the mean of draws of each language's posterior",
+            "validation counts); the average is the mean of the per-language corrections as printed, "
+            "its interval from the mean of draws of each language's posterior (on effective counts: "
+            "divided by the design effect of the prompts the languages share)",
             "source": validation.get("source", ""),
             "per_language": {g: corrected_rate(*c).to_dict() for g, c in groups.items()},
-            "average": corrected_mean(list(groups.values())).to_dict(),
+            "average": corrected_mean(list(groups.values()), deff=deffs["average"]).to_dict(),
         }
     return out
 

@@ -149,6 +149,7 @@ def corrected_mean(
     n_boot: int = 4000,
     seed: int = 0,
     grid: int = 2001,
+    deff: float = 1.0,
 ) -> CorrectedRate:
     """The judge-corrected *mean* of several rates (per-language ASRs averaged into the overall
     ASR), each corrected with its own sensitivity and specificity.
@@ -157,11 +158,14 @@ def corrected_mean(
     Correcting the pooled counts with one overall se / sp is not this mean: languages differ in
     how well the judge reads them (and in ``n``), so that pooled figure sat 1–4 points below the
     mean of the per-language corrections it was printed beside. The point is the mean of the
-    per-rate Rogan–Gladen estimates *unclipped* (the estimator is linear, so their mean is the
-    estimate of the mean; clipping each first would bias it upward), clipped to [0, 1]. The
-    interval is the 2.5–97.5 percentile of the mean of ``n_draws`` seeded draws from each rate's
-    posterior (:func:`corrected_rate`'s). ``observed`` is the mean of the observed rates;
-    ``sensitivity`` / ``specificity`` are the means of the per-rate values used."""
+    per-rate Rogan–Gladen estimates as :func:`corrected_rate` reports them (clipped to [0, 1]:
+    a true rate is never negative, and the average is then the average of the printed
+    per-language figures). The interval is the 2.5–97.5 percentile of the mean of ``n_draws``
+    seeded draws from each rate's posterior (:func:`corrected_rate`'s), stretched to hold the
+    point. With a design effect ``deff`` > 1 (the rates share prompts: :func:`design_effect`) each
+    posterior is built on the effective counts ``k / deff`` of ``n / deff``, as :func:`mean_of_rates`
+    does. ``observed`` is the mean of the observed rates; ``sensitivity`` / ``specificity`` are the
+    means of the per-rate values used."""
     groups = [tuple(int(x) for x in g) for g in groups if g[1] > 0]
     if not groups or any(g[3] <= 0 or g[5] <= 0 for g in groups):
         obs = float(np.mean([g[0] / g[1] for g in groups])) if groups else float("nan")
@@ -171,8 +175,9 @@ def corrected_mean(
     rng = np.random.default_rng(seed)
     points, draws = [], np.zeros(n_draws)
     for i, (k, n, tp, pos, tn, neg) in enumerate(groups):
-        points.append(rogan_gladen(k / n, tp / pos, tn / neg, clip=False))
-        p, cdf = _corrected_posterior(k, n, tp, pos, tn, neg, n_boot, seed + i, grid)
+        points.append(rogan_gladen(k / n, tp / pos, tn / neg))
+        d = max(1.0, float(deff))
+        p, cdf = _corrected_posterior(k / d, n / d, tp, pos, tn, neg, n_boot, seed + i, grid)  # type: ignore[arg-type]
         draws += np.interp(rng.random(n_draws), cdf, p)  # inverse-CDF draws from this rate's posterior
     draws /= len(groups)
     point = float(np.mean(points))
