@@ -111,8 +111,8 @@ def asr_metrics(
             "(each falls back to the overall figure where a language has < 5 validation positives, resp. "
             "negatives); 95% credible interval (uniform prior on the true rate, se / sp drawn from their "
             "validation counts); the average is the mean of the per-language corrections as printed, "
-            "its interval from the mean of draws of each language's posterior (on effective counts: "
-            "divided by the design effect of the prompts the languages share)",
+            "its interval from the mean of draws of each language's posterior, spread by the design effect "
+            "of the prompts the languages share",
             "source": validation.get("source", ""),
             "per_language": {g: corrected_rate(*c).to_dict() for g, c in groups.items()},
             "average": corrected_mean(list(groups.values()), deff=deffs["average"]).to_dict(),

@@ -162,10 +162,14 @@ def corrected_mean(
     a true rate is never negative, and the average is then the average of the printed
     per-language figures). The interval is the 2.5–97.5 percentile of the mean of ``n_draws``
     seeded draws from each rate's posterior (:func:`corrected_rate`'s), stretched to hold the
-    point. With a design effect ``deff`` > 1 (the rates share prompts: :func:`design_effect`) each
-    posterior is built on the effective counts ``k / deff`` of ``n / deff``, as :func:`mean_of_rates`
-    does. ``observed`` is the mean of the observed rates; ``sensitivity`` / ``specificity`` are the
-    means of the per-rate values used."""
+    point. With a design effect ``deff`` > 1 (the rates share prompts: :func:`design_effect`) the
+    draws of the mean spread ``sqrt(deff)`` times wider about their median: each language's
+    posterior is right on its own, but they move together. (Tempering each language's counts
+    instead let the uniform prior swamp 8-prompt languages.) The point can sit at the interval's
+    lower edge when several languages' observed rates are at or below the judge's false-positive
+    rate: the point corrects them to exactly 0, the posterior cannot go below it. ``observed`` is
+    the mean of the observed rates; ``sensitivity`` / ``specificity`` are the means of the
+    per-rate values used."""
     groups = [tuple(int(x) for x in g) for g in groups if g[1] > 0]
     if not groups or any(g[3] <= 0 or g[5] <= 0 for g in groups):
         obs = float(np.mean([g[0] / g[1] for g in groups])) if groups else float("nan")
@@ -176,10 +180,12 @@ def corrected_mean(
     points, draws = [], np.zeros(n_draws)
     for i, (k, n, tp, pos, tn, neg) in enumerate(groups):
         points.append(rogan_gladen(k / n, tp / pos, tn / neg))
-        d = max(1.0, float(deff))
-        p, cdf = _corrected_posterior(k / d, n / d, tp, pos, tn, neg, n_boot, seed + i, grid)  # type: ignore[arg-type]
+        p, cdf = _corrected_posterior(k, n, tp, pos, tn, neg, n_boot, seed + i, grid)
         draws += np.interp(rng.random(n_draws), cdf, p)  # inverse-CDF draws from this rate's posterior
     draws /= len(groups)
+    if deff > 1.0:  # the languages' draws are independent, their prompts are not: widen the spread
+        centre = float(np.median(draws))
+        draws = np.clip(centre + math.sqrt(deff) * (draws - centre), 0.0, 1.0)
     point = float(np.mean(points))
     point = point if math.isnan(point) else min(1.0, max(0.0, point))
     low, high = (float(np.quantile(draws, a)) for a in (0.025, 0.975))
