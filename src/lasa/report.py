@@ -152,16 +152,35 @@ def plot_asr(results: dict[str, dict], judge_of: dict[str, str], path: Path) -> 
             + [a["per_tier"].get(t, np.nan) for t in TIERS]
             + [a["average"]]
         )
+        iv = a.get("intervals") or {}
+        bounds = (
+            [iv.get("per_language", {}).get(g) for g in langs]
+            + [iv.get("per_tier", {}).get(t) for t in TIERS]
+            + [iv.get("average")]
+        )
+        # the 95% interval of every bar (Wilson per language; tiers and the average on effective counts)
+        err = np.array(
+            [
+                [100 * max(0.0, x - b["low"]), 100 * max(0.0, b["high"] - x)]
+                if b and np.isfinite(x)
+                else [0.0, 0.0]
+                for x, b in zip(vals, bounds)
+            ]
+        ).T
         ax.bar(
             np.arange(len(groups)) + (k - (len(variants) - 1) / 2) * width,
             [100 * x for x in vals],
             width,
+            yerr=err,
+            error_kw={"elinewidth": 0.7, "capsize": 1.5, "ecolor": "0.25"},
             label=v,
         )
     ax.axvline(len(langs) - 0.5, color="0.5", lw=0.8)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("ASR (%)")
-    ax.set_title("MultiJail attack success rate by language, tier and on average", fontsize=10)
+    ax.set_title(
+        "MultiJail attack success rate by language, tier and on average (95% intervals)", fontsize=10
+    )
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
