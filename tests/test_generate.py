@@ -654,6 +654,25 @@ def test_completions_made_with_other_settings_are_regenerated_and_old_records_re
     assert [r["response"] for r in old] == ["OLD"] * 5 and "5 completions predate" in caplog.text
 
 
+def test_an_edited_chat_template_regenerates_the_completions(lm, tmp_path, caplog):
+    """transformers 5 keeps the template in chat_template.jinja, which the weights' signature does not
+    cover: a template edited in place must not hand back answers generated under the old one."""
+    from lasa.evaluate import generate_samples
+    from lasa.runs import read_jsonl, write_jsonl
+
+    samples = [{"uid": f"u{i}", "prompt": p} for i, p in enumerate(PROMPTS[:2])]
+    path = tmp_path / "completions.jsonl"
+    generate_samples(lm, [(samples, path)], SETTINGS, None, "v")
+    write_jsonl(path, [r | {"response": "KEPT"} for r in read_jsonl(path)])
+    original = lm.tokenizer.chat_template
+    try:
+        lm.tokenizer.chat_template = "{{ 'System: be brief.\\n' }}" + original
+        redone = generate_samples(lm, [(samples, path)], SETTINGS, None, "v")[0]
+    finally:
+        lm.tokenizer.chat_template = original
+    assert all(r["response"] != "KEPT" for r in redone) and "chat_template" in caplog.text
+
+
 def test_generation_record_tells_adapters_and_ssis_apart(tmp_path):
     from lasa.evaluate import generation_info
     from lasa.ssi import SSI, SafetySemanticInterpreter

@@ -248,6 +248,9 @@ def generation_info(
             # the weights' identity: the same path can hold other weights, other paths the same
             "model_weights": weights_signature(base or lm.spec),
             "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+            # transformers 5 keeps the template in chat_template.jinja, outside the weights'
+            # signature: an edited template changes every prompt, so it is part of the record
+            "chat_template": fingerprint({"template": getattr(lm.tokenizer, "chat_template", None)}),
         }
     return info
 
