@@ -880,3 +880,21 @@ def test_a_tokenizer_without_a_chat_template_is_one_line():
 
     with pytest.raises(LasaError, match="tokenizer has no chat template; .*instruct / chat checkpoint"):
         chat_prefix(SimpleNamespace(chat_template=None), "hi")
+
+
+def test_training_arguments_use_the_current_checkpointing_name(tmp_path):
+    """TRL's configs default the deprecated ``gradient_checkpointing`` to True, so every run printed
+    transformers' FutureWarning; lasa sets the new name, and the setting still reaches the trainer."""
+    import warnings
+
+    from trl import KTOConfig
+
+    from lasa.align import _training_args_common
+    from lasa.config import AlignConfig
+
+    for on in (True, False):
+        common = _training_args_common(AlignConfig(gradient_checkpointing=on), tmp_path, on_cpu=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            args = KTOConfig(**common)
+        assert args.activation_checkpointing is on and args.gradient_checkpointing is on

@@ -474,6 +474,17 @@ class SharedFrozenPrefix:
         self._saved, self.entries, self._replay = [], [], None
 
 
+def _checkpointing_key() -> str:
+    """``activation_checkpointing`` where transformers has it (5.x renamed it; the old name, which
+    TRL's configs default to True, warns once per run and goes in v6), else the old name."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _training_args_common(cfg: AlignConfig, out: Path, on_cpu: bool) -> dict:
     return {
         "output_dir": str(out / "trainer"),
@@ -490,7 +501,7 @@ def _training_args_common(cfg: AlignConfig, out: Path, on_cpu: bool) -> dict:
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "bf16": cfg.bf16 and not on_cpu,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
+        _checkpointing_key(): cfg.gradient_checkpointing,
         "use_cpu": on_cpu,
         "disable_tqdm": False,
         "max_length": cfg.max_length,
