@@ -119,13 +119,14 @@ class LanguageCalibration:
     """Per-language score offsets, fitted without a harm label in any language.
 
     A language-ID head (multinomial logistic regression on the SSI's standardised input state,
-    fitted on FLORES sentences) tells which language a prompt is in, and each language's offset is
-    how far the SSI's median logit on parallel FLORES sentences sits from that of the training
-    languages. Scoring subtracts the LID-weighted offset from the SSI's logit: a language whose
-    benign text already scores high needs more evidence before it is flagged, one where the SSI
-    under-fires is flagged sooner, and the validated threshold means about the same thing on benign
-    text in every language. No language label is needed at inference; the training languages keep
-    offset 0, so the threshold calibrated on their validation split is untouched.
+    fitted on FLORES sentences) tells which language a prompt is in, and each unseen language's
+    offset raises its effective threshold to the ``1 - benign_fpr`` quantile (q95 by default) of
+    the SSI's logit on that language's benign FLORES sentences, where that quantile lies above the
+    global threshold (``lasa.interpret.calibrate.fit_language_calibration``): a language whose
+    benign text already scores high needs more evidence before it is flagged. An offset never
+    lowers a threshold. Scoring subtracts the LID-weighted offset from the SSI's logit, so no
+    language label is needed at inference; the training languages keep offset 0, so the threshold
+    calibrated on their validation split is untouched.
     """
 
     def __init__(
