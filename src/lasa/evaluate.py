@@ -675,12 +675,14 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
     RunDir(cfg.run_dir).record(f"evaluate:{name}", cfg, {"timings": timings})
     d = asr[cfg.default_judge]
     logger.info(
-        "%s: ASR (%s) average %.3f [%.3f, %.3f], high %.3f, medium %.3f, low %.3f; invalid %.3f",
+        "%s: ASR (%s) average %.3f [%.3f, %.3f] (design effect %.2f: the languages share their prompts), "
+        "high %.3f, medium %.3f, low %.3f; invalid %.3f",
         name,
         cfg.default_judge,
         d["average"],
         d["intervals"]["average"]["low"],
         d["intervals"]["average"]["high"],
+        d["intervals"].get("design_effect", {}).get("average", 1.0),
         d["per_tier"].get("high", float("nan")),
         d["per_tier"].get("medium", float("nan")),
         d["per_tier"].get("low", float("nan")),
