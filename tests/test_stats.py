@@ -163,7 +163,7 @@ def test_corrected_mean_is_the_mean_of_per_language_corrections():
     # the mean of the per-language figures as printed: a rate below the judge's false-positive
     # rate corrects to 0 (a true rate is never negative), as corrected_rate reports it
     neg = corrected_mean([(1, 100, 80, 100, 90, 100), (50, 100, 80, 100, 90, 100)])
-    assert rogan_gladen(0.01, 0.8, 0.9, clip=False) < 0 == corrected_rate(1, 100, 80, 100, 90, 100).corrected
+    assert (0.01 + 0.9 - 1) / (0.8 + 0.9 - 1) < 0 == corrected_rate(1, 100, 80, 100, 90, 100).corrected
     assert neg.corrected == pytest.approx((0 + 4 / 7) / 2) and neg.low <= neg.corrected <= neg.high
     assert corrected_mean(groups) == m  # seeded
     # shared prompts (design effect 4): the same point, a wider interval

@@ -68,8 +68,9 @@ def conditioning_token_ids(tokenizer: Any, text: str = CONDITIONING_TEXT) -> lis
     alone = tokenizer(cue, add_special_tokens=False)["input_ids"]
     if not getattr(tokenizer, "chat_template", None):
         return list(alone)
-    head = tokenizer(chat_prefix(tokenizer, "Hi"), add_special_tokens=False)["input_ids"]
-    joined = tokenizer(chat_prefix(tokenizer, "Hi") + cue, add_special_tokens=False)["input_ids"]
+    prefix = chat_prefix(tokenizer, "Hi")  # the template's end does not depend on the user's text
+    head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    joined = tokenizer(prefix + cue, add_special_tokens=False)["input_ids"]
     if list(joined[: len(head)]) != list(head):
         logger.warning(
             "this tokenizer merges the conditioning text with the end of the chat template; the gate "

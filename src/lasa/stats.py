@@ -51,25 +51,27 @@ def wilson(k: int, n: int, z: float = Z95) -> Rate:
         return Rate(k, n, float("nan"), 0.0, 1.0)
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    low, high = _wilson_bounds(k, n, z)
+    # exact at the edges: rounding put 0/n's lower bound at ~1e-17 and n/n's upper at 1 - 1e-16
+    return Rate(k, n, k / n, 0.0 if k == 0 else low, 1.0 if k == n else high)
+
+
+def _wilson_bounds(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson bounds for k of n, counts that may be fractional (effective counts, see
+    :func:`design_effect`)."""
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # exact at the edges: rounding put 0/n's lower bound at ~1e-17 and n/n's upper at 1 - 1e-16
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return Rate(k, n, p, low, high)
+    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rogan_gladen(q: float, se: float, sp: float, clip: bool = True) -> float:
-    """True prevalence from an observed rate ``q`` and the judge's sensitivity and specificity
-    (``clip=False`` keeps an estimate outside [0, 1], which a mean of several needs: the estimator
-    is unbiased only unclipped)."""
+def rogan_gladen(q: float, se: float, sp: float) -> float:
+    """True prevalence from an observed rate ``q`` and the judge's sensitivity and specificity."""
     youden = se + sp - 1
     if youden <= 0:
         return float("nan")  # a judge no better than chance carries no information
-    p = (q + sp - 1) / youden
-    return float(min(1.0, max(0.0, p))) if clip else float(p)
+    return float(min(1.0, max(0.0, (q + sp - 1) / youden)))
 
 
 @dataclass(frozen=True)
@@ -234,15 +236,6 @@ def design_effect(values: Sequence[float], groups: Sequence[Any], clusters: Sequ
     clustered = n_c / (n_c - 1) * float(np.sum(np.square(list(sums.values()))))
     ind *= len(y) / (len(y) - 1)  # the same small-sample factor: one response per prompt gives 1
     return max(1.0, clustered / ind)
-
-
-def _wilson_bounds(k: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson bounds for (possibly fractional, effective) counts."""
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_of_rates(
