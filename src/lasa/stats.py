@@ -158,7 +158,7 @@ def corrected_mean(
 
     ``groups`` holds ``(k, n, tp, pos, tn, neg)`` per rate, as :func:`corrected_rate` takes them.
     Correcting the pooled counts with one overall se / sp is not this mean: languages differ in
-    how well the judge reads them (and in ``n``), so that pooled figure sat 1–4 points below the
+    how well the judge reads them (and in ``n``), so that pooled figure sat 2–5 points below the
     mean of the per-language corrections it was printed beside. The point is the mean of the
     per-rate Rogan–Gladen estimates as :func:`corrected_rate` reports them (clipped to [0, 1]:
     a true rate is never negative, and the average is then the average of the printed
@@ -335,7 +335,7 @@ def paired_difference(
     independent: one prompt asked in ten languages flips together. Then the counts enter Newcombe's
     interval divided by the design effect of the paired differences (:func:`design_effect`), and
     the p-value is a sign-flip test over prompts (:func:`sign_flip_p`) instead of McNemar's over
-    responses, which overstated the evidence by one to two orders of magnitude on MultiJail.
+    responses, which counted one prompt asked in ten languages as ten pieces of evidence.
     """
     if len(a) != len(b):
         raise ValueError(f"paired rates need the same items: {len(a)} vs {len(b)}")
