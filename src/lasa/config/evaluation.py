@@ -263,7 +263,7 @@ class JudgeConfig:
 
     judges: list[str] = field(
         default_factory=lambda: ["pair", "lexicon"],
-        metadata={"help": "Judges to run (pair, lexicon, embedding, llm); each is cached per sample."},
+        metadata={"help": "Judges to run (pair, lexicon, embedding, llm, probe); each is cached per sample."},
     )
     default_judge: str = field(
         default=DEFAULT_JUDGE,

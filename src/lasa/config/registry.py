@@ -48,6 +48,8 @@ JUDGES: dict[str, str] = {
     "lexicon": "lasa.judges.lexicon:LexiconJudge",
     "embedding": "lasa.judges.embedding:EmbeddingJudge",
     "llm": "lasa.judges.llm:LLMJudge",
+    # opt-in: pair plus a head on Qwen2.5-Coder-1.5B's reading of the pair (a 1.5B forward per item)
+    "probe": "lasa.judges.probe:ProbeJudge",
 }
 
 

