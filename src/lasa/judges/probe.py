@@ -15,8 +15,8 @@ validation as ``pair``).
 
 Cost is what keeps it opt-in (``--judges probe``): one forward pass of the 1.5B over ~250 tokens
 per item, stopped at the highest layer read — about 1.7 s per item on 2 CPU cores (half an hour
-for 1,000 responses), a few milliseconds on a GPU. The probe model runs in float32 on any device:
-the head was fitted on float32 states.
+for 1,000 responses; on a GPU a small fraction of that, not measured here). The probe model runs
+in float32 on any device: the head was fitted on float32 states.
 """
 
 from __future__ import annotations
