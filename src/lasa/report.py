@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import html
 import json
 import logging
@@ -502,7 +503,8 @@ def mixed_judges(judge_of: dict[str, str], versions: dict[str, str | None] | Non
         known = {v: x for v, x in (versions or {}).items() if x}
         if len(set(known.values())) < 2:
             return None
-        listed = ", ".join(f"{v}: {x[-12:]}" for v, x in known.items())
+        # a digest of the whole string: versions share their tail (the e5 build) and can differ anywhere
+        listed = ", ".join(f"{v}: {hashlib.sha256(x.encode()).hexdigest()[:12]}" for v, x in known.items())
         return (
             f"the variants were counted by different versions of the `{next(iter(judge_of.values()))}` "
             f"judge ({listed}); their ASRs and the paired differences below compare judge versions as well "
