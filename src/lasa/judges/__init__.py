@@ -68,24 +68,16 @@ def judges_fingerprint(names: Sequence[str]) -> dict[str, str]:
     rules = source_digest(*RULE_MODULES)
     out: dict[str, str] = {}
     for name in names:
-        if name == "pair":  # its head and the refusal classifier its refusal flag reads
-            code = source_digest(
-                "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
-            )
-            out[name] = f"{digest(SHIPPED_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
-        elif name == "probe":  # pair's parts, its own head and the probe model's prompt template
+        if name in ("pair", "probe"):  # its head and the refusal classifier its refusal flag reads;
+            # the probe judge is pair plus its own head and prompt template (lasa.judges.probe)
             from lasa.judges.probe import SHIPPED_PROBE_HEAD
 
+            own = ("lasa.judges.probe",) if name == "probe" else ()
+            head = SHIPPED_PROBE_HEAD if name == "probe" else SHIPPED_HEAD
             code = source_digest(
-                "lasa.judges.probe",
-                "lasa.judges.pair",
-                "lasa.judges.features",
-                "lasa.judges.embedding",
-                *RULE_MODULES,
+                *own, "lasa.judges.pair", "lasa.judges.features", "lasa.judges.embedding", *RULE_MODULES
             )
-            out[name] = (
-                f"{digest(SHIPPED_PROBE_HEAD, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
-            )
+            out[name] = f"{digest(head, SHIPPED_REFUSAL)}-{REFUSAL_RULE}-{code}-{encoder_version()}"
         elif name == "embedding":
             code = source_digest("lasa.judges.embedding", *RULE_MODULES)
             out[name] = (
