@@ -149,6 +149,52 @@ def test_probe_judge_is_checked_before_generation(monkeypatch, tmp_path):
         preflight(["probe", "pair"], None)
 
 
+def test_evaluate_counts_over_refusal_with_pairs_flag_and_runs_no_probe_pass_on_xstest(
+    featurizer, tiny_lm, tiny_qwen, tmp_path, monkeypatch
+):
+    """Over-refusal reads the refusal flag only, and the probe judge's is pair's: XSTest answers are
+    judged by pair (under its own name), the probe model reads the MultiJail answers alone."""
+    import lasa
+    import lasa.judges.probe as probe
+    from lasa.config import EvaluateConfig
+
+    ens, _ = _fitted(featurizer, tiny_lm)
+    ens.meta["probe_model"] = str(tiny_qwen)  # the judge loads it as it would the 1.5B
+    monkeypatch.setattr(probe, "load_probe_weights", lambda path=None: ens)
+    read: list[str] = []
+    real = probe.probe_features
+
+    def counting(lm, prompts, responses, layers, **kw):
+        read.extend(prompts)
+        return real(lm, prompts, responses, layers, **kw)
+
+    monkeypatch.setattr(probe, "probe_features", counting)
+    cfg = EvaluateConfig(
+        model=str(tiny_qwen),
+        run_dir=str(tmp_path / "run"),
+        langs=["en", "sw"],
+        n="2",
+        max_new_tokens=4,
+        xstest_n=4,
+        xstest_mt_n=1,
+        judges=["probe", "lexicon"],
+        default_judge="probe",
+        utility=[],
+    )
+    res = lasa.run_evaluate(cfg)
+    out = res.path
+    multijail = [json.loads(x)["prompt"] for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert sorted(read) == sorted(multijail)  # 4 MultiJail answers; none of the 4 + 2 XSTest ones
+    assert (out / "judgements_probe.jsonl").is_file()
+    for task in ("xstest", "xstest_mt"):
+        assert not (out / f"judgements_{task}_probe.jsonl").exists()
+        assert len((out / f"judgements_{task}_pair.jsonl").read_text().splitlines()) == (
+            4 if task == "xstest" else 2
+        )
+    assert res.results["over_refusal"]["judge"] == "pair"
+    assert res.results["over_refusal_multilingual"]["judge"] == "pair"
+
+
 @pytest.mark.slow
 def test_shipped_probe_judge_on_clear_multilingual_cases():
     """The shipped head on the real 1.5B (``make test-slow``): the clear cases ``pair`` gets right."""

@@ -619,10 +619,18 @@ def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
         judge_versions[jname] = str(getattr(judge, "version", ""))
         validation[jname] = getattr(judge, "validation", None) or {}
         verdicts[jname] = _judged(judge, gen.multijail, out, f"judgements_{jname}.jsonl")
-        if gen.xstest and jname != "llm":
-            xs_verdicts[jname] = _judged(judge, gen.xstest, out, f"judgements_xstest_{jname}.jsonl")
-        if gen.xstest_mt and jname != "llm":
-            mt_verdicts[jname] = _judged(judge, gen.xstest_mt, out, f"judgements_xstest_mt_{jname}.jsonl")
+        if jname == "llm" or not (gen.xstest or gen.xstest_mt):
+            continue
+        # over-refusal reads a refusal flag only: a judge whose flag is another judge's (probe's is
+        # pair's) leaves XSTest to that one, under its own name, instead of a pass of its model
+        rname = getattr(judge, "refusal_judge", None) or jname
+        if rname in xs_verdicts or rname in mt_verdicts:
+            continue
+        rjudge = judge if rname == jname else get_judge(rname)
+        if gen.xstest:
+            xs_verdicts[rname] = _judged(rjudge, gen.xstest, out, f"judgements_xstest_{rname}.jsonl")
+        if gen.xstest_mt:
+            mt_verdicts[rname] = _judged(rjudge, gen.xstest_mt, out, f"judgements_xstest_mt_{rname}.jsonl")
     timings["judge_seconds"] = round(time.time() - t1, 1)
     asr = {
         j: asr_metrics(gen.multijail, v, cfg.langs, validation=validation[j].get("unsafe_counts"))

@@ -116,6 +116,10 @@ class ProbeJudge(PairJudge):
     """``pair``'s feature blocks plus the probe model's judge-prompt states; three heads averaged."""
 
     name: ClassVar[str] = "probe"
+    #: Its refusal flag is ``pair``'s (the same classifier on the same features; the heads decide the
+    #: label only), so ``lasa evaluate`` counts over-refusal (XSTest, translated XSTest) with ``pair``
+    #: and runs no probe-model pass there: 4,500 such answers per variant in the comparison preset.
+    refusal_judge: ClassVar[str] = "pair"
 
     def __init__(
         self,
