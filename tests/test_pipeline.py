@@ -175,6 +175,7 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     vs_kto_gate = lines.index(next(line for line in lines if "| ΔASR vs kto+gate [95% CI] |" in line))
     assert lines[vs_kto_gate + 2].startswith("| lasa+gate |") and lines[vs_kto_gate + 3] == ""
     assert "did not answer the same prompts" not in "\n".join(lines)
+    assert "Paired by prompt (every variant answered the same prompts)" in "\n".join(lines)
     # `lasa report` on its own keeps the last run's stage times; nothing was retrained by hand
     timings = lines.index("## Timings")
     assert any(line.startswith("| locate | skipped |") for line in lines[timings:])
@@ -186,6 +187,7 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     assert main(["report", "--run-dir", str(moved)]) == 0
     report = (moved / "report.md").read_text()
     assert "the variants did not answer the same prompts" in report and "kto 4" in report
+    assert "Paired by prompt (on the prompts both sides answered)" in report  # not "every variant ..."
 
     # an adapter retrained by hand after the evaluation: its variants' rows describe the old one
     weights = next((moved / "align" / "lasa" / "adapter").glob("*.safetensors"))

@@ -701,7 +701,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     doc.table_of(summary_table(results))
     unsafe, seen = _unsafe_by_prompt(rd, results), _seen_languages(rd)
     prompt_sets = {v: frozenset(u) for v, u in unsafe.items()}
-    if len(set(prompt_sets.values())) > 1:  # hand-run variants with other --n / --langs
+    same_prompts = len(set(prompt_sets.values())) <= 1
+    if not same_prompts:  # hand-run variants with other --n / --langs
         sizes = ", ".join(f"{v} {len(ps)}" for v, ps in prompt_sets.items())
         doc.p(
             f"**Warning: the variants did not answer the same prompts** (judged MultiJail responses: {sizes}); "
@@ -714,7 +715,13 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
         (
             unsafe,
             "base",
-            "Paired by prompt (every variant answered the same prompts): the ASR difference from "
+            "Paired by prompt ("
+            + (
+                "every variant answered the same prompts"
+                if same_prompts
+                else "on the prompts both sides answered"
+            )
+            + "): the ASR difference from "
             "`base` with Newcombe's paired 95% interval and a sign-flip test over prompts, in points (one "
             "prompt asked in every language is one piece of evidence: the interval is widened by the design "
             "effect of that sharing); 'seen' are the SSI's training languages. This is the comparison to "
