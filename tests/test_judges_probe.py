@@ -149,6 +149,37 @@ def test_probe_judge_is_checked_before_generation(monkeypatch, tmp_path):
         preflight(["probe", "pair"], None)
 
 
+def test_probe_then_pair_on_the_same_answers_embeds_them_once(featurizer, tiny_lm, monkeypatch):
+    """`--judges probe pair`: both judges build on the process's default featurizer, and the second
+    takes the first's blocks (probe's are pair's plus its own) instead of running e5 again."""
+    from lasa.judges.pair import PairJudge, default_featurizer
+    from lasa.judges.probe import ProbeJudge
+
+    ens, _ = _fitted(featurizer, tiny_lm)
+    shared = default_featurizer()
+    calls: list[int] = []
+    real = shared.encoder.passages
+    monkeypatch.setattr(
+        shared.encoder, "passages", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw)
+    )
+    items = [JudgeItem(p, r, g) for p, r, g, _ in ITEMS]
+    probe = ProbeJudge(weights=ens, lm=tiny_lm)
+    pair = PairJudge()
+    assert probe.featurizer is pair.featurizer is shared
+    first = probe.judge(items)
+    assert len(calls) == 1
+    out = pair.judge(items)
+    assert len(calls) == 1  # nothing embedded again
+    assert [j.refusal for j in out] == [j.refusal for j in first]
+    # the blocks pair read are pair's own: probe's extra block did not leak into the shared ones
+    assert "probe" not in shared.blocks(
+        [i.prompt for i in items], [i.response for i in items], [i.lang for i in items]
+    )
+    # other answers are embedded, and the judge's verdicts on them are its own
+    pair.judge(items[:2])
+    assert len(calls) == 2
+
+
 def test_evaluate_counts_over_refusal_with_pairs_flag_and_runs_no_probe_pass_on_xstest(
     featurizer, tiny_lm, tiny_qwen, tmp_path, monkeypatch
 ):

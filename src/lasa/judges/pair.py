@@ -63,6 +63,7 @@ class PairFeaturizer:
         self.encoder = encoder or Encoder()
         self.refusal = refusal or RefusalClassifier.cached(self.encoder)
         self.cache = cache  # optional .npz of text -> e5 vector, for experiments that re-featurize
+        self._last: tuple[str, dict[str, np.ndarray]] | None = None  # see blocks()
 
     def _embed(self, texts: list[str], progress: bool) -> np.ndarray:
         uniq = list(dict.fromkeys(texts))
@@ -79,6 +80,24 @@ class PairFeaturizer:
 
     def blocks(
         self, prompts: Sequence[str], responses: Sequence[str], langs: Sequence[str], progress: bool = False
+    ) -> dict[str, np.ndarray]:
+        """The feature blocks of these items. The last call's are kept: ``--judges probe pair`` judges
+        the same answers twice, and ``probe``'s blocks are ``pair``'s plus its own, so the second
+        judge (sharing :func:`default_featurizer`) embeds nothing again (on a GPU, where the probe
+        model is fast and e5 runs on the CPU, e5 is most of the probe judge's time)."""
+        import hashlib
+
+        key = hashlib.sha256(
+            json.dumps(
+                [id(self.encoder), id(self.refusal), list(prompts), list(responses), list(langs)]
+            ).encode()
+        ).hexdigest()
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._blocks(prompts, responses, langs, progress))
+        return dict(self._last[1])  # a caller may add blocks of its own (the probe judge does)
+
+    def _blocks(
+        self, prompts: Sequence[str], responses: Sequence[str], langs: Sequence[str], progress: bool
     ) -> dict[str, np.ndarray]:
         responses = [strip_control_tokens(r) for r in responses]
         prompts = [strip_control_tokens(p) for p in prompts]
@@ -328,11 +347,18 @@ def load_judge_weights(
     return ens
 
 
+@functools.cache
+def default_featurizer() -> PairFeaturizer:
+    """The featurizer of every judge that does not bring its own (``pair``, ``probe``): one per
+    process, so e5 loads once and two judges of the same answers share their blocks."""
+    return PairFeaturizer()
+
+
 class PairJudge:
     name: ClassVar[str] = "pair"
 
     def __init__(self, featurizer: PairFeaturizer | None = None, weights: PairEnsemble | None = None):
-        self.featurizer = featurizer or PairFeaturizer()
+        self.featurizer = featurizer or default_featurizer()
         self.weights = weights or load_judge_weights()
 
     @functools.cached_property
@@ -381,4 +407,13 @@ class PairJudge:
         return out
 
 
-__all__ = ["BLOCKS", "MEMBERS", "PairEnsemble", "PairFeaturizer", "PairHead", "PairJudge", "fit_judge"]
+__all__ = [
+    "BLOCKS",
+    "MEMBERS",
+    "PairEnsemble",
+    "PairFeaturizer",
+    "PairHead",
+    "PairJudge",
+    "default_featurizer",
+    "fit_judge",
+]
