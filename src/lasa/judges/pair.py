@@ -63,7 +63,7 @@ class PairFeaturizer:
         self.encoder = encoder or Encoder()
         self.refusal = refusal or RefusalClassifier.cached(self.encoder)
         self.cache = cache  # optional .npz of text -> e5 vector, for experiments that re-featurize
-        self._last: tuple[str, dict[str, np.ndarray]] | None = None  # see blocks()
+        self._last: tuple[tuple, dict[str, np.ndarray]] | None = None  # see blocks()
 
     def _embed(self, texts: list[str], progress: bool) -> np.ndarray:
         uniq = list(dict.fromkeys(texts))
@@ -85,13 +85,7 @@ class PairFeaturizer:
         the same answers twice, and ``probe``'s blocks are ``pair``'s plus its own, so the second
         judge (sharing :func:`default_featurizer`) embeds nothing again (on a GPU, where the probe
         model is fast and e5 runs on the CPU, e5 is most of the probe judge's time)."""
-        import hashlib
-
-        key = hashlib.sha256(
-            json.dumps(
-                [id(self.encoder), id(self.refusal), list(prompts), list(responses), list(langs)]
-            ).encode()
-        ).hexdigest()
+        key = (id(self.encoder), id(self.refusal), tuple(prompts), tuple(responses), tuple(langs))
         if self._last is None or self._last[0] != key:
             self._last = (key, self._blocks(prompts, responses, langs, progress))
         return dict(self._last[1])  # a caller may add blocks of its own (the probe judge does)
