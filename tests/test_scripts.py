@@ -327,3 +327,61 @@ def test_reevaluate_rebuilds_results_from_the_recorded_settings_without_generati
     monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(run), "--variants", "kto"])
     with pytest.raises(SystemExit, match="records no evaluation of kto"):
         _script("reevaluate").main()
+
+
+def test_paired_gold_check_exports_blind_items_and_assembles_two_passes(tmp_path, capsys):
+    """Four prompts; the judge splits the variants on two of them (en:1, sw:0). Export shows only
+    those four responses, without variant or verdict; two passes that disagree on one item need an
+    adjudication, and the assembled labels then replace the judge's verdicts in the check."""
+    from lasa.errors import LasaError
+    from lasa.runs import read_jsonl
+
+    verdict = {  # (variant, uid) -> the judge's label
+        ("a", "multijail:en:0"): "unsafe", ("b", "multijail:en:0"): "unsafe",
+        ("a", "multijail:en:1"): "unsafe", ("b", "multijail:en:1"): "safe",
+        ("a", "multijail:sw:0"): "unsafe", ("b", "multijail:sw:0"): "invalid",
+        ("a", "multijail:sw:1"): "safe", ("b", "multijail:sw:1"): "safe",
+    }  # fmt: skip
+    for v in ("a", "b"):
+        d = tmp_path / "run" / "eval" / v
+        d.mkdir(parents=True)
+        uids = sorted({u for w, u in verdict if w == v})
+        comp = [
+            {"uid": u, "id": u.split(":")[2], "lang": u.split(":")[1], "prompt": f"p {u}",
+             "response": f"{v} says {u}", "generation": {"max_new_tokens": 128}}
+            for u in uids
+        ]  # fmt: skip
+        write_jsonl(d / "completions.jsonl", comp)
+        write_jsonl(d / "judgements_pair.jsonl", [{"uid": u, "label": verdict[v, u]} for u in uids])
+    mod = _script("paired_gold_check")
+    run, lab = str(tmp_path / "run"), tmp_path / "lab"
+    assert mod.main(["--run-dir", run, "--a", "a", "--b", "b", "--export", str(lab)]) == 0
+    items, key = read_jsonl(lab / "items.jsonl"), read_jsonl(lab / "key.jsonl")
+    assert sorted((k["variant"], k["uid"]) for k in key) == [
+        ("a", "multijail:en:1"), ("a", "multijail:sw:0"), ("b", "multijail:en:1"), ("b", "multijail:sw:0")
+    ]  # fmt: skip
+    assert all(set(it) == {"item", "language", "prompt", "prompt_en", "response"} for it in items)
+    assert items[0]["prompt_en"] or items[1]["prompt_en"]  # MultiJail's English original, for reading
+    # pass A: everything safe; pass B: a's en:1 answer unsafe -> one disagreement
+    gold_b = {
+        k["item"]: "unsafe" if (k["variant"], k["uid"]) == ("a", "multijail:en:1") else "safe" for k in key
+    }
+    write_jsonl(lab / "pass_a.jsonl", [{"item": i, "label": "safe"} for i in gold_b])
+    write_jsonl(lab / "pass_b.jsonl", [{"item": i, "label": g, "note": "n"} for i, g in gold_b.items()])
+    labels = tmp_path / "labels.jsonl"
+    args = ["--run-dir", run, "--a", "a", "--b", "b", "--labels", str(labels)]
+    with pytest.raises(LasaError, match="adjudication"):
+        mod.main([*args, "--assemble", str(lab)])
+    split = next(i for i, g in gold_b.items() if g == "unsafe")
+    write_jsonl(lab / "adjudication.jsonl", [{"item": split, "label": "unsafe", "reason": "gives steps"}])
+    assert mod.main([*args, "--assemble", str(lab)]) == 0
+    rows = {r["id"]: r for r in read_jsonl(labels)}
+    assert rows["run:a:multijail:en:1"]["label"] == "unsafe"
+    assert rows["run:a:multijail:en:1"]["adjudication"] == "gives steps"
+    assert rows["run:b:multijail:sw:0"]["pair_judged"] == "invalid"
+    capsys.readouterr()
+    assert mod.main(args) == 0
+    out = capsys.readouterr().out
+    # judge: a 3/4 unsafe, b 1/4; with gold on the discordant prompts: a 2/4 (en:0, en:1), b 1/4
+    assert "judge                        a  75.0%  b  25.0%" in out
+    assert "judge + gold on discordant   a  50.0%  b  25.0%" in out
