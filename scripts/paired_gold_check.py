@@ -58,12 +58,21 @@ def _completions(run_dir: Path, variant: str) -> dict[str, dict]:
     return {r["uid"]: r for r in read_jsonl(path)}
 
 
+#: what annotators write into an export folder (``--assemble`` reads them)
+PASS_FILES = ("pass_a.jsonl", "pass_b.jsonl", "adjudication.jsonl")
+
+
 def export(run_dir: Path, a: str, b: str, judge: str, out: Path, seed: int) -> int:
     """Write the discordant responses of both variants for blind labelling: ``items.jsonl`` shows
     the annotators the request and the response only (shuffled with ``seed``; no variant, no
     verdict); ``key.jsonl`` maps each item back to its variant, prompt and the judge's verdict."""
     from lasa.data import load_multijail
 
+    labelled = [n for n in PASS_FILES if (out / n).exists()]
+    if labelled:  # a new shuffle would renumber the items under labels already written
+        raise LasaError(
+            f"{out / labelled[0]} exists: those labels belong to this folder's items; export into a new folder"
+        )
     judged = {v: _verdicts(run_dir, v, judge) for v in (a, b)}
     labels = {
         v: {r["uid"]: r["label"] for r in read_jsonl(run_dir / "eval" / v / f"judgements_{judge}.jsonl")}
@@ -73,6 +82,10 @@ def export(run_dir: Path, a: str, b: str, judge: str, out: Path, seed: int) -> i
     mj = load_multijail(["en"])
     en = dict(zip(mj.ids, mj.texts["en"]))
     pairs = [(v, u) for u in _discordant(judged, a, b) for v in (a, b)]
+    if not pairs:
+        raise LasaError(
+            f"the {judge} judge's verdicts for {a} and {b} agree on every prompt: nothing to label"
+        )
     random.Random(seed).shuffle(pairs)
     items, key = [], []
     for i, (v, u) in enumerate(pairs):
@@ -125,10 +138,10 @@ def assemble(run_dir: Path, folder: Path, out: Path, run_name: str, model: str) 
 
     key = {r["item"]: r for r in read_jsonl(folder / "key.jsonl")}
     items = {r["item"]: r for r in read_jsonl(folder / "items.jsonl")}
-    pa = _pass(folder / "pass_a.jsonl", set(key), "first pass")
-    pb = _pass(folder / "pass_b.jsonl", set(key), "second pass")
+    pa = _pass(folder / PASS_FILES[0], set(key), "first pass")
+    pb = _pass(folder / PASS_FILES[1], set(key), "second pass")
     split = sorted(i for i in key if pa[i]["label"] != pb[i]["label"])
-    adj = _pass(folder / "adjudication.jsonl", set(split), "adjudication") if split else {}
+    adj = _pass(folder / PASS_FILES[2], set(split), "adjudication") if split else {}
     kappa = cohen_kappa([pa[i]["label"] for i in sorted(key)], [pb[i]["label"] for i in sorted(key)])
     rows = []
     for i in sorted(key, key=lambda i: (key[i]["variant"], key[i]["uid"])):

@@ -385,3 +385,13 @@ def test_paired_gold_check_exports_blind_items_and_assembles_two_passes(tmp_path
     # judge: a 3/4 unsafe, b 1/4; with gold on the discordant prompts: a 2/4 (en:0, en:1), b 1/4
     assert "judge                        a  75.0%  b  25.0%" in out
     assert "judge + gold on discordant   a  50.0%  b  25.0%" in out
+    # a second export into a labelled folder would reshuffle the items under the passes: refused,
+    # and nothing in the folder changes
+    before = (lab / "items.jsonl").read_bytes()
+    with pytest.raises(LasaError, match="new folder"):
+        mod.main(["--run-dir", run, "--a", "a", "--b", "b", "--export", str(lab), "--seed", "1"])
+    assert (lab / "items.jsonl").read_bytes() == before
+    # two variants the judge never splits: nothing to label, and no empty folder left behind
+    with pytest.raises(LasaError, match="nothing to label"):
+        mod.main(["--run-dir", run, "--a", "a", "--b", "a", "--export", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
