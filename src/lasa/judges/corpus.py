@@ -40,7 +40,11 @@ HELD_OUT_FILES = ("fresh_heldout.jsonl", "fresh2_heldout.jsonl")
 #: Labelled files that check one paired comparison (``scripts/paired_gold_check.py``) and are not
 #: pooled yet: pooling a file retrains the shipped heads, which moves every judged figure, so a
 #: set labelled to check a reported difference waits for the next refit of the judge.
-CHECK_FILES = ("paired_c100_128_lasa_base.jsonl", "paired_c100_128_sft_base.jsonl")
+CHECK_FILES = (
+    "paired_c100_128_lasa_base.jsonl",
+    "paired_c100_128_sft_base.jsonl",
+    "paired_c100_128_kto_base.jsonl",
+)
 
 
 def corpus_rows(files: Sequence[str] = LABEL_FILES) -> list[dict]:
