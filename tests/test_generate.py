@@ -209,8 +209,8 @@ def test_greedy_decoding_drops_finished_rows_and_gives_generates_tokens(lm):
     pad = lm.tokenizer.pad_token_id
 
     def start():
-        ids, mask = pad_batch(seqs, pad, "left")
-        cache, logits, ids, mask = _prefill(lm, seqs, ids, mask)
+        ids, mask = pad_batch(seqs, pad, "left")  # on the model's device, as _generate_batch passes them
+        cache, logits, ids, mask = _prefill(lm, seqs, ids.to(lm.device), mask.to(lm.device))
         first = logits.argmax(-1)[:, None]
         return cache, torch.cat([ids, first], 1), torch.cat([mask, torch.ones_like(first)], 1)
 
@@ -366,6 +366,11 @@ def test_gated_first_token_follows_the_same_sampling_rule_as_the_rest(lm, monkey
     in ``generate`` (a full-softmax draw would not: the tiny model's distribution is near uniform)."""
     from lasa.generate import first_token
 
+    if lm.model.dtype != torch.float32:
+        # greedy decoding drops finished rows, sampling keeps the batch whole: on a GPU the two batch
+        # shapes round bf16 logits differently, and the tiny model's near-uniform logits then swap
+        # their top token (LASA_TEST_DTYPE=float32 runs this comparison exactly on the same device)
+        pytest.skip("exact greedy-vs-nucleus comparison needs float32 logits")
     nucleus = GenerationSettings(max_new_tokens=6, batch_size=5, do_sample=True, top_p=1e-6)
     greedy = GenerationSettings(max_new_tokens=6, batch_size=5)
     ssi = StubSSI(lm, layer=2, flag_prompts=[])
@@ -843,7 +848,7 @@ def test_rows_whose_first_token_is_a_stop_decode_no_further(lm):
     seqs = format_prompts(lm.tokenizer, PROMPTS[:3], chat_template=True)
     ids, mask = pad_batch(seqs, lm.tokenizer.pad_token_id, "left")
     with torch.inference_mode():
-        cache, logits, ids, mask = _prefill(lm, seqs, ids, mask)
+        cache, logits, ids, mask = _prefill(lm, seqs, ids.to(lm.device), mask.to(lm.device))
         first = logits.argmax(-1)
         calls = []
         forward = lm.model.forward
