@@ -328,3 +328,38 @@ def test_help_shows_each_flag_once_in_dash_style(capsys, tiny_qwen, tmp_path):
         capsys, "locate", "--model", tiny_qwen, "--run_dir", tmp_path / "r", "--n_queries", 2
     )
     assert rc == 2 and "--n-queries must be >= 4" in err
+
+
+def test_judge_check_unseen_only_scores_only_rows_the_judges_never_trained_on(tmp_path, monkeypatch, capsys):
+    """--unseen-only drops the labelled corpus's rows before judging, and says so; a file holding
+    nothing else is a one-line error before any judge loads."""
+    import json
+
+    import lasa.judge_check
+    from lasa.judges.corpus import corpus_rows
+
+    judged: list[int] = []
+
+    def stub_judge_samples(judge, rows):
+        judged.append(len(rows))
+        return [{"label": "safe", "reason": ""} for _ in rows]
+
+    monkeypatch.setattr(lasa.judge_check, "get_judge", lambda name, **k: None)
+    monkeypatch.setattr(lasa.judge_check, "judge_samples", stub_judge_samples)
+    known = [
+        json.dumps({k: r[k] for k in ("prompt", "response", "language", "label")}) for r in corpus_rows()[:3]
+    ]
+    new = json.dumps({"prompt": "a request", "response": "an answer", "language": "en", "label": "safe"})
+    f = tmp_path / "labels.jsonl"
+    f.write_text("\n".join([*known, new]) + "\n")
+    rep = lasa.judge_check.check_judges(f, ["pair", "lexicon"], unseen_only=True)
+    assert rep["n"] == 1 and rep["dropped_in_training_corpus"] == 3 and judged == [1, 1]
+    assert rep["in_training_corpus"] == 0
+    assert lasa.judge_check.check_judges(f, ["pair"])["n"] == 4  # the default keeps every row
+
+    only_known = tmp_path / "known.jsonl"
+    only_known.write_text("\n".join(known) + "\n")
+    judged.clear()
+    rc, _, err = run_cli(capsys, "judge-check", "--labels", only_known, "--judges", "pair", "--unseen-only")
+    assert rc == 2 and "all 3 labelled responses are in lasa's judge training corpus" in err, err
+    assert "Traceback" not in err and judged == []

@@ -271,10 +271,15 @@ def _judge_check(argv: list[str]) -> int:
         cfg.labels,
         cfg.judges,
         default_judge=cfg.default_judge,
+        unseen_only=cfg.unseen_only,
         judge_model=cfg.judge_model,
         judge_url=cfg.judge_url,
         judge_api_model=cfg.judge_api_model,
     )
+    if rep.get("dropped_in_training_corpus"):
+        print(
+            f"(--unseen-only: {rep['dropped_in_training_corpus']} training rows of the labelled file left out)"
+        )
     print(f"{rep['n']} labelled responses: {rep['gold_counts']}")
     if rep.get("in_training_corpus"):
         print(

@@ -94,16 +94,34 @@ def check_judges(
     labels_path: str | Path,
     judges: list[str] | None = None,
     default_judge: str | None = None,
+    unseen_only: bool = False,
     **judge_kwargs: Any,
 ) -> dict:
     """Each judge (default: the default judge) against the labels: κ, per-class recall and
     precision, the confusion matrix, and judged vs gold ASR overall and per language.
-    ``default_judge``: the one an evaluation would count ASR with (lasa's default unless given)."""
+    ``default_judge``: the one an evaluation would count ASR with (lasa's default unless given).
+    ``unseen_only``: drop the rows of lasa's labelled corpus, which the learned judges trained on, so
+    every judge is scored on the same out-of-sample rows (a set labelled to check a run can share
+    answers with the corpus: greedy decoding repeats a model's earlier answers)."""
     from lasa.judges import DEFAULT_JUDGE, check_judge_name
 
     default_judge = check_judge_name(default_judge or DEFAULT_JUDGE)
     judges = [check_judge_name(j) for j in (judges or [default_judge])]
     rows = load_labels(labels_path)
+    dropped = 0
+    if unseen_only:
+        from lasa.judges.corpus import corpus_rows
+
+        trained = {(r["prompt"], r["response"]) for r in corpus_rows()}
+        kept = [r for r in rows if (r["prompt"], r["response"]) not in trained]
+        dropped = len(rows) - len(kept)
+        if not kept:
+            raise LasaError(
+                f"--unseen-only: all {len(rows)} labelled responses are in lasa's judge training corpus; "
+                "check on labels it never saw (e.g. src/lasa/data/judge_labels/fresh_heldout.jsonl)"
+            )
+        logger.info("--unseen-only: %d of %d labelled responses dropped (training rows)", dropped, len(rows))
+        rows = kept
     from lasa.judges.llm import preflight
 
     preflight(judges, judge_kwargs.get("judge_url"), judge_kwargs.get("judge_model"))
@@ -116,6 +134,8 @@ def check_judges(
         "default_judge": default_judge,
         "judges": {},
     }
+    if unseen_only:
+        out["dropped_in_training_corpus"] = dropped
     learned = [j for j in judges if j in ("pair", "embedding", "probe")]
     if learned:
         # the shipped heads train on every file of lasa's labelled corpus: agreement on those rows is

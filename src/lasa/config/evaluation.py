@@ -405,6 +405,13 @@ class JudgeCheckConfig(JudgeConfig):
         default=None,
         metadata={"help": "Write the full report (with per-sample predictions) to this JSON file."},
     )
+    unseen_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Score only the labelled responses that lasa's learned judges never trained on (drops the "
+            "rows of its labelled corpus, whose agreement is in-sample)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.judges:  # `lasa judge-check --default-judge lexicon` checks the lexicon
