@@ -65,13 +65,7 @@ def main() -> None:
     langs = [r["language"] for r in rows]
 
     def oof(groups: np.ndarray, train_pool: np.ndarray) -> np.ndarray:
-        pred = np.empty(len(rows), dtype=object)
-        for g in dict.fromkeys(groups):
-            test = groups == g
-            train = ~test & train_pool
-            judge = PairEnsemble.fit({k: v[train] for k, v in blocks.items()}, list(y[train]), MEMBERS)
-            pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
-        return pred
+        return oof_labels(blocks, y, groups, train_pool)
 
     def line(pred: np.ndarray, mask: np.ndarray) -> str:
         a = agreement(list(y[mask]), list(pred[mask]))
@@ -101,6 +95,18 @@ def main() -> None:
         fresh_check(args.fresh, rows, blocks, y, first)
     if args.unsafe_thresholds:
         threshold_check(args.unsafe_thresholds, rows, blocks, y, args.fresh)
+
+
+def oof_labels(blocks: dict, y: np.ndarray, groups: np.ndarray, train_pool: np.ndarray) -> np.ndarray:
+    """Leave-one-group-out labels: each group scored by the shipped recipe fitted on the
+    ``train_pool`` rows outside it."""
+    pred = np.empty(len(y), dtype=object)
+    for g in dict.fromkeys(groups):
+        test = groups == g
+        train = ~test & train_pool
+        judge = PairEnsemble.fit({k: v[train] for k, v in blocks.items()}, list(y[train]), MEMBERS)
+        pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
+    return pred
 
 
 def at_threshold(p: np.ndarray, t: float) -> list[str]:
@@ -240,12 +246,7 @@ def extra_check(extra: list[str], fresh: list[str] | None) -> None:
 
     print(f"{(~is_extra).sum()} pooled rows + {is_extra.sum()} extra rows ({', '.join(names)})")
     for name, pool in pools:
-        pred = np.empty(len(rows), dtype=object)
-        for g in dict.fromkeys(groups):
-            test = groups == g
-            train = ~test & pool
-            judge = PairEnsemble.fit({k: v[train] for k, v in blocks.items()}, list(y[train]), MEMBERS)
-            pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
+        pred = oof_labels(blocks, y, groups, pool)
         print(f"\nheld out by run group, trained on {name}:")
         print(f"  pooled rows ({(~is_extra).sum()}): {summary(list(y[~is_extra]), list(pred[~is_extra]))}")
         print(f"  extra rows ({is_extra.sum()}): {summary(list(y[is_extra]), list(pred[is_extra]))}")
