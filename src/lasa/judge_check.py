@@ -148,7 +148,8 @@ def check_judges(
         if seen:
             logger.warning(
                 "%d of the %d labelled responses are in the %s judge's training corpus: their agreement "
-                "is in-sample; check on labels it never saw (e.g. src/lasa/data/judge_labels/fresh_heldout.jsonl)",
+                "is in-sample; --unseen-only scores the others, or check on labels it never saw "
+                "(e.g. src/lasa/data/judge_labels/fresh_heldout.jsonl)",
                 seen,
                 len(rows),
                 " / ".join(learned),
