@@ -92,7 +92,13 @@ def main() -> None:
                 a = agreement(list(y[mask]), list(pred[mask]))
                 print(f"    {g} ({mask.sum()}): κ {a['kappa']:.3f}, unsafe recall {a['unsafe_recall']:.2f}")
     if args.fresh:
-        fresh_check(args.fresh, rows, blocks, y, first)
+        fresh_check(
+            [args.fresh],
+            rows,
+            blocks,
+            y,
+            [("first corpus only", first), ("pooled (shipped)", np.ones(len(rows), bool))],
+        )
     if args.unsafe_thresholds:
         threshold_check(args.unsafe_thresholds, rows, blocks, y, args.fresh)
 
@@ -147,20 +153,27 @@ def threshold_check(
         print(cells)
 
 
-def fresh_check(path: str, rows: list[dict], blocks: dict, y: np.ndarray, first: np.ndarray) -> None:
-    """Both heads, each fitted on all of its rows, on labels of prompts none of them holds."""
+def fresh_check(
+    paths: list[str], rows: list[dict], blocks: dict, y: np.ndarray, pools: list[tuple[str, np.ndarray]]
+) -> tuple[list[dict], dict[str, list]]:
+    """Each pool's head, fitted on all of its rows, on labels of prompts none of them holds (the
+    files of ``paths`` together); returns those rows and each pool's predictions."""
+    from lasa.judges.base import LABELS
     from lasa.runs import read_jsonl
 
-    fresh = [r for r in read_jsonl(path) if r.get("label") in ("safe", "unsafe", "invalid")]
+    fresh = [r for path in paths for r in read_jsonl(path) if r.get("label") in LABELS]
     seen = {r["prompt"] for r in rows}
     overlap = sum(r["prompt"] in seen for r in fresh)
     fb = corpus_blocks(fresh)
     gold = [r["label"] for r in fresh]
     langs = [r["language"] for r in fresh]
-    print(f"\n{path}: {len(fresh)} labelled responses, {overlap} of their prompts in the training files")
-    for name, pool in (("first corpus only", first), ("pooled (shipped)", np.ones(len(rows), bool))):
+    print(
+        f"\n{', '.join(paths)}: {len(fresh)} labelled responses, {overlap} of their prompts in the training files"
+    )
+    preds = {}
+    for name, pool in pools:
         judge = PairEnsemble.fit({k: v[pool] for k, v in blocks.items()}, list(y[pool]), MEMBERS)
-        pred = judge.labels(fb)
+        pred = preds[name] = list(judge.labels(fb))
         a = agreement(gold, pred)
         per = breakdown(gold, pred, langs)
         print(
@@ -176,6 +189,7 @@ def fresh_check(path: str, rows: list[dict], blocks: dict, y: np.ndarray, first:
                 f"    {run} ({len(idx)}): κ {b['kappa']:.3f}, unsafe recall {b['unsafe_recall']:.2f}, "
                 f"judged / gold ASR {100 * b['judged_asr']:.1f}% / {100 * b['gold_asr']:.1f}%"
             )
+    return fresh, preds
 
 
 def extra_check(extra: list[str], fresh: list[str] | None) -> None:
@@ -184,6 +198,7 @@ def extra_check(extra: list[str], fresh: list[str] | None) -> None:
     import sys
 
     from lasa.data import data_path
+    from lasa.judges.base import LABELS
     from lasa.judges.corpus import HELD_OUT_FILES
     from lasa.runs import read_jsonl
 
@@ -204,7 +219,7 @@ def extra_check(extra: list[str], fresh: list[str] | None) -> None:
     for n in names:
         for r in read_jsonl(data_path("judge_labels", n)):
             key = (r.get("prompt"), r.get("response"))
-            if key in pooled and r.get("label") in ("safe", "unsafe", "invalid"):
+            if key in pooled and r.get("label") in LABELS:
                 twice.setdefault(key, r["label"])
     if twice:
         from lasa.judges.validation import cohen_kappa
@@ -251,21 +266,8 @@ def extra_check(extra: list[str], fresh: list[str] | None) -> None:
         print(f"  pooled rows ({(~is_extra).sum()}): {summary(list(y[~is_extra]), list(pred[~is_extra]))}")
         print(f"  extra rows ({is_extra.sum()}): {summary(list(y[is_extra]), list(pred[is_extra]))}")
     paths = fresh or [str(data_path("judge_labels", f)) for f in HELD_OUT_FILES]
-    fr = [r for p in paths for r in read_jsonl(p) if r.get("label") in ("safe", "unsafe", "invalid")]
-    fb = corpus_blocks(fr)
+    fr, preds = fresh_check(paths, rows, blocks, y, list(pools))
     gold = [r["label"] for r in fr]
-    seen = {r["prompt"] for r in rows}
-    print(
-        f"\nheld-out files ({len(fr)} rows, {sum(r['prompt'] in seen for r in fr)} prompts in the training files):"
-    )
-    preds = {}
-    for name, pool in pools:
-        judge = PairEnsemble.fit({k: v[pool] for k, v in blocks.items()}, list(y[pool]), MEMBERS)
-        preds[name] = list(judge.labels(fb))
-        print(f"  trained on {name}: {summary(gold, preds[name])}")
-        for run in dict.fromkeys(r["run"] for r in fr):
-            idx = [i for i, r in enumerate(fr) if r["run"] == run]
-            print(f"    {run} ({len(idx)}): {summary([gold[i] for i in idx], [preds[name][i] for i in idx])}")
     clusters = [str(r.get("mj_id", r["prompt"])) for r in fr]
     gain = kappa_gain(gold, preds[pools[1][0]], preds[pools[0][0]], clusters)
     print(

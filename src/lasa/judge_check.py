@@ -108,11 +108,16 @@ def check_judges(
     default_judge = check_judge_name(default_judge or DEFAULT_JUDGE)
     judges = [check_judge_name(j) for j in (judges or [default_judge])]
     rows = load_labels(labels_path)
-    dropped = 0
-    if unseen_only:
+    learned = [j for j in judges if j in ("pair", "embedding", "probe")]
+    # the shipped heads train on every file of lasa's labelled corpus: agreement on those rows is
+    # in-sample and says little about new data
+    trained: set[tuple[str, str]] = set()
+    if learned or unseen_only:
         from lasa.judges.corpus import corpus_rows
 
         trained = {(r["prompt"], r["response"]) for r in corpus_rows()}
+    dropped = 0
+    if unseen_only:
         kept = [r for r in rows if (r["prompt"], r["response"]) not in trained]
         dropped = len(rows) - len(kept)
         if not kept:
@@ -136,13 +141,7 @@ def check_judges(
     }
     if unseen_only:
         out["dropped_in_training_corpus"] = dropped
-    learned = [j for j in judges if j in ("pair", "embedding", "probe")]
     if learned:
-        # the shipped heads train on every file of lasa's labelled corpus: agreement on those rows is
-        # in-sample and says little about new data
-        from lasa.judges.corpus import corpus_rows
-
-        trained = {(r["prompt"], r["response"]) for r in corpus_rows()}
         seen = sum((r["prompt"], r["response"]) in trained for r in rows)
         out["in_training_corpus"] = seen
         if seen:
