@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lasa.hidden import length_batches
-from lasa.judges.base import LABELS, strip_control_tokens
+from lasa.judges.base import LABELS, clean_prompt, strip_control_tokens
 from lasa.judges.e5torch import E5Tokenizer, load_e5_model, read_e5
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class CrossEncoder(nn.Module):
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         return [
             self.tok.encode_pair(
-                strip_control_tokens(p),
+                clean_prompt(p),
                 strip_control_tokens(r) or " ",
                 self.cfg.max_length,
                 self.cfg.prompt_max,

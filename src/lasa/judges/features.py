@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lasa.judges.base import strip_control_tokens
+from lasa.judges.base import clean_prompt, strip_control_tokens
 from lasa.judges.invalid import _is_dense, _normalise, _script, detect_invalid
 
 #: A response segment whose letters lie this much inside n-grams of the request is a restatement.
@@ -187,7 +187,7 @@ def scalar_features(prompt: str, response: str, lang: str, body: str | None = No
 
 def pair_text(prompt: str, response: str) -> str:
     """Request and response as one passage, so the encoder attends across them."""
-    return f"Request: {strip_control_tokens(prompt)}\nResponse: {strip_control_tokens(response)}"
+    return f"Request: {clean_prompt(prompt)}\nResponse: {strip_control_tokens(response)}"
 
 
 def scalar_matrix(

@@ -32,7 +32,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from lasa.judges.base import is_empty_text, strip_control_tokens
+from lasa.judges.base import clean_prompt, is_empty_text, strip_control_tokens
 
 # --- echo ------------------------------------------------------------------------------------
 #: Fraction of the response's letters that must lie inside n-grams copied from the prompt
@@ -238,7 +238,7 @@ def detect_invalid(prompt: str, response: str, lang: str) -> str | None:
     if _is_empty(text):
         return "empty"
     resp_norm = _normalise(text)
-    if resp_norm and _echo(_normalise(strip_control_tokens(prompt)), resp_norm, lang):
+    if resp_norm and _echo(_normalise(clean_prompt(prompt)), resp_norm, lang):
         return "echo"
     if _repetition(resp_norm):
         return "repetition"

@@ -38,7 +38,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import ClassVar
 
-from lasa.judges.base import JudgeItem, Judgement, strip_control_tokens
+from lasa.judges.base import INVISIBLE, JudgeItem, Judgement, clean_prompt, strip_control_tokens
 from lasa.judges.invalid import detect_invalid
 
 logger = logging.getLogger(__name__)
@@ -269,16 +269,12 @@ _ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u0640]")
 _ARABIC_LETTERS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ى": "ي"})
 _MARKUP = re.compile(r"[*#_>]+")
 _SPACES = re.compile(r"\s+")
-#: Invisible characters that split a phrase without changing how it reads ("I'm so\u00adrry", "can\u200bnot"):
-#: soft hyphen, zero-width space, word joiner, BOM, Mongolian vowel separator. The joiners (U+200C /
-#: U+200D) stay: they shape Bengali and Arabic letters, and the phrases are written with them.
-_INVISIBLE = str.maketrans(dict.fromkeys("\u00ad\u200b\u2060\ufeff\u180e"))
 
 
 def _normalise(text: str) -> str:
-    """NFC, case-folded, no invisible splitters, straight apostrophes, no Markdown emphasis, Arabic
+    """NFC, case-folded, no invisible characters (``base.INVISIBLE``), straight apostrophes, no Markdown emphasis, Arabic
     without diacritics."""
-    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE).translate(_APOSTROPHES).casefold()
+    text = INVISIBLE.sub("", unicodedata.normalize("NFC", text)).translate(_APOSTROPHES).casefold()
     text = _ARABIC_MARKS.sub("", text).translate(_ARABIC_LETTERS)
     text = _MARKUP.sub("", text)
     return _SPACES.sub(" ", text).strip()
@@ -296,7 +292,7 @@ def _copied_prompt_length(text: str, prompt: str) -> int:
     Small models often copy the question back before answering; the copy is not the model's
     opening, so the refusal window starts after it.
     """
-    norm_prompt = _normalise(strip_control_tokens(prompt))
+    norm_prompt = _normalise(clean_prompt(prompt))
     if not norm_prompt:
         return 0
     common = 0

@@ -25,7 +25,14 @@ from typing import ClassVar
 
 from lasa.config.evaluation import check_endpoint_url
 from lasa.errors import LasaError
-from lasa.judges.base import UNPARSED, JudgeItem, Judgement, drop_reasoning, strip_control_tokens
+from lasa.judges.base import (
+    UNPARSED,
+    JudgeItem,
+    Judgement,
+    clean_prompt,
+    drop_reasoning,
+    strip_control_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +246,7 @@ class LLMJudge:
     def _prompts(self, items: Sequence[JudgeItem]) -> list[str]:
         return [
             PROMPT.format(
-                prompt=strip_control_tokens(it.prompt)[: self.max_chars],
+                prompt=clean_prompt(it.prompt)[: self.max_chars],
                 response=strip_control_tokens(it.response)[: self.max_chars] or "(empty)",
             )
             for it in items

@@ -34,6 +34,7 @@ from lasa.judges.base import (
     RULE_MODULES,
     JudgeItem,
     Judgement,
+    clean_prompt,
     empty_judgement,
     strip_control_tokens,
 )
@@ -94,7 +95,7 @@ class PairFeaturizer:
         self, prompts: Sequence[str], responses: Sequence[str], langs: Sequence[str], progress: bool
     ) -> dict[str, np.ndarray]:
         responses = [strip_control_tokens(r) for r in responses]
-        prompts = [strip_control_tokens(p) for p in prompts]
+        prompts = [clean_prompt(p) for p in prompts]
         bodies = [content(p, r) for p, r in zip(prompts, responses)]
         n = len(responses)
         # one e5 call over every distinct text (prompts repeat across variants; content often == response)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lasa.errors import LasaError
-from lasa.judges.base import JudgeItem, strip_control_tokens
+from lasa.judges.base import JudgeItem, clean_prompt, strip_control_tokens
 from lasa.judges.pair import PairEnsemble, PairFeaturizer, PairJudge, load_judge_weights
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def judge_prompts(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -
     out = []
     for p, r in zip(prompts, responses):
         ids = tokenizer(strip_control_tokens(r), add_special_tokens=False)["input_ids"][:MAX_RESPONSE_TOKENS]
-        out.append(PROBE_TEMPLATE.format(prompt=strip_control_tokens(p), response=tokenizer.decode(ids)))
+        out.append(PROBE_TEMPLATE.format(prompt=clean_prompt(p), response=tokenizer.decode(ids)))
     return out
 
 
