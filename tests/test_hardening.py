@@ -662,10 +662,13 @@ def test_a_killed_stages_staging_folder_is_swept_by_the_next_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["marker.json"]
 
 
-def test_an_interrupted_interpret_rerun_drops_the_old_marker(tiny_qwen, tmp_path, monkeypatch):
-    """The new SSI used to sit next to the previous run's metrics.json, which `lasa run` and
-    load_metrics then trusted (layer 2 there, layer 3 in ssi.json)."""
+def test_an_interrupted_interpret_rerun_leaves_the_previous_ssi_whole(tiny_qwen, tmp_path, monkeypatch):
+    """The new SSI used to sit next to the previous run's metrics.json (layer 2 there, layer 3 in
+    ssi.json); then, with the marker dropped first, a rerun interrupted between the weights and
+    ssi.json left layer-3 weights under a layer-2 ssi.json, which `lasa evaluate --gate` loaded
+    without a word (a reliability pass). Now the SSI's artefacts are staged and swapped together."""
     import lasa.interpret.stage as stage
+    from lasa.ssi import SSI
 
     argv = [
         "interpret", "--model", str(tiny_qwen), "--run-dir", str(tmp_path), "--cap", "6",
@@ -673,15 +676,41 @@ def test_an_interrupted_interpret_rerun_drops_the_old_marker(tiny_qwen, tmp_path
         "--calibration", "none",
     ]  # fmt: skip
     assert main([*argv, "--layer", "2"]) == 0
-    assert (tmp_path / "ssi" / "metrics.json").is_file()
+    before = {f.name: f.read_bytes() for f in (tmp_path / "ssi").iterdir() if f.is_file()}
+    digest = SSI.load(tmp_path).digest
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stage, "write_scores", interrupted)  # right after the new SSI is saved
     assert main([*argv, "--layer", "3"]) == 130
-    assert json.loads((tmp_path / "ssi" / "ssi.json").read_text())["layer"] == 3
-    assert not (tmp_path / "ssi" / "metrics.json").exists()
+    after = {f.name: f.read_bytes() for f in (tmp_path / "ssi").iterdir() if f.is_file()}
+    cache = [k for k in before if k.startswith("states")]  # the state cache grows: it is not the SSI
+    assert cache and {k: v for k, v in after.items() if k in before and k not in cache} == {
+        k: v for k, v in before.items() if k not in cache
+    }
+    assert json.loads((tmp_path / "ssi" / "metrics.json").read_text())["layer"] == 2
+    assert SSI.load(tmp_path).digest == digest and SSI.load(tmp_path).layer == 2
+    assert not list((tmp_path / "ssi").glob(".staging-*"))
+
+
+def test_an_ssi_json_beside_another_runs_weights_is_refused(tiny_qwen, tmp_path):
+    """Its weights' hash ties ssi.json to ssi.safetensors: same shapes, another layer or seed, no
+    silent mix."""
+    import shutil
+
+    from lasa.ssi import SSI
+
+    argv = [
+        "interpret", "--model", str(tiny_qwen), "--cap", "6", "--eval-n-harmful", "2",
+        "--eval-n-benign", "2", "--epochs", "1", "--spread-seeds", "1", "--calibration", "none",
+    ]  # fmt: skip
+    assert main([*argv, "--run-dir", str(tmp_path / "a"), "--layer", "2"]) == 0
+    assert main([*argv, "--run-dir", str(tmp_path / "b"), "--layer", "3"]) == 0
+    shutil.copy(tmp_path / "b" / "ssi" / "ssi.safetensors", tmp_path / "a" / "ssi" / "ssi.safetensors")
+    with pytest.raises(LasaError, match="does not describe its ssi.safetensors"):
+        SSI.load(tmp_path / "a")
+    assert SSI.load(tmp_path / "b").layer == 3
 
 
 def test_a_hand_run_generate_that_changes_completions_drops_the_stale_results(tiny_qwen, tmp_path):

@@ -26,7 +26,7 @@ from torch import nn
 
 from lasa.errors import LasaError
 from lasa.models import LoadedModel, base_model, fingerprints_match
-from lasa.runs import atomic_path, read_json_object, write_json
+from lasa.runs import atomic_path, read_json_object, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,9 @@ class SSI:
                 save_file(tensors, str(tmp), metadata={"languages": " ".join(self.calibration.languages)})
         elif cal_path.exists():
             cal_path.unlink()
+        # the weights' hash ties ssi.json to them: an interrupted re-run that replaced the weights
+        # but not ssi.json (another layer, seed or threshold, same shapes) must not load as one SSI
+        self.meta["weights_sha256"] = sha256_file(out_dir / "ssi.safetensors")
         write_json(out_dir / "ssi.json", self.meta)  # written last
 
     @classmethod
@@ -241,6 +244,12 @@ class SSI:
                 if int(arch.get("ensemble", 1)) > 1
                 else SafetySemanticInterpreter(arch["d_model"], arch["hidden"], arch["dropout"])
             )
+            want = meta.get("weights_sha256")  # absent in SSIs saved before it was recorded
+            if want is not None and want != sha256_file(path / "ssi.safetensors"):
+                raise LasaError(
+                    f"{path}/ssi.json does not describe its ssi.safetensors (the weights of another "
+                    "interpret run: an interrupted rerun?); rerun `lasa interpret`"
+                )
             module.load_state_dict(load_file(str(path / "ssi.safetensors")))
             calibration = None
             if (meta.get("calibration") or {}).get("method", "none") != "none":

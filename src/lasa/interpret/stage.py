@@ -36,7 +36,7 @@ from lasa.interpret.sweep import run_sweep, transfer_layer
 from lasa.interpret.train import Split, fit_and_evaluate, group_split
 from lasa.models import LoadedModel, base_model, numerics_identity, validate_layer, weights_signature
 from lasa.results import InterpretResult
-from lasa.runs import RunDir, atomic_path, fingerprint, write_json
+from lasa.runs import RunDir, atomic_path, fingerprint, staged_artefacts, write_json
 from lasa.ssi import INDEX_CONVENTION, SCORES_FILE, SSI, scores_key, write_scores
 
 logger = logging.getLogger(__name__)
@@ -622,63 +622,71 @@ def _interpret(
         "data_recipe": recipe,
         "seed": cfg.seed,
     }
-    # the marker goes first: from here on the folder holds the new SSI, and a stage interrupted
-    # before the new metrics.json is written must read as unfinished, not as the previous run
-    run.ssi_metrics(cfg.out_name).unlink(missing_ok=True)
-    for stale in ("layer_sweep.json", "layer_sweep.png"):  # an earlier --sweep's, not this SSI's
-        (out / stale).unlink(missing_ok=True)
-    ssi.save(out)
-    if not cfg.chat_template:  # a raw-prompt gate can take these instead of a pass (Gate.known_scores)
-        probs = ssi.predict_proba(states[layer])
-        write_scores(out / SCORES_FILE, scores_key(ssi, lm), dict(zip(texts, map(float, probs))))
-    question_form_unseen = [g for g in unseen if "flores" not in benign_source[g]]
-    metrics = {
-        "model": cfg.model,
-        "layer": layer,
-        "threshold": res["threshold"],
-        "train_languages": train_langs,
-        "seen_languages": seen,
-        "unseen_languages": unseen,
-        "per_language": table,
-        "macro_seen": macro(table, seen),
-        "macro_unseen": macro(table, unseen),
-        "macro_unseen_question_form": macro(table, question_form_unseen),
-        "xstest": {
-            "fpr_safe": float((xs_probs[xs_safe] > res["threshold"]).mean()),
-            "tpr_unsafe": float((xs_probs[~xs_safe] > res["threshold"]).mean()),
-            "n_safe": int(xs_safe.sum()),
-            "n_unsafe": int((~xs_safe).sum()),
-        },
-        "calibration": calibration_report,
-        "per_language_uncalibrated": uncalibrated,
-        "macro_unseen_uncalibrated": macro(uncalibrated, unseen) if uncalibrated else None,
-        "xstest_multilingual": xs_mt_table,
-        "form_control": fc,
-        "validation": {"n": len(va), "balanced_accuracy": res["val_balanced_accuracy"]},
-        "training": {"n_train": len(tr), "n_val": len(va), "epochs": res["log"], "recipe": recipe},
-        "evaluation_data": {
-            "harmful": "MultiJail "
-            + (f"(first {cfg.eval_n_harmful} ids)" if cfg.eval_n_harmful else "(all 315 ids)"),
-            "benign_source": benign_source,
-            "n_benign_cap": cfg.eval_n_benign,
-        },
-        "seed_spread": spread,
-        "ensemble": {"size": cfg.ensemble, "members": members} if members else None,
-        "timings": {
-            "states_seconds": round(t_states, 1),
-            "train_eval_seconds": round(time.time() - t1, 1),
-            "seed_spread_seconds": round(t_spread, 1),
-        },
-    }
-    if cfg.sweep:
-        t1 = time.time()
-        metrics["layer_sweep"] = run_sweep(
-            states, sweep_layers, split, cfg, train_langs, layer, out, question_form=question_form_unseen
-        )
-        metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
-        metrics["transfer_layer"] = transfer_layer(metrics["layer_sweep"])
-    metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
-    write_json(run.ssi_metrics(cfg.out_name), metrics)  # written last: its presence means the stage finished
+    # every artefact of the SSI changes together or not at all: they are written into a staging
+    # folder and moved in with metrics.json (the marker) last, so an interrupted rerun leaves the
+    # previous SSI whole (it once left new weights under the old ssi.json, and a gate loaded both);
+    # an earlier --sweep's figures go with the SSI they described
+    owns = ("calibration.safetensors", SCORES_FILE, "layer_sweep.json", "layer_sweep.png")
+    with staged_artefacts(out, "metrics.json", owns=owns) as stage:
+        ssi.save(stage)
+        if not cfg.chat_template:  # a raw-prompt gate can take these instead of a pass (Gate.known_scores)
+            probs = ssi.predict_proba(states[layer])
+            write_scores(stage / SCORES_FILE, scores_key(ssi, lm), dict(zip(texts, map(float, probs))))
+        question_form_unseen = [g for g in unseen if "flores" not in benign_source[g]]
+        metrics = {
+            "model": cfg.model,
+            "layer": layer,
+            "threshold": res["threshold"],
+            "train_languages": train_langs,
+            "seen_languages": seen,
+            "unseen_languages": unseen,
+            "per_language": table,
+            "macro_seen": macro(table, seen),
+            "macro_unseen": macro(table, unseen),
+            "macro_unseen_question_form": macro(table, question_form_unseen),
+            "xstest": {
+                "fpr_safe": float((xs_probs[xs_safe] > res["threshold"]).mean()),
+                "tpr_unsafe": float((xs_probs[~xs_safe] > res["threshold"]).mean()),
+                "n_safe": int(xs_safe.sum()),
+                "n_unsafe": int((~xs_safe).sum()),
+            },
+            "calibration": calibration_report,
+            "per_language_uncalibrated": uncalibrated,
+            "macro_unseen_uncalibrated": macro(uncalibrated, unseen) if uncalibrated else None,
+            "xstest_multilingual": xs_mt_table,
+            "form_control": fc,
+            "validation": {"n": len(va), "balanced_accuracy": res["val_balanced_accuracy"]},
+            "training": {"n_train": len(tr), "n_val": len(va), "epochs": res["log"], "recipe": recipe},
+            "evaluation_data": {
+                "harmful": "MultiJail "
+                + (f"(first {cfg.eval_n_harmful} ids)" if cfg.eval_n_harmful else "(all 315 ids)"),
+                "benign_source": benign_source,
+                "n_benign_cap": cfg.eval_n_benign,
+            },
+            "seed_spread": spread,
+            "ensemble": {"size": cfg.ensemble, "members": members} if members else None,
+            "timings": {
+                "states_seconds": round(t_states, 1),
+                "train_eval_seconds": round(time.time() - t1, 1),
+                "seed_spread_seconds": round(t_spread, 1),
+            },
+        }
+        if cfg.sweep:
+            t1 = time.time()
+            metrics["layer_sweep"] = run_sweep(
+                states,
+                sweep_layers,
+                split,
+                cfg,
+                train_langs,
+                layer,
+                stage,
+                question_form=question_form_unseen,
+            )
+            metrics["timings"]["sweep_seconds"] = round(time.time() - t1, 1)
+            metrics["transfer_layer"] = transfer_layer(metrics["layer_sweep"])
+        metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
+        write_json(stage / "metrics.json", metrics)  # the marker: moved in last
     run.record(
         cfg.record_name, cfg, {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)}
     )
