@@ -1578,3 +1578,63 @@ def test_an_empty_judge_list_says_what_to_do():
 
     with pytest.raises(LasaError, match=r"^--judges is empty; name at least one \(e.g. --judges pair\)$"):
         EvaluateConfig(judges=[])
+
+
+def _hold(code: str, *args: str, ready: Path):
+    """A second process that runs ``code`` (with sys.argv = args) and touches ``ready`` inside it."""
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", code, *args, str(ready)])
+    for _ in range(300):
+        if ready.exists():
+            return holder
+        time.sleep(0.1)
+    holder.kill()
+    raise AssertionError("the holder never got its lock")
+
+
+def test_a_stage_refuses_a_second_writer_and_a_run_in_progress(tmp_path):
+    """A reliability pass: two `lasa align --method kto` into one run directory both exited 0 (the
+    second deleted the first's live training log), and a hand-run stage started while `lasa run`
+    held the directory. Every stage folder now has one writer, and `lasa run` excludes the rest;
+    stages of one run directory still run side by side (two evaluate variants at once)."""
+    from lasa.runs import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    stage = (
+        "import sys, time, pathlib\nfrom lasa.runs import RunDir\n"
+        "with RunDir(sys.argv[1]).stage_dir(sys.argv[2]):\n"
+        "    pathlib.Path(sys.argv[3]).touch(); time.sleep(30)\n"
+    )
+    holder = _hold(stage, str(rd.path), "align/kto", ready=tmp_path / "ready1")
+    try:
+        with (
+            pytest.raises(LasaError, match="another lasa process is writing align/kto"),
+            rd.stage_dir("align/kto"),
+        ):
+            pass
+        with rd.stage_dir("align/lasa") as out:  # another stage of the same run: fine
+            assert out.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    run = (
+        "import sys, time, pathlib\nfrom lasa.runs import exclusive\n"
+        "with exclusive(sys.argv[1], 'this run directory'):\n"
+        "    pathlib.Path(sys.argv[2]).touch(); time.sleep(30)\n"
+    )
+    holder = _hold(run, str(rd.path), ready=tmp_path / "ready2")
+    try:
+        with (
+            pytest.raises(LasaError, match=r"writing this run directory \(`lasa run`\)"),
+            rd.stage_dir("locate"),
+        ):
+            pass
+        assert not (rd.path / "locate").exists()  # and the refused stage left no folder
+    finally:
+        holder.kill()
+        holder.wait()
+    with rd.stage_dir("locate"):
+        pass

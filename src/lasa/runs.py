@@ -325,7 +325,11 @@ class RunDir:
         ]
         make_dirs(p)
         try:
-            yield p
+            # one writer per stage folder, and none while a `lasa run` holds the run directory (a
+            # second `lasa align` of the same method deleted the first's live training log; a hand-run
+            # stage beside `lasa run` raced it); stages of one run directory may run side by side
+            with exclusive(self.path, "this run directory (`lasa run`)", shared=True), exclusive(p, name):
+                yield p
         except BaseException:
             for q in created:  # deepest first
                 with contextlib.suppress(OSError):
@@ -431,11 +435,14 @@ _HELD: set[str] = set()  # directories this process holds (a nested exclusive() 
 
 
 @contextlib.contextmanager
-def exclusive(directory: str | Path, what: str) -> Iterator[None]:
+def exclusive(directory: str | Path, what: str, shared: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``directory`` for the block (no lock file to leave behind; the
     kernel drops the lock when the process dies). A second lasa process writing the same thing gets a
     one-line error instead of interleaving its rows with this one's. Under a launcher only rank 0
-    locks: its sibling ranks write their own slices of the same directory by design."""
+    locks: its sibling ranks write their own slices of the same directory by design.
+
+    ``shared``: a shared lock instead, which any number of processes hold together and an exclusive
+    one excludes (every stage holds its run directory shared; `lasa run` holds it exclusively)."""
     from lasa import distributed
 
     try:
@@ -450,7 +457,7 @@ def exclusive(directory: str | Path, what: str) -> Iterator[None]:
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LasaError(
                 f"another lasa process is writing {what} ({directory}); wait for it to finish or use "
