@@ -227,6 +227,13 @@ def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, 
         ),
         (["interpret", "--layer", "999"], "--layer 999 is out of range"),
         (["interpret", "--pooling", "user_last"], "--pooling user_last reads the user's turn"),
+        # a reliability pass (this round): each of these ran, or failed, after the model load
+        (["evaluate", "--adapter", ""], "--adapter is empty"),  # `--adapter "$UNSET"`: the base as `base`
+        (["evaluate", "--variant", "x", "--gate", "--ssi", " "], "--ssi is empty"),
+        (["interpret", "--max-length", "-5"], "--max-length must be >= 2, got -5"),
+        (["interpret", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["locate", "--n-bootstrap", "1000000000"], "--n-bootstrap must be <= 100000"),
+        (["align", "--max-length", "0"], "--max-length must be >= 8, got 0"),
     ],
 )
 def test_bad_stage_input_fails_before_any_model_is_loaded(
@@ -363,3 +370,74 @@ def test_judge_check_unseen_only_scores_only_rows_the_judges_never_trained_on(tm
     rc, _, err = run_cli(capsys, "judge-check", "--labels", only_known, "--judges", "pair", "--unseen-only")
     assert rc == 2 and "all 3 labelled responses are in lasa's judge training corpus" in err, err
     assert "Traceback" not in err and judged == []
+
+
+def test_a_run_dir_under_a_tilde_is_the_home_directorys(monkeypatch, tmp_path):
+    """`run_dir: ~/x` in a preset (or `--run-dir=~/x`, which bash leaves alone) made a folder named
+    `~` in the working directory, which a later `rm -rf ~` would turn into a disaster."""
+    from lasa.config import EvaluateConfig, ReportConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert EvaluateConfig(run_dir="~/runs/x").run_dir == str(tmp_path / "runs" / "x")
+    (tmp_path / "r").mkdir()
+    assert ReportConfig(run_dir="~/r").run_dir == str(tmp_path / "r")
+
+
+def test_a_bad_log_level_is_one_line_not_a_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("LASA_LOG_LEVEL", "verbose")
+    rc, _, err = run_cli(capsys, "models", "list")
+    assert rc == 0 and "LASA_LOG_LEVEL='verbose' is not a level" in err and "Traceback" not in err
+
+
+def test_a_write_failure_is_one_line(capsys, tmp_path, monkeypatch):
+    """`judge-check --out` into a folder that cannot hold it failed with a traceback after judging."""
+    import json
+
+    import lasa.judge_check
+
+    monkeypatch.setattr(lasa.judge_check, "get_judge", lambda name, **k: None)
+    monkeypatch.setattr(
+        lasa.judge_check, "judge_samples", lambda judge, rows: [{"label": "safe", "reason": ""} for _ in rows]
+    )
+    f = tmp_path / "labels.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "language": "en", "label": "safe"}) + "\n")
+    (tmp_path / "out.json").mkdir()  # the output path is a folder
+    rc, _, err = run_cli(
+        capsys, "judge-check", "--labels", f, "--judges", "lexicon", "--out", tmp_path / "out.json"
+    )
+    assert rc in (1, 2) and "error:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_judge_check_leaves_unparsed_verdicts_out_of_the_agreement(tmp_path, monkeypatch):
+    """An llm judge whose model never answers in the format got accuracy and kappa as if each
+    unreadable answer were an `invalid` prediction; now they are counted apart, and a judge with no
+    readable verdict at all is an error."""
+    import json
+
+    import lasa.judge_check
+    from lasa.errors import LasaError
+    from lasa.judges import UNPARSED
+
+    rows = [("safe", "safe", ""), ("unsafe", "invalid", UNPARSED + ": blah"), ("unsafe", "unsafe", "")]
+    f = tmp_path / "labels.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps({"prompt": f"p{i}", "response": f"r{i}", "language": "en", "label": g}) + "\n"
+            for i, (g, _, _) in enumerate(rows)
+        )
+    )
+    monkeypatch.setattr(lasa.judge_check, "get_judge", lambda name, **k: None)
+    monkeypatch.setattr(
+        lasa.judge_check, "judge_samples", lambda judge, rs: [{"label": p, "reason": r} for _, p, r in rows]
+    )
+    rep = lasa.judge_check.check_judges(f, ["lexicon"])
+    overall = rep["judges"]["lexicon"]["overall"]
+    assert overall["unjudged"] == 1 and overall["accuracy"] == 1.0
+    assert rep["judges"]["lexicon"]["predictions"][1]["pred"] is None
+    monkeypatch.setattr(
+        lasa.judge_check,
+        "judge_samples",
+        lambda judge, rs: [{"label": "invalid", "reason": UNPARSED} for _ in rs],
+    )
+    with pytest.raises(LasaError, match="no readable verdict on any of the 3"):
+        lasa.judge_check.check_judges(f, ["lexicon"])

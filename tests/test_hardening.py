@@ -1548,7 +1548,7 @@ def test_a_checkpoint_at_the_first_warmup_step_is_named_as_the_starting_model(ca
     assert not caplog.records
 
 
-def test_a_bad_judge_model_path_is_named_before_generation(tmp_path):
+def test_a_bad_judge_model_path_is_named_before_generation(tmp_path, monkeypatch):
     """The llm judge loads its model after generation and the other judges; a path that cannot be
     a model must fail before generation (run_evaluate, judge-check and lasa run call preflight
     first), naming --judge-model (not --model)."""
@@ -1568,6 +1568,18 @@ def test_a_bad_judge_model_path_is_named_before_generation(tmp_path):
         preflight(["llm"], None, str(tmp_path / "weights.bin"))
     with pytest.raises(LasaError, match=r"--judge-model .*: directory has no config.json"):
         preflight(["llm"], None, str(tmp_path))
+    import lasa.default_model as dm
+
+    # an embedded name whose part packages are not installed (nor a prepared copy): named before
+    # generation with the pip command (a reliability pass: `--judges probe` without the 1.5B failed
+    # after locate, interpret, both aligns and the base generation)
+    monkeypatch.setattr(dm, "prepared_path", lambda name, root=None: None)
+    monkeypatch.setattr(dm, "_find_part", lambda part: None)
+    with pytest.raises(
+        LasaError, match=r"embedded model 'qwen2.5-coder-1.5b' is missing 22 of its 22 .*pip install"
+    ):
+        preflight(["llm"], None, "qwen2.5-coder-1.5b")
+    monkeypatch.setattr(dm, "prepared_path", lambda name, root=None: tmp_path)  # prepared: fine
     preflight(["llm"], None, "default")  # an embedded name: resolved (and prepared) when loaded
     preflight(["llm"], None, "Qwen/Qwen2.5-7B-Instruct")  # a hub id: no network call here
     preflight(["pair"], None, missing)  # no llm judge: nothing to check

@@ -139,11 +139,17 @@ def test_shipped_probe_weights_are_pairs_members_plus_a_head_on_the_1_5b():
 
 def test_probe_judge_is_checked_before_generation(monkeypatch, tmp_path):
     import lasa.data
+    import lasa.default_model as dm
     from lasa.config import EvaluateConfig
     from lasa.judges.llm import preflight
 
     assert EvaluateConfig(judges=["probe", "lexicon"], default_judge="probe").judges == ["probe", "lexicon"]
-    preflight(["probe"], None)  # the shipped weights name an embedded model: nothing to fetch
+    monkeypatch.setattr(dm, "prepared_path", lambda name, root=None: None)
+    monkeypatch.setattr(dm, "_find_part", lambda part: None)
+    with pytest.raises(LasaError, match="the probe judge's model|missing 22 of its 22"):
+        preflight(["probe"], None)  # the shipped weights name the 1.5B, which is not installed
+    monkeypatch.setattr(dm, "prepared_path", lambda name, root=None: tmp_path)
+    preflight(["probe"], None)  # the shipped weights name an embedded model that is here: fine
     monkeypatch.setattr(lasa.data, "data_path", lambda *parts: tmp_path.joinpath(*parts))
     with pytest.raises(LasaError, match="build_probe_judge.py"):
         preflight(["probe", "pair"], None)

@@ -27,7 +27,14 @@ class Command:
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("LASA_LOG_LEVEL", "INFO").upper()
+    level = os.environ.get("LASA_LOG_LEVEL", "INFO").strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):  # was a ValueError traceback
+        print(
+            f"lasa: LASA_LOG_LEVEL={os.environ['LASA_LOG_LEVEL']!r} is not a level; use DEBUG, INFO, "
+            "WARNING or ERROR (INFO is used)",
+            file=sys.stderr,
+        )
+        level = "INFO"
     if not distributed.is_main():  # under a launcher, rank 0 speaks for the run
         level = "WARNING"
     logging.basicConfig(
@@ -317,6 +324,11 @@ def _judge_check(argv: list[str]) -> int:
         ],
     )
     for j, r in rep["judges"].items():
+        if r["overall"].get("unjudged"):
+            print(
+                f"\n{j}: {r['overall']['unjudged']} of {rep['n']} responses got no readable verdict "
+                "(unparsed judge output): left out of the figures above"
+            )
         print(f"\n{j}: confusion (rows gold, columns judged)")
         _print_table(
             ["gold \\ judged", *LABELS], [[g, *[r["confusion"][g][p] for p in LABELS]] for g in LABELS]
@@ -517,6 +529,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LasaError as err:
         print(f"lasa {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a folder that cannot be written, a path that is a folder
+        logging.getLogger("lasa").debug("traceback", exc_info=True)
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(
+            f"lasa {argv[0]}: error: {err.strerror or err}{where} (free space or choose a writable "
+            "path; LASA_LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         what = (
             "training restarts from step 0 on a rerun (the rows are kept)"

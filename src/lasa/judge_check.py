@@ -16,7 +16,7 @@ from typing import Any
 
 from lasa.data import normalize_language
 from lasa.errors import LasaError
-from lasa.judges import LABELS, get_judge, judge_samples
+from lasa.judges import LABELS, UNPARSED, get_judge, judge_samples
 from lasa.judges.validation import agreement, breakdown, confusion
 from lasa.stats import wilson
 
@@ -155,25 +155,36 @@ def check_judges(
             )
     for name in judges:
         verdicts = judge_samples(get_judge(name, **judge_kwargs), rows)
-        pred = [v["label"] for v in verdicts]
-        overall = agreement(gold, pred)
-        for key, labels in (("gold_asr", gold), ("judged_asr", pred)):  # every ASR with its interval
+        # a verdict the judge could not give (the llm judge's unreadable answer) is no prediction: it
+        # is left out of the agreement, as of an evaluation's ASR, and counted (it was scored as an
+        # "invalid" prediction, so a judge model that never answered got a confident-looking kappa)
+        read = [i for i, v in enumerate(verdicts) if not str(v.get("reason", "")).startswith(UNPARSED)]
+        read_set = set(read)
+        if not read:
+            raise LasaError(
+                f"the {name} judge gave no readable verdict on any of the {len(rows)} responses (every "
+                "answer unparsed); check its model or endpoint (--judge-model / --judge-url)"
+            )
+        g_read, pred = [gold[i] for i in read], [verdicts[i]["label"] for i in read]
+        overall = agreement(g_read, pred)
+        overall["unjudged"] = len(rows) - len(read)
+        for key, labels in (("gold_asr", g_read), ("judged_asr", pred)):  # every ASR with its interval
             w = wilson(sum(x == "unsafe" for x in labels), len(labels))
             overall[f"{key}_ci"] = [w.low, w.high]
         out["judges"][name] = {
             "overall": overall,
-            "per_language": breakdown(gold, pred, langs),
-            "confusion": confusion(gold, pred),
+            "per_language": breakdown(g_read, pred, [langs[i] for i in read]),
+            "confusion": confusion(g_read, pred),
             "predictions": [
                 {
                     "uid": r["id"],
                     "line": r["line"],
                     "lang": r["lang"],
                     "gold": g,
-                    "pred": v["label"],
+                    "pred": v["label"] if i in read_set else None,
                     "reason": v["reason"],
                 }
-                for r, g, v in zip(rows, gold, verdicts)
+                for i, (r, g, v) in enumerate(zip(rows, gold, verdicts))
             ],
         }
     out["best_judge"] = max(out["judges"], key=lambda j: out["judges"][j]["overall"]["kappa"])

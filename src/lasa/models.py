@@ -158,7 +158,10 @@ def check_model_spec(spec: str, flag: str = "--model") -> None:
     is not .gguf or a directory without config.json fails here, naming ``flag``."""
     if not spec or not spec.strip():
         raise LasaError(f"{flag} is empty; pass an HF id, a local directory, a .gguf file or 'default'")
-    if default_model.embedded_name(spec):
+    name = default_model.embedded_name(spec)
+    if name:  # prepared, or its part packages installed (a file lookup each): else say which pip fixes it
+        if default_model.prepared_path(name) is None:
+            default_model.locate_parts(default_model.EMBEDDED[name])
         return
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix != ".gguf":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -59,6 +60,7 @@ class StageConfig:
             setattr(self, f.name, coerce_value(hints[f.name], getattr(self, f.name), flag))
         if not 0 <= self.seed < 2**32:  # numpy's RandomState (sklearn) takes nothing larger
             raise LasaError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        self.run_dir = expand_run_dir(self.run_dir)
         check_run_dir(self.run_dir)
         if not _DEVICE.fullmatch(str(self.device)):  # availability is checked where a model loads
             raise LasaError(f"unknown --device {self.device!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
@@ -79,6 +81,14 @@ class StageConfig:
         return {f.name: getattr(self, f.name) for f in config_fields(type(self))}
 
 
+def expand_run_dir(run_dir: Any) -> Any:
+    """``~/runs/x`` as the home directory's: a shell does not expand it in a preset (``run_dir:
+    ~/x``) or after ``=`` (``--run-dir=~/x``), and a literal ``./~`` folder invites ``rm -rf ~``."""
+    if isinstance(run_dir, str) and run_dir.startswith("~"):
+        return str(Path(run_dir).expanduser())
+    return run_dir
+
+
 def check_run_dir(run_dir: str) -> None:
     """A one-line error for a run directory that cannot be one: empty (it would silently mean the
     current directory, where a forced rerun deletes ./locate, ./eval, ...) or an existing file."""
@@ -87,6 +97,10 @@ def check_run_dir(run_dir: str) -> None:
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise LasaError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
+    # before any work, not when the first artefact is written after minutes of it
+    existing = next((q for q in [path, *path.absolute().parents] if q.exists()), None)
+    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise LasaError(f"--run-dir {run_dir}: {existing} cannot be written; choose another path")
 
 
 def nonempty_langs(langs: list[str]) -> list[str]:

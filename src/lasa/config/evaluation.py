@@ -183,6 +183,13 @@ class GenerateConfig(StageConfig):
 
         if self.variant is not None:
             safe_name(self.variant, "--variant")  # RUN/eval/<variant>/
+        for flag in ("adapter", "ssi"):  # `--adapter "$ADAPTER"` with the variable unset evaluated
+            value = getattr(self, flag)  # the base model under the name `base`, and exited 0
+            if value is not None and not str(value).strip():
+                raise LasaError(
+                    f"--{flag} is empty; give a directory or (for --adapter) a method trained in this run, "
+                    "or leave the flag out"
+                )
 
         # a known variant name sets what makes it, unless the flags already say otherwise
         known = VARIANTS.get(self.variant or "")

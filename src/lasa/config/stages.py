@@ -55,11 +55,16 @@ class LocateConfig(StageConfig):
             "instead of reading the raw text."
         },
     )
-    batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass."})
-    max_length: int = field(default=256, metadata={"help": "Truncate prompts to this many tokens."})
+    batch_size: int = field(default=16, metadata={"ge": 1, "help": "Prompts per forward pass."})
+    max_length: int = field(default=256, metadata={"ge": 2, "help": "Truncate prompts to this many tokens."})
     n_bootstrap: int = field(
         default=1000,
-        metadata={"help": "Bootstrap resamples over queries for the 95 percent interval of the score."},
+        # 100,000 resamples of 500 queries x 24 layers is already minutes; a typo's 1e9 ran out of memory
+        metadata={
+            "ge": 0,
+            "le": 100_000,
+            "help": "Bootstrap resamples over queries for the 95 percent interval of the score.",
+        },
     )
     tsne_layers: list[int] = field(
         default_factory=list,
@@ -87,8 +92,6 @@ class LocateConfig(StageConfig):
             raise LasaError(f"--source must be mixed, multijail or sib200, got {self.source!r}")
         if self.pooling not in ("last", "mean"):
             raise LasaError(f"--pooling must be last or mean, got {self.pooling!r}")
-        if self.batch_size < 1 or self.max_length < 2 or self.n_bootstrap < 0:
-            raise LasaError("--batch-size >= 1, --max-length >= 2 and --n-bootstrap >= 0 are required")
 
 
 @dataclass
@@ -231,9 +234,11 @@ class InterpretConfig(StageConfig):
         default="ssi",
         metadata={"help": "Output folder RUN/<out_name>/ (e.g. ssi_chat to keep both formats side by side)."},
     )
-    batch_size: int = field(default=16, metadata={"help": "Prompts per forward pass when extracting states."})
-    max_length: int = field(
-        default=256, metadata={"help": "Truncate prompts to this many tokens (keeping the end)."}
+    batch_size: int = field(
+        default=16, metadata={"ge": 1, "help": "Prompts per forward pass when extracting states."}
+    )
+    max_length: int = field(  # a negative one dropped the first tokens of every prompt (s[-n:])
+        default=256, metadata={"ge": 2, "help": "Truncate prompts to this many tokens (keeping the end)."}
     )
     force: bool = field(
         default=False, metadata={"help": "Re-extract states even if RUN/ssi/states.safetensors matches."}
@@ -365,7 +370,7 @@ class AlignConfig(StageConfig):
     gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1, "help": "Gradient accumulation."})
     lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
     warmup_steps: int = field(default=2, metadata={"ge": 0, "help": "Warm-up steps."})
-    max_length: int = field(default=384, metadata={"help": "Max tokens of prompt + completion."})
+    max_length: int = field(default=384, metadata={"ge": 8, "help": "Max tokens of prompt + completion."})
     lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
     lora_r: int = field(default=8, metadata={"ge": 1, "help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"gt": 0, "help": "LoRA alpha."})
@@ -543,8 +548,9 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise LasaError("--run-dir is required (the run directory to report on)")
-        from lasa.config.base import check_run_dir
+        from lasa.config.base import check_run_dir, expand_run_dir
 
+        self.run_dir = expand_run_dir(self.run_dir)
         check_run_dir(self.run_dir)  # a file is named as one
         if not Path(self.run_dir).is_dir():
             raise LasaError(f"run directory not found: {self.run_dir}")
