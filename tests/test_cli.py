@@ -233,7 +233,7 @@ def test_judge_check_rejects_lines_that_are_not_objects(capsys, tmp_path, line, 
         (["interpret", "--max-length", "-5"], "--max-length must be >= 2, got -5"),
         (["interpret", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["locate", "--n-bootstrap", "1000000000"], "--n-bootstrap must be <= 100000"),
-        (["align", "--max-length", "0"], "--max-length must be >= 8, got 0"),
+        (["align", "--max-length", "0"], "--max-length must be >= 2, got 0"),
     ],
 )
 def test_bad_stage_input_fails_before_any_model_is_loaded(

@@ -1650,3 +1650,23 @@ def test_a_stage_refuses_a_second_writer_and_a_run_in_progress(tmp_path):
         holder.wait()
     with rd.stage_dir("locate"):
         pass
+
+
+def test_a_hand_run_stage_refuses_a_bottleneck_located_on_other_weights(tiny_qwen, tmp_path):
+    """`lasa interpret` by hand after the weights at the same --model path changed used the layer
+    located on the old ones without a word (`lasa run` noticed; the stage commands did not)."""
+    import os
+
+    from lasa.locate import Bottleneck
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen, model)
+    rd = tmp_path / "run"
+    argv = ["locate", "--model", str(model), "--run-dir", str(rd), "--n-queries", "4", "--langs", "en", "zh"]
+    assert main([*argv, "--no-plots"]) == 0
+    assert Bottleneck.load(rd).layer_for(str(model), rd) >= 1
+    weights = next(model.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-converted in place
+    with pytest.raises(LasaError, match="was located on other weights"):
+        Bottleneck.load(rd).layer_for(str(model), rd)

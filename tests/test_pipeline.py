@@ -457,6 +457,28 @@ def test_run_adopts_stages_run_by_hand_with_the_same_settings(preset, tiny_qwen,
     assert _ran(fourth)[0] == "locate"
 
 
+def test_a_hand_run_killed_before_it_recorded_is_not_adopted(preset, tiny_qwen, tmp_path, monkeypatch):
+    """A reliability pass: `lasa locate --n-queries 5` by hand, killed after its new bottleneck.json
+    and before RUN/config.yaml said so, left the previous run's entry (the preset's settings) beside
+    it; `lasa run` adopted the 5-query locate as its own. The entry now carries its marker's digest."""
+    import lasa.runs
+
+    rd = tmp_path / "run"
+    common = ["--config", str(preset), "--model", str(tiny_qwen), "--run-dir", str(rd), "--device", DEVICE]
+    assert main(["locate", *common]) == 0  # the preset's settings, recorded
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lasa.runs.RunDir, "record", killed)
+    assert main(["locate", *common, "--n-queries", "5"]) == 130
+    monkeypatch.undo()
+    assert json.loads((rd / "locate" / "bottleneck.json").read_text())["n"]["queries"] == 5
+    assert run(preset, tiny_qwen, rd, "--variants", "base") == 0
+    assert _ran(rd)[0] == "locate"  # redone with the preset's settings, not adopted
+    assert json.loads((rd / "locate" / "bottleneck.json").read_text())["n"]["queries"] != 5
+
+
 def test_a_hand_run_ssi_is_looked_up_under_its_own_name():
     from lasa.config import InterpretConfig, LocateConfig
     from lasa.pipeline import Stage, _record_name

@@ -875,7 +875,10 @@ def _align(cfg: AlignConfig, lm: Any, run: RunDir, out: Path, t0: float) -> Alig
 
     # the weights it trained on: `lasa run` adopts a hand-run stage only on the same weights
     run.record(
-        f"align:{cfg.method}", cfg, {"training": training, "model_weights": weights_signature(cfg.model)}
+        f"align:{cfg.method}",
+        cfg,
+        {"training": training, "model_weights": weights_signature(cfg.model)},
+        marker=run.align_summary(cfg.method),
     )
     logger.info(
         "align %s: %d steps in %.0f s (%.1f s/step), loss %.3f",

@@ -325,7 +325,9 @@ def _ran_by_hand(st: Stage, rd: Path, run_dir: str, weights: str, by_name: dict[
     option it lacks (recorded by an older lasa) must be at its default here. The stage must have
     recorded the model's weight signature (lasa records it since adoption exists) and be recorded
     no earlier than every upstream stage: ``lasa locate`` rerun by hand after ``lasa interpret``
-    may have moved the layer the SSI was trained at, so the SSI is redone, not adopted."""
+    may have moved the layer the SSI was trained at, so the SSI is redone, not adopted. The entry
+    must describe the marker on disk (its digest): a hand run killed after writing its marker and
+    before recording left the previous run's entry, whose settings the new output does not have."""
     if st.extra_key or not st.artefact.is_file() or any(not p.is_file() for p in st.files):
         return False
     try:
@@ -338,6 +340,8 @@ def _ran_by_hand(st: Stage, rd: Path, run_dir: str, weights: str, by_name: dict[
     entry = stages.get(_record_name(st))
     recorded = entry.get("config") if isinstance(entry, dict) else None
     if not isinstance(recorded, dict) or entry.get("model_weights") != weights:
+        return False
+    if entry.get("marker_digest") != files_digest([st.artefact]):  # the entry is another run's
         return False
     when = _recorded_time(entry)
     for n in st.needs:

@@ -336,9 +336,16 @@ class RunDir:
                     q.rmdir()  # only if empty
             raise
 
-    def record(self, stage: str, config: Any, extra: Mapping[str, Any] | None = None) -> Path:
-        """Merge this stage's resolved config and provenance into ``RUN/config.yaml``."""
+    def record(
+        self, stage: str, config: Any, extra: Mapping[str, Any] | None = None, marker: Path | None = None
+    ) -> Path:
+        """Merge this stage's resolved config and provenance into ``RUN/config.yaml``. ``marker``: the
+        stage's finished-marker file, whose digest the entry keeps, so the entry describes that
+        marker only (a rerun killed between writing its marker and recording left the previous
+        run's settings beside the new output, and `lasa run` adopted it as done with those)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if marker is not None:
+            extra = {**(extra or {}), "marker_digest": files_digest([Path(marker)])}
         # several stages (or processes) may finish at once: read-merge-write under a lock, or one of
         # them loses its provenance entry
         try:

@@ -370,7 +370,7 @@ class AlignConfig(StageConfig):
     gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1, "help": "Gradient accumulation."})
     lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR scheduler type."})
     warmup_steps: int = field(default=2, metadata={"ge": 0, "help": "Warm-up steps."})
-    max_length: int = field(default=384, metadata={"ge": 8, "help": "Max tokens of prompt + completion."})
+    max_length: int = field(default=384, metadata={"ge": 2, "help": "Max tokens of prompt + completion."})
     lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
     lora_r: int = field(default=8, metadata={"ge": 1, "help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"gt": 0, "help": "LoRA alpha."})

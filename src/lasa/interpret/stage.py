@@ -688,7 +688,10 @@ def _interpret(
         metrics["timings"]["total_seconds"] = round(time.time() - t0, 1)
         write_json(stage / "metrics.json", metrics)  # the marker: moved in last
     run.record(
-        cfg.record_name, cfg, {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)}
+        cfg.record_name,
+        cfg,
+        {"timings": metrics["timings"], "model_weights": weights_signature(cfg.model)},
+        marker=out / "metrics.json",
     )
     logger.info(
         "interpret: layer %d, threshold %.2f; AUROC seen %.3f, unseen %.3f (worst %.3f); XSTest FPR %.3f",

@@ -43,28 +43,37 @@ class Bottleneck:
     layers_within_ci: list[int]
     in_paper_band: bool
     paper_band: list[float]
+    #: :func:`lasa.models.weights_signature` of the located model (None: located by an older lasa)
+    model_weights: str | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Bottleneck:
         rd = RunDir(run_dir)
         doc = rd.load(rd.bottleneck, "lasa locate")
-        missing = [k for k in cls.__dataclass_fields__ if k not in doc]
+        missing = [k for k in cls.__dataclass_fields__ if k not in doc and k != "model_weights"]
         if missing or not isinstance(doc.get("layer"), int):
             raise LasaError(
                 f"{rd.bottleneck} is damaged (missing or bad {', '.join(missing) or 'layer'}); "
                 f"rerun `lasa locate --run-dir {run_dir} --force`"
             )
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
     def layer_for(self, model: str, run_dir: str | Path, flag: str = "--layer") -> int:
         """The located layer, if it was located on ``model``: another model's bottleneck (a run
         directory reused with a new ``--model``) is a layer of the wrong network."""
-        from lasa.models import canonical_spec
+        from lasa.models import canonical_spec, weights_signature
 
         if canonical_spec(self.model) != canonical_spec(model):
             raise LasaError(
                 f"{RunDir(run_dir).bottleneck} was located on {self.model}, not {model}; run "
                 f"`lasa locate --model {model} --run-dir {run_dir} --force`, or pass {flag} N"
+            )
+        # new weights under the same path (a retrained or re-converted checkpoint): `lasa run` sees
+        # them, and a hand-run stage must too
+        if self.model_weights is not None and self.model_weights != weights_signature(model):
+            raise LasaError(
+                f"{RunDir(run_dir).bottleneck} was located on other weights at {model} (they changed "
+                f"since); run `lasa locate --model {model} --run-dir {run_dir} --force`, or pass {flag} N"
             )
         return self.layer
 

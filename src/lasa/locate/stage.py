@@ -174,6 +174,7 @@ def _locate(
             "bootstrap": cfg.n_bootstrap,
         },
         model=cfg.model,
+        model_weights=weights_signature(cfg.model),
         index_convention="layer l = output of decoder block l = transformers hidden_states[l] (1..L; 0 = embeddings; "
         "the last layer is read before the final norm)",
         layers_within_ci=within,
@@ -203,7 +204,12 @@ def _locate(
         timings["total_seconds"] = round(time.time() - t0, 2)
         doc = asdict(bn) | {"model_info": model_info, "timings": timings}
         write_json(stage / "bottleneck.json", doc)  # the marker: moved in last
-    run.record("locate", cfg, {"timings": timings, "model_weights": weights_signature(cfg.model)})
+    run.record(
+        "locate",
+        cfg,
+        {"timings": timings, "model_weights": weights_signature(cfg.model)},
+        marker=out / "bottleneck.json",
+    )
     logger.info(
         "locate: bottleneck = layer %d of %d (depth %.0f%%), score %.3f [%.3f, %.3f]; %d layer(s) within CI",
         layer,
