@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lasa.cli import main
+from lasa.errors import LasaError
 
 LAYER_KEYS = {
     "layer",
@@ -441,3 +442,80 @@ def test_judge_check_leaves_unparsed_verdicts_out_of_the_agreement(tmp_path, mon
     )
     with pytest.raises(LasaError, match="no readable verdict on any of the 3"):
         lasa.judge_check.check_judges(f, ["lexicon"])
+
+
+def test_an_ssi_split_without_both_classes_fails_before_the_model_loads(
+    capsys, monkeypatch, tiny_qwen, tmp_path
+):
+    """`--cap 1` leaves validation sides with one class: that was found after the model load and
+    the whole state extraction; the pool is data alone, so it is checked first."""
+    import lasa.models
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the split was checked")
+
+    monkeypatch.setattr(lasa.models, "load_model", no_load)
+    rc, _, err = run_cli(
+        capsys, "interpret", "--model", tiny_qwen, "--run-dir", tmp_path / "r", "--layer", "2", "--cap", "1"
+    )
+    assert rc == 2 and "not both classes; raise --cap or --val-fraction" in err, err
+    assert not (tmp_path / "r" / "ssi").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["align", "--method", "sft", "--beta", "0.2", "--dry-run"], "--beta"),
+        (["align", "--method", "kto", "--rho-safety", "0.5", "--dry-run"], "--rho-safety"),
+        (["generate", "--no-xstest", "--xstest-n", "5"], "--xstest-n"),
+        (["interpret", "--sweep-every", "3"], "--sweep-every"),
+        (["interpret", "--calibration", "none", "--calibration-n", "20"], "--calibration-n"),
+        (["locate", "--no-plots", "--tsne-layers", "2"], "--tsne-layers"),
+    ],
+)
+def test_a_flag_these_settings_do_not_read_is_warned_about(argv, flag, caplog, tmp_path):
+    """A setting that silently did nothing read as one that was tried (a reliability pass)."""
+    import logging
+
+    from lasa.config import AlignConfig, GenerateConfig, InterpretConfig, LocateConfig
+    from lasa.config.base import parse_stage_args
+
+    cls = {
+        "align": AlignConfig,
+        "generate": GenerateConfig,
+        "interpret": InterpretConfig,
+        "locate": LocateConfig,
+    }[argv[0]]
+    with caplog.at_level(logging.WARNING, logger="lasa"):
+        parse_stage_args(cls, [*argv[1:], "--run-dir", str(tmp_path / "r")], prog="lasa")
+    assert any(f"{flag} has no effect" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lasa"):  # the same flag where it is read: no word
+        parse_stage_args(cls, ["--run-dir", str(tmp_path / "r")], prog="lasa")
+    assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
+
+
+def test_presets_and_files_get_the_message_that_names_the_fix(tmp_path):
+    """Near-miss keys name the key meant; a stage section that is not a mapping is refused (it was
+    ignored); a directory given for a file says so (it was "file not found")."""
+    from lasa.config import LocateConfig
+    from lasa.config.base import load_yaml_for
+    from lasa.judge_check import load_labels
+
+    f = tmp_path / "p.yaml"
+    f.write_text("run-dir: runs/x\n")
+    with pytest.raises(LasaError, match=r"unknown key 'run-dir' \(did you mean 'run_dir'\?\)"):
+        load_yaml_for(LocateConfig, f)
+    f.write_text("locate:\n  n_querys: 5\n")
+    with pytest.raises(LasaError, match=r"unknown key locate.n_querys \(did you mean 'n_queries'\?\)"):
+        load_yaml_for(LocateConfig, f)
+    for bad in ("[]", "0", '""'):
+        f.write_text(f"locate: {bad}\n")
+        with pytest.raises(LasaError, match="section 'locate' must be a mapping"):
+            load_yaml_for(LocateConfig, f)
+    f.write_text("locate:\n")  # empty: nothing to apply, fine
+    assert load_yaml_for(LocateConfig, f) == {}
+    with pytest.raises(LasaError, match="is a directory; give a YAML file"):
+        load_yaml_for(LocateConfig, tmp_path)
+    with pytest.raises(LasaError, match="is a directory; give a JSONL file"):
+        load_labels(tmp_path)

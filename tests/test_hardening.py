@@ -51,6 +51,10 @@ def no_model_load(monkeypatch):
         (["generate", "--adapter", "/"], "no PEFT adapter at /; train one with `lasa align` or"),
         (["align", "--n-safety", "100000"], "--n-safety 100000: the training languages (en, zh) have"),
         (["align", "--n-general", "100000"], "--n-general 100000: lasa's Alpaca prompts number"),
+        (
+            ["align", "--n-hard-negative", "100000"],
+            "--n-hard-negative 100000: the training languages (en, zh) have",
+        ),
         (["generate", "--variant", "a b"], "use a plain folder name"),
         (
             ["generate", "--variant", "drift_reference.safetensors"],

@@ -557,3 +557,18 @@ def test_unused_align_settings_by_method():
     assert "rho_safety" not in lasa and "conditioning_text" not in lasa
     on_policy = AlignConfig(run_dir="r", method="kto", rows="on_policy").unused_settings()
     assert "conditioning_text" not in on_policy and "on_policy_judge" not in on_policy
+
+
+def test_a_run_stopped_before_it_wrote_anything_leaves_no_run_directory(
+    preset, tiny_qwen, tmp_path, monkeypatch
+):
+    """The stage commands removed a run directory they created and left empty; `lasa run` did not."""
+    import lasa.hidden
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lasa.hidden, "extract_states", stopped)
+    rd = tmp_path / "new-run"
+    assert run(preset, tiny_qwen, rd) == 130
+    assert not rd.exists(), sorted(str(p.relative_to(rd)) for p in rd.rglob("*"))

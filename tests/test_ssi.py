@@ -653,3 +653,19 @@ def test_a_new_option_at_its_default_leaves_existing_run_keys_alone():
 
     assert "ensemble" not in _portable(InterpretConfig(run_dir="r"), "r")
     assert _portable(InterpretConfig(run_dir="r", ensemble=5), "r")["ensemble"] == 5
+
+
+def test_an_ssi_of_another_architecture_is_refused_from_the_config(tiny_qwen):
+    """`--gate --ssi` of another model's SSI was refused only after the model load (a minute for
+    the default model); its layer count and width are checked against the config first."""
+    import json
+
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    config = json.loads((tiny_qwen / "config.json").read_text())
+    n, d = config["num_hidden_layers"], config["hidden_size"]
+    meta = {"model": "other", "num_layers": n, "architecture": {"d_model": d}}
+    SSI(SafetySemanticInterpreter(d, 8, 0.0), meta).check_config(str(tiny_qwen))  # fits
+    for wrong in ({"num_layers": n + 4}, {"architecture": {"d_model": 2 * d}}):
+        with pytest.raises(LasaError, match="this SSI was trained on 'other'"):
+            SSI(SafetySemanticInterpreter(d, 8, 0.0), meta | wrong).check_config(str(tiny_qwen))

@@ -134,6 +134,8 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
         from lasa.models import check_adapter_fits
 
         check_adapter_fits(adapter, cfg.model)  # another base model's adapter: before the load
+    if gate is not None and lm is None:
+        gate.ssi.check_config(cfg.model)  # another architecture's SSI: before the load too
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype)
     if adapter and cfg.backend == "hf":  # vLLM applies the adapter as a LoRA itself
         lm = load_adapter(lm, adapter)

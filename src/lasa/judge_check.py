@@ -29,6 +29,8 @@ def _has_lone_surrogate(text: str) -> bool:
 
 def load_labels(path: str | Path) -> list[dict]:
     path = Path(path)
+    if path.is_dir():
+        raise LasaError(f"--labels {path} is a directory; give a JSONL file of labelled responses")
     if not path.is_file():
         raise LasaError(f"labels file not found: {path}")
     rows = []

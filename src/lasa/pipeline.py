@@ -16,6 +16,7 @@ skipped and generation resumes per sample.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -195,7 +196,7 @@ def build_stages(run: RunConfig, config_path: str | None) -> list[Stage]:
         if not acfg.data:  # a row count the vendored data cannot fill, before locate's and interpret's hours
             from lasa.data.rows import check_row_counts
 
-            check_row_counts(acfg.train_langs, acfg.n_safety, acfg.n_general, acfg.seed)
+            check_row_counts(acfg.train_langs, acfg.n_safety, acfg.n_general, acfg.seed, acfg.n_hard_negative)
         # training wraps the model with LoRA in place, so it gets a fresh copy (3 s to load)
         stages.append(
             Stage(
@@ -441,9 +442,16 @@ def run_pipeline(run: RunConfig, config_path: str | None) -> dict:
         if hasattr(s.config, "judge_url"):
             preflight(s.config.judges, s.config.judge_url, s.config.judge_model)
             break
+    created = not rd.exists()
     make_dirs(rd)  # only once the request is known to be valid
-    with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race
-        return _run_stages(run, stages, rd, t0)
+    try:
+        with exclusive(rd, "this run directory"):  # a second `lasa run` on it would redo and race
+            return _run_stages(run, stages, rd, t0)
+    except BaseException:
+        if created:  # a run that failed or was stopped before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                rd.rmdir()
+        raise
 
 
 def _what(moved: str) -> str:

@@ -285,6 +285,24 @@ class SSI:
         return ssi
 
     # -- inference -----------------------------------------------------------------------
+    def check_config(self, spec: str) -> None:
+        """:meth:`check_model`'s shape test from ``spec``'s config alone (milliseconds): an SSI of
+        another architecture is refused before a model load of a minute, not after it."""
+        from lasa.models import load_config, resolve_model_path, text_config
+
+        c = text_config(load_config(resolve_model_path(spec), spec))
+        have = {"layers": int(c.num_hidden_layers), "width": int(c.hidden_size)}
+        want = {
+            "layers": self.meta.get("num_layers"),
+            "width": (self.meta.get("architecture") or {}).get("d_model"),
+        }
+        if any(want[k] is not None and int(want[k]) != have[k] for k in have):
+            raise LasaError(
+                f"this SSI was trained on {self.meta.get('model')!r} ({want['layers']} layers of width "
+                f"{want['width']}); {spec} has {have['layers']} of width {have['width']}; retrain with "
+                f"`lasa interpret --model {spec}`"
+            )
+
     def check_model(self, lm: LoadedModel, layer: int | None = None) -> None:
         """Refuse a model other than the one the SSI was trained on, or a different layer. A full
         fine-tune lasa trained passes when its base is the SSI's model and training froze the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import re
@@ -100,7 +101,12 @@ def check_run_dir(run_dir: str) -> None:
     # before any work, not when the first artefact is written after minutes of it
     existing = next((q for q in [path, *path.absolute().parents] if q.exists()), None)
     if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise LasaError(f"--run-dir {run_dir}: {existing} cannot be written; choose another path")
+        what = (
+            "cannot write in it"
+            if existing == path
+            else f"cannot create it ({existing} is not a writable folder)"
+        )
+        raise LasaError(f"--run-dir {run_dir}: {what}; choose another path")
 
 
 def nonempty_langs(langs: list[str]) -> list[str]:
@@ -263,6 +269,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml_doc(path: str | Path) -> dict[str, Any]:
     """A config file as a mapping, or a one-line error naming the file (and line) at fault."""
     path = Path(path)
+    if path.is_dir():
+        raise LasaError(f"--config {path} is a directory; give a YAML file (e.g. configs/quick.yaml)")
     if not path.is_file():
         raise LasaError(f"config file not found: {path}")
     try:
@@ -278,6 +286,15 @@ def load_yaml_doc(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise LasaError(f"{path} must hold a YAML mapping of config keys")
     return doc
+
+
+def _did_you_mean(key: Any, names: set[str]) -> str:
+    """`` (did you mean 'run_dir'?)`` for a near miss (``run-dir``, ``n_querys``), else ''."""
+    import difflib
+
+    want = str(key).replace("-", "_").lower()
+    close = [want] if want in names else difflib.get_close_matches(want, sorted(names), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
@@ -297,14 +314,20 @@ def load_yaml_for(cls: type[StageConfig], path: str | Path) -> dict[str, Any]:
         if key in known:
             values[key] = coerce_value(hints[key], value, f"{path}: {key}")
         elif key not in all_known:
-            raise LasaError(f"{path}: unknown key {key!r}; see `lasa <stage> --help` for the valid keys")
-    section = doc.get(stage) or {}
-    if not isinstance(section, dict):
-        raise LasaError(f"{path}: section {stage!r} must be a mapping")
+            raise LasaError(
+                f"{path}: unknown key {key!r}{_did_you_mean(key, all_known | all_stage_names)}; see `lasa "
+                "<stage> --help` for the valid keys"
+            )
+    section = doc.get(stage)
+    if section is None:  # absent, or `locate:` with nothing under it
+        section = {}
+    if not isinstance(section, dict):  # `locate: []` or `locate: 0` was ignored without a word
+        raise LasaError(f"{path}: section {stage!r} must be a mapping of its keys, got {section!r}")
     for key, value in section.items():
         if key not in known:
             raise LasaError(
-                f"{path}: unknown key {stage}.{key}; see `lasa {stage} --help` for the valid keys"
+                f"{path}: unknown key {stage}.{key}{_did_you_mean(key, known)}; see `lasa {stage} --help` "
+                "for the valid keys"
             )
         values[key] = coerce_value(hints[key], value, f"{path}: {stage}.{key}")
     return values
@@ -428,7 +451,28 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
     check = getattr(cls, "check_flags", None)
     if check is not None:  # what only the command line and the preset show (a value given explicitly)
         check(cfg, argv, preset)
+    warn_unused_flags(cfg, argv)
     return cfg
+
+
+def warn_unused_flags(cfg: Any, argv: Sequence[str]) -> None:
+    """One warning per flag given on the command line that this configuration does not read (the
+    config's ``unused_settings()``: ``--beta`` with ``--method sft``, ``--on-policy-judge`` without
+    ``--rows on_policy``): a setting that silently does nothing reads as one that was tried. A
+    preset's keys are not warned about: one align section serves every method of a run."""
+    unused = getattr(cfg, "unused_settings", None)
+    if unused is None:
+        return
+    given = {a.split("=", 1)[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+    for name in sorted(given & set(unused())):
+        logging.getLogger("lasa").warning(
+            "--%s has no effect with these settings (%s); drop it", name.replace("_", "-"), _unused_why(cfg)
+        )
+
+
+def _unused_why(cfg: Any) -> str:
+    keys = ("method", "rows", "sweep", "calibration", "plots", "xstest")
+    return ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in keys if hasattr(cfg, k))
 
 
 def explicit_false(argv: Sequence[str], flag: str) -> bool:

@@ -177,6 +177,10 @@ class GenerateConfig(StageConfig):
                 f"it from the preset, or use --variant {plain}"
             )
 
+    def unused_settings(self) -> frozenset[str]:
+        """Settings these options do not read (warned about when given as flags)."""
+        return frozenset(set() if self.xstest else {"xstest_n"})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         from lasa.data import normalize_languages

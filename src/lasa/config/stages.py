@@ -79,6 +79,10 @@ class LocateConfig(StageConfig):
         metadata={"help": "Re-extract hidden states even if RUN/locate/states.safetensors matches."},
     )
 
+    def unused_settings(self) -> frozenset[str]:
+        """Settings these options do not read (warned about when given as flags)."""
+        return frozenset({"tsne_layers"} if not self.plots else set())
+
     def __post_init__(self) -> None:
         super().__post_init__()
         from lasa.data import normalize_languages
@@ -243,6 +247,13 @@ class InterpretConfig(StageConfig):
     force: bool = field(
         default=False, metadata={"help": "Re-extract states even if RUN/ssi/states.safetensors matches."}
     )
+
+    def unused_settings(self) -> frozenset[str]:
+        """Settings these options do not read (warned about when given as flags)."""
+        unused = set() if self.sweep else {"sweep_every", "sweep_seeds"}
+        if self.calibration == "none":
+            unused.add("calibration_n")
+        return frozenset(unused)
 
     @property
     def record_name(self) -> str:

@@ -84,7 +84,19 @@ def _general_pool(pool: Sequence) -> list[dict]:
     return [r for r in general if r["instruction"].strip() in mj_free]
 
 
-def check_row_counts(train_langs: Sequence[str], n_safety: int, n_general: int, seed: int = 42) -> None:
+def _scary_prompts(train_langs: Sequence[str]) -> list:
+    """lasa's safe-but-scary prompts usable as general rows (questions and instructions, none that
+    overlaps MultiJail)."""
+    from lasa.data.safety import hard_negatives, overlaps_multijail
+
+    return [
+        p for p in hard_negatives(train_langs) if p.form != "statement" and not overlaps_multijail(p.text)
+    ]
+
+
+def check_row_counts(
+    train_langs: Sequence[str], n_safety: int, n_general: int, seed: int = 42, n_hard_negative: int = 0
+) -> None:
     """The row counts are the experiment's size, so they are never shrunk silently: a count the
     vendored data cannot fill is one line, and `lasa run` asks before locate and interpret spend
     their hours (the paper presets once asked for 2,000 harmful requests of en + zh's 1,716)."""
@@ -100,6 +112,13 @@ def check_row_counts(train_langs: Sequence[str], n_safety: int, n_general: int, 
         raise LasaError(
             f"--n-general {n_general}: lasa's Alpaca prompts number {n_alpaca}; ask for at most {n_alpaca}"
         )
+    if n_hard_negative:  # was capped silently at what there is
+        n_scary = len(_scary_prompts(train_langs))
+        if n_hard_negative > n_scary:
+            raise LasaError(
+                f"--n-hard-negative {n_hard_negative}: the training languages ({', '.join(train_langs)}) have "
+                f"{n_scary} safe-but-scary prompts; ask for at most {n_scary}"
+            )
 
 
 def build_rows(
@@ -123,14 +142,12 @@ def build_rows(
     Alpaca's everyday instructions do not look like the prompts it learned to refuse."""
     from lasa.data.safety import (
         english_affirmative_targets,
-        hard_negatives,
         normalize_text,
-        overlaps_multijail,
     )
 
     rng = random.Random(seed)
     pool = list(_training_pool(tuple(train_langs), seed))
-    check_row_counts(train_langs, n_safety, n_general, seed)
+    check_row_counts(train_langs, n_safety, n_general, seed, n_hard_negative)
     harmful = _harmful_requests(pool)
     rng.shuffle(harmful)
     harmful = _balanced(harmful, n_safety, train_langs, rng)
@@ -181,9 +198,7 @@ def build_rows(
                 "needless refusal (lasa template)",
             )
         )
-    scary = [
-        p for p in hard_negatives(train_langs) if p.form != "statement" and not overlaps_multijail(p.text)
-    ]
+    scary = _scary_prompts(train_langs)
     rng.shuffle(scary)
     scary = _balanced(scary, n_hard_negative, train_langs, rng) if n_hard_negative else []
     for i, p in enumerate(scary):
@@ -266,6 +281,8 @@ def load_user_rows(path: str | Path) -> list[dict]:
     unpaired format (``prompt, completion, label``), as JSONL or a JSON list. ``source`` is
     ``safety`` or ``general`` (default ``safety`` for paired rows, ``general`` otherwise)."""
     path = Path(path)
+    if path.is_dir():
+        raise LasaError(f"--data {path} is a directory; give a JSONL file (or a JSON list) of rows")
     if not path.is_file():
         raise LasaError(f"--data {path}: file not found")
     formats = "JSONL (one object per line) or a JSON list of objects"

@@ -8,6 +8,8 @@ changing the recipe re-extracts only what is new.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -155,7 +157,8 @@ def interpret_prompts(
     xstest_mt_n: int,
 ) -> InterpretPrompts:
     """The prompt sets of one interpret run (``calibration_n`` 0: no FLORES calibration sentences)."""
-    pool, recipe = training_prompts(train_langs, cap=cap, seed=seed, with_hard_negatives=hard_negatives)
+    pool, recipe = _training_pool(tuple(train_langs), cap, seed, hard_negatives)
+    pool, recipe = list(pool), copy.deepcopy(recipe)  # the caller's own copies
     evalp, benign_source = evaluation_prompts(None, eval_n_harmful, eval_n_benign, seed)
     return InterpretPrompts(
         pool=pool,
@@ -454,6 +457,31 @@ def _check_sweep(cfg: InterpretConfig, num_layers: int) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4)
+def _training_pool(
+    train_langs: tuple[str, ...], cap: int, seed: int, hard_negatives: bool
+) -> tuple[list, dict]:
+    """:func:`training_prompts`, built once per process for the split check and the stage (seconds)."""
+    return training_prompts(list(train_langs), cap=cap, seed=seed, with_hard_negatives=hard_negatives)
+
+
+def _check_splits(cfg: InterpretConfig, train_langs: list[str]) -> None:
+    """Every train / validation split the stage will draw (one per seed it fits: the SSI, an
+    ensemble's members, the seed spread) holds both classes on both sides. The pool is data alone,
+    so a --cap or --val-fraction too small for that fails here, before a model load and a state
+    extraction of minutes (it failed after both)."""
+    pool, _ = _training_pool(tuple(train_langs), cfg.cap, cfg.seed, cfg.hard_negatives)
+    for seed in range(cfg.seed, cfg.seed + max(1, cfg.ensemble, cfg.spread_seeds)):
+        for side in group_split(pool, cfg.val_fraction, seed):
+            labels = {pool[i].label for i in side}
+            if len(labels) < 2:
+                raise LasaError(
+                    f"--cap {cfg.cap} / --val-fraction {cfg.val_fraction}: seed {seed}'s train / validation "
+                    f"split of the {len(pool)} training prompts leaves a side with "
+                    f"{len(side)} prompts and not both classes; raise --cap or --val-fraction"
+                )
+
+
 def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> InterpretResult:
     """Train, calibrate and evaluate the SSI (and optionally the layer sweep); returns metrics.json."""
     from lasa.config.base import expect_config
@@ -473,6 +501,7 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
             f"no {cfg.run_dir}/locate/bottleneck.json; run `lasa locate --run-dir {cfg.run_dir}` "
             "first or pass --layer N"
         )
+    _check_splits(cfg, train_langs)
     if lm is None:
         from lasa.models import load_model, num_layers_of
 
