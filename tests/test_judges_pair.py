@@ -275,3 +275,28 @@ def test_the_pair_judge_reads_a_jailbreak_prompts_real_request_and_survives_odd_
     assert odd.label in ("safe", "unsafe", "invalid")
     nul = pair_judge.judge([JudgeItem(prompt, steps.replace("Sure,", "Sure\x00,"), "en")])[0]
     assert nul.label == "unsafe"  # the encoder reads past the NUL
+
+
+def test_the_text_cleaning_leaves_the_labelled_corpus_as_the_heads_were_fitted_on_it():
+    """The judges' cleaning grew (NFC, invisible / bidi / control characters, prompts no longer cut):
+    no labelled response changes, and the prompts that do (Bengali "য়", which NFC decomposes; a
+    zero-width space in a Vietnamese one) embed to the same e5 vectors, so the shipped heads read
+    the corpus as they were fitted on it."""
+    from lasa.data import data_path
+    from lasa.judges.base import clean_prompt, normalise_text, strip_control_tokens
+    from lasa.judges.embedding import Encoder
+
+    rows = [
+        json.loads(line)
+        for f in sorted(data_path("judge_labels").glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    assert len(rows) >= 3000
+    assert [r["response"] for r in rows if strip_control_tokens(r["response"]) != r["response"].strip()] == []
+    changed = sorted({r["prompt"] for r in rows if clean_prompt(r["prompt"]) != r["prompt"].strip()})
+    assert all(clean_prompt(p) == normalise_text(p).strip() for p in changed)  # no marker in any
+    if changed:
+        enc = Encoder()
+        before, after = enc.queries(changed), enc.queries([clean_prompt(p) for p in changed])
+        np.testing.assert_allclose(before, after, atol=1e-6)
