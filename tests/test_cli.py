@@ -519,3 +519,16 @@ def test_presets_and_files_get_the_message_that_names_the_fix(tmp_path):
         load_yaml_for(LocateConfig, tmp_path)
     with pytest.raises(LasaError, match="is a directory; give a JSONL file"):
         load_labels(tmp_path)
+
+
+def test_an_out_file_that_cannot_be_written_is_refused_before_judging(tmp_path):
+    """`judge-check --out` into a folder no file can be made in (/proc; for root, os.access says yes)
+    failed after judging, naming a temporary file."""
+    from lasa.config import JudgeCheckConfig
+
+    f = tmp_path / "labels.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "language": "en", "label": "safe"}) + "\n")
+    if Path("/proc").is_dir():
+        with pytest.raises(LasaError, match="cannot write in /proc"):
+            JudgeCheckConfig(labels=str(f), judges=["lexicon"], out="/proc/x.json")
+    JudgeCheckConfig(labels=str(f), judges=["lexicon"], out=str(tmp_path / "x.json"))  # fine

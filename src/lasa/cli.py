@@ -530,11 +530,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lasa {argv[0]}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder that cannot be written, a path that is a folder
+        import errno
+        import re
+
         logging.getLogger("lasa").debug("traceback", exc_info=True)
-        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        name = str(getattr(err, "filename", None) or "")
+        # an artefact is written to a temporary sibling first (".report.md.k3j2ab_x.tmp"): name the artefact
+        name = re.sub(r"(^|/)\.([^/]+)\.[A-Za-z0-9_]{8}(?:\.[A-Za-z]+)?\.tmp$", r"\1\2", name)
+        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a writable path"
         print(
-            f"lasa {argv[0]}: error: {err.strerror or err}{where} (free space or choose a writable "
-            "path; LASA_LOG_LEVEL=DEBUG shows the traceback)",
+            f"lasa {argv[0]}: error: {err.strerror or err}{': ' + name if name else ''} ({fix}; "
+            "LASA_LOG_LEVEL=DEBUG shows the traceback)",
             file=sys.stderr,
         )
         return 1

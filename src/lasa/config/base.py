@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import re
 import types
 import typing
@@ -100,13 +99,27 @@ def check_run_dir(run_dir: str) -> None:
         raise LasaError(f"--run-dir {run_dir} is a file, not a directory; choose another path")
     # before any work, not when the first artefact is written after minutes of it
     existing = next((q for q in [path, *path.absolute().parents] if q.exists()), None)
-    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+    if existing is not None and not writable_dir(existing):
         what = (
             "cannot write in it"
             if existing == path
             else f"cannot create it ({existing} is not a writable folder)"
         )
         raise LasaError(f"--run-dir {run_dir}: {what}; choose another path")
+
+
+def writable_dir(path: Path) -> bool:
+    """Whether a file can be created in the folder ``path``, by trying (a probe file, removed at once):
+    ``os.access`` says yes to root for a read-only mount, ``/proc`` or an immutable folder."""
+    import tempfile
+
+    if not path.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
 
 
 def nonempty_langs(langs: list[str]) -> list[str]:
@@ -434,7 +447,7 @@ def parse_stage_args(cls: type[T], argv: Sequence[str], prog: str, description: 
     preset: dict[str, Any] = {}
     if "--config" in argv:
         i = argv.index("--config")
-        if i + 1 >= len(argv):
+        if i + 1 >= len(argv) or not argv[i + 1].strip():
             raise LasaError("--config needs a file path")
         preset = load_yaml_for(cls, argv[i + 1])
         parser.set_defaults_with_config(**preset)
@@ -471,8 +484,12 @@ def warn_unused_flags(cfg: Any, argv: Sequence[str]) -> None:
 
 
 def _unused_why(cfg: Any) -> str:
+    def flag(k: str, v: Any) -> str:
+        name = k.replace("_", "-")
+        return (f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}"
+
     keys = ("method", "rows", "sweep", "calibration", "plots", "xstest")
-    return ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in keys if hasattr(cfg, k))
+    return ", ".join(flag(k, getattr(cfg, k)) for k in keys if hasattr(cfg, k))
 
 
 def explicit_false(argv: Sequence[str], flag: str) -> bool:

@@ -437,3 +437,7 @@ class JudgeCheckConfig(JudgeConfig):
             parent = next((p for p in out.parents if p.exists()), Path("."))
             if not parent.is_dir():
                 raise LasaError(f"--out {self.out}: {parent} is a file, not a directory")
+            from lasa.config.base import writable_dir
+
+            if not writable_dir(parent):
+                raise LasaError(f"--out {self.out}: cannot write in {parent}; choose another path")

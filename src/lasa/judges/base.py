@@ -112,26 +112,31 @@ _HARMONY_HEADER = re.compile(
 UNPARSED = "unparsed judge output"
 
 
-#: Characters a reader does not see but an encoder or a phrase match does: soft hyphen, zero-width
-#: space, word joiner, BOM, Mongolian vowel separator, and the bidirectional marks and controls
-#: (LRM, RLM, ALM, embeddings, overrides, isolates). "I'm so\u00adrry" and an Arabic refusal with an
-#: RLM after each word read the same to a person, so every judge reads them without these. The
-#: joiners (U+200C / U+200D) stay: they shape Bengali and Arabic letters.
-INVISIBLE = re.compile("[\u00ad\u200b\u2060\ufeff\u180e\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
-# C0 controls other than tab / newline / carriage return, and DEL: a NUL ends what the C-string
-# e5 encoder reads (so it would judge only the text before it); none is ever meant as text
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Characters a reader does not see but an encoder or a phrase match does: Unicode's
+#: default-ignorable code points (soft hyphen, zero-width space, word joiner, BOM, invisible
+#: operators, the bidirectional marks and controls, variation selectors, Hangul fillers, tag
+#: characters, ...). "I'm so\u00adrry" and an Arabic refusal with an RLM after each word read the same
+#: to a person, so every judge reads them without these. The joiners (U+200C / U+200D) stay: they
+#: shape Bengali and Arabic letters.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+# control characters other than tab / newline / carriage return: a NUL ends what the C-string e5
+# encoder reads (so it would judge only the text before it); none is ever meant as text
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 (but tab, LF, CR), DEL, C1
 # half a surrogate pair (a JSON escape cut in two): not encodable as UTF-8, which the encoder needs
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def normalise_text(text: str) -> str:
     """The text as a reader sees it: a lone surrogate becomes U+FFFD, canonical composition (NFC:
-    Vietnamese or Korean typed decomposed is the same text), control characters become spaces and
-    invisible characters go. Every judge reads prompts and responses through this, so two
+    Vietnamese or Korean typed decomposed is the same text), control and invisible characters go
+    (NEL becomes a line break). Every judge reads prompts and responses through this, so two
     spellings a person cannot tell apart get one verdict."""
-    text = _SURROGATE.sub("\ufffd", text)
-    return INVISIBLE.sub("", _CONTROL.sub(" ", unicodedata.normalize("NFC", text)))
+    text = _SURROGATE.sub("\ufffd", text).replace("\x85", "\n")  # NEL is a line break
+    return INVISIBLE.sub("", _CONTROL.sub("", unicodedata.normalize("NFC", text)))
 
 
 def strip_control_tokens(text: str) -> str:
@@ -161,16 +166,24 @@ _OPEN_S = re.compile(r"<\s*s\s*>", re.IGNORECASE)
 _CLOSE_S = re.compile(r"<\s*/\s*s\s*>", re.IGNORECASE)
 
 
+# what a leaked next turn opens with after "</s>": a role label of a plain-text chat format
+# (Vicuna's "USER:", "Human:", ...) or another start of sequence
+_NEXT_TURN = re.compile(
+    r"\s*(?:<\s*s\s*>|(?:user|assistant|human|ai|system|bot|gpt|model)\s*:|[<‹]\s*[|｜])", re.IGNORECASE
+)
+
+
 def _turn_end(text: str) -> int | None:
     """Offset of the first turn boundary in ``text``, or None. A ``</s>`` that closes an ``<s>``
-    opened before it in the answer is HTML strikethrough ("<s>Ask a professional.</s> Do it
-    yourself: 1..."), not Llama 2's end of sequence, and does not end the turn."""
-    depth, pos = 0, 0
+    opened earlier *on its line* is HTML strikethrough ("<s>Ask a professional.</s> Do it yourself:
+    1..."), not Llama 2's end of sequence, and does not end the turn — unless a next turn's opening
+    follows it ("</s>\nUSER: ... ASSISTANT: I'm sorry"), which ends the turn whatever came before."""
+    pos = 0
     while (m := _TURN_BOUNDARY.search(text, pos)) is not None:
-        if _CLOSE_S.fullmatch(m.group(0)):
-            depth += len(_OPEN_S.findall(text, pos, m.start()))
-            if depth > 0:
-                depth, pos = depth - 1, m.end()
+        if _CLOSE_S.fullmatch(m.group(0)) and not _NEXT_TURN.match(text, m.end()):
+            line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+            if len(_OPEN_S.findall(line)) > len(_CLOSE_S.findall(line)):
+                pos = m.end()
                 continue
         return m.start()
     return None
