@@ -1674,3 +1674,26 @@ def test_a_hand_run_stage_refuses_a_bottleneck_located_on_other_weights(tiny_qwe
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-converted in place
     with pytest.raises(LasaError, match="was located on other weights"):
         Bottleneck.load(rd).layer_for(str(model), rd)
+
+
+def test_locates_model_provenance_is_keyed_with_its_states(tiny_qwen, tiny_llama, tmp_path, monkeypatch):
+    """A locate killed after writing its states and before model.json gave the next run's
+    bottleneck.json the previous model's path and fingerprint (a reliability pass)."""
+    import lasa.locate.stage as stage
+
+    rd = tmp_path / "run"
+    argv = ["locate", "--run-dir", str(rd), "--n-queries", "4", "--langs", "en", "zh", "--no-plots"]
+    assert main([*argv, "--model", str(tiny_llama)]) == 0
+    real = stage.write_json
+
+    def killed_at_model_json(path, obj):
+        if Path(path).name == "model.json":
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(stage, "write_json", killed_at_model_json)
+    assert main([*argv, "--model", str(tiny_qwen)]) == 130  # states saved, model.json still llama's
+    monkeypatch.undo()
+    assert main([*argv, "--model", str(tiny_qwen)]) == 0  # reuses the qwen states
+    info = json.loads((rd / "locate" / "bottleneck.json").read_text())["model_info"]
+    assert info.get("path") in (None, str(tiny_qwen)) and "llama" not in json.dumps(info).lower()

@@ -127,8 +127,6 @@ def _locate(
             desc="locate: hidden states",
         )
         timings["extract_seconds"] = round(time.time() - t1, 2)
-        write_jsonl(out / "points.jsonl", points)
-        _save_states(states_path, states, key)
         model_info = {
             "spec": cfg.model,
             "path": lm.path,
@@ -136,10 +134,19 @@ def _locate(
             "layers_path": lm.layers_path,
             "fingerprint": lm.fingerprint,
         }
-        write_json(out / "model.json", model_info)
+        write_jsonl(out / "points.jsonl", points)
+        _save_states(states_path, states, key)
+        # keyed like the states: a kill between the two files must not give the next run's
+        # bottleneck.json another model's provenance
+        write_json(out / "model.json", model_info | {"states_key": key})
     else:
         logger.info("locate: reusing cached states %s (pass --force to recompute)", states_path)
-        model_info = read_json(out / "model.json") if (out / "model.json").is_file() else {"spec": cfg.model}
+        doc = read_json(out / "model.json") if (out / "model.json").is_file() else {}
+        model_info = (
+            {k: v for k, v in doc.items() if k != "states_key"}
+            if isinstance(doc, dict) and doc.get("states_key") == key
+            else {"spec": cfg.model}  # not recorded with these states: only what is known for sure
+        )
 
     query = np.array([p["query"] for p in points])
     lang = np.array([p["lang"] for p in points])
