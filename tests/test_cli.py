@@ -384,6 +384,14 @@ def test_a_run_dir_under_a_tilde_is_the_home_directorys(monkeypatch, tmp_path):
     assert ReportConfig(run_dir="~/r").run_dir == str(tmp_path / "r")
 
 
+def test_models_list_force_is_warned_about(capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="lasa"):
+        rc, _, _ = run_cli(capsys, "models", "list", "--force")
+    assert rc == 0 and "--force has no effect with these settings (--action list)" in caplog.text
+
+
 def test_a_bad_log_level_is_one_line_not_a_traceback(capsys, monkeypatch):
     monkeypatch.setenv("LASA_LOG_LEVEL", "verbose")
     rc, _, err = run_cli(capsys, "models", "list")

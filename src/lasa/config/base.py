@@ -488,7 +488,7 @@ def _unused_why(cfg: Any) -> str:
         name = k.replace("_", "-")
         return (f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}"
 
-    keys = ("method", "rows", "sweep", "calibration", "plots", "xstest")
+    keys = ("action", "method", "rows", "sweep", "calibration", "plots", "xstest")
     return ", ".join(flag(k, getattr(cfg, k)) for k in keys if hasattr(cfg, k))
 
 

@@ -588,3 +588,7 @@ class ModelsConfig:
         metadata={"help": "The model to prepare: default, qwen2.5-coder-0.5b or qwen2.5-coder-1.5b."},
     )
     force: bool = field(default=False, metadata={"help": "prepare: rebuild even if already prepared."})
+
+    def unused_settings(self) -> frozenset[str]:
+        """Settings these options do not read (warned about when given as flags)."""
+        return frozenset({"force"} if self.action == "list" else set())
