@@ -55,15 +55,6 @@ def variant_members() -> tuple:
     return tuple((tuple("scalars_v" if b == "scalars" else b for b in blocks), c) for blocks, c in MEMBERS)
 
 
-def oof(blocks: dict, y: np.ndarray, groups: np.ndarray, members: tuple) -> np.ndarray:
-    pred = np.empty(len(y), dtype=object)
-    for g in dict.fromkeys(groups):
-        test = groups == g
-        judge = PairEnsemble.fit({k: v[~test] for k, v in blocks.items()}, list(y[~test]), members)
-        pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
-    return pred
-
-
 def summary(gold: list, pred: list) -> dict:
     a = agreement(gold, pred)
     return {
@@ -78,6 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from build_probe_judge import kappa_gain
+    from judge_more_labels import oof_labels
 
     rows = corpus_rows(LABEL_FILES)
     blocks = corpus_blocks(rows)
@@ -90,7 +82,9 @@ def main() -> None:
         groups = np.array([r.get(split) or "qwen2.5-coder-0.5b" for r in rows])
         report["held_out"][split] = {}
         for name, members in recipes.items():
-            s = report["held_out"][split][name] = summary(list(y), list(oof(blocks, y, groups, members)))
+            s = report["held_out"][split][name] = summary(
+                list(y), list(oof_labels(blocks, y, groups, np.ones(len(y), bool), members))
+            )
             print(
                 f"held out by {split}, {name}: κ {s['kappa']:.3f}, unsafe recall {s['unsafe_recall']:.2f}, "
                 f"precision {s['unsafe_precision']:.2f}, judged / gold ASR {100 * s['judged_asr']:.1f}% / "

@@ -103,14 +103,16 @@ def main() -> None:
         threshold_check(args.unsafe_thresholds, rows, blocks, y, args.fresh)
 
 
-def oof_labels(blocks: dict, y: np.ndarray, groups: np.ndarray, train_pool: np.ndarray) -> np.ndarray:
-    """Leave-one-group-out labels: each group scored by the shipped recipe fitted on the
-    ``train_pool`` rows outside it."""
+def oof_labels(
+    blocks: dict, y: np.ndarray, groups: np.ndarray, train_pool: np.ndarray, members: tuple = MEMBERS
+) -> np.ndarray:
+    """Leave-one-group-out labels: each group scored by the recipe ``members`` (the shipped one by
+    default) fitted on the ``train_pool`` rows outside it."""
     pred = np.empty(len(y), dtype=object)
     for g in dict.fromkeys(groups):
         test = groups == g
         train = ~test & train_pool
-        judge = PairEnsemble.fit({k: v[train] for k, v in blocks.items()}, list(y[train]), MEMBERS)
+        judge = PairEnsemble.fit({k: v[train] for k, v in blocks.items()}, list(y[train]), members)
         pred[test] = judge.labels({k: v[test] for k, v in blocks.items()})
     return pred
 

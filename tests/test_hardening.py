@@ -1697,3 +1697,14 @@ def test_locates_model_provenance_is_keyed_with_its_states(tiny_qwen, tiny_llama
     assert main([*argv, "--model", str(tiny_qwen)]) == 0  # reuses the qwen states
     info = json.loads((rd / "locate" / "bottleneck.json").read_text())["model_info"]
     assert info.get("path") in (None, str(tiny_qwen)) and "llama" not in json.dumps(info).lower()
+
+
+def test_a_failed_atomic_write_names_the_artefact_not_its_temporary_file(tmp_path):
+    """`lasa report` with report.md a folder said "Is a directory: .report.md.k3j2ab12.tmp"."""
+    from lasa.runs import write_text
+
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(OSError) as err:
+        write_text(tmp_path / "report.md", "x")
+    assert err.value.filename == str(tmp_path / "report.md")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary file left

@@ -531,12 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as err:  # a full disk, a folder that cannot be written, a path that is a folder
         import errno
-        import re
 
         logging.getLogger("lasa").debug("traceback", exc_info=True)
-        name = str(getattr(err, "filename", None) or "")
-        # an artefact is written to a temporary sibling first (".report.md.k3j2ab_x.tmp"): name the artefact
-        name = re.sub(r"(^|/)\.([^/]+)\.[A-Za-z0-9_]{8}(?:\.[A-Za-z]+)?\.tmp$", r"\1\2", name)
+        name = str(getattr(err, "filename", None) or "")  # runs.atomic_path names the artefact
         fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a writable path"
         print(
             f"lasa {argv[0]}: error: {err.strerror or err}{': ' + name if name else ''} ({fix}; "

@@ -58,18 +58,23 @@ def _current_umask() -> int:
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp creates 0600; artefacts should get the mode any other file would (shared run dirs)
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
+    except OSError as err:  # a full disk or an unwritable folder: name the artefact, not its temp file
+        if err.filename is None or tmp_path is None or str(err.filename) in (str(tmp_path), str(path.parent)):
+            err.filename = str(path)
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

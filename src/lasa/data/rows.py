@@ -12,7 +12,6 @@ KL completions within a batch). Training on these rows is ``lasa.align``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import random
@@ -62,12 +61,11 @@ COMPLIANT_OPENINGS = {
 # -- rows ------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _training_pool(train_langs: tuple[str, ...], seed: int) -> tuple:
-    """The uncapped SSI pool of the training languages (frozen prompts; a few seconds to build)."""
+def _training_pool(train_langs: tuple[str, ...], seed: int) -> list:
+    """The uncapped SSI pool of the training languages (built once per process by training_prompts)."""
     from lasa.data.safety import training_prompts
 
-    return tuple(training_prompts(train_langs, cap=10_000, seed=seed)[0])
+    return training_prompts(train_langs, cap=10_000, seed=seed)[0]
 
 
 def _harmful_requests(pool: Sequence) -> list:

@@ -23,6 +23,7 @@ prompt is kept so that a form-only control can be reported next to the SSI.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import random
@@ -310,8 +311,20 @@ def validate_train_langs(langs: Iterable[str] | str) -> list[str]:
 def training_prompts(
     langs: Iterable[str] = ("en", "zh"), cap: int = 400, seed: int = 42, with_hard_negatives: bool = True
 ) -> tuple[list[Prompt], dict]:
-    """The SSI training pool (before the train/validation split) and a summary of the recipe."""
-    langs = validate_train_langs(langs)
+    """The SSI training pool (before the train/validation split) and a summary of the recipe.
+
+    Built once per process for each setting (seconds of reading and de-duplicating the vendored
+    sets; interpret's split check, the stage itself and align's row counts all ask for it); the
+    caller gets its own list and summary."""
+    pool, summary = _training_prompts(tuple(validate_train_langs(langs)), cap, seed, with_hard_negatives)
+    return list(pool), copy.deepcopy(summary)
+
+
+@lru_cache(maxsize=8)
+def _training_prompts(
+    langs: tuple[str, ...], cap: int, seed: int, with_hard_negatives: bool
+) -> tuple[tuple[Prompt, ...], dict]:
+    langs = list(langs)
     pool: list[Prompt] = []
     if "en" in langs:
         pool += english_harmful() + alpaca_prompts()
@@ -340,7 +353,7 @@ def training_prompts(
         "counts": _counts(capped),
         "sources": sorted({p.source for p in capped}),
     }
-    return capped, summary
+    return tuple(capped), summary
 
 
 def evaluation_prompts(

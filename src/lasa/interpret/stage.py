@@ -8,8 +8,6 @@ changing the recipe re-extracts only what is new.
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import json
 import logging
@@ -157,8 +155,7 @@ def interpret_prompts(
     xstest_mt_n: int,
 ) -> InterpretPrompts:
     """The prompt sets of one interpret run (``calibration_n`` 0: no FLORES calibration sentences)."""
-    pool, recipe = _training_pool(tuple(train_langs), cap, seed, hard_negatives)
-    pool, recipe = list(pool), copy.deepcopy(recipe)  # the caller's own copies
+    pool, recipe = training_prompts(train_langs, cap=cap, seed=seed, with_hard_negatives=hard_negatives)
     evalp, benign_source = evaluation_prompts(None, eval_n_harmful, eval_n_benign, seed)
     return InterpretPrompts(
         pool=pool,
@@ -457,20 +454,14 @@ def _check_sweep(cfg: InterpretConfig, num_layers: int) -> None:
         )
 
 
-@functools.lru_cache(maxsize=4)
-def _training_pool(
-    train_langs: tuple[str, ...], cap: int, seed: int, hard_negatives: bool
-) -> tuple[list, dict]:
-    """:func:`training_prompts`, built once per process for the split check and the stage (seconds)."""
-    return training_prompts(list(train_langs), cap=cap, seed=seed, with_hard_negatives=hard_negatives)
-
-
 def _check_splits(cfg: InterpretConfig, train_langs: list[str]) -> None:
     """Every train / validation split the stage will draw (one per seed it fits: the SSI, an
     ensemble's members, the seed spread) holds both classes on both sides. The pool is data alone,
     so a --cap or --val-fraction too small for that fails here, before a model load and a state
     extraction of minutes (it failed after both)."""
-    pool, _ = _training_pool(tuple(train_langs), cfg.cap, cfg.seed, cfg.hard_negatives)
+    pool, _ = training_prompts(
+        train_langs, cap=cfg.cap, seed=cfg.seed, with_hard_negatives=cfg.hard_negatives
+    )
     for seed in range(cfg.seed, cfg.seed + max(1, cfg.ensemble, cfg.spread_seeds)):
         for side in group_split(pool, cfg.val_fraction, seed):
             labels = {pool[i].label for i in side}
