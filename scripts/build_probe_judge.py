@@ -137,7 +137,7 @@ def main() -> None:
 
 
 def table(meta: dict, grouped: dict, fresh: dict) -> str:
-    """The markdown README quotes: grouped validation of the recipe and both judges on the fresh sets."""
+    """The markdown docs/results.md quotes: grouped validation of the recipe and both judges on the fresh sets."""
     lines = [
         f"`probe` judge: the shipped `pair` heads + a head (C {meta['probe_c']}) on {meta['probe_model']}'s "
         f"judge-prompt states at layers {', '.join(map(str, meta['probe_layers']))}, fitted on "

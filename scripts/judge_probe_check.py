@@ -3,7 +3,7 @@
 The judge issue's candidate (b): a frozen embedded chat model reads a judge prompt that holds the
 request and the answer (``lasa.judges.probe``), and a logistic head reads its last-token states.
 The 0.5B's states were no better than the e5 features of the shipped ``pair`` judge and added
-nothing to them (README, "Which judge to trust"). This asks the same of any model, the 1.5B
+nothing to them (docs/results.md, "Which judge to trust"). This asks the same of any model, the 1.5B
 included, with everything fixed before a held-out row is scored: layers at a third and a half of
 the depth (the 0.5B's 8 and 12 of 24; the 1.5B's 9 and 14 of 28), the head's C (0.05, the 0.5B
 probe's), and three candidates:

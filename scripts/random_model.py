@@ -3,7 +3,7 @@
 For timing on a machine that cannot download the real weights (an offline GPU box): the model's
 outputs are meaningless, but its speed is the architecture's, so a generation or gate benchmark on
 it says what a user of that model will wait. ``bench/configs/`` holds the configs of the models
-README's GPU figures name. Usage:
+the GPU figures of docs/development.md name. Usage:
 
     python scripts/random_model.py --config bench/configs/qwen2.5-7b-instruct.json \
         --tokenizer ~/.cache/lasa/models/qwen2.5-coder-0.5b --out /tmp/qwen7b-random

@@ -1,4 +1,4 @@
-"""Analysis scripts whose figures README quotes: their arithmetic on hand-made runs."""
+"""Analysis scripts whose figures README and docs/results.md quote: their arithmetic on hand-made runs."""
 
 from __future__ import annotations
 

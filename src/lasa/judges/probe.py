@@ -6,7 +6,7 @@ from a 0.5B model is useless (it calls everything unsafe), but its hidden state 
 judge prompt still carries the distinction, and a linear head trained on lasa's labelled corpus
 reads it out — the probe-judge design of SIREN / latent guards, on an embedded model.
 
-The 0.5B's states add nothing to the ``pair`` judge's features; the 1.5B's do (README, "Which judge
+The 0.5B's states add nothing to the ``pair`` judge's features; the 1.5B's do (docs/results.md, "Which judge
 to trust": +0.04 κ on held-out runs and on 600 fresh labels). So the ``probe`` judge is ``pair``'s
 two heads plus a third on Qwen2.5-Coder-1.5B's judge-prompt states at layers 9 and 14, their
 probabilities averaged, shipped as plain weights in ``data/judge_models/probe-head.json``
