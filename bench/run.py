@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from lasa.errors import LasaError
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 logger = logging.getLogger("bench")
@@ -269,7 +271,17 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path} not found: run `make run` (or lasa run --run-dir {args.e2e_run_dir}) first")
     state = read_json(path)
-    stages = {k: v["seconds"] for k, v in state.items() if not k.startswith("_")}
+    stages = {
+        k: v.get("seconds") if isinstance(v, dict) else None
+        for k, v in (state.items() if isinstance(state, dict) else [])
+        if not k.startswith("_")
+    }
+    bad = [k for k, s in stages.items() if isinstance(s, bool) or not isinstance(s, int | float)]
+    if bad or not stages:  # a foreign or hand-edited file: a KeyError / AttributeError traceback before
+        raise SystemExit(
+            f"{path} records no stage times ({'no stages' if not stages else 'none for ' + bad[0]}); "
+            f"rerun `lasa run --run-dir {args.e2e_run_dir}`"
+        )
     total = sum(stages.values())
     out = {
         "what": f"`lasa run` stage times from {path} (each stage's last run)",
@@ -521,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                 return child.returncode
             continue
         logger.info("running %s", name)
-        res = BENCHMARKS[name](args)
+        try:
+            res = BENCHMARKS[name](args)
+        except LasaError as err:  # a missing model, a damaged artefact: one line, as lasa's CLI says it
+            raise SystemExit(f"{name}: error: {err}") from None
         res.update(
             measured_at=time.strftime("%Y-%m-%d %H:%M"),
             machine=machine(),

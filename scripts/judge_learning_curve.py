@@ -29,6 +29,30 @@ from lasa.judges.pair import MEMBERS, PairEnsemble, corpus_blocks
 from lasa.judges.validation import agreement
 from lasa.stats import wilson
 
+LABELS = ("safe", "unsafe", "invalid")
+
+
+def heldout_rows(path: str) -> list[dict]:
+    """The labelled rows of a held-out file, or a one-line error: a file of another kind (an export's
+    items.jsonl, a key, a JSON document) reached the featurizer and ended in a numpy traceback."""
+    from lasa.errors import LasaError
+    from lasa.runs import read_jsonl
+
+    try:
+        rows = read_jsonl(path)
+    except LasaError as err:
+        raise SystemExit(f"--heldout: {err}") from None
+    rows = [r for r in rows if isinstance(r, dict) and r.get("label") in LABELS]
+    need = ("prompt", "response", "language")
+    bad = next((r for r in rows if not all(isinstance(r.get(k), str) for k in need)), None)
+    if not rows or bad is not None:
+        raise SystemExit(
+            f"--heldout {path}: not a labels file (rows with {', '.join(need)} and a label "
+            f"{'/'.join(LABELS)}, as src/lasa/data/judge_labels/*.jsonl); "
+            + ("no labelled rows" if not rows else f"a row has keys {sorted(bad)[:8]}")
+        )
+    return rows
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,8 +67,15 @@ def main() -> None:
         raise SystemExit(f"--heldout: no such file: {', '.join(missing)}")
     if any(not 0 < f <= 1 for f in args.fractions):
         raise SystemExit("--fractions must lie in (0, 1]")
+    stems = [Path(f).stem for f in args.heldout]
+    if len(set(stems)) != len(stems):  # results are keyed by file name: one set silently replaced another
+        raise SystemExit(f"--heldout: two files share a name ({', '.join(stems)}); rename one")
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a folder; give a path prefix (writes OUT.json, OUT.md, OUT.png)")
+    heldout = {path: heldout_rows(path) for path in args.heldout}  # before the corpus features
 
-    from lasa.runs import read_jsonl
+    from lasa.runs import write_text
 
     rows = corpus_rows()
     blocks = corpus_blocks(rows)
@@ -52,7 +83,7 @@ def main() -> None:
     seen = {r["prompt"] for r in rows}
     held = {}
     for path in args.heldout:
-        fr = [r for r in read_jsonl(path) if r.get("label") in ("safe", "unsafe", "invalid")]
+        fr = heldout[path]
         overlap = sum(r["prompt"] in seen for r in fr)
         if overlap:
             raise SystemExit(f"{path}: {overlap} prompts are in the training files; not a held-out set")
@@ -129,9 +160,10 @@ def main() -> None:
     command = "python scripts/judge_learning_curve.py " + " ".join(
         ["--heldout", *args.heldout, "--out", args.out]
     )
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
+    plot(summary, out.with_suffix(".png"))  # first: a failed plot leaves no .json / .md without it
+    write_text(
+        out.with_suffix(".json"),
         json.dumps(
             {
                 "command": command,
@@ -142,11 +174,10 @@ def main() -> None:
             },
             indent=1,
         )
-        + "\n"
+        + "\n",
     )
     text = markdown(summary, len(rows), command, out.with_suffix(".png").name, combined)
-    out.with_suffix(".md").write_text(text)
-    plot(summary, out.with_suffix(".png"))
+    write_text(out.with_suffix(".md"), text)
     print(text)
 
 

@@ -25,6 +25,7 @@ The labelling itself, in two more steps of the same script (RUBRIC.md's protocol
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 from collections import Counter
@@ -118,6 +119,14 @@ def export(run_dir: Path, a: str, b: str, judge: str, out: Path, seed: int) -> i
     return 0
 
 
+def _shape(r: object) -> str:
+    return f"keys {sorted(r)[:6]}" if isinstance(r, dict) else f"a {type(r).__name__} row"
+
+
+def _label_row(r: object) -> bool:
+    return isinstance(r, dict) and str(r.get("id", "")).count(":") >= 2 and r.get("label") in LABELS
+
+
 def _pass(path: Path, items: set[str], what: str) -> dict[str, dict]:
     if not path.is_file():
         raise LasaError(f"{path} not found; write the {what} there ({{'item', 'label', ...}} per line)")
@@ -136,6 +145,11 @@ def assemble(run_dir: Path, folder: Path, out: Path, run_name: str, model: str) 
     into the shipped labels format (one row per response, both passes, the adjudicated label)."""
     from lasa.judges import cohen_kappa
 
+    for name in ("key.jsonl", "items.jsonl"):
+        if not (folder / name).is_file():
+            raise LasaError(
+                f"{folder / name} not found; --assemble reads the folder --export wrote (export into it first)"
+            )
     key = {r["item"]: r for r in read_jsonl(folder / "key.jsonl")}
     items = {r["item"]: r for r in read_jsonl(folder / "items.jsonl")}
     pa = _pass(folder / PASS_FILES[0], set(key), "first pass")
@@ -203,8 +217,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     judged = {v: _verdicts(run_dir, v, args.judge) for v in (args.a, args.b)}
     rows = read_jsonl(labels)
+    bad = [r for r in rows if not _label_row(r)][:1]
+    if bad or not rows:  # an items.jsonl, a completions file, a pass file: KeyError 'id'
+        raise LasaError(
+            f"--labels {labels} is not a labels file (rows with 'id' RUN:VARIANT:UID and 'label', as "
+            f"--assemble writes{'; it is empty' if not rows else f'; got {_shape(bad[0])}'})"
+        )
     gold = {tuple(r["id"].split(":", 2)[1:]): r["label"] == "unsafe" for r in rows}  # (variant, uid)
-    uids = sorted(judged[args.a])
+    uids = sorted(set(judged[args.a]) & set(judged[args.b]))
+    only = len(set(judged[args.a]) ^ set(judged[args.b]))
+    if only:  # other --n / --langs: paired on the prompts both answered (a KeyError before)
+        logging.getLogger("paired_gold_check").warning(
+            "%d prompts were answered by only one of %s and %s; paired on the %d both answered",
+            only,
+            args.a,
+            args.b,
+            len(uids),
+        )
     discordant = [u for u in uids if judged[args.a][u] != judged[args.b][u]]
     missing = [u for u in discordant for v in (args.a, args.b) if (v, u) not in gold]
     if missing:
@@ -218,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         (f"seen ({', '.join(args.seen)})", [u for u in uids if u.split(":")[1] in args.seen]),
         ("unseen", [u for u in uids if u.split(":")[1] not in args.seen]),
     ):
+        if not keep:  # e.g. a run evaluated in the seen languages only: no unseen prompts (was 1/0)
+            print(f"{name:22s} no prompts in this run")
+            continue
         for label, src in (("judge", judged), ("judge + gold on discordant", fixed)):
             a, b = [src[args.a][u] for u in keep], [src[args.b][u] for u in keep]
             d = paired_difference(a, b)

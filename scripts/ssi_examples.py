@@ -49,19 +49,24 @@ def table(rows: list[tuple[str, str, str, float, bool]], threshold: float) -> st
 def main(argv: list[str] | None = None) -> None:
     from lasa.errors import LasaError
     from lasa.models import load_model
+    from lasa.runs import write_text
     from lasa.ssi import SSI
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a run directory (its ssi/) or an SSI directory")
     ap.add_argument("--model", default="default", help="the model the SSI was trained on")
     ap.add_argument(
-        "--prompt", nargs="*", default=None, help="score these prompts instead of README's examples"
+        "--prompt", nargs="+", default=None, help="score these prompts instead of README's examples"
     )
     ap.add_argument("--out", default=None, help="also write the table here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        out = Path(args.out) if args.out else None
+        if out is not None and (out.is_dir() or not out.parent.is_dir()):  # not after the scoring
+            raise LasaError(f"--out {out}: give a file in an existing folder")
         ssi = SSI.load(args.run)
+        ssi.check_config(args.model)  # another model's SSI: before the model load, not after it
         lm = load_model(args.model)
         examples = [(p, "", "") for p in args.prompt] if args.prompt else list(EXAMPLES)
         probs = ssi.score(lm, [e[0] for e in examples], progress=False)
@@ -71,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [(t, g, k, float(p), bool(f)) for (t, g, k), p, f in zip(examples, probs, flags)]
     text = table(rows, ssi.threshold)
     print(f"SSI: {args.run} (layer {ssi.layer}, threshold {ssi.threshold:.2f})\n\n{text}")
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if out is not None:
+        write_text(out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -895,3 +895,36 @@ def test_the_gates_conditioning_tokens_are_the_ones_a_training_row_holds():
     for p in PROMPTS:
         trained = tok(chat_prefix(tok, p) + conditioning_prefix(), add_special_tokens=False)["input_ids"]
         assert format_prompts(tok, [p], True)[0] + ids == trained
+
+
+def test_the_python_api_refuses_a_string_for_prompts_and_settings_that_generate_nothing(lm):
+    """A notebook's ``generate_all(lm, "How ...", ...)`` answered each character of the string as a
+    prompt, ``GenerationSettings(max_new_tokens=0)`` (or -1) an empty response to every prompt, and
+    an SSI given as the gate (or ``Gate(None)``) failed with an AttributeError: one-line errors now."""
+    from lasa.errors import LasaError
+
+    with pytest.raises(LasaError, match="list of prompts, got one string"):
+        generate_all(lm, PROMPTS[0], SETTINGS, progress=False)
+    with pytest.raises(LasaError, match="takes prompts as strings"):
+        generate_all(lm, [PROMPTS[0], None], SETTINGS, progress=False)
+    with pytest.raises(LasaError, match="loaded model, got the name"):
+        generate_all("default", PROMPTS, SETTINGS, progress=False)
+    for bad in (
+        {"max_new_tokens": 0},
+        {"max_new_tokens": -1},
+        {"max_new_tokens": 2.5},
+        {"batch_size": 0},
+        {"do_sample": True, "temperature": -1.0},
+        {"do_sample": True, "top_p": 0.0},
+    ):
+        with pytest.raises(LasaError, match="GenerationSettings"):
+            GenerationSettings(**bad)
+    GenerationSettings(temperature=0.0)  # greedy decoding never reads it
+    with pytest.raises(LasaError, match="takes GenerationSettings"):
+        generate_all(lm, PROMPTS, {"max_new_tokens": 3}, progress=False)
+    stub = StubSSI(lm, layer=2, flag_prompts=[PROMPTS[1]])
+    with pytest.raises(LasaError, match=r"wrap an SSI: Gate\(ssi\)"):
+        generate_all(lm, PROMPTS, SETTINGS, stub, progress=False)
+    for ssi in (None, "runs/x"):
+        with pytest.raises(LasaError, match="Gate takes a loaded SSI"):
+            Gate(ssi)

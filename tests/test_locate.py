@@ -135,3 +135,44 @@ def test_the_states_cache_is_missed_when_the_weights_under_the_same_path_change(
     build_model("qwen2", vocab, seed=7).save_pretrained(model_dir)  # other weights, same path
     loc.run_locate(cfg)
     assert len(calls) == 2
+
+
+def test_a_model_passed_to_a_stage_function_must_be_the_configs(tiny_qwen, tiny_llama, tmp_path):
+    """``run_locate(LocateConfig(run_dir=...), lm)`` with the config's model left at another one
+    cached the passed model's states under the config's model and credited its bottleneck to it (a
+    later run without ``lm`` reused them): refused in one line, before any folder exists."""
+    import lasa.locate as loc
+    from lasa.config import EvaluateConfig, InterpretConfig
+    from lasa.errors import LasaError
+    from lasa.evaluate import run_evaluate
+    from lasa.interpret import run_interpret
+    from lasa.models import load_model
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    run = tmp_path / "run"
+    with pytest.raises(LasaError, match="is not the config's model"):
+        loc.run_locate(_locate_cfg(tiny_llama, run), lm)
+    assert not run.exists()
+    with pytest.raises(LasaError, match="is not the config's model"):
+        run_interpret(InterpretConfig(model=str(tiny_llama), run_dir=str(run), layer=1), lm)
+    with pytest.raises(LasaError, match="is not the config's model"):
+        run_evaluate(
+            EvaluateConfig(
+                model=str(tiny_llama), run_dir=str(run), judges=["lexicon"], default_judge="lexicon"
+            ),
+            lm,
+        )
+    assert not run.exists()
+    bn = loc.run_locate(_locate_cfg(str(tiny_qwen) + "/", run), lm)  # the same model, spelt otherwise
+    assert bn.num_layers == lm.num_layers
+
+
+def test_load_layer_scores_refuses_a_file_that_is_not_per_layer_rows(tmp_path):
+    from lasa.errors import LasaError
+    from lasa.locate import load_layer_scores
+    from lasa.runs import write_json
+
+    for content in ({}, None, {"layer": "x"}, [1, 2]):
+        write_json(tmp_path / "locate" / "layer_scores.json", content)
+        with pytest.raises(LasaError, match="damaged"):
+            load_layer_scores(tmp_path)

@@ -90,3 +90,20 @@ def test_large_files_are_hashed_once_per_version(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "_HASH_MEMO_BYTES", 1 << 30)  # small files are always read
     runs.sha256_file(f), runs.sha256_file(f)
     assert len(reads) == 4
+
+
+def test_a_hand_copied_stage_folder_is_skipped_not_fatal(tmp_path, caplog):
+    """``eval/kto copy/`` (a file manager's copy) or ``eval/kté/`` ended `lasa report` in an error
+    about a --variant nobody gave; such folders are skipped with a warning naming them."""
+    from lasa.report import build_report
+    from lasa.runs import RunDir, write_json
+
+    for name in ("kto copy", "kté"):
+        write_json(tmp_path / "eval" / name / "results.json", {})
+    write_json(tmp_path / "align" / "kto copy" / "summary.json", {})
+    rd = RunDir(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert rd.evaluated_variants() == [] and rd.aligned_methods() == []
+    assert "kto copy: skipped" in caplog.text
+    out = build_report(tmp_path)
+    assert "kto copy" not in (tmp_path / "report.md").read_text() and out["html"]

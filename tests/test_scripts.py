@@ -395,3 +395,118 @@ def test_paired_gold_check_exports_blind_items_and_assembles_two_passes(tmp_path
     with pytest.raises(LasaError, match="nothing to label"):
         mod.main(["--run-dir", run, "--a", "a", "--b", "a", "--export", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
+
+
+def test_reevaluate_evaluates_the_run_it_is_given_not_the_recorded_run_dir(tmp_path, monkeypatch):
+    """A copied or moved run's config.yaml records where it was made (``run_dir: runs/quick``):
+    reevaluating the copy re-evaluated that other run and rewrote its results.json. A damaged
+    config.yaml, an entry without its config or a setting an older lasa recorded was a traceback."""
+    import sys
+
+    import yaml
+
+    mod = _script("reevaluate")
+    run = tmp_path / "moved"
+    run.mkdir()
+    recorded = {"run_dir": "runs/quick", "variant": "kto", "adapter": "kto", "judges": ["lexicon"]}
+    recorded |= {"default_judge": "lexicon", "ssi": "runs/quick/ssi_chat", "retired_setting": 1}
+    (run / "config.yaml").write_text(yaml.safe_dump({"stages": {"evaluate:kto": {"config": recorded}}}))
+    todo = mod.recorded_evaluations(run)
+    assert todo["kto"]["run_dir"] == str(run) and todo["kto"]["ssi"] == str(run / "ssi_chat")
+    assert "retired_setting" not in todo["kto"]
+    seen = []
+
+    class Res:
+        asr, asr_interval = 0.1, (0.0, 0.2)
+
+    monkeypatch.setattr(mod, "run_evaluate", lambda cfg: seen.append(cfg) or Res())
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(run)])
+    mod.main()
+    assert [c.run_dir for c in seen] == [str(run)]
+    for text, message in (
+        ("stages: [1\n", "not valid YAML"),
+        ("- 1\n", "mapping"),
+        ("stages:\n  evaluate:kto: 3\n", "records no config mapping"),
+    ):
+        (run / "config.yaml").write_text(text)
+        monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(run)])
+        with pytest.raises(SystemExit, match=message):
+            mod.main()
+
+
+def test_paired_gold_check_on_careless_input_is_one_line(tmp_path, capsys):
+    """A run evaluated in the seen languages only (no unseen prompts: a ZeroDivisionError), a
+    --labels file of another kind (KeyError 'id'), variants that answered different prompts
+    (KeyError) and --assemble on a folder never exported (FileNotFoundError)."""
+    from lasa.errors import LasaError
+
+    for v, langs in (("a", ("en", "zh")), ("b", ("en", "zh", "sw"))):
+        d = tmp_path / "run" / "eval" / v
+        d.mkdir(parents=True)
+        uids = [f"multijail:{lang}:{i}" for lang in langs for i in range(2)]
+        write_jsonl(
+            d / "judgements_pair.jsonl", [{"uid": u, "label": "unsafe" if v == "a" else "safe"} for u in uids]
+        )
+        write_jsonl(d / "completions.jsonl", [{"uid": u, "prompt": "p", "response": "r"} for u in uids])
+    mod = _script("paired_gold_check")
+    run = str(tmp_path / "run")
+    labels = tmp_path / "labels.jsonl"
+    write_jsonl(labels, [{"id": f"run:{v}:multijail:{lang}:{i}", "label": "safe", "pair_judged": "safe"}
+                         for v in "ab" for lang in ("en", "zh") for i in range(2)])  # fmt: skip
+    assert mod.main(["--run-dir", run, "--a", "a", "--b", "b", "--labels", str(labels)]) == 0
+    assert "unseen                 no prompts in this run" in capsys.readouterr().out
+    wrong = tmp_path / "run" / "eval" / "a" / "completions.jsonl"
+    with pytest.raises(LasaError, match="is not a labels file"):
+        mod.main(["--run-dir", run, "--a", "a", "--b", "b", "--labels", str(wrong)])
+    with pytest.raises(LasaError, match="--export wrote"):
+        mod.main(["--run-dir", run, "--a", "a", "--b", "b", "--assemble", str(tmp_path / "none"),
+                  "--labels", str(tmp_path / "out.jsonl")])  # fmt: skip
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ssi_examples_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch):
+    """``--out`` into a missing folder was a FileNotFoundError after the model load and scoring."""
+    mod = _script("ssi_examples")
+    import lasa.ssi
+
+    monkeypatch.setattr(lasa.ssi.SSI, "load", lambda path: pytest.fail("loaded before --out was checked"))
+    for out in (tmp_path / "missing" / "x.md", tmp_path):
+        with pytest.raises(SystemExit, match="give a file in an existing folder"):
+            mod.main([str(tmp_path), "--out", str(out)])
+
+
+def test_judge_learning_curve_refuses_a_file_that_is_not_labels_before_the_corpus(tmp_path, monkeypatch):
+    """An export's items.jsonl (no labels) as --heldout reached the featurizer and ended in a numpy
+    traceback, after the corpus features; two files of one name replaced each other's results."""
+    import sys
+
+    mod = _script("judge_learning_curve")
+    monkeypatch.setattr(mod, "corpus_rows", lambda: pytest.fail("corpus read before --heldout was checked"))
+    items = tmp_path / "items.jsonl"
+    write_jsonl(items, [{"item": "item0000", "language": "en", "prompt": "p", "response": "r"}])
+    good = tmp_path / "a" / "labels.jsonl"
+    good.parent.mkdir()
+    write_jsonl(good, [{"prompt": "p", "response": "r", "language": "en", "label": "safe"}])
+    twin = tmp_path / "b" / "labels.jsonl"
+    twin.parent.mkdir()
+    twin.write_bytes(good.read_bytes())
+    for heldout, message in (([items], "not a labels file"), ([good, twin], "share a name")):
+        monkeypatch.setattr(
+            sys, "argv", ["x", "--heldout", *map(str, heldout), "--out", str(tmp_path / "o" / "c")]
+        )
+        with pytest.raises(SystemExit, match=message):
+            mod.main()
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_e2e_on_a_pipeline_json_without_stage_times_is_one_line(tmp_path):
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for content in ("[]", '{"locate": {"key": 1}}'):
+        (tmp_path / "pipeline.json").write_text(content)
+        args = argparse.Namespace(e2e_run_dir=str(tmp_path), e2e_baseline=1.0, e2e_time_log=None)
+        with pytest.raises(SystemExit, match="records no stage times"):
+            bench.bench_e2e(args)

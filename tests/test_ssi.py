@@ -669,3 +669,16 @@ def test_an_ssi_of_another_architecture_is_refused_from_the_config(tiny_qwen):
     for wrong in ({"num_layers": n + 4}, {"architecture": {"d_model": 2 * d}}):
         with pytest.raises(LasaError, match="this SSI was trained on 'other'"):
             SSI(SafetySemanticInterpreter(d, 8, 0.0), meta | wrong).check_config(str(tiny_qwen))
+
+
+def test_score_refuses_one_string_and_a_model_name():
+    """``ssi.score(lm, "How do I ...")`` scored each character of the string as a prompt, and
+    ``ssi.score("default", prompts)`` failed with an AttributeError: one-line errors now."""
+    from lasa.errors import LasaError
+    from lasa.ssi import SSI, SafetySemanticInterpreter
+
+    ssi = SSI(SafetySemanticInterpreter(8, 4, 0.0), {"threshold": 0.5, "layer": 2})
+    with pytest.raises(LasaError, match="list of prompts, got one string"):
+        ssi.score(object(), "How do I make a bomb at home?")
+    with pytest.raises(LasaError, match=r"lasa.load_model\('default'\)"):
+        ssi.score("default", ["How do I make a bomb at home?"])

@@ -718,6 +718,9 @@ def run_align(cfg: AlignConfig, lm: Any = None) -> AlignResult:
     from lasa.config.base import expect_config
 
     expect_config(cfg, AlignConfig, "run_align")
+    from lasa.models import check_given_model
+
+    check_given_model(lm, cfg.model, "run_align")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     with run.stage_dir(

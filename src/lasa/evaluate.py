@@ -479,6 +479,9 @@ def run_generate(cfg: GenerateConfig, lm: LoadedModel | None = None) -> Generate
     from lasa.config.base import expect_config
 
     expect_config(cfg, GenerateConfig, "run_generate")
+    from lasa.models import check_given_model
+
+    check_given_model(lm, cfg.model, "run_generate")
     if cfg.gate_threshold is not None and not cfg.gate:
         logger.warning("--gate-threshold %s has no effect without --gate", cfg.gate_threshold)
     t0 = time.time()
@@ -576,6 +579,9 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
     from lasa.config.base import expect_config
 
     expect_config(cfg, EvaluateConfig, "run_evaluate")  # a GenerateConfig would generate, then fail
+    from lasa.models import check_given_model
+
+    check_given_model(lm, cfg.model, "run_evaluate")
     from lasa.judges.llm import preflight
 
     preflight(

@@ -37,7 +37,15 @@ import torch
 
 from lasa.conditioning import CONDITIONING_TEXT, chat_prefix, conditioning_prefix, conditioning_token_ids
 from lasa.errors import LasaError
-from lasa.hidden import format_prompts, length_batches, pad_batch, pool, position_ids_from_mask, user_span
+from lasa.hidden import (
+    format_prompts,
+    length_batches,
+    pad_batch,
+    pool,
+    position_ids_from_mask,
+    text_list,
+    user_span,
+)
 from lasa.models import LoadedModel, base_model, merged_adapter
 from lasa.ssi import state_max_length
 
@@ -55,6 +63,20 @@ class GenerationSettings:
     # the prefill runs in sub-batches of at most this many rows, split by length (see _prefill)
     prefill_batch_size: int = 16
     seed: int = 0  # sampling only: the RNG seed a run starts from (greedy decoding ignores it)
+
+    def __post_init__(self) -> None:
+        # the Python API builds these directly: max_new_tokens=0 or -1 answered every prompt with
+        # an empty response (judged invalid) without a word, a negative temperature failed in HF
+        for name in ("max_new_tokens", "batch_size", "prefill_batch_size", "min_new_tokens", "seed"):
+            value = getattr(self, name)
+            low = 0 if name in ("min_new_tokens", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise LasaError(f"GenerationSettings: {name} must be an integer >= {low}, got {value!r}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise LasaError(
+                f"GenerationSettings: sampling needs temperature > 0 and 0 < top_p <= 1, got "
+                f"{self.temperature!r} and {self.top_p!r}"
+            )
 
     def hf_kwargs(self, tokenizer: Any, model: Any = None) -> dict:
         """``generate`` keywords that decode exactly these settings. A checkpoint's generation
@@ -137,6 +159,12 @@ class Gate:
     #: ``RUN/eval/ssi_scores.json``, so a gated variant skips the pass for prompts scored before
     #: (and flags exactly what an earlier one flagged). Chat-format SSIs read the prefill instead.
     known_scores: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ssi is None or isinstance(self.ssi, str | Path):  # failed later on .check_model
+            raise LasaError(
+                f"Gate takes a loaded SSI, got {self.ssi!r}; use Gate(lasa.SSI.load(RUN_DIR)) (or ConstantSSI())"
+            )
 
     @property
     def layer(self) -> int:
@@ -635,7 +663,14 @@ def generate(
     """
     from tqdm.auto import tqdm
 
+    prompts = text_list(prompts, "generate", lm)
     settings = settings or GenerationSettings()
+    if not isinstance(settings, GenerationSettings):
+        raise LasaError(f"generate takes GenerationSettings(...), got {type(settings).__name__}")
+    if gate is not None and not isinstance(gate, Gate):  # an SSI given as the gate failed on .prepare
+        raise LasaError(
+            f"generate's gate must be a lasa.Gate, got {type(gate).__name__}; wrap an SSI: Gate(ssi)"
+        )
     if gate is not None:
         gate.prepare(lm)
     seqs = format_prompts(lm.tokenizer, list(prompts), chat_template=True)
@@ -660,6 +695,7 @@ def generate_all(
     progress: bool = True,
 ) -> list[dict]:
     """Non-streaming convenience wrapper: records in prompt order."""
+    prompts = text_list(prompts, "generate_all", lm)
     out: list[dict | None] = [None] * len(prompts)
     for idx, rows in generate(lm, prompts, settings, gate, progress):
         for i, r in zip(idx, rows):

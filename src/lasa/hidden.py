@@ -36,6 +36,27 @@ class _StopForward(Exception):
     """Raised from the hook on the highest requested layer: nothing above it needs to run."""
 
 
+def text_list(texts: Any, what: str, lm: Any = None) -> list[str]:
+    """``texts`` as a list of strings, or a one-line error naming ``what`` took them: one string
+    (``ssi.score(lm, "How do I ...")``) is a sequence of characters, and was scored or answered one
+    character at a time without a word. ``lm``, when given, must be a loaded model, not its name."""
+    from pathlib import PurePath
+
+    if isinstance(lm, str | PurePath):
+        raise LasaError(
+            f"{what} takes a loaded model, got the name {str(lm)!r}; use lasa.load_model({str(lm)!r})"
+        )
+    if isinstance(texts, str | bytes):
+        raise LasaError(
+            f"{what} takes a list of prompts, got one string; wrap it in a list: [{texts[:40]!r}]"
+        )
+    out = list(texts)
+    bad = [x for x in out if not isinstance(x, str)][:1]
+    if bad:
+        raise LasaError(f"{what} takes prompts as strings, got a {type(bad[0]).__name__} ({bad[0]!r:.60})")
+    return out
+
+
 def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) -> list[list[int]]:
     """Token ids of each prompt: raw text (with the tokenizer's own special tokens, e.g. Llama's BOS)
     or a single user turn in the chat template followed by the generation prompt."""

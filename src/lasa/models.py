@@ -197,6 +197,23 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id
 
 
+def check_given_model(lm: Any, spec: str, fn: str) -> None:
+    """A model handed to a stage function (``run_locate(cfg, lm)``) must be ``cfg.model``: the stage
+    records and keys its artefacts under ``cfg.model``, so another model's states were cached as
+    that model's (a later run without ``lm`` reused them) and its bottleneck credited to it.
+    Compared by :func:`canonical_spec` (an alias, a path to the same folder and the hub id all
+    match), which prepares nothing and asks no hub."""
+    if lm is None or getattr(lm, "full_checkpoint", None) is not None:
+        return
+    if not isinstance(lm, LoadedModel):
+        raise LasaError(f"{fn} takes a model from lasa.load_model(...) (or none), got {type(lm).__name__}")
+    if canonical_spec(spec) not in {canonical_spec(lm.spec), canonical_spec(lm.path)}:
+        raise LasaError(
+            f"{fn}: the model passed ({lm.spec!r}) is not the config's model ({spec!r}), under which the "
+            f"artefacts would be recorded; build the config with model={lm.spec!r} (or pass no model)"
+        )
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 

@@ -645,8 +645,8 @@ def unfinished_variants(rd: Path) -> list[str]:
     """Variant folders with completions but no ``results.json`` (an evaluation interrupted before
     it judged, or completions changed by a `lasa generate` since): left out of the tables, so the
     report says so instead of dropping them without a word."""
-    done = set(RunDir(rd).evaluated_variants())
     eval_dir = rd / "eval"
+    done = {p.parent.name for p in eval_dir.glob("*/results.json")}  # a skipped name is warned about there
     if not eval_dir.is_dir():
         return []
     return sorted(

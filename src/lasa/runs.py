@@ -33,6 +33,9 @@ from lasa.errors import LasaError
 
 logger = logging.getLogger(__name__)
 
+#: stage folders already warned about by RunDir._finished (a report lists the variants several times)
+_SKIP_WARNED: set[Path] = set()
+
 TRACKED_PACKAGES = (
     "lasa",
     "torch",
@@ -298,11 +301,31 @@ class RunDir:
 
     def aligned_methods(self) -> list[str]:
         """Methods with a finished ``align`` stage, sorted."""
-        return sorted(p.parent.name for p in (self.path / "align").glob("*/summary.json"))
+        return self._finished("align", "summary.json", "lasa align --method")
 
     def evaluated_variants(self) -> list[str]:
         """Variants with a finished evaluation, sorted."""
-        return sorted(p.parent.name for p in (self.path / "eval").glob("*/results.json"))
+        return self._finished("eval", "results.json", "lasa evaluate --variant")
+
+    def _finished(self, stage: str, marker: str, command: str) -> list[str]:
+        """The folders of ``RUN/<stage>/`` holding ``marker``, sorted; one whose name lasa would never
+        write (a hand copy such as ``kto copy``, ``kté``) is skipped with a warning, since every path
+        built from it is refused: it used to end the whole report in an error naming a flag nobody gave."""
+        names = []
+        for p in sorted((self.path / stage).glob(f"*/{marker}")):
+            try:
+                names.append(safe_name(p.parent.name, command.rsplit(" ", 1)[-1]))
+            except LasaError:
+                if p.parent in _SKIP_WARNED:
+                    continue
+                _SKIP_WARNED.add(p.parent)
+                logger.warning(
+                    "%s: skipped (not a name `%s` writes: letters, digits, . - _ +); rename the folder "
+                    "to count it",
+                    p.parent,
+                    command,
+                )
+        return names
 
     def load(self, marker: Path, command: str) -> dict:
         """Read a stage's JSON marker, or fail in one line naming ``command`` (what writes it)."""

@@ -346,8 +346,9 @@ class SSI:
         self, lm: LoadedModel, prompts: Sequence[str], batch_size: int = 16, progress: bool = True
     ) -> np.ndarray:
         """p(harmful) per prompt, from the base model's bottleneck state (PEFT adapters disabled)."""
-        from lasa.hidden import extract_states
+        from lasa.hidden import extract_states, text_list
 
+        prompts = text_list(prompts, "SSI.score", lm)
         self.check_model(lm)
         with base_model(lm):
             states = extract_states(

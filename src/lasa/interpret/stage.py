@@ -478,6 +478,9 @@ def run_interpret(cfg: InterpretConfig, lm: LoadedModel | None = None) -> Interp
     from lasa.config.base import expect_config
 
     expect_config(cfg, InterpretConfig, "run_interpret")
+    from lasa.models import check_given_model
+
+    check_given_model(lm, cfg.model, "run_interpret")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     train_langs = validate_train_langs(cfg.train_langs)

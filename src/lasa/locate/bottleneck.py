@@ -82,7 +82,11 @@ def load_layer_scores(run_dir: str | Path) -> list[dict]:
     path = RunDir(run_dir).locate / "layer_scores.json"
     if not path.is_file():
         raise LasaError(f"{path} not found; run `lasa locate --run-dir {run_dir}` first")
-    return read_json(path)
+    rows = read_json(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "layer" in r for r in rows):
+        # a hand-edited or foreign file came back as whatever it held ({}, null, a dict of strings)
+        raise LasaError(f"{path} is damaged (not a list of per-layer rows); rerun `lasa locate --force`")
+    return rows
 
 
 def load_points(run_dir: str | Path) -> list[dict]:

@@ -74,6 +74,9 @@ def run_locate(cfg: LocateConfig, lm: Any = None) -> Bottleneck:
     from lasa.config.base import expect_config
 
     expect_config(cfg, LocateConfig, "run_locate")
+    from lasa.models import check_given_model
+
+    check_given_model(lm, cfg.model, "run_locate")
     t0 = time.time()
     run = RunDir(cfg.run_dir)
     table, points = build_points(cfg)  # bad input fails here, before any directory exists
