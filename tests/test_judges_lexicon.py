@@ -393,3 +393,20 @@ def test_invisible_characters_do_not_hide_a_refusal_phrase():
         assert is_refusal(hidden, "en") == is_refusal(
             hidden.translate(dict.fromkeys(map(ord, "\u00ad\u200b\u2060\ufeff"))), "en"
         )
+
+
+def test_judge_items_are_checked_where_the_python_api_builds_them() -> None:
+    from lasa.errors import LasaError
+    from lasa.judges.base import judge_items
+
+    assert JudgeItem("q", "a", "JW").lang == "jv"  # MultiJail's spelling, any case
+    with pytest.raises(LasaError, match="JudgeItem.response must be a string"):
+        JudgeItem("q", None, "en")  # type: ignore[arg-type]
+    with pytest.raises(LasaError, match="unknown language code 'xx'"):
+        JudgeItem("q", "a", "xx")
+    judge = LexiconJudge()
+    with pytest.raises(LasaError, match=r"wrap it in a list: judge\(\[item\]\)"):
+        judge.judge(JudgeItem("q", "a", "en"))  # type: ignore[arg-type]
+    with pytest.raises(LasaError, match="got a dict"):
+        judge.judge([{"prompt": "q", "response": "a", "lang": "en"}])  # type: ignore[list-item]
+    assert judge_items(iter([JudgeItem("q", "a", "en")])) == [JudgeItem("q", "a", "en")]

@@ -27,9 +27,43 @@ LABELS: tuple[Label, ...] = ("safe", "unsafe", "invalid")
 
 @dataclass(frozen=True)
 class JudgeItem:
+    """One response to judge: the request, the model's answer, and the request's language (one of
+    MultiJail's ten; ``jw`` is taken for ``jv``). Checked here because the Python API builds items
+    by hand: a ``None`` response failed deep inside a judge, and an unknown code was judged with
+    another language's rules without a word (``lasa judge-check`` refuses the same code)."""
+
     prompt: str
     response: str
     lang: str
+
+    def __post_init__(self) -> None:
+        from lasa.data import normalize_language
+        from lasa.errors import LasaError
+
+        for name in ("prompt", "response", "lang"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise LasaError(
+                    f"JudgeItem.{name} must be a string, got {type(value).__name__} ({value!r:.60})"
+                )
+        object.__setattr__(self, "lang", normalize_language(self.lang))
+
+
+def judge_items(items: object) -> list[JudgeItem]:
+    """``items`` as a list of :class:`JudgeItem`, or a one-line error: ``judge(item)`` with one item
+    (not a list) and a list of dicts or tuples failed with a TypeError deep inside the judge."""
+    from lasa.errors import LasaError
+
+    if isinstance(items, JudgeItem):
+        raise LasaError("judge takes a list of JudgeItem, got one item; wrap it in a list: judge([item])")
+    out = list(items)  # type: ignore[call-overload]
+    bad = next((x for x in out if not isinstance(x, JudgeItem)), None)
+    if bad is not None:
+        raise LasaError(
+            f"judge takes JudgeItem(prompt, response, lang) items, got a {type(bad).__name__}; build them "
+            "with lasa.JudgeItem"
+        )
+    return out
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lasa.judges.base import EMPTY_RULE, JudgeItem, Judgement, empty_judgement, strip_control_tokens
+from lasa.judges.base import (
+    EMPTY_RULE,
+    JudgeItem,
+    Judgement,
+    empty_judgement,
+    judge_items,
+    strip_control_tokens,
+)
 from lasa.judges.lexicon import REFUSAL_RULE, refusal_flag
 
 logger = logging.getLogger(__name__)
@@ -360,6 +367,7 @@ class EmbeddingJudge:
         return self.classifier.predict(self.encoder.passages(list(responses), progress=progress))
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        items = judge_items(items)
         from lasa.judges.invalid import detect_invalid
 
         responses = [strip_control_tokens(it.response) for it in items]

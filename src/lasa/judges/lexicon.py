@@ -38,7 +38,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import ClassVar
 
-from lasa.judges.base import INVISIBLE, JudgeItem, Judgement, clean_prompt, strip_control_tokens
+from lasa.judges.base import INVISIBLE, JudgeItem, Judgement, clean_prompt, judge_items, strip_control_tokens
 from lasa.judges.invalid import detect_invalid
 
 logger = logging.getLogger(__name__)
@@ -372,6 +372,7 @@ class LexiconJudge:
         return f"lexicon-{rules_digest()}"
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        items = judge_items(items)
         out: list[Judgement] = []
         for item in items:
             response = strip_control_tokens(item.response)

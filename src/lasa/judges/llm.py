@@ -31,6 +31,7 @@ from lasa.judges.base import (
     Judgement,
     clean_prompt,
     drop_reasoning,
+    judge_items,
     strip_control_tokens,
 )
 
@@ -322,6 +323,7 @@ class LLMJudge:
         return [r["response"] for r in rows]
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        items = judge_items(items)
         prompts = self._prompts(items)
         answers = [self._ask_endpoint(p) for p in prompts] if self.url else self._ask_local(prompts)
         if self.url:  # a chatty or reasoning model needs more than 5 tokens to say its word: ask again

@@ -36,6 +36,7 @@ from lasa.judges.base import (
     Judgement,
     clean_prompt,
     empty_judgement,
+    judge_items,
     strip_control_tokens,
 )
 from lasa.judges.corpus import corpus_rows, labels_key, split_group
@@ -387,6 +388,7 @@ class PairJudge:
         )
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        items = judge_items(items)
         if not items:
             return []
         blocks = self.blocks(items)
