@@ -6,7 +6,7 @@
 # Usage: [N=30] [TOKENS=128] [XSTEST_N=0] [VARIANTS="base base+gate kto lasa+gate"] \
 #        scripts/compare_variants.sh [SRC_RUN] [DST_RUN] [MODEL]
 #   N=30, 128 tokens, four variants: ~37 min on 2 CPU cores.
-#   The 100-prompt comparison of README (adapters of scripts/dose_response.py's run):
+#   The 100-prompt comparison of docs/results.md, Stage 3 (adapters of scripts/dose_response.py's run):
 #   N=100 TOKENS=64 XSTEST_N=100 VARIANTS="base base+gate lasa lasa+gate kto sft" \
 #     scripts/compare_variants.sh runs/dose2 runs/c100
 set -euo pipefail
