@@ -282,6 +282,12 @@ def bench_e2e(args: argparse.Namespace) -> dict:
             f"{path} records no stage times ({'no stages' if not stages else 'none for ' + bad[0]}); "
             f"rerun `lasa run --run-dir {args.e2e_run_dir}`"
         )
+    adopted = [k for k, v in state.items() if isinstance(v, dict) and v.get("adopted")]
+    if adopted:  # recorded as 0 s: the total would leave out the stages run by their own commands
+        raise SystemExit(
+            f"{path}: {', '.join(adopted)} ran by their own commands and were adopted by `lasa run`, "
+            f"which did not time them; time a fresh `make run` (or `lasa run` in an empty run dir)"
+        )
     total = sum(stages.values())
     out = {
         "what": f"`lasa run` stage times from {path} (each stage's last run)",

@@ -419,6 +419,9 @@ def test_run_adopts_stages_run_by_hand_with_the_same_settings(preset, tiny_qwen,
     state = json.loads((rd / "pipeline.json").read_text())
     statuses = {s["stage"]: s["status"] for s in state["_last_run"]["stages"]}
     assert statuses == {"locate": "adopted", "interpret": "adopted", "evaluate:base": "ran"}
+    assert (
+        state["locate"]["adopted"] is True and "adopted" not in state["evaluate:base"]
+    )  # bench e2e reads it
     assert (rd / "locate" / "bottleneck.json").read_bytes() == bottleneck
     assert run(preset, tiny_qwen, rd, "--variants", "base") == 0  # then keyed like any other stage
     assert _ran(rd) == []

@@ -510,3 +510,9 @@ def test_bench_e2e_on_a_pipeline_json_without_stage_times_is_one_line(tmp_path):
         args = argparse.Namespace(e2e_run_dir=str(tmp_path), e2e_baseline=1.0, e2e_time_log=None)
         with pytest.raises(SystemExit, match="records no stage times"):
             bench.bench_e2e(args)
+    # a stage `lasa run` adopted (run by its own command) is recorded as 0 s: not a timing of the run
+    (tmp_path / "pipeline.json").write_text(
+        '{"locate": {"seconds": 0.0, "adopted": true}, "interpret": {"seconds": 200.0}}'
+    )
+    with pytest.raises(SystemExit, match="locate ran by their own commands"):
+        bench.bench_e2e(args)
