@@ -540,3 +540,17 @@ def test_an_out_file_that_cannot_be_written_is_refused_before_judging(tmp_path):
         with pytest.raises(LasaError, match="cannot write in /proc"):
             JudgeCheckConfig(labels=str(f), judges=["lexicon"], out="/proc/x.json")
     JudgeCheckConfig(labels=str(f), judges=["lexicon"], out=str(tmp_path / "x.json"))  # fine
+
+
+def test_a_config_built_in_python_refuses_an_unknown_field_with_the_near_miss():
+    """The Python API builds configs directly; a typo'd field was Python's bare TypeError, without
+    the near miss the YAML and flag parsers name."""
+    import lasa
+
+    with pytest.raises(
+        LasaError, match=r"LocateConfig: unknown field 'n_querys' \(did you mean 'n_queries'\?\)"
+    ):
+        lasa.LocateConfig(n_querys=50)
+    with pytest.raises(LasaError, match="see `lasa interpret --help`"):
+        lasa.InterpretConfig(run_dir="runs/x", not_a_field=1)
+    assert lasa.LocateConfig(n_queries=50, run_dir="runs/x").n_queries == 50

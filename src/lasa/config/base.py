@@ -22,8 +22,28 @@ from lasa.errors import LasaError
 T = TypeVar("T", bound="StageConfig")
 
 
+class _ConfigType(type):
+    """Builds a stage config refusing an unknown field in one line, with the near miss: the Python
+    API builds configs directly (``InterpretConfig(threshhold=0.5)``), where the dataclass's own
+    ``TypeError`` named the bad key but not the field meant, as the YAML and flag parsers do."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        import dataclasses
+
+        if dataclasses.is_dataclass(cls):
+            names = {f.name for f in dataclasses.fields(cls) if f.init}
+            unknown = [k for k in kwargs if k not in names]
+            if unknown:
+                stage = getattr(cls, "stage", "")
+                raise LasaError(
+                    f"{cls.__name__}: unknown field {unknown[0]!r}{_did_you_mean(unknown[0], names)}"
+                    + (f"; see `lasa {stage} --help` for the fields" if stage and stage != "stage" else "")
+                )
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass
-class StageConfig:
+class StageConfig(metaclass=_ConfigType):
     """Fields every stage shares."""
 
     model: str = field(
