@@ -205,3 +205,12 @@ def test_user_last_reads_the_users_last_token_inside_the_chat_template(lm):
     assert not _close(user, last)
     with pytest.raises(LasaError, match="add --chat-template"):
         extract_states(lm, TEXTS[:3], layers=[2], pooling="user_last", progress=False)
+
+
+def test_a_tokenizer_without_chat_template_names_the_fix(tiny_qwen):
+    from lasa.hidden import format_prompts
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    lm.tokenizer.chat_template = None
+    with pytest.raises(LasaError, match="no chat template .*pass an instruct / chat checkpoint"):
+        format_prompts(lm.tokenizer, ["hi"], chat_template=True)

@@ -105,3 +105,53 @@ def test_validate_layer():
     for bad in (0, 5, -1):
         with pytest.raises(LasaError, match=r"out of range; this model has layers 1\.\.4"):
             validate_layer(bad, 4)
+
+
+def test_adapter_folder_given_as_the_model_names_the_adapter_flag(tmp_path, tiny_qwen):
+    from peft import LoraConfig, get_peft_model
+
+    from lasa.models import check_model_spec
+
+    lm = load_model(str(tiny_qwen), device="cpu")
+    get_peft_model(lm.model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    for check in (resolve_model_path, check_model_spec):
+        with pytest.raises(LasaError, match="is a PEFT adapter, not a model: .*--model") as e:
+            check(str(tmp_path / "adapter"))
+        assert str(tiny_qwen) in str(e.value) and "--adapter" in str(e.value)
+
+
+def _edited_copy(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    conf = json.loads((dst / "config.json").read_text())
+    for key in drop:
+        conf.pop(key, None)
+    (dst / "config.json").write_text(json.dumps(conf))
+    return dst
+
+
+def test_config_without_num_hidden_layers_is_a_one_line_error(tmp_path, tiny_qwen):
+    # beside layer_types transformers refuses the config (a traceback from huggingface_hub);
+    # without them it builds the class default, 32 blocks, 28 of them random (no error at all)
+    for drop in (("num_hidden_layers",), ("num_hidden_layers", "layer_types")):
+        path = _edited_copy(tiny_qwen, tmp_path / "-".join(drop), drop)
+        with pytest.raises(LasaError, match="config.json") as e:
+            load_model(str(path), device="cpu")
+        assert "restore it from the original checkpoint" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused_before_the_weights(tmp_path, tokenizer, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tiny import build_model
+
+    build_model("qwen2", 300).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)  # 600 tokens: ids >= 300 failed in the embedding (IndexError)
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights loaded before the check")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
+    with pytest.raises(LasaError, match="600 tokens but the model only 300 embedding rows"):
+        load_model(str(tmp_path), device="cpu")

@@ -63,7 +63,13 @@ def format_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) ->
     if not chat_template:
         return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     if getattr(tokenizer, "chat_template", None) is None:
-        raise LasaError("--chat-template was requested but this tokenizer has no chat template")
+        # ``lasa generate`` / ``evaluate`` always format as chat and have no --chat-template flag: the
+        # message named that flag only, and no fix (lasa.conditioning.chat_prefix names one)
+        raise LasaError(
+            "this model's tokenizer has no chat template (generation, and locate / interpret with "
+            "--chat-template, need one): pass an instruct / chat checkpoint (or add a chat_template to its "
+            "tokenizer_config.json)"
+        )
     out = []
     for text in texts:
         ids = tokenizer.apply_chat_template(

@@ -152,6 +152,23 @@ def prepare_gguf(path: Path, root: Path | None = None) -> Path:
     return final
 
 
+def _no_config_message(flag: str, spec: str, path: Path) -> str:
+    """Why a directory without ``config.json`` is not a model, and what to pass instead. A PEFT
+    adapter folder (``RUN/align/<method>/adapter``) is the usual mistake: it was refused as "not
+    a transformers checkpoint", which names neither the adapter nor the flag that takes it."""
+    conf = path / "adapter_config.json"
+    if conf.is_file():
+        try:
+            base = json.loads(conf.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (ValueError, OSError, AttributeError):
+            base = None
+        return (
+            f"{flag} {spec} is a PEFT adapter, not a model: pass its base model as --model "
+            f"({base or 'the model it was trained on'}) and this folder as --adapter"
+        )
+    return f"{flag} {spec}: directory has no config.json; is it a transformers checkpoint?"
+
+
 def check_model_spec(spec: str, flag: str = "--model") -> None:
     """The checks of :func:`resolve_model_path` that cost nothing (no preparing, no network), for a
     model that is loaded late (the ``llm`` judge's, after generation): a missing path, a file that
@@ -167,7 +184,7 @@ def check_model_spec(spec: str, flag: str = "--model") -> None:
     if path.is_file() and path.suffix != ".gguf":
         raise LasaError(f"{flag} {spec}: a file must be a .gguf model; otherwise pass its directory")
     if path.is_dir() and not (path / "config.json").is_file():
-        raise LasaError(f"{flag} {spec}: directory has no config.json; is it a transformers checkpoint?")
+        raise LasaError(_no_config_message(flag, spec, path))
     if not path.exists() and _looks_like_path(spec):
         raise LasaError(
             f"{flag} {spec}: not found (pass an existing directory, a .gguf file, 'default' or an HF id)"
@@ -187,7 +204,7 @@ def resolve_model_path(spec: str) -> str:
                 raise LasaError(f"--model {spec}: a file must be a .gguf model; otherwise pass its directory")
             return str(prepare_gguf(path))
         if not (path / "config.json").is_file():
-            raise LasaError(f"--model {spec}: directory has no config.json; is it a transformers checkpoint?")
+            raise LasaError(_no_config_message("--model", spec, path))
         return str(path)
     if _looks_like_path(spec):
         raise LasaError(
@@ -383,12 +400,26 @@ def fingerprints_match(a: dict, b: dict, rtol: float = 1e-2) -> bool:
     return bool(torch.allclose(ta, tb, rtol=rtol, atol=1e-3 * float(ta.abs().max().clamp(min=1e-6))))
 
 
+try:  # raised by transformers >= 5 for a config.json whose fields contradict each other
+    from huggingface_hub.errors import StrictDataclassError as _CONFIG_INVALID
+except ImportError:  # older huggingface_hub: such configs raise ValueError (caught below)
+    _CONFIG_INVALID = ()  # type: ignore[assignment,misc]
+
+
 def load_config(path: str, spec: str) -> Any:
     """The model's transformers config, or a one-line error (no weights are read)."""
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(path)
+    except _CONFIG_INVALID as err:
+        # transformers 5 validates a config as it builds it (hub's strict dataclasses); the cause
+        # names the bad field, the wrapper's first line only the validator
+        cause = str(err.__cause__ or err).strip()
+        raise LasaError(
+            f"{spec}: its config.json is invalid ({cause.splitlines()[-1].strip()[:160]}); restore it from "
+            "the original checkpoint"
+        ) from None
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise LasaError(
@@ -415,6 +446,31 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
+def check_vocab(tokenizer: Any, config: Any, spec: str) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows, before the weights
+    load: a prompt holding one of the extra ids ended generation in an ``IndexError`` from the
+    embedding (a tokenizer of another model, or a model whose embedding was never resized)."""
+    rows = getattr(text_config(config), "vocab_size", None)
+    if isinstance(rows, int) and rows > 0 and len(tokenizer) > rows:
+        raise LasaError(
+            f"{spec}: its tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding rows; "
+            "pass the tokenizer the model was trained with (or resize the embeddings and save the model)"
+        )
+
+
+def check_loaded_weights(info: dict, spec: str) -> None:
+    """Refuse a checkpoint that lacks weights its config asks for: transformers initialises them at
+    random and only logs a load report, so a config.json without ``num_hidden_layers`` (the class
+    default, 32 for Qwen2, applies) generated from 28 random blocks without an error."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise LasaError(
+            f"{spec}: the checkpoint has no weights for {len(missing)} parameters of the model its config.json "
+            f"describes (first: {missing[0]}); config.json does not match the weights (num_hidden_layers, "
+            "vocab_size, ...): restore it from the original checkpoint"
+        )
+
+
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load ``spec`` for inference (eval mode, no grad); see the module docstring for what it accepts."""
     from transformers import AutoModelForCausalLM
@@ -426,13 +482,15 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto")
     config = load_config(path, spec)
     check_supported(config, spec)
     tokenizer = load_tokenizer(path)  # before the weights: a missing tokenizer fails in milliseconds
+    check_vocab(tokenizer, config, spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, output_loading_info=True)
     except OSError as err:  # a config without weights next to it
         first = str(err).strip().splitlines()[0][:160]
         raise LasaError(
             f"could not load the weights of {spec!r} ({first}); add them or rebuild the folder"
         ) from None
+    check_loaded_weights(info, spec)
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
