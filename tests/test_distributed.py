@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lasa import distributed
 from lasa.data.rows import fill_last_batch
 from lasa.runs import SampleWriter
@@ -93,8 +95,13 @@ def test_align_under_accelerate_with_two_processes(tmp_path, tiny_qwen):
     assert len([r for r in log if "loss" in r]) == 2  # one log line per step, not one per process
 
 
-def test_generate_sharded_over_two_processes_matches_one_process(tmp_path, tiny_qwen):
-    common = ["generate", "--model", str(tiny_qwen), "--langs", "en", "sw", "--n", "5"]
+@pytest.mark.parametrize(
+    ("decoding", "port"), [([], 29562), (["--do-sample", "--temperature", "1.5", "--seed", "7"], 29572)]
+)
+def test_generate_sharded_over_two_processes_matches_one_process(tmp_path, tiny_qwen, decoding, port):
+    """Greedy and sampled alike: a sampled row draws from its own stream (seed, prompt), so the
+    shards, and a sharded rerun of the rows an interrupted run lacks, draw what one process draws."""
+    common = ["generate", "--model", str(tiny_qwen), "--langs", "en", "sw", "--n", "5", *decoding]
     common += ["--xstest-n", "3", "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu"]
     one = tmp_path / "one"
     proc = subprocess.run(
@@ -105,7 +112,7 @@ def test_generate_sharded_over_two_processes_matches_one_process(tmp_path, tiny_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = tmp_path / "two"
-    proc = accelerate_launch([*common, "--run-dir", str(two)], port=29562)
+    proc = accelerate_launch([*common, "--run-dir", str(two)], port=port)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def rows(run: Path, name: str) -> dict[str, str]:
@@ -120,7 +127,7 @@ def test_generate_sharded_over_two_processes_matches_one_process(tmp_path, tiny_
     path = two / "eval" / "base" / "completions.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:4]) + "\n")
-    proc = accelerate_launch([*common, "--run-dir", str(two)], port=29563)
+    proc = accelerate_launch([*common, "--run-dir", str(two)], port=port + 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert rows(two, "completions.jsonl") == rows(one, "completions.jsonl")
     assert "6 completions to generate" not in proc.stderr  # split: 3 per rank

@@ -389,6 +389,39 @@ def test_gated_first_token_follows_the_same_sampling_rule_as_the_rest(lm, monkey
     assert kw["repetition_penalty"] == 1.0 and kw["top_k"] == 0 and kw["top_p"] == 1e-6
 
 
+def test_a_sampled_answer_depends_on_its_seed_and_prompt_only(lm):
+    """Each row draws from its own stream (seed, prompt): a sampled answer is the same whether its
+    prompt is generated alone, in another batch, in another order or after other rows (a resumed or
+    differently sharded run), and another seed draws another answer. With one stream per process a
+    resumed run or a second process drew other answers for the same --seed."""
+    from lasa.generate import row_generators
+
+    hot = GenerationSettings(max_new_tokens=8, batch_size=5, do_sample=True, temperature=1.5, seed=7)
+
+    def answers(prompts, settings):
+        return dict(
+            zip(prompts, [r["response"] for r in generate_all(lm, prompts, settings, progress=False)])
+        )
+
+    together = answers(PROMPTS, hot)
+    torch.manual_seed(123)  # the process's stream no longer matters
+    one_by_one = GenerationSettings(max_new_tokens=8, batch_size=1, do_sample=True, temperature=1.5, seed=7)
+    assert answers(PROMPTS[::-1], one_by_one) == together
+    tail = answers(PROMPTS[2:], hot)  # a resumed run's remaining rows
+    assert tail == {p: together[p] for p in PROMPTS[2:]}
+    other = GenerationSettings(max_new_tokens=8, batch_size=5, do_sample=True, temperature=1.5, seed=8)
+    assert [r["response"] for r in generate_all(lm, PROMPTS, other, progress=False)] != [
+        together[p] for p in PROMPTS
+    ]
+    a, b, c = row_generators(7, ["x", "x", "y"])
+    assert (
+        torch.rand(3, generator=a).tolist()
+        == torch.rand(3, generator=b).tolist()
+        != torch.rand(3, generator=c).tolist()
+    )
+    assert hot.to_dict()["sampler"] == "per_row"  # rows drawn the old way are regenerated, not reused
+
+
 def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):
     counted = []
     handle = lm.model.get_input_embeddings().register_forward_hook(

@@ -406,8 +406,8 @@ def generate_samples(
     With a gate and the directory of the ungated ``twin`` variant, unflagged rows are copied."""
     writers = [SampleWriter(path, keep_unrequested=True) for _, path in tasks]
     gen_info = generation_info(settings, gate, backend, adapter, lm)
-    if settings.do_sample:  # an uninterrupted sampled run is reproducible from --seed (a resumed
-        torch.manual_seed(settings.seed)  # one draws its remaining rows from a fresh start)
+    if settings.do_sample:  # each row draws from its own stream (generate.row_generators); this seeds
+        torch.manual_seed(settings.seed)  # what still draws from the process's: vLLM, sliding windows
     todo = []
     for (samples, path), w in zip(tasks, writers):
         done = w.load()

@@ -105,12 +105,34 @@ class GenerationSettings:
             "do_sample": self.do_sample,
             "temperature": self.temperature if self.do_sample else 0.0,
             "top_p": self.top_p if self.do_sample else 1.0,
-        } | ({"seed": self.seed} if self.do_sample else {})  # greedy rows stay keyed as before
+        } | (
+            # "sampler": rows drawn from one stream per process before it; per-row streams since
+            {"seed": self.seed, "sampler": "per_row"} if self.do_sample else {}
+        )  # greedy rows stay keyed as before
 
 
-def first_token(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+def row_generators(seed: int, prompts: Sequence[str], device: Any = "cpu") -> list[torch.Generator]:
+    """One random stream per prompt, seeded from ``seed`` and the prompt's text.
+
+    Why: with one stream per process a row's draws depended on which rows shared its process and
+    batch, and on what was drawn before it: a sampled run resumed after an interruption, or split
+    over another number of processes, drew other answers for the same ``--seed``. A row's own
+    stream makes its answer a function of (seed, prompt, model) alone."""
+    import hashlib
+
+    gens = []
+    for text in prompts:
+        digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+        gens.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1))
+    return gens
+
+
+def first_token(
+    logits: torch.Tensor, settings: GenerationSettings, gens: Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
     """The next token from last-position ``logits`` (batch × vocab) by ``settings``' rule: argmax,
-    or a draw after the same temperature and top-p warpers ``generate`` applies."""
+    or a draw after the same temperature and top-p warpers ``generate`` applies (from row ``i``'s
+    own stream ``gens[i]`` when given, :func:`row_generators`)."""
     if not settings.do_sample:
         return logits.argmax(-1)
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
@@ -120,7 +142,10 @@ def first_token(logits: torch.Tensor, settings: GenerationSettings) -> torch.Ten
         scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
     if settings.top_p < 1.0:
         scores = TopPLogitsWarper(settings.top_p)(None, scores)
-    return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
+    probs = torch.softmax(scores, -1)
+    if gens is None:
+        return torch.multinomial(probs, 1)[:, 0]
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
 
 
 def _stop_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -457,8 +482,10 @@ def _greedy_decode(
     stop_ids: list[int],
     pad_id: int,
     min_new_tokens: int = 0,
+    settings: GenerationSettings | None = None,
+    gens: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding of ``budget`` tokens after ``ids`` (whose last token is not yet in ``cache``)
+    """Greedy decoding (or, with sampling ``settings``, a draw from each row's stream ``gens``) of ``budget`` tokens after ``ids`` (whose last token is not yet in ``cache``)
     that drops finished rows from the batch: ``generate`` keeps computing every row until the
     longest is done, and on the quick preset about a third of the decoding slots belong to answers
     that already ended (a refusal stops after a dozen tokens, a loop runs to the limit). Returns
@@ -487,7 +514,11 @@ def _greedy_decode(
         ).logits[:, -1]
         if step < min_new_tokens:
             logits[:, stops] = float("-inf")
-        nxt = torch.where(done, pad_id, logits.argmax(-1))
+        if settings is not None and settings.do_sample:
+            pick = first_token(logits, settings, [gens[int(r)] for r in rows] if gens is not None else None)
+        else:
+            pick = logits.argmax(-1)
+        nxt = torch.where(done, pad_id, pick)
         out[rows, step] = nxt
         steps = step + 1
         done = done | torch.isin(nxt, stops)
@@ -557,7 +588,8 @@ def _generate_batch(
             handle.remove()
     if settings.min_new_tokens:  # as generate's min_new_tokens does for the tokens after this one
         last_logits[:, stops] = float("-inf")
-    first = first_token(last_logits, settings)
+    gens = row_generators(settings.seed, raw, dev) if settings.do_sample else None
+    first = first_token(last_logits, settings, gens)
     if gate is None:
         scores = None
         flagged = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -605,16 +637,20 @@ def _generate_batch(
         if settings.min_new_tokens:
             cond_logits[:, stops] = float("-inf")
         first = first.clone()
-        first[flagged] = first_token(cond_logits, settings)
+        first[flagged] = first_token(
+            cond_logits, settings, [gens[i] for i in flagged.nonzero()[:, 0].tolist()] if gens else None
+        )
         ids = torch.cat([ids, chunk], 1)
     # 3. decoding continues from every row's first token
     ids = torch.cat([ids, first[:, None]], 1)
     mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], 1)
     budget = settings.max_new_tokens - 1
     rest_min = max(0, settings.min_new_tokens - 1)  # the first token already counts toward the minimum
-    if budget > 0 and not settings.do_sample and _plain_layers(cache):
-        new = _greedy_decode(model, cache, ids, mask, budget, stops, tok.pad_token_id, rest_min)
-    elif budget > 0:
+    if budget > 0 and _plain_layers(cache):
+        new = _greedy_decode(
+            model, cache, ids, mask, budget, stops, tok.pad_token_id, rest_min, settings=settings, gens=gens
+        )
+    elif budget > 0:  # e.g. sliding-window caches; sampling there draws from the process's stream
         hf.pop("min_new_tokens", None)  # counted from the first token, which is decoded already
         if rest_min:
             hf["min_new_tokens"] = min(rest_min, budget)
