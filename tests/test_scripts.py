@@ -516,3 +516,32 @@ def test_bench_e2e_on_a_pipeline_json_without_stage_times_is_one_line(tmp_path):
     )
     with pytest.raises(SystemExit, match="locate ran by their own commands"):
         bench.bench_e2e(args)
+
+
+def test_six_variants_sh_builds_a_run_from_nothing_and_resumes(tiny_qwen, tmp_path):
+    """scripts/six_variants.sh, the command behind README's six-variant tables: on the tiny model,
+    every stage and all six variants from an empty run directory, then a rerun that redoes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "six"
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "N": "1",
+        "TOKENS": "3",
+        "XSTEST_N": "2",
+    }
+    cmd = ["bash", str(ROOT / "scripts" / "six_variants.sh"), str(tiny_qwen), str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    variants = {"base", "base+gate", "lasa", "lasa+gate", "kto", "sft"}
+    assert {p.parent.name for p in (run / "eval").glob("*/results.json")} == variants
+    assert all((run / "align" / m / "adapter").is_dir() for m in ("lasa", "kto", "sft"))
+    assert (run / "report.md").is_file()
+    ssi = (run / "ssi" / "ssi.safetensors").read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "ssi" / "ssi.safetensors").read_bytes() == ssi  # kept, not retrained
+    assert "completions to generate" not in again.stderr  # every answer reused
