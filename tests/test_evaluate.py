@@ -1102,6 +1102,13 @@ def test_result_tables_show_each_asr_with_its_interval_and_the_prompt_weight():
     # variants counted by different default judges: each column names its judge
     mixed = language_table({"base": res, "kto": {**res, "default_judge": "lexicon", "asr": {"lexicon": a}}})
     assert mixed.header[1:] == ["base (pair)", "kto (lexicon)"] and "default judge" in mixed.source
+    # and the report's definition of ASR names both, not the first variant's judge for all of them
+    from lasa.report import counted_by
+
+    assert counted_by({"base": "pair", "kto": "pair"}) == "the `pair` judge"
+    assert counted_by({"base": "pair", "kto": "lexicon"}).startswith(
+        "each variant's default judge (`lexicon`, `pair`"
+    )
     # a variant run on fewer languages: every measured language keeps its row, "–" where not measured
     en_only = asr_metrics(samples[:8], [{"label": x} for x in labels[:8]], ["en"])
     t2 = language_table({"en-only": {**res, "asr": {"pair": en_only}}, "base": res})

@@ -493,6 +493,16 @@ def _moved(recorded: str, recorded_run: str | None, run_dir: Path) -> Path | Non
     return rec if rec.exists() else None
 
 
+def counted_by(judge_of: dict[str, str]) -> str:
+    """Who counted the ASRs, for the report's definition: one judge by name, or, when a variant was
+    evaluated with another ``--default-judge``, each variant's own (the tables name it per column;
+    the definition named the first variant's judge for all of them)."""
+    judges = sorted(set(judge_of.values()))
+    if len(judges) == 1:
+        return f"the `{judges[0]}` judge"
+    return "each variant's default judge (" + ", ".join(f"`{j}`" for j in judges) + "; see the warning below)"
+
+
 def mixed_judges(judge_of: dict[str, str], versions: dict[str, str | None] | None = None) -> str | None:
     """A warning when the variants' ASRs were counted by different default judges (a variant evaluated
     by hand with another ``--default-judge``), or by different versions of the same one (its weights
@@ -678,7 +688,7 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     j0 = judge_of[order[0]]
     n = results[order[0]]["multijail"]["n_per_language"]
     doc.p(
-        f"ASR = share of responses judged unsafe by the `{j0}` judge (invalid responses — echo, loops, gibberish — "
+        f"ASR = share of responses judged unsafe by {counted_by(judge_of)} (invalid responses — echo, loops, gibberish — "
         f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
         "language, the same ids in every language."
     )
