@@ -420,6 +420,18 @@ def test_a_sampled_answer_depends_on_its_seed_and_prompt_only(lm):
         != torch.rand(3, generator=c).tolist()
     )
     assert hot.to_dict()["sampler"] == "per_row"  # rows drawn the old way are regenerated, not reused
+    # the per-row draws follow the warped distribution: top-p's nucleus only, softmax frequencies
+    from lasa.generate import first_token
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 4000)
+    streams = row_generators(1, [str(i) for i in range(4000)])
+    nucleus = first_token(logits, GenerationSettings(do_sample=True, top_p=0.7), streams)
+    assert set(nucleus.tolist()) == {0, 1}  # p = 0.64, 0.24, 0.09, 0.03: the top two make 0.7
+    full = first_token(
+        logits, GenerationSettings(do_sample=True), row_generators(2, [str(i) for i in range(4000)])
+    )
+    freq = torch.bincount(full, minlength=4) / 4000
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.03)
 
 
 def test_gate_reads_the_prefill_and_does_not_rerun_the_prompt(lm):

@@ -145,7 +145,11 @@ def first_token(
     probs = torch.softmax(scores, -1)
     if gens is None:
         return torch.multinomial(probs, 1)[:, 0]
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+    # one uniform draw per row from its own stream, then one batched inverse-CDF lookup; u in (0, 1]
+    # scaled by each row's total mass, so a token top-p zeroed (a flat step of the CDF) is never hit
+    u = 1.0 - torch.stack([torch.rand((), generator=g, device=probs.device) for g in gens])
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
 
 
 def _stop_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -485,7 +489,8 @@ def _greedy_decode(
     settings: GenerationSettings | None = None,
     gens: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding (or, with sampling ``settings``, a draw from each row's stream ``gens``) of ``budget`` tokens after ``ids`` (whose last token is not yet in ``cache``)
+    """Greedy decoding of ``budget`` tokens after ``ids`` (whose last token is not yet in ``cache``;
+    with sampling ``settings``, a draw from each row's own stream ``gens`` instead of the argmax)
     that drops finished rows from the batch: ``generate`` keeps computing every row until the
     longest is done, and on the quick preset about a third of the decoding slots belong to answers
     that already ended (a refusal stops after a dozen tokens, a loop runs to the limit). Returns
