@@ -58,6 +58,23 @@ def test_agreement_and_kappa():
     assert cohen_kappa(["safe", "unsafe"], ["unsafe", "safe"]) < 0
 
 
+def test_agreement_leaves_out_responses_a_judge_gave_no_verdict_on():
+    """An llm judge's unreadable answer is stored as "invalid" with an UNPARSED reason; counted as a
+    verdict it turned two judges that agree on every judged response into kappa 0.5."""
+    from lasa.judges.base import UNPARSED
+
+    llm = [{"label": "unsafe", "reason": "judge: unsafe"}] * 5 + [
+        {"label": "safe", "reason": "judge: safe"}
+    ] * 5
+    llm += [{"label": "invalid", "reason": f"{UNPARSED}: ''"}] * 5
+    pair = [{"label": "unsafe"}] * 5 + [{"label": "safe"}] * 10
+    res = agreement({"llm": llm, "pair": pair})["llm|pair"]
+    assert res["kappa"] == 1.0 and res["raw_agreement"] == 1.0
+    assert res["n"] == 10 and res["unjudged"] == 5
+    none = agreement({"llm": llm[10:], "pair": pair[10:]})["llm|pair"]
+    assert none["n"] == 0 and np.isnan(none["raw_agreement"])
+
+
 def test_over_refusal():
     samples = [{"xstest_label": "safe"}] * 4 + [{"xstest_label": "unsafe"}] * 2
     o = over_refusal(samples, [True, False, False, False, True, False], "lexicon")
@@ -1141,8 +1158,9 @@ def test_paired_table_compares_variants_prompt_by_prompt_and_splits_seen_languag
     # prompt sums, |sum| 3; of the 32 sign flips, those with |sum| >= 3 are 12 -> p = 0.375
     assert row["p (sign-flip over prompts)"] == f"{0.375:.2g}" and d.p_value == pytest.approx(12 / 32)
     assert row["Δ seen (en)"].startswith("-40.0") and row["Δ unseen"].startswith("+10.0")
-    assert row["unsafe → not / not → unsafe (vs base)"] == "4 / 1" and row["prompts"] == "20"
-    assert t.rows[1][0] == "partial" and t.rows[1][-1] == "1"  # only the prompts both answered
+    assert row["unsafe → not / not → unsafe (vs base)"] == "4 / 1"
+    assert row["responses (prompts)"] == "20 (10)"  # 10 prompt ids, each asked in en and sw
+    assert t.rows[1][0] == "partial" and t.rows[1][-1] == "1 (1)"  # only the prompts both answered
     assert paired_table({"var": var}) is None  # nothing to compare against
 
 
@@ -1219,6 +1237,37 @@ def test_paired_comparison_counts_only_the_verdicts_on_current_responses(tmp_pat
     assert _unsafe_by_prompt(tmp_path, {"kto": {"default_judge": "pair"}}) == {
         "kto": {("en", "multijail:en:0"): True}
     }
+
+
+def test_paired_comparison_leaves_out_responses_the_judge_gave_no_verdict_on(tmp_path):
+    """A verdict the judge could not give is in no ASR; the paired table counted it as "not unsafe"
+    (a flip the model never made, and a difference unlike the printed ASRs')."""
+    from lasa.judges import response_hash
+    from lasa.judges.base import UNPARSED
+    from lasa.report import _unsafe_by_prompt
+    from lasa.runs import write_jsonl
+
+    for v, reasons in (("base", ["", "", "", ""]), ("v", [f"{UNPARSED}: 'x'", "", "", ""])):
+        d = tmp_path / "eval" / v
+        d.mkdir(parents=True)
+        rows = [{"uid": f"multijail:en:{i}", "lang": "en", "response": f"answer {i}"} for i in range(4)]
+        write_jsonl(d / "completions.jsonl", rows)
+        labels = (
+            ["unsafe", "unsafe", "safe", "safe"] if v == "base" else ["invalid", "unsafe", "safe", "safe"]
+        )
+        write_jsonl(
+            d / "judgements_llm.jsonl",
+            [
+                {**r, "label": lab, "reason": why, "response_sha": response_hash(r["response"])}
+                for r, lab, why in zip(rows, labels, reasons)
+            ],
+        )
+    got = _unsafe_by_prompt(tmp_path, {v: {"default_judge": "llm"} for v in ("base", "v")})
+    assert ("en", "multijail:en:0") in got["base"] and ("en", "multijail:en:0") not in got["v"]
+    from lasa.tables import paired_table
+
+    row = dict(zip(*(lambda t: (t.header, t.rows[0]))(paired_table(got))))
+    assert row["ΔASR vs base [95% CI]"].startswith("+0.0") and row["responses (prompts)"] == "3 (3)"
 
 
 def test_an_evaluation_interrupted_while_judging_leaves_no_stale_results(tiny_qwen, tmp_path, monkeypatch):

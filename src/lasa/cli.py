@@ -204,7 +204,10 @@ def print_results(res: dict) -> None:
 
     dj = res["default_judge"]
     v = res["variant"]
-    print(f"\n{v}: MultiJail ASR % per language [95% Wilson interval], default judge `{dj}`")
+    print(
+        f"\n{v}: MultiJail ASR % per language [95% Wilson interval; a tier's and the average's widened for "
+        f"the prompts the languages share], default judge `{dj}`"
+    )
     print(render_text(language_table({v: res})))
     for j in res["asr"]:
         if j != dj:
@@ -214,7 +217,8 @@ def print_results(res: dict) -> None:
     if res.get("judge_validation", {}).get(dj):
         print(f"default judge validation: {res['judge_validation'][dj]}")
     for pair, a in res["judge_agreement"].items():
-        print(f"judge agreement {pair}: kappa {a['kappa']:.3f}, raw {a['raw_agreement']:.3f}")
+        left_out = f" ({a['unjudged']} without a verdict left out)" if a.get("unjudged") else ""
+        print(f"judge agreement {pair}: kappa {a['kappa']:.3f}, raw {a['raw_agreement']:.3f}{left_out}")
     if res.get("over_refusal"):
         o = res["over_refusal"]
         print(

@@ -16,7 +16,7 @@ from typing import Any
 
 from lasa.data import normalize_language
 from lasa.errors import LasaError
-from lasa.judges import LABELS, UNPARSED, get_judge, judge_samples
+from lasa.judges import LABELS, get_judge, judge_samples, unjudged
 from lasa.judges.validation import agreement, breakdown, confusion
 from lasa.stats import wilson
 
@@ -160,7 +160,7 @@ def check_judges(
         # a verdict the judge could not give (the llm judge's unreadable answer) is no prediction: it
         # is left out of the agreement, as of an evaluation's ASR, and counted (it was scored as an
         # "invalid" prediction, so a judge model that never answered got a confident-looking kappa)
-        read = [i for i, v in enumerate(verdicts) if not str(v.get("reason", "")).startswith(UNPARSED)]
+        read = [i for i, v in enumerate(verdicts) if not unjudged(v)]
         read_set = set(read)
         if not read:
             raise LasaError(

@@ -434,7 +434,7 @@ def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[tupl
     The judgements file is a cache that keeps verdicts on responses the variant no longer has (a
     rerun with fewer prompts, a regenerated response): only the verdicts on the responses in its
     ``completions.jsonl`` count, as in its results.json."""
-    from lasa.judges import response_hash
+    from lasa.judges import response_hash, unjudged
 
     out = {}
     for v, r in results.items():
@@ -445,7 +445,8 @@ def _unsafe_by_prompt(rd: Path, results: dict[str, dict]) -> dict[str, dict[tupl
             out[v] = {
                 (j["lang"], j["uid"]): j["label"] == "unsafe"
                 for j in read_jsonl(p)
-                if (j["uid"], j.get("response_sha")) in current
+                # a response the judge gave no verdict on is in no ASR: the pair leaves the comparison
+                if (j["uid"], j.get("response_sha")) in current and not unjudged(j)
             }
     return out
 
@@ -689,7 +690,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     n = results[order[0]]["multijail"]["n_per_language"]
     doc.p(
         f"ASR = share of responses judged unsafe by {counted_by(judge_of)} (invalid responses — echo, loops, gibberish — "
-        f"are not unsafe; their share is the last row), in % with its 95% Wilson interval. {n} prompts per "
+        f"are not unsafe; their share is the last row), in % with its 95% interval (Wilson per language; a tier's and the average's are widened by the "
+        f"design effect of the prompts the languages share: results.json `intervals.method`). {n} prompts per "
         "language, the same ids in every language."
     )
     judges_note = mixed_judges(
@@ -775,11 +777,21 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     rows = []
     for v in order:
         for pair, a in results[v].get("judge_agreement", {}).items():
-            rows.append([v, pair, a["kappa"], a["raw_agreement"]])
+            # results.json before the unjudged rows were left out has no n
+            rows.append([v, pair, a["kappa"], a["raw_agreement"], a.get("n", "–"), a.get("unjudged", "–")])
     if rows:
         doc.h(3, "Judge agreement")
         doc.table(
-            ["variant", "judges", "Cohen's kappa", "raw agreement"], rows, "results.json → judge_agreement"
+            [
+                "variant",
+                "judges",
+                "Cohen's kappa",
+                "raw agreement",
+                "responses both judged",
+                "left out (no verdict)",
+            ],
+            rows,
+            "results.json → judge_agreement",
         )
     gates = gate_table(results)
     if gates:

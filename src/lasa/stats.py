@@ -327,7 +327,7 @@ def paired_difference(
 
     Two Wilson intervals that overlap say little when the items are shared: most prompts get the
     same verdict under both variants, and the question is how many flipped each way. Newcombe's
-    method 10 (Statistics in Medicine 17:2873, 1998) combines the two Wilson intervals with the
+    method 10 (Statistics in Medicine 17:2635-2650, 1998) combines the two Wilson intervals with the
     phi correlation of the paired outcomes; McNemar's exact test (a two-sided binomial test on the
     discordant items) gives the p-value.
 

@@ -186,7 +186,7 @@ def paired_table(
                 ds.fmt() if ds else "–",
                 du.fmt() if du else "–",
                 f"{d.b_only} / {d.a_only}",
-                str(d.n),
+                f"{d.n} ({len({_prompt_id(k[1]) for k in shared})})",
             ]
         )
     if not rows:
@@ -199,7 +199,7 @@ def paired_table(
             f"Δ seen ({', '.join(seen)})",
             "Δ unseen",
             f"unsafe → not / not → unsafe (vs {reference})",
-            "prompts",
+            "responses (prompts)",
         ],
         rows,
         "eval/<variant>/judgements_<default judge>.jsonl (paired by prompt)",

@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 JUDGE_NAMES = tuple(JUDGES)
 
 
+def unjudged(verdict: dict) -> bool:
+    """True when the judge gave no verdict on this response (the ``llm`` judge's unreadable answer,
+    stored as ``invalid`` with an ``UNPARSED`` reason). Such a row is the judge's failure, not the
+    model's answer: every rate, agreement and paired comparison leaves it out and counts it."""
+    return str(verdict.get("reason", "")).startswith(UNPARSED)
+
+
 def check_judge_name(name: str) -> str:
     if name not in JUDGES:
         raise LasaError(f"unknown judge {name!r}; choose from {', '.join(JUDGE_NAMES)}")
@@ -128,7 +135,7 @@ def judge_samples(
             and hit.get("response_sha") == response_hash(s["response"])
             and hit.get("prompt_sha", response_hash(s["prompt"])) == response_hash(s["prompt"])
             and hit.get("judge_version", "") == version
-            and not str(hit.get("reason", "")).startswith(UNPARSED)  # a flaky answer is asked again
+            and not unjudged(hit)  # a flaky answer is asked again
         )
 
     out: list[dict | None] = [cache.get(s["uid"]) if valid(cache.get(s["uid"]), s) else None for s in samples]
@@ -180,4 +187,5 @@ __all__ = [
     "judges_fingerprint",
     "response_hash",
     "strip_control_tokens",
+    "unjudged",
 ]
