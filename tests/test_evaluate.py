@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -1296,6 +1297,94 @@ def test_an_evaluation_interrupted_while_judging_leaves_no_stale_results(tiny_qw
     assert lasa.run_evaluate(cfg).path.joinpath("results.json").is_file()
 
 
+def test_a_generation_killed_between_its_completion_files_leaves_no_old_results(
+    tiny_qwen, tmp_path, monkeypatch
+):
+    """Generation replaces completions.jsonl, then completions_xstest.jsonl; results.json (the
+    stage's marker, which `lasa run` skips on) was removed only after both, so a kill between them
+    left the old ASR beside answers made with other settings. It is held aside while generation may
+    change them: back when nothing changed (even after a kill), dropped when something did."""
+    import lasa
+    import lasa.evaluate
+    from lasa.config import EvaluateConfig
+    from lasa.runs import SampleWriter
+
+    def cfg(tokens: int) -> EvaluateConfig:
+        return EvaluateConfig(
+            model=str(tiny_qwen), run_dir=str(tmp_path / "run"), device=DEVICE, langs=["en"], n="2",
+            max_new_tokens=tokens, xstest_n=2, judges=["lexicon"], default_judge="lexicon", utility=[],
+        )  # fmt: skip
+
+    out = lasa.run_evaluate(cfg(4)).path
+    results = out / "results.json"
+    finish, calls = SampleWriter.finish, []
+
+    def killed_after_the_first_file(self, *a, **k):
+        calls.append(self.path.name)
+        if len(calls) == 2:  # completions.jsonl is replaced, completions_xstest.jsonl not yet
+            raise KeyboardInterrupt
+        return finish(self, *a, **k)
+
+    monkeypatch.setattr(SampleWriter, "finish", killed_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        lasa.run_evaluate(cfg(3))
+    assert calls == ["completions.jsonl", "completions_xstest.jsonl"]
+    assert not results.exists() and not list(out.glob(".results.held.*"))
+    monkeypatch.undo()
+    assert lasa.run_evaluate(cfg(3)).path.joinpath("results.json").is_file()
+
+    # a SIGKILL runs no cleanup: the marker stays aside, and the next run puts it back only if the
+    # completions are still the ones it counted
+    monkeypatch.setattr(lasa.evaluate, "_release_results", lambda *a: None)
+    lasa.run_generate(cfg(3))
+    assert not results.exists() and len(list(out.glob(".results.held.*.json"))) == 1
+    monkeypatch.undo()
+    lasa.run_generate(cfg(3))  # nothing to generate: the same completions
+    assert results.is_file() and not list(out.glob(".results.held.*"))
+    monkeypatch.setattr(lasa.evaluate, "_release_results", lambda *a: None)
+    lasa.run_generate(cfg(3))
+    monkeypatch.undo()
+    with open(out / "completions.jsonl", "a") as f:  # changed since (a blank line: same rows, other bytes)
+        f.write("\n")
+    lasa.run_generate(cfg(3))  # the held marker is dropped
+    assert not results.exists() and not list(out.glob(".results.held.*"))
+
+
+def test_a_damaged_verdict_file_of_another_variant_is_skipped_and_ones_own_is_named_first(
+    tiny_qwen, tmp_path
+):
+    """Other variants' verdict files are only a source of reuse: a bad row (or a hand-made backup
+    folder with a truncated file) stopped the evaluation of an unrelated variant with a traceback,
+    after generation and after its results.json was removed. A variant's own damaged cache is a
+    one-line error before anything is generated or removed."""
+    import lasa
+    from lasa.config import EvaluateConfig
+
+    def cfg(variant: str) -> EvaluateConfig:
+        return EvaluateConfig(
+            model=str(tiny_qwen), run_dir=str(tmp_path / "run"), device=DEVICE, langs=["en"], n="2", variant=variant,
+            max_new_tokens=3, xstest=False, judges=["lexicon"], default_judge="lexicon", utility=[],
+        )  # fmt: skip
+
+    lasa.run_evaluate(cfg("other"))
+    other = tmp_path / "run" / "eval" / "other"
+    with open(other / "judgements_lexicon.jsonl", "a") as f:
+        f.write('{"foo": 1}\n[1, 2]\n')
+    backup = tmp_path / "run" / "eval" / "other.bak"
+    backup.mkdir()
+    (backup / "judgements_lexicon.jsonl").write_text('{"uid": "multijail:en:0", "la')
+    res = lasa.run_evaluate(cfg("base"))
+    assert (res.path / "results.json").is_file()
+    own = res.path / "judgements_lexicon.jsonl"
+    own.write_text(own.read_text() + "[1, 2]\n")
+    marker = (res.path / "results.json").read_bytes()
+    with pytest.raises(
+        LasaError, match=r"judgements_lexicon.jsonl: 1 line\(s\) are not verdicts.*delete the file"
+    ):
+        lasa.run_evaluate(cfg("base"))
+    assert (res.path / "results.json").read_bytes() == marker  # nothing touched
+
+
 def test_a_rerun_on_fewer_prompts_keeps_the_other_completions(tiny_qwen, tmp_path, monkeypatch):
     """A quick `--n 1` check on a finished variant rewrote completions.jsonl with its one row per
     language and dropped the rest (hours of generation on the full preset). The rows it does not
@@ -1499,3 +1588,21 @@ def test_html_strikethrough_is_not_an_end_of_turn():
     )
     assert strip_control_tokens(STEPS + "</s> I'm sorry, I can't.") == STEPS
     assert strip_control_tokens("a <s>b</s> " + STEPS + "</s>[INST] hi [/INST] I'm sorry") == "a b " + STEPS
+
+
+def test_ssi_is_found_by_its_out_name_in_the_run_like_an_adapter_by_its_method(tmp_path, monkeypatch):
+    """`--ssi ssi2` (an SSI written by `lasa interpret --out-name ssi2`) was read relative to the
+    current directory and failed with "no trained SSI in ssi2", while `--adapter kto` resolved
+    inside the run."""
+    from lasa.evaluate import resolve_ssi
+    from lasa.ssi import SSI
+
+    run = tmp_path / "run"
+    (run / "ssi2").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_ssi("ssi2", str(run)) == run / "ssi2"
+    assert resolve_ssi(None, str(run)) == run
+    assert resolve_ssi("run/ssi2", str(run)) == pathlib.Path("run/ssi2")  # a path: as typed
+    assert resolve_ssi("elsewhere", str(run)) == pathlib.Path("elsewhere")
+    with pytest.raises(LasaError, match="--out-name of an SSI in the run directory"):
+        SSI.load(resolve_ssi("ssi2", str(run)))  # the folder exists but holds no SSI

@@ -286,7 +286,7 @@ def test_run_refuses_a_damaged_pipeline_state_and_a_bad_force_without_a_folder(
     [
         ("locate/bottleneck.json", '{"layer": 1', "bottleneck.json is not valid UTF-8 JSON"),
         ("locate/bottleneck.json", "[]", "bottleneck.json lacks what the report reads"),
-        ("eval/base/results.json", "{}", "results.json (or its judgements) lacks what the report reads"),
+        ("eval/base/results.json", "{}", "eval/base/results.json is not an evaluation's results"),
         ("eval/base/results.json", '{"default_', "results.json is not valid UTF-8 JSON"),
         ("ssi/metrics.json", '{"lay', "metrics.json is not valid UTF-8 JSON"),
     ],
@@ -1164,6 +1164,35 @@ def test_report_warns_when_variants_were_generated_with_different_settings():
     assert note and "max_new_tokens (base 48, kto 48, lasa+gate 256)" in note and "seed" not in note
     sampled = {v: {"config": dict(base, do_sample=True, seed=s)} for v, s in (("base", 1), ("kto", 2))}
     assert "seed (base 1, kto 2)" in mixed_generation(sampled)
+
+
+def test_report_warns_when_the_gated_variants_were_gated_differently(tmp_path):
+    """`base+gate` evaluated with `--gate-threshold 0.01` (it flags everything) sat beside `lasa+gate`
+    at the SSI's own threshold, and "what training adds beyond the gate" read the difference as the
+    adapter's, without a word."""
+    from lasa.report import mixed_gates
+    from lasa.runs import write_jsonl
+
+    def variant(name: str, digest: str, threshold: float | None) -> dict:
+        write_jsonl(
+            tmp_path / "eval" / name / "completions.jsonl",
+            [{"uid": "a", "generation": {"gate_digest": digest}}],
+        )
+        return {
+            "config": {"gate": True, "ssi": "run/ssi", "gate_threshold": threshold, "conditioning_text": "t"},
+            "variant_info": {"ssi_layer": 4, "ssi_threshold": threshold if threshold is not None else 0.48},
+        }
+
+    results = {
+        "base": {"config": {}},
+        "base+gate": variant("base+gate", "g1", None),
+        "lasa+gate": variant("lasa+gate", "g1", None),
+    }
+    assert mixed_gates(tmp_path, results) is None  # one gate
+    results["base+gate"] = variant("base+gate", "g2", 0.01)
+    note = mixed_gates(tmp_path, results)
+    assert note and "base+gate: SSI run/ssi, layer 4, threshold 0.01" in note and "threshold 0.48" in note
+    assert "conditioning" not in note
 
 
 def test_report_warns_when_variants_come_from_different_models(tmp_path):

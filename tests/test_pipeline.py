@@ -105,8 +105,9 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
         "lasa+gate",
     ]
     assert all(
-        line.rstrip().endswith("| 6 |") for line in lines[vs_base + 2 : vs_base + 5]
-    )  # 2 prompts x 3 langs
+        line.rstrip().endswith("| 6 (2) |") for line in lines[vs_base + 2 : vs_base + 5]
+    )  # 6 responses: 2 prompts x 3 langs
+    assert "layer_scores.png" not in report  # plots: false wrote none; no broken link
     vs_gate = lines.index(next(line for line in lines if "| ΔASR vs base+gate [95% CI] |" in line))
     assert lines[vs_gate + 2].startswith("| lasa+gate |")
     html_page = (rd / "report.html").read_text()
@@ -208,6 +209,19 @@ def test_pipeline_end_to_end_then_resume_then_force(preset, tiny_qwen, tmp_path,
     weights.unlink()
     assert main(["report", "--run-dir", str(moved)]) == 0
     assert "`lasa+gate`'s adapter" in (moved / "report.md").read_text()
+
+    # a variant whose verdicts were deleted leaves the paired comparisons with a word, not silently
+    (moved / "eval" / "base+gate" / "judgements_lexicon.jsonl").unlink()
+    assert main(["report", "--run-dir", str(moved)]) == 0
+    assert (
+        "`base+gate`: results.json but no completions.jsonl or verdict file"
+        in (moved / "report.md").read_text()
+    )
+    # valid JSON of another shape: the variant is named
+    (moved / "eval" / "base+gate" / "results.json").write_text('{"variant": "base+gate"}')
+    capsys.readouterr()
+    assert main(["report", "--run-dir", str(moved)]) == 2
+    assert "eval/base+gate/results.json is not an evaluation's results" in capsys.readouterr().err
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(preset, tiny_qwen, tmp_path, monkeypatch):
@@ -540,7 +554,7 @@ def test_a_run_keyed_by_the_previous_lasa_is_not_redone(preset, tiny_qwen, tmp_p
     rd = tmp_path / "run"
     real = pl._portable
 
-    def previous(config, run_dir, unused=frozenset(), normalise=True):  # how the last release keyed
+    def previous(config, run_dir, unused=frozenset(), normalise=True, **_):  # how an older release keyed
         return real(config, run_dir, unused, normalise=False)
 
     monkeypatch.setattr(pl, "_portable", previous)
@@ -548,6 +562,47 @@ def test_a_run_keyed_by_the_previous_lasa_is_not_redone(preset, tiny_qwen, tmp_p
     monkeypatch.undo()
     assert run(p2, tiny_qwen, rd, "--variants", "kto") == 0
     assert _ran(rd) == []
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the spellings compared are a CPU machine's")
+def test_the_same_numerics_spelled_another_way_redo_nothing(preset, tiny_qwen, tmp_path, monkeypatch):
+    """`--device auto` and `--device cpu` (or `--dtype auto` and `float32`) on a CPU machine are the
+    same computation; the stage keys compared the spellings, so switching reran every stage and
+    trained both adapters again. A run keyed by the spelling (before this rule) is still recognised."""
+    import lasa.pipeline as pl
+    from lasa.config import LocateConfig
+
+    rd = tmp_path / "run"
+    a = pl._portable(LocateConfig(run_dir=str(rd), device="auto"), str(rd))
+    b = pl._portable(LocateConfig(run_dir=str(rd), device="cpu", dtype="float32"), str(rd))
+    assert a == b and (a["device"], a["dtype"]) == ("cpu", "float32")
+    assert pl._portable(LocateConfig(run_dir=str(rd), dtype="bfloat16"), str(rd))["dtype"] == "bfloat16"
+
+    real = pl._portable
+
+    def spelled(config, run_dir, unused=frozenset(), normalise=True, numerics=True):
+        return real(config, run_dir, unused, normalise, numerics=False)
+
+    monkeypatch.setattr(pl, "_portable", spelled)
+    assert run(preset, tiny_qwen, rd, "--variants", "kto") == 0  # keyed as `--device cpu`, spelled
+    monkeypatch.undo()
+    assert run(preset, tiny_qwen, rd, "--variants", "kto") == 0
+    assert _ran(rd) == []
+    argv = [
+        "run",
+        "--config",
+        str(preset),
+        "--model",
+        str(tiny_qwen),
+        "--run-dir",
+        str(rd),
+        "--variants",
+        "kto",
+    ]
+    assert main([*argv, "--device", "auto", "--dtype", "float32"]) == 0
+    assert _ran(rd) == []
+    assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0  # other numerics: redone
+    assert "locate" in _ran(rd)
 
 
 def test_unused_align_settings_by_method():

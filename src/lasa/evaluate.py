@@ -72,6 +72,18 @@ def resolve_adapter(spec: str | None, run_dir: str) -> Path | None:
     return path
 
 
+def resolve_ssi(spec: str | None, run_dir: str) -> Path:
+    """Where ``--ssi`` points: a directory or ``ssi.json`` as typed, or, like ``--adapter``'s method
+    names, the ``--out-name`` of an SSI trained into this run (``--ssi ssi_l20`` is RUN/ssi_l20);
+    without it, the run's own ``ssi/``."""
+    if not spec:
+        return Path(run_dir)
+    path = Path(spec)
+    if not path.exists() and "/" not in spec and "\\" not in spec and (Path(run_dir) / spec).exists():
+        return RunDir(run_dir).ssi(spec)
+    return path
+
+
 def variant_name(cfg: GenerateConfig) -> str:
     if cfg.variant:
         return cfg.variant
@@ -101,7 +113,7 @@ def load_variant(cfg: GenerateConfig, lm: LoadedModel | None = None) -> tuple[Lo
     if cfg.gate:
         from lasa.ssi import SSI
 
-        ssi = SSI.load(cfg.ssi or cfg.run_dir)
+        ssi = SSI.load(resolve_ssi(cfg.ssi, cfg.run_dir))
         if cfg.gate_threshold is not None:
             ssi = ssi.with_threshold(cfg.gate_threshold)
         gate = Gate(ssi, conditioning_text=cfg.conditioning_text)
@@ -499,6 +511,36 @@ def _completions_digest(out: Path) -> str:
     return files_digest(sorted(out.glob("completions*.jsonl")))
 
 
+def _held(results: Path) -> list[Path]:
+    return sorted(results.parent.glob(".results.held.*.json"))
+
+
+def _hold_results(results: Path, out: Path) -> None:
+    """Move ``results.json`` aside while generation may change the completions it was computed from.
+
+    Generation replaces the completions files one after another; a kill between two of them left the
+    old results.json (the stage's marker: ``lasa run`` skips a stage that has it) beside answers made
+    with other settings. Aside, its name keeps the completions digest it was computed from, so
+    :func:`_release_results` puts it back exactly when nothing changed, in this run or the next."""
+    _release_results(results, out)  # an interrupted generation's marker first
+    if results.is_file():
+        results.replace(results.with_name(f".results.held.{_completions_digest(out)[:16]}.json"))
+
+
+def _release_results(results: Path, out: Path) -> None:
+    """Put a held ``results.json`` back if the completions are still those it counted; else drop it
+    (``lasa evaluate`` writes it again)."""
+    now = _completions_digest(out)[:16]
+    for held in _held(results):
+        if held.name == f".results.held.{now}.json" and not results.exists():
+            held.replace(results)
+        else:
+            held.unlink()
+            logger.info(
+                "generate: %s changed; its results.json is removed until `lasa evaluate` reruns", out.name
+            )
+
+
 def _generate_into(
     cfg: GenerateConfig, lm: LoadedModel | None, name: str, out: Path, t0: float
 ) -> GenerateResult:
@@ -521,25 +563,25 @@ def _generate_into(
     scores_path = RunDir(cfg.run_dir).path / "eval" / SCORES_FILE
     if gate is not None and cfg.backend == "hf":
         load_known_scores(scores_path, lm, gate)
-    before = _completions_digest(out)
-    done = generate_samples(
-        lm,
-        tasks,
-        settings,
-        gate,
-        name,
-        backend=cfg.backend,
-        adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
-        twin=twin,
-    )
+    results = RunDir(cfg.run_dir).results(name)
+    if distributed.is_main():
+        _hold_results(results, out)
+    try:
+        done = generate_samples(
+            lm,
+            tasks,
+            settings,
+            gate,
+            name,
+            backend=cfg.backend,
+            adapter=resolve_adapter(cfg.adapter, cfg.run_dir),
+            twin=twin,
+        )
+    finally:  # its verdicts and ASR count the completions as they were: back only if unchanged
+        if distributed.is_main():
+            _release_results(results, out)
     if gate is not None:
         save_known_scores(scores_path, lm, gate)
-    results = RunDir(cfg.run_dir).results(name)
-    if distributed.is_main() and results.is_file() and _completions_digest(out) != before:
-        # its verdicts and ASR were computed from other completions; `lasa run` keys on this
-        # marker, so it must not outlive them (`lasa evaluate` writes it again)
-        results.unlink()
-        logger.info("generate: %s changed; its results.json is removed until `lasa evaluate` reruns", name)
     if distributed.is_main():
         RunDir(cfg.run_dir).record(f"generate:{name}", cfg)
     return GenerateResult(
@@ -597,11 +639,15 @@ def run_evaluate(cfg: EvaluateConfig, lm: LoadedModel | None = None) -> Evaluate
 
 
 def _evaluate(cfg: EvaluateConfig, lm: LoadedModel | None) -> EvaluateResult:
-    from lasa.judges import get_judge
+    from lasa.judges import get_judge, read_verdicts
 
     t0 = time.time()
-    # judge and utility names (and the llm judge's endpoint) are validated when cfg is built,
-    # before anything is generated
+    # judge and utility names (and the llm judge's endpoint) are validated when cfg is built, and the
+    # variant's own verdict caches read here: a damaged one is named before anything is generated
+    # (and before results.json is touched)
+    own = RunDir(cfg.run_dir).eval(variant_name(cfg))
+    for f in sorted(own.glob("judgements_*.jsonl")):  # every rank: none may wait for one that stopped
+        read_verdicts(f)
     gen = run_generate(cfg, lm)
     name, lm, gate = gen.variant, gen.lm, gen.gate
     out = RunDir(cfg.run_dir).eval(name)

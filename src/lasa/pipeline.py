@@ -260,13 +260,20 @@ def _model_key(spec: str) -> str:
 
 
 def _portable(
-    config: Any, run_dir: str, unused: frozenset[str] = frozenset(), normalise: bool = True
+    config: Any,
+    run_dir: str,
+    unused: frozenset[str] = frozenset(),
+    normalise: bool = True,
+    numerics: bool = True,
 ) -> dict[str, Any]:
     """A stage config as its inputs key sees it: without the run directory, and with paths inside
     it written relative to it, so a run directory that is moved or copied still resumes. Settings
-    in ``unused`` are keyed at their defaults (not dropped: a run keyed before keeps its key), and
-    an embedded model under one name (:func:`_model_key`). ``normalise=False`` gives the key as
-    lasa wrote it before those two rules (a run keyed then is still recognised)."""
+    in ``unused`` are keyed at their defaults (not dropped: a run keyed before keeps its key), an
+    embedded model under one name (:func:`_model_key`), and ``device`` / ``dtype`` as what they
+    resolve to here (``--device auto`` on a CPU machine is ``cpu``, ``--dtype auto`` there
+    ``float32``: spelling the same numerics another way retrained both adapters). ``normalise=False``
+    gives the key as lasa wrote it before those rules, ``numerics=False`` before the last one (a run
+    keyed then is still recognised)."""
     root = str(Path(run_dir)).rstrip("/") + "/"
     # an option added after runs were keyed says so in its metadata: at its default it is left out,
     # so adding it does not redo every existing run's stage
@@ -284,10 +291,20 @@ def _portable(
             v = defaults[k].default
         if normalise and k == "model" and isinstance(v, str):
             v = _model_key(v)
+        if normalise and numerics and k in ("device", "dtype") and hasattr(config, "device"):
+            v = _numerics(config.device, getattr(config, "dtype", "auto"))[0 if k == "device" else 1]
         if isinstance(v, str) and v.startswith(root):
             v = "RUN/" + v[len(root) :]
         out[k] = v
     return out
+
+
+def _numerics(device: str, dtype: str) -> tuple[str, str]:
+    """(device type, dtype) that ``device`` / ``dtype`` resolve to on this machine."""
+    from lasa.models import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return dev.type, str(resolve_dtype(dtype, dev)).removeprefix("torch.")
 
 
 def _comparable(cfg: dict[str, Any], run_dir: Any) -> dict[str, Any]:
@@ -500,6 +517,7 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
         if not _state_is_sound(state):  # valid JSON of the wrong shape (a hand edit, another tool)
             raise LasaError(f"{state_path} is damaged (an entry of the wrong shape); delete it and rerun")
     keys: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # the keys of runs written before device / dtype were keyed resolved
     legacy: dict[str, str] = {}  # the keys of runs written before keys became portable
     prior: dict[str, str] = {}  # ... and before model names and unused settings were normalised
     summary = []
@@ -507,6 +525,13 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
     for st in stages:
         keys[st.name] = fingerprint(
             {"config": _portable(st.config, run.run_dir, st.unused), "needs": [keys[n] for n in st.needs]}
+            | ({"extra": st.extra_key} if st.extra_key else {})
+        )
+        spelled[st.name] = fingerprint(
+            {
+                "config": _portable(st.config, run.run_dir, st.unused, numerics=False),
+                "needs": [spelled[n] for n in st.needs],
+            }
             | ({"extra": st.extra_key} if st.extra_key else {})
         )
         prior[st.name] = fingerprint(
@@ -527,7 +552,8 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
         inputs = {n: digest(by_name[n]) for n in st.needs}
         missing = [p for p in st.files if not p.is_file()]
         current = (
-            prev.get("key") in (keys[st.name], prior[st.name], legacy[st.name]) and st.artefact.is_file()
+            prev.get("key") in (keys[st.name], spelled[st.name], prior[st.name], legacy[st.name])
+            and st.artefact.is_file()
         )
         # what it read, and what it wrote, as they were when it ran (older runs did not record them)
         old = prev.get("inputs") or {}
@@ -570,6 +596,8 @@ def _run_stages(run: RunConfig, stages: list[Stage], rd: Path, t0: float) -> dic
             summary.append({"stage": st.name, "status": "skipped", "seconds": prev.get("seconds")})
             if "model_weights" not in prev:  # an entry of an older lasa: watch the weights from now on
                 state[st.name] = prev | {"model_weights": weights}
+            # recognised under an older key: kept under today's, so any spelling of it matches next time
+            state[st.name] = state[st.name] | {"key": keys[st.name]}
             continue
         elif current and not forced:
             logger.info("run: %s: %s changed since it ran", st.name, ", ".join(_what(m) for m in moved))

@@ -235,7 +235,10 @@ class SSI:
         if not (path / "ssi.json").is_file() and (path / "ssi" / "ssi.json").is_file():
             path = path / "ssi"
         if not (path / "ssi.json").is_file() or not (path / "ssi.safetensors").is_file():
-            raise LasaError(f"no trained SSI in {path}; run `lasa interpret --run-dir ...` first")
+            raise LasaError(
+                f"no trained SSI in {path}; run `lasa interpret --run-dir ...` first (--ssi takes a "
+                "directory, an ssi.json, or the --out-name of an SSI in the run directory)"
+            )
         try:
             meta = read_json_object(path / "ssi.json")
             arch = meta["architecture"]

@@ -103,6 +103,36 @@ def response_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
+def read_verdicts(path: Path, strict: bool = True) -> dict[str, dict]:
+    """A verdict cache (``judgements_<judge>.jsonl``) as uid -> verdict row.
+
+    ``strict`` (a variant's own cache): a damaged file or a row that is not a verdict (no ``uid``)
+    is a one-line error naming the file; delete it and its verdicts are judged again. Otherwise (another
+    variant's file, read only to reuse its verdicts) a damaged file or row is skipped with a warning:
+    a hand-copied ``eval/kto.bak/`` must not stop the evaluation of ``base``."""
+    from lasa.runs import read_jsonl
+
+    if not path.is_file():
+        return {}
+    try:
+        rows = read_jsonl(path)
+    except LasaError:
+        if strict:
+            raise
+        logger.warning("%s is not valid JSON lines; its verdicts are not reused", path)
+        return {}
+    bad = sum(1 for r in rows if not (isinstance(r, dict) and isinstance(r.get("uid"), str)))
+    if bad and strict:
+        raise LasaError(
+            f"{path}: {bad} line(s) are not verdicts (a JSON object with a 'uid'); delete the file and rerun "
+            "(its responses are judged again)"
+        )
+    if bad:
+        logger.warning("%s: %d line(s) are not verdicts; skipped", path, bad)
+    good = {r["uid"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("uid"), str)}
+    return good
+
+
 def judge_samples(
     judge: Judge,
     samples: Sequence[dict],
@@ -120,11 +150,9 @@ def judge_samples(
     What is left is judged ``chunk`` samples at a time, and ``path`` is rewritten after each chunk,
     so an interrupted evaluation (a slow endpoint for the ``llm`` judge, 1,000 responses of a full
     preset) resumes from the verdicts it has instead of judging everything again."""
-    from lasa.runs import read_jsonl, write_jsonl
+    from lasa.runs import write_jsonl
 
-    cache: dict[str, dict] = {}
-    if path is not None and path.is_file():
-        cache = {r["uid"]: r for r in read_jsonl(path)}
+    cache = read_verdicts(path) if path is not None else {}
     version = str(getattr(judge, "version", ""))  # new judge weights invalidate old verdicts
 
     def valid(hit: dict | None, s: dict) -> bool:
@@ -135,6 +163,7 @@ def judge_samples(
             and hit.get("response_sha") == response_hash(s["response"])
             and hit.get("prompt_sha", response_hash(s["prompt"])) == response_hash(s["prompt"])
             and hit.get("judge_version", "") == version
+            and hit.get("label") in LABELS
             and not unjudged(hit)  # a flaky answer is asked again
         )
 
@@ -143,7 +172,7 @@ def judge_samples(
     for donor in donors:
         if all(r is not None for r in out) or not donor.is_file():
             continue
-        given = {r["uid"]: r for r in read_jsonl(donor)}
+        given = read_verdicts(donor, strict=False)
         for i, s in enumerate(samples):
             if out[i] is None and valid(given.get(s["uid"]), s):
                 out[i] = taken[s["uid"]] = given[s["uid"]]
@@ -185,6 +214,7 @@ __all__ = [
     "get_judge",
     "judge_samples",
     "judges_fingerprint",
+    "read_verdicts",
     "response_hash",
     "strip_control_tokens",
     "unjudged",
