@@ -682,8 +682,9 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
 
 
 def unfinished_variants(rd: Path) -> list[str]:
-    """Variant folders with completions but no ``results.json`` (an evaluation interrupted before
-    it judged, or completions changed by a `lasa generate` since): left out of the tables, so the
+    """Variant folders with completions but no ``results.json`` (one being generated now: its marker
+    is held aside meanwhile; an evaluation interrupted before it judged; or completions changed by a
+    `lasa generate` since): left out of the tables, so the
     report says so instead of dropping them without a word."""
     eval_dir = rd / "eval"
     done = {p.parent.name for p in eval_dir.glob("*/results.json")}  # a skipped name is warned about there
@@ -702,8 +703,8 @@ def _eval_section(doc: Doc, rd: Path, variants: list[str] | None) -> None:
     pending = unfinished_variants(rd)
     if pending:
         note = (
-            f"{', '.join(f'`{v}`' for v in pending)}: completions but no results.json (interrupted before "
-            "judging, or changed by `lasa generate` since), so not in the tables; rerun `lasa evaluate "
+            f"{', '.join(f'`{v}`' for v in pending)}: completions but no results.json (being generated now, "
+            "interrupted before judging, or changed by `lasa generate` since), so not in the tables; rerun `lasa evaluate "
             f"--variant {pending[0]}` (or `lasa run`) to count {'it' if len(pending) == 1 else 'them'}"
         )
         logger.warning("report: %s", note)
