@@ -620,7 +620,7 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
     run` redoes what changed; a hand run leaves the old ASR next to the new artefact, and the report
     says so rather than present the pair as one experiment. Compared by content (the digests the
     completions record), so a moved run directory is not flagged."""
-    from lasa.evaluate import _adapter_digest, resolve_adapter
+    from lasa.evaluate import _adapter_digest, resolve_adapter, resolve_ssi
     from lasa.models import adapter_complete
     from lasa.runs import fingerprint
 
@@ -655,8 +655,8 @@ def stale_variants(rd: Path, results: dict[str, dict]) -> list[str]:
         if cfg.get("gate"):
             want = _recorded(rd, variant, "gate_digest")
             spec = cfg.get("ssi")
-            bare = spec and "/" not in spec and "\\" not in spec and (rd / spec).exists()  # an --out-name
-            where = (rd / spec if bare else _moved(spec, cfg.get("run_dir"), rd)) if spec else rd / "ssi"
+            found = resolve_ssi(spec, str(rd)) if spec else rd / "ssi"  # an --out-name: inside this run
+            where = _moved(spec, cfg.get("run_dir"), rd) if spec and found == Path(spec) else found
             if where is None or not all((Path(where) / f).is_file() for f in ("ssi.json", "ssi.safetensors")):
                 notes.append(
                     f"`{variant}`'s SSI `{where or cfg.get('ssi')}` is gone or incomplete (an interpret stage "

@@ -121,7 +121,8 @@ def read_verdicts(path: Path, strict: bool = True) -> dict[str, dict]:
             raise
         logger.warning("%s is not valid JSON lines; its verdicts are not reused", path)
         return {}
-    bad = sum(1 for r in rows if not (isinstance(r, dict) and isinstance(r.get("uid"), str)))
+    good = [r for r in rows if isinstance(r, dict) and isinstance(r.get("uid"), str)]
+    bad = len(rows) - len(good)
     if bad and strict:
         raise LasaError(
             f"{path}: {bad} line(s) are not verdicts (a JSON object with a 'uid'); delete the file and rerun "
@@ -129,8 +130,7 @@ def read_verdicts(path: Path, strict: bool = True) -> dict[str, dict]:
         )
     if bad:
         logger.warning("%s: %d line(s) are not verdicts; skipped", path, bad)
-    good = {r["uid"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("uid"), str)}
-    return good
+    return {r["uid"]: r for r in good}
 
 
 def judge_samples(
